@@ -1,1 +1,69 @@
-//! Whole-system test support.
+//! # meshanics-tests
+//!
+//! Whole-system tests for Meshanics, and the fixtures they share. The tests run the real
+//! parts wherever a real one runs here: the CNCF distribution registry (`docker-registry`,
+//! from Debian) as the upstream, `skopeo` as a standard OCI client, and TLS with a PKI made
+//! per test run.
+//!
+//! - [`oci_layout`]: builds small multi-platform sample images as OCI image layouts
+//!   (real tar layers, real configs), the way `skopeo copy ... oci:DIR` writes them.
+//! - [`registry`]: starts the distribution registry on 127.0.0.1, port 0, with a generated
+//!   config (anonymous, htpasswd Basic auth, optional TLS and client CAs), and stops it on drop.
+//! - [`skopeo`]: runs `skopeo` and reports failures with its output.
+//!
+//! Everything a fixture starts is stopped, and every folder it makes is removed, when the
+//! fixture is dropped.
+
+pub mod oci_layout;
+pub mod registry;
+pub mod skopeo;
+
+/// Why a fixture could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FixtureError {
+    /// A file system operation failed.
+    #[error("{action} {path}: {source}")]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// On what.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A program could not be started or failed.
+    #[error("{program} failed: {detail}")]
+    Program {
+        /// The program.
+        program: String,
+        /// Its exit status and output.
+        detail: String,
+    },
+    /// A program did not get ready in time.
+    #[error("{program} did not start within {seconds} s; its output:\n{output}")]
+    NotReady {
+        /// The program.
+        program: String,
+        /// How long we waited.
+        seconds: u64,
+        /// What it printed.
+        output: String,
+    },
+    /// Invalid input to a fixture.
+    #[error("invalid fixture input: {0}")]
+    Invalid(String),
+}
+
+pub(crate) fn io_err(
+    action: &'static str,
+    path: &std::path::Path,
+) -> impl FnOnce(std::io::Error) -> FixtureError {
+    let path = path.to_owned();
+    move |source| FixtureError::Io {
+        action,
+        path,
+        source,
+    }
+}
