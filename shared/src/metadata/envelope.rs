@@ -10,8 +10,8 @@ use std::collections::HashSet;
 
 use coset::iana;
 use coset::{
-    CoseSign, CoseSignBuilder, CoseSignatureBuilder, HeaderBuilder,
-    RegisteredLabelWithPrivate, TaggedCborSerializable as _,
+    CoseSign, CoseSignBuilder, CoseSignatureBuilder, HeaderBuilder, RegisteredLabelWithPrivate,
+    TaggedCborSerializable as _,
 };
 
 use super::error::MetadataError;

@@ -96,7 +96,9 @@ pub enum MetadataError {
         found: u64,
     },
     /// A role's version went backwards.
-    #[error("{file}: {role} version {found} is lower than the trusted version {trusted} (rollback)")]
+    #[error(
+        "{file}: {role} version {found} is lower than the trusted version {trusted} (rollback)"
+    )]
     Rollback {
         /// The file.
         file: String,

@@ -84,12 +84,11 @@ impl PublicKey {
     /// A public key from its raw 32 bytes; refuses points that are not valid or are weak
     /// (small order), which `verify_strict` would refuse anyway.
     pub fn from_bytes(bytes: &[u8; 32]) -> Result<Self, MetadataError> {
-        let key = ed25519_dalek::VerifyingKey::from_bytes(bytes).map_err(|e| {
-            MetadataError::Key {
+        let key =
+            ed25519_dalek::VerifyingKey::from_bytes(bytes).map_err(|e| MetadataError::Key {
                 what: hex::encode(bytes),
                 reason: format!("not an Ed25519 public key: {e}"),
-            }
-        })?;
+            })?;
         if key.is_weak() {
             return Err(MetadataError::Key {
                 what: hex::encode(bytes),

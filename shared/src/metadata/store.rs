@@ -47,11 +47,13 @@ impl TrustedStore {
         builder.recursive(true);
         #[cfg(unix)]
         std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-        builder.create(&dir).map_err(|source| MetadataError::Store {
-            operation: "creating",
-            path: dir.clone(),
-            source,
-        })?;
+        builder
+            .create(&dir)
+            .map_err(|source| MetadataError::Store {
+                operation: "creating",
+                path: dir.clone(),
+                source,
+            })?;
         Ok(TrustedStore { dir })
     }
 
@@ -70,11 +72,14 @@ impl TrustedStore {
                     path: path.clone(),
                     source: std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8"),
                 })?;
-                let secs = text.trim().parse::<u64>().map_err(|e| MetadataError::Store {
-                    operation: "reading",
-                    path,
-                    source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
-                })?;
+                let secs = text
+                    .trim()
+                    .parse::<u64>()
+                    .map_err(|e| MetadataError::Store {
+                        operation: "reading",
+                        path,
+                        source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+                    })?;
                 Some(UnixTime::from_secs(secs))
             }
             None => None,

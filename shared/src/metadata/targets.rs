@@ -64,8 +64,13 @@ pub struct Selectors {
     /// The device's hardware class, compared exactly.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hardware_class: Option<String>,
-    /// The device's platform, compared after normalization (`linux/arm64`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The device's platform, compared after normalization; written as text
+    /// (`linux/arm64`, `linux/arm/v7`).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "platform_text"
+    )]
     pub platform: Option<Platform>,
 }
 
@@ -275,7 +280,10 @@ impl fmt::Debug for TargetName {
 
 fn is_name(input: &str) -> bool {
     input.len() <= NAME_MAX
-        && input.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+        && input
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphanumeric())
         && input
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
@@ -341,5 +349,31 @@ impl fmt::Display for UpstreamRepository {
 impl fmt::Debug for UpstreamRepository {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{self}")
+    }
+}
+
+/// A platform as the text `os/arch[/variant]` (the OCI JSON object form is for manifests).
+mod platform_text {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use crate::platform::Platform;
+
+    pub(super) fn serialize<S: Serializer>(
+        platform: &Option<Platform>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        match platform {
+            Some(p) => serializer.serialize_str(&p.to_string()),
+            None => serializer.serialize_none(),
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<Platform>, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        Platform::parse(&text)
+            .map(Some)
+            .map_err(serde::de::Error::custom)
     }
 }
