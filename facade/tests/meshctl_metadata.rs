@@ -1,6 +1,9 @@
 //! `meshctl`'s offline signing commands, run as the operator runs them: keys, root, release,
 //! timestamp refresh and rotation, checked with `meshctl verify` (the device's workflow).
 
+// Helpers outside `#[test]` functions are test code too: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
