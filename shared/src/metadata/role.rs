@@ -40,6 +40,8 @@ pub trait Role: Serialize + DeserializeOwned {
     /// The role's type, which the payload must name.
     const TYPE: RoleType;
 
+    /// The role the payload says it is (its `type`).
+    fn declared_type(&self) -> RoleType;
     /// The payload's version number (starts at 1).
     fn version(&self) -> u64;
     /// When it was signed; the verifier's clock never goes below the newest trusted one.

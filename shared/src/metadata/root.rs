@@ -106,6 +106,9 @@ impl Root {
 impl Role for Root {
     const TYPE: RoleType = RoleType::Root;
 
+    fn declared_type(&self) -> RoleType {
+        self.role
+    }
     fn version(&self) -> u64 {
         self.version
     }

@@ -134,6 +134,9 @@ impl Targets {
 impl Role for Targets {
     const TYPE: RoleType = RoleType::Targets;
 
+    fn declared_type(&self) -> RoleType {
+        self.role
+    }
     fn version(&self) -> u64 {
         self.version
     }

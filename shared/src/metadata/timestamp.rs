@@ -54,6 +54,9 @@ impl Timestamp {
 impl Role for Timestamp {
     const TYPE: RoleType = RoleType::Timestamp;
 
+    fn declared_type(&self) -> RoleType {
+        self.role
+    }
     fn version(&self) -> u64 {
         self.version
     }
