@@ -889,3 +889,23 @@ async fn refuses_trailing_bytes_after_the_payload() {
     .await;
     assert!(matches!(e, MetadataError::Payload { .. }), "{e:?}");
 }
+
+#[test]
+fn trusted_set_refuses_targets_longer_than_the_timestamp_says() {
+    // The same attack one layer down, for callers that drive the trusted set themselves
+    // (without the updater's fetch cap).
+    let sim = Simulator::with_release();
+    let mut trusted = crate::metadata::TrustedSet::from_anchor(&sim.anchor()).unwrap();
+    trusted
+        .update_timestamp("timestamp.cose", &sim.files["timestamp.cose"], T0)
+        .unwrap();
+    let mut longer = sim.current_targets.clone();
+    longer.push(0);
+
+    let result = trusted.update_targets("1.targets.cose", &longer, T0);
+
+    assert_err(
+        result,
+        |e| matches!(e, MetadataError::TooLarge { limit, .. } if *limit == sim.current_targets.len() as u64),
+    );
+}
