@@ -72,16 +72,19 @@ impl TrustedSet {
         })
     }
 
-    /// Restores what a store held, starting from the anchor. A stored root must be
-    /// self-signed and not older than the anchor (an older one is ignored: the anchor was
-    /// updated); a stored timestamp or targets file that no longer verifies under the root
-    /// is dropped (its keys were rotated). Expiry is not checked here: expired files still
-    /// protect against rollback.
+    /// Restores what a store held, starting from the anchor. A stored root replaces the
+    /// anchor when it is self-signed and not older; otherwise (an anchor updated since, a
+    /// damaged file) the anchor stays, and the next update walks the chain from it again,
+    /// which is as safe as the first time. A stored timestamp or targets file that no longer
+    /// verifies under the root is dropped (its keys were rotated). Expiry is not checked
+    /// here: expired files still protect against rollback.
     pub fn from_stored(anchor: &[u8], stored: &StoredFiles) -> Result<Self, MetadataError> {
         let mut set = TrustedSet::from_anchor(anchor)?;
         if let Some(bytes) = &stored.root {
-            let root = open_root(super::store::ROOT_FILE, bytes, None)?;
-            if root.version() >= set.root.payload.version() {
+            let stored_root = open_root(super::store::ROOT_FILE, bytes, None).ok();
+            if let Some(root) =
+                stored_root.filter(|root| root.version() >= set.root.payload.version())
+            {
                 set.latest_known = set.latest_known.max(root.issued());
                 set.root = Signed {
                     payload: root,

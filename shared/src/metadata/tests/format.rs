@@ -344,3 +344,21 @@ fn directory_fetch_refuses_files_over_the_limit() {
         Err(FetchError::NotFound)
     ));
 }
+
+#[tokio::test]
+async fn walks_the_chain_from_the_anchor_again_when_the_stored_root_is_damaged() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sim = Simulator::with_release();
+    let spec = sim.spec.clone();
+    sim.publish_root(spec);
+    let store = TrustedStore::open(dir.path()).unwrap();
+    store.write("root.cose", b"not a root").unwrap();
+
+    let mut device = crate::metadata::Updater::with_store(&sim.anchor(), store).unwrap();
+    assert_eq!(device.trusted().root().version(), 1);
+    let report = device.update(&mut sim, T0).await.unwrap();
+
+    assert_eq!(report.root_version, 2);
+    let stored = std::fs::read(dir.path().join("root.cose")).unwrap();
+    assert_eq!(stored, sim.files["2.root.cose"]);
+}
