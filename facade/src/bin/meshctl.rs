@@ -34,7 +34,7 @@ use output::Output;
 /// The Meshanics operator CLI: connect registries, browse tags, import tags as digests, sign
 /// release metadata offline.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version)]
 struct Cli {
     /// Print JSON for scripts instead of text for people.
     #[arg(long, global = true)]
