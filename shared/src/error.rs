@@ -3,6 +3,7 @@
 
 use crate::digest::DigestError;
 use crate::manifest::ManifestError;
+use crate::metadata::MetadataError;
 use crate::platform::PlatformError;
 use crate::reference::ReferenceError;
 use crate::tls::TlsError;
@@ -27,6 +28,9 @@ pub enum Error {
     /// Content that failed verification.
     #[error(transparent)]
     Verify(#[from] VerifyError),
+    /// Update metadata that failed to decode, verify, fetch or persist.
+    #[error(transparent)]
+    Metadata(#[from] MetadataError),
     /// TLS material that could not be loaded or used.
     #[error(transparent)]
     Tls(#[from] TlsError),

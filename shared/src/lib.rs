@@ -20,11 +20,14 @@
 //! - [`media_type`] and [`manifest`]: the OCI and Docker manifest media types and the few
 //!   manifest and index structures the agent and facade need, with a 4 MiB size cap.
 //! - `devpki` (feature `devpki`): a development CA for tests, benchmarks and the demo.
+//! - [`metadata`]: the signed update metadata (root, targets, timestamp as CBOR in COSE_Sign,
+//!   Ed25519), the signing side `meshctl` uses and the device's TUF-style verification
+//!   workflow with rollback, freeze and mix-and-match protection.
 //! - [`tls`]: PEM loading with errors that name the file, and the rustls client and server
 //!   configurations (mutual TLS, CRLs) both sides use, all on the `ring` provider.
 //!
-//! What this crate does not do: networking, storage, or anything that decides what a device
-//! should run. Trust decisions live in the signed update metadata.
+//! What this crate does not do: networking, or storage beyond the trusted metadata files. It
+//! decides what a device may run only through the signed update metadata.
 
 #[cfg(feature = "devpki")]
 pub mod devpki;
@@ -32,6 +35,7 @@ pub mod digest;
 pub mod error;
 pub mod manifest;
 pub mod media_type;
+pub mod metadata;
 pub mod platform;
 pub mod reference;
 pub mod tls;
@@ -40,6 +44,7 @@ pub mod verify;
 pub use digest::{Algorithm, Digest, DigestError};
 pub use error::Error;
 pub use manifest::{Descriptor, ImageIndex, ImageManifest, Manifest, ManifestError};
+pub use metadata::MetadataError;
 pub use platform::{Platform, PlatformError};
 pub use reference::{Reference, ReferenceError, Registry, Repository, Tag};
 pub use tls::TlsError;

@@ -1,14 +1,107 @@
-//! `meshctl`: the operator's CLI. Its commands land with the metadata and connections issues;
-//! for now it only answers `--version` and `--help`.
+//! `meshctl`: the operator's CLI.
+//!
+//! This binary holds the offline signing commands of the update metadata (see
+//! docs/metadata.md): `key generate`, `root init`, `root rotate`, `release`,
+//! `timestamp refresh`, and `verify`, which runs the device's verification workflow on a
+//! metadata folder. None of them talks to the facade: signing keys stay on the operator's
+//! machine. Output is for people by default and JSON with `--json`; every error names the
+//! file it is about.
 
-use clap::Parser;
+// A binary's root at src/bin/meshctl.rs resolves `mod` paths in src/bin/, which is shared with
+// the facade's other binaries: meshctl's modules live in src/bin/meshctl/ and are named by path.
+#[path = "meshctl/durations.rs"]
+mod durations;
+#[path = "meshctl/keys.rs"]
+mod keys;
+#[path = "meshctl/output.rs"]
+mod output;
+#[path = "meshctl/release.rs"]
+mod release;
+#[path = "meshctl/repo.rs"]
+mod repo;
+#[path = "meshctl/root.rs"]
+mod root;
+#[path = "meshctl/verify.rs"]
+mod verify;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use output::Output;
 
 /// The Meshanics operator CLI: connect registries, browse tags, import tags as digests, sign
 /// release metadata offline.
 #[derive(Debug, Parser)]
-#[command(version, about)]
-struct Cli {}
+#[command(version)]
+struct Cli {
+    /// Print JSON for scripts instead of text for people.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
 
-fn main() {
-    let _cli = Cli::parse();
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Signing keys.
+    #[command(subcommand)]
+    Key(KeyCommand),
+    /// The root of trust: create it, rotate its keys.
+    #[command(subcommand)]
+    Root(RootCommand),
+    /// Sign new targets from a pins file, and a timestamp naming them.
+    Release(release::ReleaseArgs),
+    /// The timestamp.
+    #[command(subcommand)]
+    Timestamp(TimestampCommand),
+    /// Run the device's verification workflow on a metadata folder and print what a device
+    /// would accept.
+    Verify(verify::VerifyArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum KeyCommand {
+    /// Generate an Ed25519 key pair: OUT.key (private, mode 0600) and OUT.pub.
+    Generate {
+        /// Path prefix of the key files, e.g. `keys/root`.
+        #[arg(long, value_name = "DIR/NAME")]
+        out: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum RootCommand {
+    /// Write root version 1 into a metadata folder.
+    Init(root::InitArgs),
+    /// Write the next root version, signed by the current root keys and the new ones.
+    Rotate(root::RotateArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum TimestampCommand {
+    /// Sign a fresh timestamp naming the current targets (run it more often than the
+    /// timestamp expires).
+    Refresh(release::RefreshArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let out = Output::new(cli.json);
+    let result = match cli.command {
+        Command::Key(KeyCommand::Generate { out: path }) => keys::generate(&path, &out),
+        Command::Root(RootCommand::Init(args)) => root::init(&args, &out),
+        Command::Root(RootCommand::Rotate(args)) => root::rotate(&args, &out),
+        Command::Release(args) => release::release(&args, &out),
+        Command::Timestamp(TimestampCommand::Refresh(args)) => release::refresh(&args, &out),
+        Command::Verify(args) => verify::verify(&args, &out),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            out.error(&error);
+            ExitCode::FAILURE
+        }
+    }
 }

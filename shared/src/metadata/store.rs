@@ -1,0 +1,175 @@
+//! The trusted metadata a device keeps between updates: plain files in a folder, each
+//! replaced atomically (write a temporary file, fsync it, rename it over the old one, fsync
+//! the folder), so a power cut leaves either the old or the new file and never half of one.
+//! Rollback protection rests on these files alone, not on any database.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use super::error::MetadataError;
+use super::time::UnixTime;
+
+/// The trusted root file in the store.
+pub const ROOT_FILE: &str = "root.cose";
+/// The trusted timestamp file in the store.
+pub const TIMESTAMP_FILE: &str = "timestamp.cose";
+/// The trusted targets file in the store.
+pub const TARGETS_FILE: &str = "targets.cose";
+/// The latest known time (decimal seconds since the epoch) in the store.
+pub const LATEST_KNOWN_TIME_FILE: &str = "latest-known-time";
+
+/// A folder of trusted metadata.
+#[derive(Debug, Clone)]
+pub struct TrustedStore {
+    dir: PathBuf,
+}
+
+/// What a store held when it was read.
+#[derive(Debug, Default, Clone)]
+pub struct StoredFiles {
+    /// The trusted root, if one was stored.
+    pub root: Option<Vec<u8>>,
+    /// The trusted timestamp, if one was stored.
+    pub timestamp: Option<Vec<u8>>,
+    /// The trusted targets, if one was stored.
+    pub targets: Option<Vec<u8>>,
+    /// The latest known time, if one was stored.
+    pub latest_known: Option<UnixTime>,
+}
+
+// === impl TrustedStore ===
+
+impl TrustedStore {
+    /// A store in `dir`, created (mode 0700 on Unix) when missing.
+    pub fn open(dir: impl Into<PathBuf>) -> Result<Self, MetadataError> {
+        let dir = dir.into();
+        let mut builder = std::fs::DirBuilder::new();
+        builder.recursive(true);
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+        builder
+            .create(&dir)
+            .map_err(|source| MetadataError::Store {
+                operation: "creating",
+                path: dir.clone(),
+                source,
+            })?;
+        Ok(TrustedStore { dir })
+    }
+
+    /// The folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Reads every stored file.
+    pub fn load(&self) -> Result<StoredFiles, MetadataError> {
+        let latest_known = match self.read(LATEST_KNOWN_TIME_FILE)? {
+            Some(bytes) => {
+                let path = self.dir.join(LATEST_KNOWN_TIME_FILE);
+                let text = String::from_utf8(bytes).map_err(|_| MetadataError::Store {
+                    operation: "reading",
+                    path: path.clone(),
+                    source: std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8"),
+                })?;
+                let secs = text
+                    .trim()
+                    .parse::<u64>()
+                    .map_err(|e| MetadataError::Store {
+                        operation: "reading",
+                        path,
+                        source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+                    })?;
+                Some(UnixTime::from_secs(secs))
+            }
+            None => None,
+        };
+        Ok(StoredFiles {
+            root: self.read(ROOT_FILE)?,
+            timestamp: self.read(TIMESTAMP_FILE)?,
+            targets: self.read(TARGETS_FILE)?,
+            latest_known,
+        })
+    }
+
+    /// Reads one file of the store; `None` when it does not exist.
+    pub fn read(&self, name: &str) -> Result<Option<Vec<u8>>, MetadataError> {
+        let path = self.dir.join(name);
+        match std::fs::read(&path) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(MetadataError::Store {
+                operation: "reading",
+                path,
+                source,
+            }),
+        }
+    }
+
+    /// Replaces one file atomically and durably.
+    pub fn write(&self, name: &str, bytes: &[u8]) -> Result<(), MetadataError> {
+        write_atomic(&self.dir.join(name), bytes)
+    }
+
+    /// Removes one file (and makes the removal durable); a missing file is not an error.
+    pub fn remove(&self, name: &str) -> Result<(), MetadataError> {
+        let path = self.dir.join(name);
+        match std::fs::remove_file(&path) {
+            Ok(()) => sync_dir(&self.dir),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(MetadataError::Store {
+                operation: "removing",
+                path,
+                source,
+            }),
+        }
+    }
+
+    /// Records the latest known time.
+    pub fn write_latest_known(&self, time: UnixTime) -> Result<(), MetadataError> {
+        self.write(
+            LATEST_KNOWN_TIME_FILE,
+            format!("{}\n", time.as_secs()).as_bytes(),
+        )
+    }
+}
+
+/// Writes `bytes` to `path` so that `path` holds either its old content or all of the new:
+/// a sibling temporary file, fsync, rename, fsync of the folder.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), MetadataError> {
+    let store_error = |operation, path: &Path| {
+        let path = path.to_owned();
+        move |source| MetadataError::Store {
+            operation,
+            path,
+            source,
+        }
+    };
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp_name = path.file_name().unwrap_or_default().to_owned();
+    tmp_name.push(format!(".tmp.{}", std::process::id()));
+    let tmp = dir.join(tmp_name);
+    let mut file = std::fs::File::create(&tmp).map_err(store_error("creating", &tmp))?;
+    file.write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .map_err(store_error("writing", &tmp))?;
+    drop(file);
+    std::fs::rename(&tmp, path).map_err(store_error("renaming into place", path))?;
+    sync_dir(dir)
+}
+
+fn sync_dir(dir: &Path) -> Result<(), MetadataError> {
+    // A rename is durable only once the folder entry is: fsync the folder (Unix only; on
+    // other systems opening a folder as a file fails and there is nothing to sync).
+    #[cfg(unix)]
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|source| MetadataError::Store {
+            operation: "syncing",
+            path: dir.to_owned(),
+            source,
+        })?;
+    #[cfg(not(unix))]
+    let _ = dir;
+    Ok(())
+}

@@ -1,0 +1,382 @@
+//! The targets role: the artifacts a device may run, each pinned by manifest digest and
+//! exact size, with optional selectors that say which devices it is for.
+//!
+//! A [`TargetEntry`] is also the element of the pins file that `meshctl import` writes and
+//! `meshctl release --pins` reads (the same fields, in JSON): see docs/metadata.md.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use super::error::MetadataError;
+use super::role::{Role, RoleType, check_common};
+use super::time::UnixTime;
+use crate::digest::Digest;
+use crate::manifest::MAX_MANIFEST_SIZE;
+use crate::media_type::manifest_kind;
+use crate::platform::Platform;
+use crate::reference::{Reference, Registry, Repository};
+use crate::verify::Verifier;
+
+/// The longest target name and hardware class.
+pub const NAME_MAX: usize = 128;
+
+/// A targets payload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Targets {
+    #[serde(rename = "type")]
+    role: RoleType,
+    spec_version: u64,
+    version: u64,
+    issued: UnixTime,
+    expires: UnixTime,
+    targets: Vec<TargetEntry>,
+}
+
+/// One artifact a device may run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetEntry {
+    /// Unique within the targets file.
+    pub name: TargetName,
+    /// Where the content comes from: `ghcr.io/org/app`.
+    pub repository: UpstreamRepository,
+    /// The manifest (or index) digest.
+    pub digest: Digest,
+    /// The manifest's exact size in bytes.
+    pub size: u64,
+    /// The manifest's media type (one of the four manifest and index types).
+    pub media_type: String,
+    /// Which devices it is for; absent means every device.
+    #[serde(default, skip_serializing_if = "Selectors::is_empty")]
+    pub selectors: Selectors,
+    /// Free-form text fields for the apply hook; the verifier does not interpret them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub custom: BTreeMap<String, String>,
+}
+
+/// Which devices a target is for. Every selector present must match.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Selectors {
+    /// The device's hardware class, compared exactly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hardware_class: Option<String>,
+    /// The device's platform, compared after normalization; written as text
+    /// (`linux/arm64`, `linux/arm/v7`).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "platform_text"
+    )]
+    pub platform: Option<Platform>,
+}
+
+/// A target name: 1 to 128 of `[A-Za-z0-9._-]`, starting with a letter or digit. Names are
+/// used as file and directory names on devices, so nothing else (no `/`, no `..`) passes.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct TargetName(String);
+
+/// The upstream repository of a target in its normalized form, `registry/repository`
+/// (`ghcr.io/org/app`, `docker.io/library/nginx`), with no tag or digest.
+#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct UpstreamRepository {
+    registry: Registry,
+    repository: Repository,
+}
+
+// === impl Targets ===
+
+impl Targets {
+    /// A targets payload at the current spec version.
+    pub fn new(
+        version: u64,
+        issued: UnixTime,
+        expires: UnixTime,
+        entries: Vec<TargetEntry>,
+    ) -> Self {
+        Targets {
+            role: RoleType::Targets,
+            spec_version: super::role::SPEC_VERSION,
+            version,
+            issued,
+            expires,
+            targets: entries,
+        }
+    }
+
+    /// Every entry, in file order.
+    pub fn entries(&self) -> &[TargetEntry] {
+        &self.targets
+    }
+
+    /// The entry with this name.
+    pub fn entry(&self, name: &str) -> Option<&TargetEntry> {
+        self.targets.iter().find(|e| e.name.as_str() == name)
+    }
+
+    /// The entries meant for a device of this hardware class and platform.
+    pub fn matching<'a>(
+        &'a self,
+        hardware_class: &'a str,
+        platform: &'a Platform,
+    ) -> impl Iterator<Item = &'a TargetEntry> + 'a {
+        self.targets
+            .iter()
+            .filter(move |e| e.selectors.matches(hardware_class, platform))
+    }
+}
+
+impl Role for Targets {
+    const TYPE: RoleType = RoleType::Targets;
+
+    fn declared_type(&self) -> RoleType {
+        self.role
+    }
+    fn version(&self) -> u64 {
+        self.version
+    }
+    fn issued(&self) -> UnixTime {
+        self.issued
+    }
+    fn expires(&self) -> UnixTime {
+        self.expires
+    }
+    fn spec_version(&self) -> u64 {
+        self.spec_version
+    }
+
+    fn check(&self, file: &str) -> Result<(), MetadataError> {
+        check_common(self, file)?;
+        let mut names = std::collections::HashSet::with_capacity(self.targets.len());
+        for entry in &self.targets {
+            entry.check().map_err(|reason| MetadataError::Invalid {
+                file: file.to_owned(),
+                role: RoleType::Targets,
+                reason: format!("target {}: {reason}", entry.name),
+            })?;
+            if !names.insert(entry.name.as_str()) {
+                return Err(MetadataError::Invalid {
+                    file: file.to_owned(),
+                    role: RoleType::Targets,
+                    reason: format!("target name {} is used twice", entry.name),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+// === impl TargetEntry ===
+
+impl TargetEntry {
+    /// The rules decoding alone does not enforce.
+    pub fn check(&self) -> Result<(), String> {
+        if manifest_kind(&self.media_type).is_none() {
+            return Err(format!(
+                "media type {:?} is not a manifest or index type",
+                self.media_type
+            ));
+        }
+        if self.size == 0 || self.size > MAX_MANIFEST_SIZE {
+            return Err(format!(
+                "size {} is not between 1 and {MAX_MANIFEST_SIZE} bytes",
+                self.size
+            ));
+        }
+        if let Some(class) = &self.selectors.hardware_class {
+            if !is_name(class) {
+                return Err(format!(
+                    "hardware class {class:?} must be 1 to {NAME_MAX} of [A-Za-z0-9._-] starting with a letter or digit"
+                ));
+            }
+        }
+        if self.custom.len() > 64 {
+            return Err("more than 64 custom fields".to_owned());
+        }
+        Ok(())
+    }
+
+    /// The reference to fetch: the repository pinned to the digest.
+    pub fn reference(&self) -> Reference {
+        Reference::from_parts(
+            self.repository.registry.clone(),
+            self.repository.repository.clone(),
+            None,
+            Some(self.digest.clone()),
+        )
+    }
+
+    /// A streaming verifier for the manifest: fails past `size` bytes or on a wrong digest.
+    pub fn verifier(&self) -> Verifier {
+        Verifier::new(self.digest.clone(), self.size)
+    }
+}
+
+// === impl Selectors ===
+
+impl Selectors {
+    /// Whether no selector is set (the target is for every device).
+    pub fn is_empty(&self) -> bool {
+        self.hardware_class.is_none() && self.platform.is_none()
+    }
+
+    /// Whether a device of this class and platform is selected.
+    pub fn matches(&self, hardware_class: &str, platform: &Platform) -> bool {
+        self.hardware_class
+            .as_deref()
+            .is_none_or(|c| c == hardware_class)
+            && self.platform.as_ref().is_none_or(|p| p == platform)
+    }
+}
+
+// === impl TargetName ===
+
+impl TargetName {
+    /// Parses a target name.
+    pub fn parse(input: &str) -> Result<Self, String> {
+        if is_name(input) {
+            Ok(TargetName(input.to_owned()))
+        } else {
+            Err(format!(
+                "target name {:?} must be 1 to {NAME_MAX} of [A-Za-z0-9._-] starting with a letter or digit",
+                crate::digest::echo(input)
+            ))
+        }
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for TargetName {
+    type Error = String;
+
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        TargetName::parse(&value)
+    }
+}
+
+impl From<TargetName> for String {
+    fn from(value: TargetName) -> Self {
+        value.0
+    }
+}
+
+impl fmt::Display for TargetName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for TargetName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.0)
+    }
+}
+
+fn is_name(input: &str) -> bool {
+    input.len() <= NAME_MAX
+        && input
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphanumeric())
+        && input
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+// === impl UpstreamRepository ===
+
+impl UpstreamRepository {
+    /// Parses `registry/repository` in normalized form: `ghcr.io/org/app`. Short forms
+    /// (`nginx`), tags and digests are refused, so one repository has one spelling.
+    pub fn parse(input: &str) -> Result<Self, String> {
+        let reference = Reference::parse(input).map_err(|e| e.to_string())?;
+        if reference.tag().is_some() || reference.digest().is_some() {
+            return Err(format!(
+                "repository {:?} must not carry a tag or digest",
+                crate::digest::echo(input)
+            ));
+        }
+        if reference.name() != input {
+            return Err(format!(
+                "repository {:?} is not in normalized form; write {:?}",
+                crate::digest::echo(input),
+                reference.name()
+            ));
+        }
+        Ok(UpstreamRepository {
+            registry: reference.registry().clone(),
+            repository: reference.repository().clone(),
+        })
+    }
+
+    /// The registry host (`ghcr.io`, `docker.io`).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// The repository path (`org/app`).
+    pub fn repository(&self) -> &Repository {
+        &self.repository
+    }
+}
+
+impl TryFrom<String> for UpstreamRepository {
+    type Error = String;
+
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        UpstreamRepository::parse(&value)
+    }
+}
+
+impl From<UpstreamRepository> for String {
+    fn from(value: UpstreamRepository) -> Self {
+        value.to_string()
+    }
+}
+
+impl fmt::Display for UpstreamRepository {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.registry, self.repository)
+    }
+}
+
+impl fmt::Debug for UpstreamRepository {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{self}")
+    }
+}
+
+/// A platform as the text `os/arch[/variant]` (the OCI JSON object form is for manifests).
+mod platform_text {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use crate::platform::Platform;
+
+    pub(super) fn serialize<S: Serializer>(
+        platform: &Option<Platform>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        match platform {
+            Some(p) => serializer.serialize_str(&p.to_string()),
+            None => serializer.serialize_none(),
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<Platform>, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        Platform::parse(&text)
+            .map(Some)
+            .map_err(serde::de::Error::custom)
+    }
+}

@@ -1,0 +1,364 @@
+//! The format (envelope layout, payload rules, keys), target matching, and persistence.
+
+use ciborium::Value;
+
+use super::simulator::{DAY, Simulator, T0};
+use crate::metadata::envelope::{Envelope, sign_payload};
+use crate::metadata::fetch::{FetchError, read_capped};
+use crate::metadata::{
+    KeyId, MetadataError, PublicKey, Role, RoleType, Selectors, SigningKey, TargetName,
+    TargetsMeta, Timestamp, TrustedStore, UpstreamRepository, open, sign,
+};
+use crate::platform::Platform;
+
+fn timestamp_payload() -> Timestamp {
+    Timestamp::new(
+        1,
+        T0,
+        T0.saturating_add(DAY),
+        TargetsMeta::from_parts(1, 10, [7; 32]),
+    )
+}
+
+/// The payload as a CBOR map, to edit fields the types would not let us set.
+fn edited(payload: &Timestamp, edit: impl FnOnce(&mut Vec<(Value, Value)>)) -> Vec<u8> {
+    let mut value = Value::serialized(payload).unwrap();
+    edit(value.as_map_mut().unwrap());
+    let mut bytes = Vec::new();
+    ciborium::ser::into_writer(&value, &mut bytes).unwrap();
+    bytes
+}
+
+fn opened_timestamp(sim: &Simulator, payload: Vec<u8>) -> Result<Timestamp, MetadataError> {
+    let bytes = sign_payload(payload, &[&sim.spec.timestamp[0]]).unwrap();
+    open::<Timestamp>("timestamp.cose", &bytes, &sim.root_payload(&sim.spec, 1))
+}
+
+#[test]
+fn writes_a_tagged_cose_sign_with_empty_body_headers() {
+    let key = SigningKey::from_seed(&[1; 32]);
+    let bytes = sign(&timestamp_payload(), &[&key]).unwrap();
+    // tag 98, array(4), h'' (protected), {} (unprotected), then the payload bstr.
+    assert_eq!(&bytes[..5], &[0xd8, 0x62, 0x84, 0x40, 0xa0]);
+    let envelope = Envelope::decode("t", &bytes).unwrap();
+    assert_eq!(envelope.key_ids(), vec![key.id()]);
+}
+
+#[test]
+fn writes_signature_headers_as_alg_eddsa_and_kid() {
+    let key = SigningKey::from_seed(&[1; 32]);
+    let bytes = sign(&timestamp_payload(), &[&key]).unwrap();
+    let value: Value = ciborium::de::from_reader(bytes.as_slice()).unwrap();
+    let (98, inner) = value.as_tag().map(|(t, v)| (t, v.clone())).unwrap() else {
+        panic!("not tag 98")
+    };
+    let signatures = inner.as_array().unwrap()[3].as_array().unwrap();
+    let signature = signatures[0].as_array().unwrap();
+    // Protected: bstr of {1: -8}.
+    assert_eq!(signature[0].as_bytes().unwrap(), &vec![0xa1, 0x01, 0x27]);
+    // Unprotected: {4: kid}.
+    let unprotected = signature[1].as_map().unwrap();
+    assert_eq!(unprotected.len(), 1);
+    assert_eq!(unprotected[0].0, Value::Integer(4.into()));
+    assert_eq!(
+        unprotected[0].1.as_bytes().unwrap(),
+        &key.id().as_bytes().to_vec()
+    );
+    assert_eq!(signature[2].as_bytes().unwrap().len(), 64);
+}
+
+#[test]
+fn key_id_is_the_sha256_of_the_raw_public_key() {
+    // RFC 8032, section 7.1, test 1.
+    let seed: [u8; 32] =
+        hex::decode("9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60")
+            .unwrap()
+            .try_into()
+            .unwrap();
+    let key = SigningKey::from_seed(&seed);
+    let public = hex::encode(key.public().as_bytes());
+    assert_eq!(
+        public,
+        "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a"
+    );
+    use sha2::Digest as _;
+    let expected: [u8; 32] = sha2::Sha256::digest(key.public().as_bytes()).into();
+    assert_eq!(key.id(), KeyId::from_slice(&expected).unwrap());
+}
+
+#[test]
+fn key_files_round_trip_through_pkcs8_and_spki_pem() {
+    let key = SigningKey::generate().unwrap();
+    let private = key.to_pem().unwrap();
+    let public = key.public().to_pem().unwrap();
+    assert!(private.starts_with("-----BEGIN PRIVATE KEY-----\n"));
+    assert!(public.starts_with("-----BEGIN PUBLIC KEY-----\n"));
+    assert_eq!(SigningKey::from_pem(&private, "k").unwrap().id(), key.id());
+    assert_eq!(PublicKey::from_pem(&public, "k").unwrap(), key.public());
+    assert!(matches!(
+        SigningKey::from_pem(&public, "k.pub"),
+        Err(MetadataError::Key { what, .. }) if what == "k.pub"
+    ));
+}
+
+#[test]
+fn opens_a_timestamp_signed_by_its_key() {
+    let sim = Simulator::new();
+    let payload = timestamp_payload();
+    let mut cbor = Vec::new();
+    ciborium::ser::into_writer(&payload, &mut cbor).unwrap();
+    assert_eq!(opened_timestamp(&sim, cbor).unwrap(), payload);
+}
+
+#[test]
+fn refuses_a_spec_version_other_than_1() {
+    let sim = Simulator::new();
+    let bytes = edited(&timestamp_payload(), |map| {
+        for (k, v) in map.iter_mut() {
+            if k.as_text() == Some("spec_version") {
+                *v = Value::Integer(2.into());
+            }
+        }
+    });
+    assert!(matches!(
+        opened_timestamp(&sim, bytes),
+        Err(MetadataError::SpecVersion { found: 2, .. })
+    ));
+}
+
+#[test]
+fn refuses_unknown_payload_fields() {
+    let sim = Simulator::new();
+    let bytes = edited(&timestamp_payload(), |map| {
+        map.push((Value::Text("extra".into()), Value::Bool(true)));
+    });
+    assert!(matches!(
+        opened_timestamp(&sim, bytes),
+        Err(MetadataError::Payload { .. })
+    ));
+}
+
+#[test]
+fn refuses_a_payload_without_a_type() {
+    let sim = Simulator::new();
+    let bytes = edited(&timestamp_payload(), |map| {
+        map.retain(|(k, _)| k.as_text() != Some("type"));
+    });
+    assert!(matches!(
+        opened_timestamp(&sim, bytes),
+        Err(MetadataError::Payload { .. })
+    ));
+}
+
+#[test]
+fn refuses_a_root_whose_threshold_exceeds_its_keys() {
+    let mut sim = Simulator::new();
+    let mut spec = sim.spec.clone();
+    spec.targets_threshold = 2;
+    let payload = sim.root_payload(&spec, 2);
+    let bytes = sign(&payload, &[&spec.root[0]]).unwrap();
+    let result = crate::metadata::open_root("2.root.cose", &bytes, None);
+    assert!(
+        matches!(&result, Err(MetadataError::Invalid { role: RoleType::Root, reason, .. }) if reason.contains("threshold 2")),
+        "{result:?}"
+    );
+    let _ = sim.key();
+}
+
+#[test]
+fn refuses_targets_with_a_duplicate_name() {
+    let mut sim = Simulator::new();
+    let a = sim.entry("app", b"one");
+    let b = sim.entry("app", b"two");
+    let bytes = sim.sign_targets(1, T0.saturating_add(DAY), vec![a, b]);
+    let root = sim.root_payload(&sim.spec, 1);
+    let result = open::<crate::metadata::Targets>("1.targets.cose", &bytes, &root);
+    assert!(
+        matches!(&result, Err(MetadataError::Invalid { reason, .. }) if reason.contains("used twice")),
+        "{result:?}"
+    );
+}
+
+#[test]
+fn target_names_are_safe_file_names() {
+    assert!(TargetName::parse("edge-app_1.2").is_ok());
+    for bad in ["", "../etc", "a/b", ".hidden", "-flag", &"a".repeat(129)] {
+        assert!(TargetName::parse(bad).is_err(), "{bad:?}");
+    }
+}
+
+#[test]
+fn upstream_repositories_must_be_in_normalized_form() {
+    let repo = UpstreamRepository::parse("ghcr.io/org/app").unwrap();
+    assert_eq!(repo.registry().as_str(), "ghcr.io");
+    assert_eq!(repo.repository().as_str(), "org/app");
+    assert!(UpstreamRepository::parse("docker.io/library/nginx").is_ok());
+    for bad in [
+        "nginx",
+        "ghcr.io/org/app:v1",
+        "index.docker.io/library/nginx",
+        "GHCR.io/Org/app",
+    ] {
+        assert!(UpstreamRepository::parse(bad).is_err(), "{bad:?}");
+    }
+}
+
+#[test]
+fn selects_the_entries_for_a_device_class_and_platform() {
+    let mut sim = Simulator::new();
+    let arm64 = Platform::parse("linux/arm64").unwrap();
+    let amd64 = Platform::parse("linux/amd64").unwrap();
+    let mut any = sim.entry("any", b"1");
+    any.selectors = Selectors::default();
+    let mut gateway_arm = sim.entry("gateway-arm", b"2");
+    gateway_arm.selectors = Selectors {
+        hardware_class: Some("gateway".into()),
+        platform: Some(arm64.clone()),
+    };
+    let mut sensor = sim.entry("sensor", b"3");
+    sensor.selectors.hardware_class = Some("sensor".into());
+    let targets = crate::metadata::Targets::new(
+        1,
+        T0,
+        T0.saturating_add(DAY),
+        vec![any, gateway_arm, sensor],
+    );
+
+    let names = |class: &str, platform: &Platform| {
+        targets
+            .matching(class, platform)
+            .map(|e| e.name.to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(names("gateway", &arm64), ["any", "gateway-arm"]);
+    assert_eq!(names("gateway", &amd64), ["any"]);
+    assert_eq!(names("sensor", &amd64), ["any", "sensor"]);
+}
+
+#[test]
+fn pins_json_decodes_into_target_entries() {
+    let json = r#"[{"name": "app", "repository": "ghcr.io/org/app",
+        "digest": "sha256:6c3c624b58dbbcd3c0dd82b4c53f04194d1247c6eebdaab7c610cf7d66709b3b",
+        "size": 525, "media_type": "application/vnd.oci.image.index.v1+json",
+        "selectors": {"hardware_class": "gateway", "platform": "linux/arm64"},
+        "custom": {"channel": "stable"}}]"#;
+    let entries: Vec<crate::metadata::TargetEntry> = serde_json::from_str(json).unwrap();
+    assert_eq!(
+        entries[0].selectors.platform,
+        Some(Platform::parse("linux/arm64").unwrap())
+    );
+    assert_eq!(entries[0].custom["channel"], "stable");
+    assert!(entries[0].check().is_ok());
+}
+
+#[tokio::test]
+async fn an_equal_timestamp_version_means_nothing_new() {
+    let mut sim = Simulator::with_release();
+    let mut device = sim.device();
+    let first = device.update(&mut sim, T0).await.unwrap();
+    assert!(first.timestamp_changed && first.targets_changed);
+
+    let second = device.update(&mut sim, T0).await.unwrap();
+
+    assert!(!second.timestamp_changed);
+    assert!(!second.targets_changed);
+    assert_eq!(
+        sim.requests
+            .iter()
+            .filter(|r| *r == "1.targets.cose")
+            .count(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn persists_trusted_metadata_and_keeps_rollback_protection_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sim = Simulator::with_release();
+    let old_timestamp = sim.files["timestamp.cose"].clone();
+    sim.publish_timestamp();
+    let store = TrustedStore::open(dir.path().join("trust")).unwrap();
+    let mut device = crate::metadata::Updater::with_store(&sim.anchor(), store.clone()).unwrap();
+    device.update(&mut sim, T0).await.unwrap();
+    drop(device);
+
+    let mut restarted = crate::metadata::Updater::with_store(&sim.anchor(), store).unwrap();
+    assert_eq!(restarted.trusted().timestamp().unwrap().version(), 2);
+    assert_eq!(restarted.trusted().targets().unwrap().version(), 1);
+    sim.serve("timestamp.cose", old_timestamp);
+    let result = restarted.update(&mut sim, T0).await;
+
+    assert!(matches!(
+        result,
+        Err(MetadataError::Rollback {
+            role: RoleType::Timestamp,
+            ..
+        })
+    ));
+}
+
+#[tokio::test]
+async fn restores_the_latest_known_time_from_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sim = Simulator::with_release();
+    sim.now = T0.saturating_add(DAY);
+    sim.publish_timestamp();
+    let store = TrustedStore::open(dir.path()).unwrap();
+    let mut device = crate::metadata::Updater::with_store(&sim.anchor(), store.clone()).unwrap();
+    {
+        let now = sim.now;
+        device.update(&mut sim, now)
+    }
+    .await
+    .unwrap();
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("latest-known-time"))
+            .unwrap()
+            .trim(),
+        sim.now.as_secs().to_string()
+    );
+
+    let restarted = crate::metadata::Updater::with_store(&sim.anchor(), store).unwrap();
+
+    assert_eq!(restarted.trusted().latest_known(), sim.now);
+    assert_eq!(
+        restarted
+            .trusted()
+            .effective_time(crate::metadata::UnixTime::EPOCH),
+        sim.now
+    );
+}
+
+#[test]
+fn directory_fetch_refuses_files_over_the_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("timestamp.cose");
+    std::fs::write(&path, [0u8; 100]).unwrap();
+    assert_eq!(read_capped(&path, 100).unwrap().len(), 100);
+    assert!(matches!(
+        read_capped(&path, 99),
+        Err(FetchError::TooLarge { limit: 99 })
+    ));
+    assert!(matches!(
+        read_capped(&dir.path().join("missing"), 99),
+        Err(FetchError::NotFound)
+    ));
+}
+
+#[tokio::test]
+async fn walks_the_chain_from_the_anchor_again_when_the_stored_root_is_damaged() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sim = Simulator::with_release();
+    let spec = sim.spec.clone();
+    sim.publish_root(spec);
+    let store = TrustedStore::open(dir.path()).unwrap();
+    store.write("root.cose", b"not a root").unwrap();
+
+    let mut device = crate::metadata::Updater::with_store(&sim.anchor(), store).unwrap();
+    assert_eq!(device.trusted().root().version(), 1);
+    let report = device.update(&mut sim, T0).await.unwrap();
+
+    assert_eq!(report.root_version, 2);
+    let stored = std::fs::read(dir.path().join("root.cose")).unwrap();
+    assert_eq!(stored, sim.files["2.root.cose"]);
+}

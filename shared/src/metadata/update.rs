@@ -1,0 +1,249 @@
+//! The update cycle a device runs: fetch and verify in TUF 5.x client order, persisting
+//! each file as soon as it is trusted, then fetch target manifests by digest.
+
+use super::error::MetadataError;
+use super::fetch::{Fetch, FetchError};
+use super::role::Role;
+use super::store::{self, TrustedStore};
+use super::targets::TargetEntry;
+use super::time::UnixTime;
+use super::trusted::{TimestampUpdate, TrustedSet};
+
+/// The file name of root version `version` in a repository.
+pub fn root_file(version: u64) -> String {
+    format!("{version}.root.cose")
+}
+
+/// The file name of targets version `version` in a repository.
+pub fn targets_file(version: u64) -> String {
+    format!("{version}.targets.cose")
+}
+
+/// The file name of the timestamp in a repository.
+pub const TIMESTAMP_FILE: &str = "timestamp.cose";
+
+/// Size caps and the rotation bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Most new roots accepted in one update; the rest wait for the next update.
+    pub max_root_rotations: u32,
+    /// Cap on a root file.
+    pub root_max_size: u64,
+    /// Cap on the timestamp file.
+    pub timestamp_max_size: u64,
+}
+
+/// What an update did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpdateReport {
+    /// The clock expiry was checked against.
+    pub effective_time: UnixTime,
+    /// The root version trusted now.
+    pub root_version: u64,
+    /// How many new roots were accepted.
+    pub root_rotations: u32,
+    /// Whether the walk stopped at [`Limits::max_root_rotations`] (more may be waiting).
+    pub rotation_limit_reached: bool,
+    /// The timestamp version trusted now.
+    pub timestamp_version: u64,
+    /// Whether a new timestamp was accepted.
+    pub timestamp_changed: bool,
+    /// The targets version trusted now.
+    pub targets_version: u64,
+    /// Whether new targets were accepted.
+    pub targets_changed: bool,
+}
+
+/// Drives updates of a [`TrustedSet`] and persists it to an optional [`TrustedStore`].
+#[derive(Debug)]
+pub struct Updater {
+    trusted: TrustedSet,
+    store: Option<TrustedStore>,
+    limits: Limits,
+}
+
+// === impl Limits ===
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_root_rotations: 32,
+            root_max_size: 512 * 1024,
+            timestamp_max_size: 16 * 1024,
+        }
+    }
+}
+
+// === impl Updater ===
+
+impl Updater {
+    /// An updater over a trusted set, persisting nothing (`meshctl verify`, tests).
+    pub fn new(trusted: TrustedSet) -> Self {
+        Updater {
+            trusted,
+            store: None,
+            limits: Limits::default(),
+        }
+    }
+
+    /// An updater that restores its trusted set from `store` (starting from the pinned
+    /// `anchor` root) and persists every file it accepts there.
+    pub fn with_store(anchor: &[u8], store: TrustedStore) -> Result<Self, MetadataError> {
+        let trusted = TrustedSet::from_stored(anchor, &store.load()?)?;
+        Ok(Updater {
+            trusted,
+            store: Some(store),
+            limits: Limits::default(),
+        })
+    }
+
+    /// Replaces the limits.
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// What is trusted now.
+    pub fn trusted(&self) -> &TrustedSet {
+        &self.trusted
+    }
+
+    /// Runs one update: the root chain (at most [`Limits::max_root_rotations`] new roots),
+    /// the final root's expiry, the timestamp, and the targets when the timestamp names new
+    /// ones. `system_now` is the system clock; expiry is checked against the effective
+    /// clock, which never goes below the latest known time. On error, what was accepted
+    /// before the error stays trusted (and persisted); nothing after it is.
+    pub async fn update<F: Fetch>(
+        &mut self,
+        fetch: &mut F,
+        system_now: UnixTime,
+    ) -> Result<UpdateReport, MetadataError> {
+        let now = self.trusted.effective_time(system_now);
+
+        let mut rotations = 0;
+        let mut rotation_limit_reached = false;
+        loop {
+            if rotations >= self.limits.max_root_rotations {
+                rotation_limit_reached = true;
+                break;
+            }
+            let file = root_file(self.trusted.root().version().saturating_add(1));
+            let bytes = match fetch_capped(fetch, &file, self.limits.root_max_size).await {
+                Err(MetadataError::Fetch {
+                    source: FetchError::NotFound,
+                    ..
+                }) => break,
+                other => other?,
+            };
+            let rotation = self.trusted.update_root(&file, &bytes)?;
+            self.persist(store::ROOT_FILE, self.trusted.root_bytes())?;
+            if rotation.dropped_timestamp {
+                self.remove(store::TIMESTAMP_FILE)?;
+            }
+            if rotation.dropped_targets {
+                self.remove(store::TARGETS_FILE)?;
+            }
+            rotations += 1;
+        }
+        self.trusted.check_root_expiry(now)?;
+
+        let bytes = fetch_capped(fetch, TIMESTAMP_FILE, self.limits.timestamp_max_size).await?;
+        let timestamp = self.trusted.update_timestamp(TIMESTAMP_FILE, &bytes, now)?;
+        if timestamp == TimestampUpdate::New {
+            self.persist(store::TIMESTAMP_FILE, &bytes)?;
+        }
+
+        let mut targets_changed = false;
+        if let Some(meta) = self.trusted.targets_wanted().cloned() {
+            let file = targets_file(meta.version());
+            let bytes = fetch_capped(fetch, &file, meta.length()).await?;
+            self.trusted.update_targets(&file, &bytes, now)?;
+            self.persist(store::TARGETS_FILE, &bytes)?;
+            targets_changed = true;
+        } else {
+            self.trusted.check_targets_expiry(now)?;
+        }
+        if let Some(store) = &self.store {
+            store.write_latest_known(self.trusted.latest_known())?;
+        }
+
+        Ok(UpdateReport {
+            effective_time: now,
+            root_version: self.trusted.root().version(),
+            root_rotations: rotations,
+            rotation_limit_reached,
+            timestamp_version: self.trusted.timestamp().map_or(0, |t| t.version()),
+            timestamp_changed: timestamp == TimestampUpdate::New,
+            targets_version: self.trusted.targets().map_or(0, |t| t.version()),
+            targets_changed,
+        })
+    }
+
+    /// Fetches the manifest a trusted target pins, reading no more than its size, and
+    /// returns it only if its size and digest are the ones the target names.
+    pub async fn fetch_target<F: Fetch>(
+        &self,
+        fetch: &mut F,
+        entry: &TargetEntry,
+    ) -> Result<Vec<u8>, MetadataError> {
+        let name = entry.name.to_string();
+        let bytes = match fetch.fetch_target(entry, entry.size).await {
+            Ok(bytes) => bytes,
+            Err(FetchError::TooLarge { limit }) => {
+                return Err(MetadataError::TooLarge { file: name, limit });
+            }
+            Err(source) => return Err(MetadataError::Fetch { file: name, source }),
+        };
+        let mut verifier = entry.verifier();
+        verifier
+            .update(&bytes)
+            .and_then(|()| verifier.finish())
+            .map_err(|source| match source {
+                crate::verify::VerifyError::TooLong { .. } => MetadataError::TooLarge {
+                    file: name.clone(),
+                    limit: entry.size,
+                },
+                source => MetadataError::Target {
+                    name: name.clone(),
+                    source,
+                },
+            })?;
+        Ok(bytes)
+    }
+
+    fn persist(&self, name: &str, bytes: &[u8]) -> Result<(), MetadataError> {
+        match &self.store {
+            Some(store) => store.write(name, bytes),
+            None => Ok(()),
+        }
+    }
+
+    fn remove(&self, name: &str) -> Result<(), MetadataError> {
+        match &self.store {
+            Some(store) => store.remove(name),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Fetches a metadata file, refusing more than `limit` bytes even from a source that
+/// ignores the limit.
+async fn fetch_capped<F: Fetch>(
+    fetch: &mut F,
+    file: &str,
+    limit: u64,
+) -> Result<Vec<u8>, MetadataError> {
+    let too_large = || MetadataError::TooLarge {
+        file: file.to_owned(),
+        limit,
+    };
+    match fetch.fetch_metadata(file, limit).await {
+        Ok(bytes) if u64::try_from(bytes.len()).unwrap_or(u64::MAX) > limit => Err(too_large()),
+        Ok(bytes) => Ok(bytes),
+        Err(FetchError::TooLarge { .. }) => Err(too_large()),
+        Err(source) => Err(MetadataError::Fetch {
+            file: file.to_owned(),
+            source,
+        }),
+    }
+}
