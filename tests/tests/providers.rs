@@ -1,7 +1,10 @@
 //! Cloud credential providers against local servers that speak the real protocols and
 //! check the real signatures: Google's JWT bearer grant (RS256, keys made by openssl) and
 //! AWS STS AssumeRole + ECR GetAuthorizationToken (SigV4 recomputed independently).
-#![expect(clippy::unwrap_used, reason = "test helpers outside #[test] fns: a failure fails the test")]
+#![expect(
+    clippy::unwrap_used,
+    reason = "test helpers outside #[test] fns: a failure fails the test"
+)]
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
