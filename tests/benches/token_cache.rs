@@ -89,9 +89,9 @@ fn main() {
                 let took = t.elapsed();
                 std::hint::black_box(token);
                 if server.requests() > calls_before {
-                    refreshes.push(took)
+                    refreshes.push(took);
                 } else {
-                    hits.push(took)
+                    hits.push(took);
                 }
             }
             hits.sort();
