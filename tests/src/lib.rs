@@ -10,10 +10,16 @@
 //! - [`registry`]: starts the distribution registry on 127.0.0.1, port 0, with a generated
 //!   config (anonymous, htpasswd Basic auth, optional TLS and client CAs), and stops it on drop.
 //! - [`skopeo`]: runs `skopeo` and reports failures with its output.
+//! - [`gcp_server`], [`aws_server`]: token endpoints that speak the real protocols and check
+//!   the real signatures (RS256 JWTs; SigV4 recomputed independently), on
+//!   [`http_server`], a small HTTP server on 127.0.0.1:0.
 //!
 //! Everything a fixture starts is stopped, and every folder it makes is removed, when the
 //! fixture is dropped.
 
+pub mod aws_server;
+pub mod gcp_server;
+pub mod http_server;
 pub mod oci_layout;
 pub mod registry;
 pub mod skopeo;

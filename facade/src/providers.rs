@@ -1,0 +1,89 @@
+//! Cloud credential providers: exchange a stored configuration for a short-lived registry
+//! credential, and cache it per host until shortly before it expires.
+//!
+//! - [`gcp`]: a Google service-account key signs an RS256 JWT (RFC 7523) that the key's token
+//!   endpoint exchanges for an OAuth2 access token; the registry takes it as Basic
+//!   `oauth2accesstoken:<token>`.
+//! - [`ecr`]: AWS STS `AssumeRole` (optionally with an external id), then ECR
+//!   `GetAuthorizationToken` with the session credentials, both SigV4-signed; the token is
+//!   base64 `AWS:<password>`, sent as Basic.
+//! - [`token_cache`]: the per-host cache with a refresh margin and single-flight refresh.
+//!
+//! The long-lived secret never leaves the facade: devices only ever see the facade.
+
+pub mod ecr;
+pub mod gcp;
+pub mod token_cache;
+
+use std::fmt;
+use std::time::{Duration, SystemTime};
+
+/// A short-lived registry credential, sent upstream as HTTP Basic.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RegistryToken {
+    /// The Basic username (`oauth2accesstoken`, `AWS`).
+    pub username: String,
+    /// The Basic password: the short-lived token.
+    pub password: String,
+    /// When it stops being valid.
+    pub expires_at: SystemTime,
+    /// How long it was valid for when issued.
+    pub lifetime: Duration,
+}
+
+impl fmt::Debug for RegistryToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RegistryToken")
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .field("expires_at", &self.expires_at)
+            .finish()
+    }
+}
+
+/// Why a provider could not produce a credential. Upstream response bodies are never
+/// included (they may echo secrets); the status and the endpoint are.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProviderError {
+    /// The stored key or role configuration is unusable.
+    #[error("the {provider} configuration is invalid: {reason}")]
+    Config {
+        /// `gcp` or `ecr`.
+        provider: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The request could not be sent or its answer not read.
+    #[error("requesting a token from {endpoint}: {reason}")]
+    Request {
+        /// The endpoint URL.
+        endpoint: String,
+        /// Why (transport-level).
+        reason: String,
+    },
+    /// The endpoint refused.
+    #[error("{endpoint} refused the token request with HTTP {status}")]
+    Refused {
+        /// The endpoint URL.
+        endpoint: String,
+        /// The HTTP status.
+        status: u16,
+    },
+    /// A refresh failed moments ago; the next attempt waits out a short back-off.
+    #[error("the token refresh for {host} failed moments ago; retry after {retry_after:?}")]
+    RecentlyFailed {
+        /// The registry host.
+        host: String,
+        /// How long until the next attempt.
+        retry_after: Duration,
+    },
+    /// The endpoint answered something we cannot read.
+    #[error("{endpoint} answered an unreadable token response: {reason}")]
+    Response {
+        /// The endpoint URL.
+        endpoint: String,
+        /// What is wrong.
+        reason: String,
+    },
+}

@@ -1,0 +1,386 @@
+//! AWS ECR: assume the operator's role with STS, then ask ECR for an authorization token.
+//!
+//! Both calls are SigV4-signed with the `aws-sigv4` crate: `AssumeRole` (STS query API,
+//! form-encoded POST; `RoleArn`, `RoleSessionName`, `ExternalId` when the connection has one)
+//! with the facade's base credentials, read the way the AWS SDKs read them
+//! (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, optional `AWS_SESSION_TOKEN`); then
+//! `GetAuthorizationToken` (ECR JSON 1.1 API) with the session credentials. The token is
+//! base64 of `AWS:<password>` and is sent to the registry as Basic, until its `expiresAt`
+//! (12 hours).
+
+use std::fmt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use aws_credential_types::Credentials as SdkCredentials;
+use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
+use aws_sigv4::sign::v4;
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use serde::Deserialize;
+
+use super::gcp::form_encode;
+use super::{ProviderError, RegistryToken};
+use crate::connections::EcrRole;
+
+/// The session name the facade's assumed-role sessions carry (visible in CloudTrail).
+pub const SESSION_NAME: &str = "meshanics-facade";
+/// The `X-Amz-Target` of ECR's `GetAuthorizationToken`.
+pub const GET_AUTHORIZATION_TOKEN: &str =
+    "AmazonEC2ContainerRegistry_V20150921.GetAuthorizationToken";
+const STS_CONTENT_TYPE: &str = "application/x-www-form-urlencoded; charset=utf-8";
+const ECR_CONTENT_TYPE: &str = "application/x-amz-json-1.1";
+
+/// AWS credentials: the facade's base ones, or an assumed role's session.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AwsCredentials {
+    /// The access key id.
+    pub access_key_id: String,
+    /// The secret access key.
+    pub secret_access_key: String,
+    /// The session token, for temporary credentials.
+    pub session_token: Option<String>,
+    /// When temporary credentials expire.
+    pub expires_at: Option<SystemTime>,
+}
+
+impl fmt::Debug for AwsCredentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AwsCredentials")
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &"<redacted>")
+            .field(
+                "session_token",
+                &self.session_token.as_ref().map(|_| "<redacted>"),
+            )
+            .field("expires_at", &self.expires_at)
+            .finish()
+    }
+}
+
+impl AwsCredentials {
+    /// Reads `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` and `AWS_SESSION_TOKEN` through
+    /// `var` (the caller passes `std::env::var` once at start-up, or a config's values).
+    pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Option<Self> {
+        Some(AwsCredentials {
+            access_key_id: var("AWS_ACCESS_KEY_ID").filter(|v| !v.is_empty())?,
+            secret_access_key: var("AWS_SECRET_ACCESS_KEY").filter(|v| !v.is_empty())?,
+            session_token: var("AWS_SESSION_TOKEN").filter(|v| !v.is_empty()),
+            expires_at: None,
+        })
+    }
+}
+
+/// Where the STS and ECR APIs are (configurable so tests can run local servers).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoints {
+    /// The STS endpoint URL.
+    pub sts: String,
+    /// The ECR API endpoint URL.
+    pub ecr: String,
+}
+
+impl Endpoints {
+    /// AWS's regional endpoints for `region`.
+    pub fn for_region(region: &str) -> Self {
+        Endpoints {
+            sts: format!("https://sts.{region}.amazonaws.com/"),
+            ecr: format!("https://api.ecr.{region}.amazonaws.com/"),
+        }
+    }
+}
+
+/// Exchanges an ECR role for registry tokens.
+#[derive(Debug, Clone)]
+pub struct EcrProvider {
+    role: EcrRole,
+    base: AwsCredentials,
+    endpoints: Endpoints,
+}
+
+// === impl EcrProvider ===
+
+impl EcrProvider {
+    /// A provider for `role`, assuming it with `base` credentials at `endpoints`.
+    pub fn new(role: EcrRole, base: AwsCredentials, endpoints: Endpoints) -> Self {
+        EcrProvider {
+            role,
+            base,
+            endpoints,
+        }
+    }
+
+    /// Assumes the role, then fetches an ECR authorization token.
+    pub async fn fetch(
+        &self,
+        client: &reqwest::Client,
+        now: SystemTime,
+    ) -> Result<RegistryToken, ProviderError> {
+        let session = self.assume_role(client, now).await?;
+        self.authorization_token(client, &session, now).await
+    }
+
+    /// STS `AssumeRole`.
+    pub async fn assume_role(
+        &self,
+        client: &reqwest::Client,
+        now: SystemTime,
+    ) -> Result<AwsCredentials, ProviderError> {
+        let mut body = format!(
+            "Action=AssumeRole&Version=2011-06-15&RoleArn={}&RoleSessionName={}&DurationSeconds=3600",
+            form_encode(&self.role.role_arn),
+            SESSION_NAME
+        );
+        if let Some(external_id) = &self.role.external_id {
+            body.push_str(&format!("&ExternalId={}", form_encode(external_id)));
+        }
+        let endpoint = &self.endpoints.sts;
+        let response = signed_post(
+            client,
+            endpoint,
+            "sts",
+            &self.role.region,
+            &self.base,
+            &[("content-type", STS_CONTENT_TYPE)],
+            body.into_bytes(),
+            now,
+        )?
+        .send()
+        .await
+        .map_err(|e| request_err(endpoint, &e))?;
+        let body = read_success(response, endpoint).await?;
+        parse_assume_role_response(&body, endpoint)
+    }
+
+    /// ECR `GetAuthorizationToken` with session credentials.
+    pub async fn authorization_token(
+        &self,
+        client: &reqwest::Client,
+        session: &AwsCredentials,
+        now: SystemTime,
+    ) -> Result<RegistryToken, ProviderError> {
+        let endpoint = &self.endpoints.ecr;
+        let response = signed_post(
+            client,
+            endpoint,
+            "ecr",
+            &self.role.region,
+            session,
+            &[
+                ("content-type", ECR_CONTENT_TYPE),
+                ("x-amz-target", GET_AUTHORIZATION_TOKEN),
+            ],
+            b"{}".to_vec(),
+            now,
+        )?
+        .send()
+        .await
+        .map_err(|e| request_err(endpoint, &e))?;
+        let body = read_success(response, endpoint).await?;
+        parse_authorization_response(&body, endpoint, now)
+    }
+}
+
+/// A POST request to `url`, SigV4-signed for `service` in `region` at time `now`.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one call site per API; a struct would only rename them"
+)]
+fn signed_post(
+    client: &reqwest::Client,
+    url: &str,
+    service: &str,
+    region: &str,
+    credentials: &AwsCredentials,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+    now: SystemTime,
+) -> Result<reqwest::RequestBuilder, ProviderError> {
+    let config = |reason: String| ProviderError::Config {
+        provider: "ecr",
+        reason,
+    };
+    let identity = SdkCredentials::new(
+        &credentials.access_key_id,
+        &credentials.secret_access_key,
+        credentials.session_token.clone(),
+        None,
+        "meshanics",
+    )
+    .into();
+    let params = v4::SigningParams::builder()
+        .identity(&identity)
+        .region(region)
+        .name(service)
+        .time(now)
+        .settings(SigningSettings::default())
+        .build()
+        .map_err(|e| config(format!("SigV4 parameters: {e}")))?
+        .into();
+    let signable = SignableRequest::new(
+        "POST",
+        url,
+        headers.iter().copied(),
+        SignableBody::Bytes(&body),
+    )
+    .map_err(|e| config(format!("SigV4 request for {url}: {e}")))?;
+    let (instructions, _signature) = sign(signable, &params)
+        .map_err(|e| config(format!("SigV4 signing for {url}: {e}")))?
+        .into_parts();
+    let mut request = client.post(url).body(body);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    for (name, value) in instructions.headers() {
+        request = request.header(name, value);
+    }
+    Ok(request)
+}
+
+fn request_err(endpoint: &str, e: &reqwest::Error) -> ProviderError {
+    ProviderError::Request {
+        endpoint: endpoint.to_owned(),
+        reason: e.to_string(),
+    }
+}
+
+async fn read_success(
+    response: reqwest::Response,
+    endpoint: &str,
+) -> Result<bytes::Bytes, ProviderError> {
+    let status = response.status();
+    if !status.is_success() {
+        return Err(ProviderError::Refused {
+            endpoint: endpoint.to_owned(),
+            status: status.as_u16(),
+        });
+    }
+    response
+        .bytes()
+        .await
+        .map_err(|e| request_err(endpoint, &e))
+}
+
+/// Reads STS's `AssumeRoleResponse` XML: the session's `AccessKeyId`, `SecretAccessKey`,
+/// `SessionToken` and `Expiration`.
+pub fn parse_assume_role_response(
+    body: &[u8],
+    endpoint: &str,
+) -> Result<AwsCredentials, ProviderError> {
+    let unreadable = |reason: &str| ProviderError::Response {
+        endpoint: endpoint.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let text = std::str::from_utf8(body).map_err(|_| unreadable("not UTF-8"))?;
+    let credentials =
+        xml_element(text, "Credentials").ok_or_else(|| unreadable("no <Credentials>"))?;
+    let field = |name: &str| {
+        xml_element(credentials, name)
+            .map(|v| xml_unescape(v.trim()))
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| unreadable(&format!("no <{name}> in <Credentials>")))
+    };
+    let expiration = field("Expiration")?;
+    Ok(AwsCredentials {
+        access_key_id: field("AccessKeyId")?,
+        secret_access_key: field("SecretAccessKey")?,
+        session_token: Some(field("SessionToken")?),
+        expires_at: Some(parse_iso8601(&expiration).ok_or_else(|| unreadable("bad <Expiration>"))?),
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AuthorizationResponse {
+    authorization_data: Vec<AuthorizationData>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AuthorizationData {
+    authorization_token: String,
+    expires_at: f64,
+}
+
+/// Reads ECR's `GetAuthorizationToken` JSON: base64 `AWS:<password>` and `expiresAt` (epoch
+/// seconds).
+pub fn parse_authorization_response(
+    body: &[u8],
+    endpoint: &str,
+    now: SystemTime,
+) -> Result<RegistryToken, ProviderError> {
+    let unreadable = |reason: &str| ProviderError::Response {
+        endpoint: endpoint.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let response: AuthorizationResponse =
+        serde_json::from_slice(body).map_err(|e| unreadable(&e.to_string()))?;
+    let data = response
+        .authorization_data
+        .into_iter()
+        .next()
+        .ok_or_else(|| unreadable("empty authorizationData"))?;
+    let decoded = STANDARD
+        .decode(data.authorization_token.trim())
+        .map_err(|_| unreadable("authorizationToken is not base64"))?;
+    let decoded =
+        String::from_utf8(decoded).map_err(|_| unreadable("authorizationToken is not text"))?;
+    let (username, password) = decoded
+        .split_once(':')
+        .ok_or_else(|| unreadable("authorizationToken is not user:password"))?;
+    if !data.expires_at.is_finite() || data.expires_at < 0.0 {
+        return Err(unreadable("bad expiresAt"));
+    }
+    let expires_at = UNIX_EPOCH + Duration::from_secs_f64(data.expires_at);
+    Ok(RegistryToken {
+        username: username.to_owned(),
+        password: password.to_owned(),
+        expires_at,
+        lifetime: expires_at.duration_since(now).unwrap_or_default(),
+    })
+}
+
+/// The text inside the first `<name>...</name>`.
+fn xml_element<'a>(text: &'a str, name: &str) -> Option<&'a str> {
+    let open = format!("<{name}>");
+    let close = format!("</{name}>");
+    let start = text.find(&open)? + open.len();
+    let end = start + text.get(start..)?.find(&close)?;
+    text.get(start..end)
+}
+
+fn xml_unescape(text: &str) -> String {
+    text.replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&apos;", "'")
+        .replace("&amp;", "&")
+}
+
+/// `YYYY-MM-DDTHH:MM:SS[.fff]Z` as STS writes it.
+pub fn parse_iso8601(text: &str) -> Option<SystemTime> {
+    let text = text.strip_suffix('Z')?;
+    let (date, time) = text.split_once('T')?;
+    let mut d = date.split('-').map(|p| p.parse::<i64>().ok());
+    let (year, month, day) = (d.next()??, d.next()??, d.next()??);
+    let time = time.split('.').next()?;
+    let mut t = time.split(':').map(|p| p.parse::<i64>().ok());
+    let (hour, minute, second) = (t.next()??, t.next()??, t.next()??);
+    if !(1..=12).contains(&month)
+        || !(1..=31).contains(&day)
+        || hour > 23
+        || minute > 59
+        || second > 60
+    {
+        return None;
+    }
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + hour * 3600 + minute * 60 + second;
+    Some(UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).ok()?))
+}

@@ -1,0 +1,159 @@
+//! Short-lived registry tokens cached per host, refreshed shortly before they expire, one
+//! refresh at a time.
+//!
+//! A token is used until `expires_at - margin`, where the margin is the smaller of a fixed
+//! duration (default 5 minutes) and a fraction of the token's lifetime (default 10 %), so a
+//! 12-hour ECR token is renewed 5 minutes early and a 60-second token 6 seconds early.
+//!
+//! Each host has its own async mutex: the first caller that finds the token stale refreshes
+//! it while the others wait, and they all get the new token (single flight: 50 concurrent
+//! pulls, one token request). A failed refresh is remembered for a short back-off, so a
+//! token endpoint that is down is not hammered by every waiting pull; callers get
+//! [`ProviderError::RecentlyFailed`] with the time to retry after.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use super::{ProviderError, RegistryToken};
+
+/// A source of the current time (injectable so tests and benchmarks can simulate hours).
+pub trait Clock: Send + Sync + std::fmt::Debug {
+    /// Now.
+    fn now(&self) -> SystemTime;
+}
+
+/// The system clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> SystemTime {
+        SystemTime::now()
+    }
+}
+
+/// When a cached token counts as stale.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MarginPolicy {
+    /// The largest margin before expiry.
+    pub max: Duration,
+    /// The margin as a fraction of the token's lifetime, if smaller.
+    pub fraction: f64,
+    /// How long a failed refresh is remembered before the next attempt.
+    pub failure_backoff: Duration,
+}
+
+impl Default for MarginPolicy {
+    fn default() -> Self {
+        MarginPolicy {
+            max: Duration::from_secs(300),
+            fraction: 0.1,
+            failure_backoff: Duration::from_secs(5),
+        }
+    }
+}
+
+impl MarginPolicy {
+    /// The margin for a token that lives `lifetime`.
+    pub fn margin(&self, lifetime: Duration) -> Duration {
+        self.max
+            .min(lifetime.mul_f64(self.fraction.clamp(0.0, 1.0)))
+    }
+}
+
+#[derive(Debug, Default)]
+struct Slot {
+    token: Option<RegistryToken>,
+    failed_at: Option<SystemTime>,
+}
+
+/// The per-host token cache.
+#[derive(Debug)]
+pub struct TokenCache {
+    policy: MarginPolicy,
+    clock: Arc<dyn Clock>,
+    slots: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Slot>>>>,
+    refreshes: AtomicU64,
+    hits: AtomicU64,
+}
+
+// === impl TokenCache ===
+
+impl TokenCache {
+    /// A cache with `policy`, reading time from `clock`.
+    pub fn new(policy: MarginPolicy, clock: Arc<dyn Clock>) -> Self {
+        TokenCache {
+            policy,
+            clock,
+            slots: Mutex::new(HashMap::new()),
+            refreshes: AtomicU64::new(0),
+            hits: AtomicU64::new(0),
+        }
+    }
+
+    /// The token for `host`: the cached one while fresh, else the result of `refresh(now)`
+    /// (called by one caller at a time per host).
+    pub async fn get<F, Fut>(&self, host: &str, refresh: F) -> Result<RegistryToken, ProviderError>
+    where
+        F: FnOnce(SystemTime) -> Fut,
+        Fut: Future<Output = Result<RegistryToken, ProviderError>>,
+    {
+        let slot = {
+            let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+            slots.entry(host.to_owned()).or_default().clone()
+        };
+        let mut slot = slot.lock().await;
+        let now = self.clock.now();
+        if let Some(token) = &slot.token {
+            let margin = self.policy.margin(token.lifetime);
+            if now + margin < token.expires_at {
+                self.hits.fetch_add(1, Ordering::Relaxed);
+                return Ok(token.clone());
+            }
+        }
+        if let Some(failed_at) = slot.failed_at {
+            let since = now.duration_since(failed_at).unwrap_or_default();
+            if since < self.policy.failure_backoff {
+                return Err(ProviderError::RecentlyFailed {
+                    host: host.to_owned(),
+                    retry_after: self.policy.failure_backoff - since,
+                });
+            }
+        }
+        self.refreshes.fetch_add(1, Ordering::Relaxed);
+        match refresh(now).await {
+            Ok(token) => {
+                slot.token = Some(token.clone());
+                slot.failed_at = None;
+                Ok(token)
+            }
+            Err(err) => {
+                slot.token = None;
+                slot.failed_at = Some(now);
+                Err(err)
+            }
+        }
+    }
+
+    /// Forgets the token for `host` (after the registry refused it).
+    pub fn invalidate(&self, host: &str) {
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        slots.remove(host);
+    }
+
+    /// How many refreshes were started.
+    pub fn refreshes(&self) -> u64 {
+        self.refreshes.load(Ordering::Relaxed)
+    }
+
+    /// How many calls were answered from the cache.
+    pub fn hits(&self) -> u64 {
+        self.hits.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,281 @@
+//! Tags: following a registry's pagination, and ordering tags newest-likely-first.
+//!
+//! Registries paginate `GET /v2/<name>/tags/list` with a `Link: <url>; rel="next"` header.
+//! The URL is followed verbatim (resolved against the registry's base when relative): Quay
+//! and ECR put opaque cursors in it, so nothing may be rebuilt from `last=`. The walk stops at
+//! a cap and then says it was clipped.
+//!
+//! Registries return no dates with tags, so the order is a heuristic, documented here and in
+//! `meshctl tags --help`:
+//!
+//! 1. semantic-version-like tags (`v1.2.3`, `1.25`, `3`, `1.0.0-rc.1`, `1.25-alpine`),
+//!    highest version first; a release before its pre-releases and suffixed variants;
+//! 2. date-like tags (`20240115`, `2024-01-15`, `2024.01.15`, with any suffix), newest
+//!    first;
+//! 3. moving names (`latest`, `stable`, `main`, `master`, `edge`, `nightly`, ...);
+//! 4. everything else, in lexical order.
+
+use std::cmp::Ordering;
+
+/// Tag names that move with every release.
+const MOVING: [&str; 12] = [
+    "latest", "stable", "main", "master", "edge", "nightly", "dev", "develop", "current", "lts",
+    "mainline", "release",
+];
+
+/// The target of the `rel="next"` link among `Link` header values, verbatim.
+pub fn next_link<'a>(values: impl IntoIterator<Item = &'a str>) -> Option<String> {
+    for value in values {
+        let mut rest = value;
+        while let Some(open) = rest.find('<') {
+            let after = rest.get(open + 1..)?;
+            let close = after.find('>')?;
+            let target = after.get(..close)?;
+            let params_and_more = after.get(close + 1..)?;
+            // The parameters of this link run until the next link's '<' (or the end).
+            let params_end = params_and_more.find('<').unwrap_or(params_and_more.len());
+            let params = params_and_more.get(..params_end)?;
+            let is_next = params.split(';').any(|p| {
+                let Some((key, value)) = p.split_once('=') else {
+                    return false;
+                };
+                key.trim().eq_ignore_ascii_case("rel")
+                    && value
+                        .trim()
+                        .trim_matches(|c| c == '"' || c == ',')
+                        .split_whitespace()
+                        .any(|r| r.eq_ignore_ascii_case("next"))
+            });
+            if is_next {
+                return Some(target.to_owned());
+            }
+            rest = params_and_more.get(params_end..)?;
+        }
+    }
+    None
+}
+
+/// Resolves a link target against the registry's base URL (`https://host:port`): absolute
+/// URLs are kept, `/path?query` is joined to the base.
+pub fn resolve_link(base: &str, target: &str) -> String {
+    if target.starts_with("https://") || target.starts_with("http://") {
+        target.to_owned()
+    } else if target.starts_with('/') {
+        format!("{}{target}", base.trim_end_matches('/'))
+    } else {
+        format!("{}/{target}", base.trim_end_matches('/'))
+    }
+}
+
+/// Orders tags newest-likely-first (see the module documentation).
+pub fn order(mut tags: Vec<String>) -> Vec<String> {
+    tags.sort_by(|a, b| compare(a, b));
+    tags.dedup();
+    tags
+}
+
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Class {
+    Version,
+    Date,
+    Moving,
+    Other,
+}
+
+/// A version: numeric parts, then whether it has a suffix (pre-release or variant).
+#[derive(Debug, PartialEq, Eq)]
+struct Version<'a> {
+    numbers: Vec<u64>,
+    suffix: Option<&'a str>,
+}
+
+fn classify(tag: &str) -> Class {
+    if date_key(tag).is_some() {
+        Class::Date
+    } else if version(tag).is_some() {
+        Class::Version
+    } else if MOVING.contains(&tag.to_ascii_lowercase().as_str()) {
+        Class::Moving
+    } else {
+        Class::Other
+    }
+}
+
+fn compare(a: &str, b: &str) -> Ordering {
+    let (ca, cb) = (classify(a), classify(b));
+    if ca != cb {
+        return ca.cmp(&cb);
+    }
+    match ca {
+        Class::Version => match (version(a), version(b)) {
+            (Some(va), Some(vb)) => compare_versions(&vb, &va).then_with(|| a.cmp(b)),
+            _ => a.cmp(b),
+        },
+        Class::Date => date_key(b).cmp(&date_key(a)).then_with(|| a.cmp(b)),
+        Class::Moving => {
+            let rank = |t: &str| MOVING.iter().position(|m| t.eq_ignore_ascii_case(m));
+            rank(a).cmp(&rank(b)).then_with(|| a.cmp(b))
+        }
+        Class::Other => a.cmp(b),
+    }
+}
+
+/// Ascending version order: numbers part by part (a missing part is 0), then a plain release
+/// above the same numbers with a suffix.
+fn compare_versions(a: &Version<'_>, b: &Version<'_>) -> Ordering {
+    let len = a.numbers.len().max(b.numbers.len());
+    for i in 0..len {
+        let x = a.numbers.get(i).copied().unwrap_or(0);
+        let y = b.numbers.get(i).copied().unwrap_or(0);
+        if x != y {
+            return x.cmp(&y);
+        }
+    }
+    match (a.suffix, b.suffix) {
+        (None, Some(_)) => Ordering::Greater,
+        (Some(_), None) => Ordering::Less,
+        (Some(x), Some(y)) => x.cmp(y),
+        (None, None) => a.numbers.len().cmp(&b.numbers.len()),
+    }
+}
+
+/// `[v]N[.N[.N[.N]]][-suffix|+build]`.
+fn version(tag: &str) -> Option<Version<'_>> {
+    let body = tag.strip_prefix(['v', 'V']).unwrap_or(tag);
+    let end = body.find(['-', '+', '_']).unwrap_or(body.len());
+    let (core, rest) = body.split_at(end);
+    let numbers: Vec<u64> = core
+        .split('.')
+        .map(|p| {
+            if p.is_empty() || p.len() > 9 || !p.bytes().all(|b| b.is_ascii_digit()) {
+                None
+            } else {
+                p.parse().ok()
+            }
+        })
+        .collect::<Option<_>>()?;
+    if numbers.is_empty() || numbers.len() > 4 {
+        return None;
+    }
+    let suffix = rest.get(1..).filter(|s| !s.is_empty());
+    if !rest.is_empty() && suffix.is_none() {
+        return None;
+    }
+    Some(Version { numbers, suffix })
+}
+
+/// `YYYYMMDD`, `YYYY-MM-DD` or `YYYY.MM.DD` at the start, with a plausible date, as a
+/// sortable key (the date, then the rest of the tag).
+fn date_key(tag: &str) -> Option<(u32, &str)> {
+    let bytes = tag.as_bytes();
+    let digits = |range: std::ops::Range<usize>| -> Option<u32> {
+        let part = tag.get(range)?;
+        part.bytes()
+            .all(|b| b.is_ascii_digit())
+            .then(|| part.parse().ok())?
+    };
+    let (year, month, day, rest) = match bytes.get(4) {
+        Some(b'-' | b'.') if bytes.get(7) == bytes.get(4) => {
+            (digits(0..4)?, digits(5..7)?, digits(8..10)?, tag.get(10..)?)
+        }
+        _ => (digits(0..4)?, digits(4..6)?, digits(6..8)?, tag.get(8..)?),
+    };
+    if !(1990..=2100).contains(&year) || !(1..=12).contains(&month) || !(1..=31).contains(&day) {
+        return None;
+    }
+    // `20240115` followed by more digits is a build number, not a date.
+    if rest.bytes().next().is_some_and(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some((year * 10_000 + month * 100 + day, rest))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_next_link_among_several() {
+        assert_eq!(
+            next_link(["</v2/app/tags/list?last=b&n=2>; rel=\"next\""]),
+            Some("/v2/app/tags/list?last=b&n=2".into())
+        );
+        assert_eq!(
+            next_link([
+                r#"<https://r.example/v2/x/tags/list?page=1>; rel="prev", <https://r.example/v2/x/tags/list?next_page=opaque%3D%3D>; rel="next""#
+            ]),
+            Some("https://r.example/v2/x/tags/list?next_page=opaque%3D%3D".into())
+        );
+        assert_eq!(
+            next_link(["<a>; rel=prev", "<b>; REL=next"]),
+            Some("b".into())
+        );
+        assert_eq!(next_link(["<a>; rel=\"prev\""]), None);
+        assert_eq!(next_link(["garbage", "<unterminated"]), None);
+        assert_eq!(next_link(std::iter::empty()), None);
+    }
+
+    #[test]
+    fn resolves_relative_links_against_the_registry() {
+        assert_eq!(
+            resolve_link("https://r.example:5000", "/v2/a/tags/list?last=x"),
+            "https://r.example:5000/v2/a/tags/list?last=x"
+        );
+        assert_eq!(
+            resolve_link("https://r.example/", "https://other/x"),
+            "https://other/x"
+        );
+    }
+
+    #[test]
+    fn orders_versions_then_dates_then_moving_names_then_the_rest() {
+        let tags = [
+            "latest",
+            "1.2.3",
+            "v1.10.0",
+            "1.2",
+            "20240101",
+            "2024-03-05",
+            "feature-x",
+            "1.10.0-rc.1",
+            "stable",
+            "0.9",
+            "abc",
+            "2",
+            "1.25-alpine",
+            "1.25",
+            "20231231-abc",
+            "sha-1234",
+        ];
+        let ordered = order(tags.iter().map(|t| t.to_string()).collect());
+        assert_eq!(
+            ordered,
+            [
+                "2",
+                "1.25",
+                "1.25-alpine",
+                "v1.10.0",
+                "1.10.0-rc.1",
+                "1.2.3",
+                "1.2",
+                "0.9",
+                "2024-03-05",
+                "20240101",
+                "20231231-abc",
+                "latest",
+                "stable",
+                "abc",
+                "feature-x",
+                "sha-1234",
+            ]
+        );
+    }
+
+    #[test]
+    fn does_not_take_build_numbers_or_impossible_dates_for_dates() {
+        assert_eq!(date_key("2024011512"), None);
+        assert_eq!(date_key("20241345"), None);
+        assert!(date_key("2024.01.15-r1").is_some());
+        assert_eq!(classify("2024011512"), Class::Other);
+    }
+}
