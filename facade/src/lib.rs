@@ -4,13 +4,13 @@
 //!
 //! - [`seal`]: secrets sealed at rest under the operator's master key.
 //! - [`connections`]: the registries operators connected, with sealed credentials.
-//! - [`providers`]: cloud credentials (Google service accounts, AWS roles for ECR) exchanged
+//! - [`cloud`]: cloud credentials (Google service accounts, AWS roles for ECR) exchanged
 //!   for short-lived registry tokens, cached per host.
 //! - [`http_client`]: the outbound HTTP client on the ring TLS provider.
 //! - [`tags`]: tag listing with `Link` pagination, and the newest-likely-first ordering.
 
+pub mod cloud;
 pub mod connections;
 pub mod http_client;
-pub mod providers;
 pub mod seal;
 pub mod tags;

@@ -579,13 +579,12 @@ fn is_domain_component(c: &str) -> bool {
 /// `domainAndPort`: (`domainName` | `[ipv6]`) optionally followed by `:digits`.
 fn is_domain_and_port(input: &str) -> bool {
     let (host, port) = split_port(input);
-    if let Some(port) = port {
-        if port.is_empty()
+    if let Some(port) = port
+        && (port.is_empty()
             || !port.bytes().all(|b| b.is_ascii_digit())
-            || port.parse::<u16>().is_err()
-        {
-            return false;
-        }
+            || port.parse::<u16>().is_err())
+    {
+        return false;
     }
     if let Some(inner) = host.strip_prefix('[') {
         let Some(addr) = inner.strip_suffix(']') else {
@@ -687,10 +686,11 @@ fn as_url(input: &str) -> Option<Result<Url, &'static str>> {
             }
         }
     };
-    if let Some(scheme) = scheme {
-        if !scheme.eq_ignore_ascii_case("https") && !scheme.eq_ignore_ascii_case("http") {
-            return Some(Err("only http and https URLs are understood"));
-        }
+    if let Some(scheme) = scheme
+        && !scheme.eq_ignore_ascii_case("https")
+        && !scheme.eq_ignore_ascii_case("http")
+    {
+        return Some(Err("only http and https URLs are understood"));
     }
     let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     let (authority, tail) = rest.split_at(end);
@@ -781,14 +781,13 @@ fn percent_decode(segment: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while let Some(&b) = bytes.get(i) {
-        if b == b'%' {
-            if let Some(hex) = bytes.get(i + 1..i + 3) {
-                if let Ok(v) = u8::from_str_radix(std::str::from_utf8(hex).unwrap_or("zz"), 16) {
-                    out.push(v);
-                    i += 3;
-                    continue;
-                }
-            }
+        if b == b'%'
+            && let Some(hex) = bytes.get(i + 1..i + 3)
+            && let Ok(v) = u8::from_str_radix(std::str::from_utf8(hex).unwrap_or("zz"), 16)
+        {
+            out.push(v);
+            i += 3;
+            continue;
         }
         out.push(b);
         i += 1;

@@ -17,9 +17,9 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+use meshanics_facade::cloud::gcp::ServiceAccountKey;
+use meshanics_facade::cloud::token_cache::{Clock, MarginPolicy, TokenCache};
 use meshanics_facade::http_client;
-use meshanics_facade::providers::gcp::ServiceAccountKey;
-use meshanics_facade::providers::token_cache::{Clock, MarginPolicy, TokenCache};
 use meshanics_tests::gcp_server::{GcpTokenServer, ServiceAccount};
 
 #[derive(Debug)]

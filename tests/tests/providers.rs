@@ -9,12 +9,12 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use meshanics_facade::cloud::CloudError;
+use meshanics_facade::cloud::ecr::{AwsCredentials, EcrProvider, Endpoints};
+use meshanics_facade::cloud::gcp::ServiceAccountKey;
+use meshanics_facade::cloud::token_cache::{MarginPolicy, SystemClock, TokenCache};
 use meshanics_facade::connections::EcrRole;
 use meshanics_facade::http_client;
-use meshanics_facade::providers::ProviderError;
-use meshanics_facade::providers::ecr::{AwsCredentials, EcrProvider, Endpoints};
-use meshanics_facade::providers::gcp::ServiceAccountKey;
-use meshanics_facade::providers::token_cache::{MarginPolicy, SystemClock, TokenCache};
 use meshanics_tests::aws_server::{AwsAccount, AwsServer};
 use meshanics_tests::gcp_server::{GcpTokenServer, ServiceAccount};
 
@@ -59,7 +59,7 @@ async fn gcp_token_server_refuses_an_assertion_signed_by_another_key() {
     let key = ServiceAccountKey::parse(&forged.key_json(&server.token_uri())).unwrap();
     let err = key.fetch(&client(), SystemTime::now()).await.unwrap_err();
     assert!(
-        matches!(err, ProviderError::Refused { status: 400, .. }),
+        matches!(err, CloudError::Refused { status: 400, .. }),
         "{err}"
     );
     assert_eq!(server.rejected(), 1);
@@ -194,7 +194,7 @@ async fn ecr_refuses_a_wrong_external_id() {
         .await
         .unwrap_err();
     assert!(
-        matches!(err, ProviderError::Refused { status: 403, .. }),
+        matches!(err, CloudError::Refused { status: 403, .. }),
         "{err}"
     );
     assert_eq!(server.refusals(), ["AccessDenied: external id mismatch"]);
@@ -210,7 +210,7 @@ async fn ecr_refuses_a_request_signed_with_the_wrong_secret() {
         .await
         .unwrap_err();
     assert!(
-        matches!(err, ProviderError::Refused { status: 403, .. }),
+        matches!(err, CloudError::Refused { status: 403, .. }),
         "{err}"
     );
     assert_eq!(
@@ -229,7 +229,7 @@ async fn ecr_refuses_an_expired_session_token() {
         .await
         .unwrap_err();
     assert!(
-        matches!(err, ProviderError::Refused { status: 403, .. }),
+        matches!(err, CloudError::Refused { status: 403, .. }),
         "{err}"
     );
     assert_eq!(server.assume_calls(), 1);

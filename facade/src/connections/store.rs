@@ -11,7 +11,7 @@ use meshanics_shared::reference::{ReferenceError, Registry};
 use super::record::{
     ConnectionView, Credentials, EcrRole, NewConnection, ProviderKind, StoredRecord,
 };
-use crate::providers::gcp::ServiceAccountKey;
+use crate::cloud::gcp::ServiceAccountKey;
 use crate::seal::{MasterKey, SealError};
 
 /// The connections folder inside the facade's state dir.

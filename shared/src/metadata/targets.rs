@@ -188,12 +188,12 @@ impl TargetEntry {
                 self.size
             ));
         }
-        if let Some(class) = &self.selectors.hardware_class {
-            if !is_name(class) {
-                return Err(format!(
-                    "hardware class {class:?} must be 1 to {NAME_MAX} of [A-Za-z0-9._-] starting with a letter or digit"
-                ));
-            }
+        if let Some(class) = &self.selectors.hardware_class
+            && !is_name(class)
+        {
+            return Err(format!(
+                "hardware class {class:?} must be 1 to {NAME_MAX} of [A-Za-z0-9._-] starting with a letter or digit"
+            ));
         }
         if self.custom.len() > 64 {
             return Err("more than 64 custom fields".to_owned());

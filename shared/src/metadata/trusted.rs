@@ -92,23 +92,23 @@ impl TrustedSet {
                 };
             }
         }
-        if let Some(bytes) = &stored.timestamp {
-            if let Ok(ts) = open::<Timestamp>(super::store::TIMESTAMP_FILE, bytes, set.root()) {
-                set.latest_known = set.latest_known.max(ts.issued());
-                set.timestamp = Some(Signed {
-                    payload: ts,
-                    bytes: bytes.clone(),
-                });
-            }
+        if let Some(bytes) = &stored.timestamp
+            && let Ok(ts) = open::<Timestamp>(super::store::TIMESTAMP_FILE, bytes, set.root())
+        {
+            set.latest_known = set.latest_known.max(ts.issued());
+            set.timestamp = Some(Signed {
+                payload: ts,
+                bytes: bytes.clone(),
+            });
         }
-        if let Some(bytes) = &stored.targets {
-            if let Ok(targets) = open::<Targets>(super::store::TARGETS_FILE, bytes, set.root()) {
-                set.latest_known = set.latest_known.max(targets.issued());
-                set.targets = Some(Signed {
-                    payload: targets,
-                    bytes: bytes.clone(),
-                });
-            }
+        if let Some(bytes) = &stored.targets
+            && let Ok(targets) = open::<Targets>(super::store::TARGETS_FILE, bytes, set.root())
+        {
+            set.latest_known = set.latest_known.max(targets.issued());
+            set.targets = Some(Signed {
+                payload: targets,
+                bytes: bytes.clone(),
+            });
         }
         if let Some(known) = stored.latest_known {
             set.latest_known = set.latest_known.max(known);
@@ -296,15 +296,15 @@ impl TrustedSet {
                 ),
             });
         }
-        if let Some(trusted) = self.targets() {
-            if new.version() < trusted.version() {
-                return Err(MetadataError::Rollback {
-                    file: file.to_owned(),
-                    role: RoleType::Targets,
-                    trusted: trusted.version(),
-                    found: new.version(),
-                });
-            }
+        if let Some(trusted) = self.targets()
+            && new.version() < trusted.version()
+        {
+            return Err(MetadataError::Rollback {
+                file: file.to_owned(),
+                role: RoleType::Targets,
+                trusted: trusted.version(),
+                found: new.version(),
+            });
         }
         check_expiry(&new, file, now)?;
         self.latest_known = self.latest_known.max(new.issued());

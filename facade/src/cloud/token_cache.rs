@@ -9,7 +9,7 @@
 //! it while the others wait, and they all get the new token (single flight: 50 concurrent
 //! pulls, one token request). A failed refresh is remembered for a short back-off, so a
 //! token endpoint that is down is not hammered by every waiting pull; callers get
-//! [`ProviderError::RecentlyFailed`] with the time to retry after.
+//! [`CloudError::RecentlyFailed`] with the time to retry after.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use super::{ProviderError, RegistryToken};
+use super::{CloudError, RegistryToken};
 
 /// A source of the current time (injectable so tests and benchmarks can simulate hours).
 pub trait Clock: Send + Sync + std::fmt::Debug {
@@ -96,10 +96,10 @@ impl TokenCache {
 
     /// The token for `host`: the cached one while fresh, else the result of `refresh(now)`
     /// (called by one caller at a time per host).
-    pub async fn get<F, Fut>(&self, host: &str, refresh: F) -> Result<RegistryToken, ProviderError>
+    pub async fn get<F, Fut>(&self, host: &str, refresh: F) -> Result<RegistryToken, CloudError>
     where
         F: FnOnce(SystemTime) -> Fut,
-        Fut: Future<Output = Result<RegistryToken, ProviderError>>,
+        Fut: Future<Output = Result<RegistryToken, CloudError>>,
     {
         let slot = {
             let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
@@ -117,7 +117,7 @@ impl TokenCache {
         if let Some(failed_at) = slot.failed_at {
             let since = now.duration_since(failed_at).unwrap_or_default();
             if since < self.policy.failure_backoff {
-                return Err(ProviderError::RecentlyFailed {
+                return Err(CloudError::RecentlyFailed {
                     host: host.to_owned(),
                     retry_after: self.policy.failure_backoff - since,
                 });

@@ -17,7 +17,7 @@ use rustls_pki_types::PrivateKeyDer;
 use rustls_pki_types::pem::PemObject as _;
 use serde::Deserialize;
 
-use super::{ProviderError, RegistryToken};
+use super::{CloudError, RegistryToken};
 
 /// The OAuth2 scope the assertion asks for.
 pub const SCOPE: &str = "https://www.googleapis.com/auth/cloud-platform";
@@ -58,8 +58,8 @@ struct TokenResponse {
 
 impl ServiceAccountKey {
     /// Parses a service-account key file's JSON; the private key must be an RSA PKCS#8 PEM.
-    pub fn parse(json: &str) -> Result<Self, ProviderError> {
-        let config = |reason: String| ProviderError::Config {
+    pub fn parse(json: &str) -> Result<Self, CloudError> {
+        let config = |reason: String| CloudError::Config {
             provider: "gcp",
             reason,
         };
@@ -99,7 +99,7 @@ impl ServiceAccountKey {
     }
 
     /// The signed assertion for `now`.
-    pub fn assertion(&self, now: SystemTime) -> Result<String, ProviderError> {
+    pub fn assertion(&self, now: SystemTime) -> Result<String, CloudError> {
         let iat = now
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
@@ -128,7 +128,7 @@ impl ServiceAccountKey {
                 signing_input.as_bytes(),
                 &mut signature,
             )
-            .map_err(|_| ProviderError::Config {
+            .map_err(|_| CloudError::Config {
                 provider: "gcp",
                 reason: "signing the assertion failed".into(),
             })?;
@@ -139,7 +139,7 @@ impl ServiceAccountKey {
     }
 
     /// The form body of the token request for `now`.
-    pub fn token_request_body(&self, now: SystemTime) -> Result<String, ProviderError> {
+    pub fn token_request_body(&self, now: SystemTime) -> Result<String, CloudError> {
         Ok(format!(
             "grant_type={}&assertion={}",
             form_encode(GRANT_TYPE),
@@ -152,9 +152,9 @@ impl ServiceAccountKey {
         &self,
         client: &reqwest::Client,
         now: SystemTime,
-    ) -> Result<RegistryToken, ProviderError> {
+    ) -> Result<RegistryToken, CloudError> {
         let endpoint = self.token_uri.clone();
-        let request_err = |e: reqwest::Error| ProviderError::Request {
+        let request_err = |e: reqwest::Error| CloudError::Request {
             endpoint: endpoint.clone(),
             reason: e.without_url().to_string(),
         };
@@ -167,7 +167,7 @@ impl ServiceAccountKey {
             .map_err(request_err)?;
         let status = response.status();
         if !status.is_success() {
-            return Err(ProviderError::Refused {
+            return Err(CloudError::Refused {
                 endpoint,
                 status: status.as_u16(),
             });
@@ -192,14 +192,14 @@ pub fn parse_token_response(
     body: &[u8],
     endpoint: &str,
     now: SystemTime,
-) -> Result<RegistryToken, ProviderError> {
+) -> Result<RegistryToken, CloudError> {
     let response: TokenResponse =
-        serde_json::from_slice(body).map_err(|e| ProviderError::Response {
+        serde_json::from_slice(body).map_err(|e| CloudError::Response {
             endpoint: endpoint.to_owned(),
             reason: e.to_string(),
         })?;
     if response.access_token.is_empty() {
-        return Err(ProviderError::Response {
+        return Err(CloudError::Response {
             endpoint: endpoint.to_owned(),
             reason: "empty access_token".into(),
         });

@@ -19,7 +19,7 @@ use base64::engine::general_purpose::STANDARD;
 use serde::Deserialize;
 
 use super::gcp::form_encode;
-use super::{ProviderError, RegistryToken};
+use super::{CloudError, RegistryToken};
 use crate::connections::EcrRole;
 
 /// The session name the facade's assumed-role sessions carry (visible in CloudTrail).
@@ -114,7 +114,7 @@ impl EcrProvider {
         &self,
         client: &reqwest::Client,
         now: SystemTime,
-    ) -> Result<RegistryToken, ProviderError> {
+    ) -> Result<RegistryToken, CloudError> {
         let session = self.assume_role(client, now).await?;
         self.authorization_token(client, &session, now).await
     }
@@ -124,7 +124,7 @@ impl EcrProvider {
         &self,
         client: &reqwest::Client,
         now: SystemTime,
-    ) -> Result<AwsCredentials, ProviderError> {
+    ) -> Result<AwsCredentials, CloudError> {
         let mut body = format!(
             "Action=AssumeRole&Version=2011-06-15&RoleArn={}&RoleSessionName={}&DurationSeconds=3600",
             form_encode(&self.role.role_arn),
@@ -157,7 +157,7 @@ impl EcrProvider {
         client: &reqwest::Client,
         session: &AwsCredentials,
         now: SystemTime,
-    ) -> Result<RegistryToken, ProviderError> {
+    ) -> Result<RegistryToken, CloudError> {
         let endpoint = &self.endpoints.ecr;
         let response = signed_post(
             client,
@@ -194,8 +194,8 @@ fn signed_post(
     headers: &[(&str, &str)],
     body: Vec<u8>,
     now: SystemTime,
-) -> Result<reqwest::RequestBuilder, ProviderError> {
-    let config = |reason: String| ProviderError::Config {
+) -> Result<reqwest::RequestBuilder, CloudError> {
+    let config = |reason: String| CloudError::Config {
         provider: "ecr",
         reason,
     };
@@ -236,8 +236,8 @@ fn signed_post(
     Ok(request)
 }
 
-fn request_err(endpoint: &str, e: &reqwest::Error) -> ProviderError {
-    ProviderError::Request {
+fn request_err(endpoint: &str, e: &reqwest::Error) -> CloudError {
+    CloudError::Request {
         endpoint: endpoint.to_owned(),
         reason: e.to_string(),
     }
@@ -246,10 +246,10 @@ fn request_err(endpoint: &str, e: &reqwest::Error) -> ProviderError {
 async fn read_success(
     response: reqwest::Response,
     endpoint: &str,
-) -> Result<bytes::Bytes, ProviderError> {
+) -> Result<bytes::Bytes, CloudError> {
     let status = response.status();
     if !status.is_success() {
-        return Err(ProviderError::Refused {
+        return Err(CloudError::Refused {
             endpoint: endpoint.to_owned(),
             status: status.as_u16(),
         });
@@ -265,8 +265,8 @@ async fn read_success(
 pub fn parse_assume_role_response(
     body: &[u8],
     endpoint: &str,
-) -> Result<AwsCredentials, ProviderError> {
-    let unreadable = |reason: &str| ProviderError::Response {
+) -> Result<AwsCredentials, CloudError> {
+    let unreadable = |reason: &str| CloudError::Response {
         endpoint: endpoint.to_owned(),
         reason: reason.to_owned(),
     };
@@ -307,8 +307,8 @@ pub fn parse_authorization_response(
     body: &[u8],
     endpoint: &str,
     now: SystemTime,
-) -> Result<RegistryToken, ProviderError> {
-    let unreadable = |reason: &str| ProviderError::Response {
+) -> Result<RegistryToken, CloudError> {
+    let unreadable = |reason: &str| CloudError::Response {
         endpoint: endpoint.to_owned(),
         reason: reason.to_owned(),
     };

@@ -123,7 +123,7 @@ async fn remembers_a_failed_refresh_for_the_backoff_then_tries_again() {
     let failing = |_| {
         calls.fetch_add(1, Ordering::SeqCst);
         async {
-            Err(ProviderError::Refused {
+            Err(CloudError::Refused {
                 endpoint: "https://sts".into(),
                 status: 503,
             })
@@ -131,11 +131,11 @@ async fn remembers_a_failed_refresh_for_the_backoff_then_tries_again() {
     };
     assert!(matches!(
         cache.get("h", failing).await,
-        Err(ProviderError::Refused { .. })
+        Err(CloudError::Refused { .. })
     ));
     let again = cache.get("h", failing).await.unwrap_err();
     assert!(
-        matches!(again, ProviderError::RecentlyFailed { retry_after, .. } if retry_after == Duration::from_secs(5))
+        matches!(again, CloudError::RecentlyFailed { retry_after, .. } if retry_after == Duration::from_secs(5))
     );
     assert_eq!(calls.load(Ordering::SeqCst), 1);
     clock.advance(Duration::from_secs(6));

@@ -45,7 +45,7 @@ impl fmt::Debug for RegistryToken {
 /// included (they may echo secrets); the status and the endpoint are.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum ProviderError {
+pub enum CloudError {
     /// The stored key or role configuration is unusable.
     #[error("the {provider} configuration is invalid: {reason}")]
     Config {
