@@ -19,6 +19,11 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::digest::echo;
 use crate::manifest::Descriptor;
 
+/// The highest amd64 microarchitecture level (x86-64-v4).
+const AMD64_MAX_LEVEL: u32 = 4;
+/// The highest 32-bit ARM architecture version.
+const ARM_MAX_LEVEL: u32 = 8;
+
 /// An OCI platform: operating system, CPU architecture and variant, normalized.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Platform {
@@ -128,10 +133,15 @@ impl Platform {
             architecture: arch.to_owned(),
             variant,
         };
-        let level = |v: Option<&str>| v.and_then(|v| v.strip_prefix('v')?.parse::<u32>().ok());
+        // Variant levels beyond the ones that exist (amd64 v1-v4, arm v5-v8) fall back like
+        // the highest real level: the list stays a handful of entries whatever the input.
+        let level = |v: Option<&str>, max: u32| {
+            v.and_then(|v| v.strip_prefix('v')?.parse::<u32>().ok())
+                .map(|n| n.min(max + 1))
+        };
         match self.architecture.as_str() {
             "amd64" => {
-                if let Some(n) = level(self.variant()) {
+                if let Some(n) = level(self.variant(), AMD64_MAX_LEVEL) {
                     for lower in (2..n).rev() {
                         out.push(with("amd64", Some(format!("v{lower}"))));
                     }
@@ -142,7 +152,7 @@ impl Platform {
                 out.push(with("386", None));
             }
             "arm" => {
-                if let Some(n) = level(self.variant()) {
+                if let Some(n) = level(self.variant(), ARM_MAX_LEVEL) {
                     for lower in (5..n).rev() {
                         out.push(with("arm", Some(format!("v{lower}"))));
                     }

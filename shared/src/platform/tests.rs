@@ -186,3 +186,38 @@ fn normalizes_platforms_read_from_json() {
     let back = serde_json::to_string(&platform).unwrap();
     assert_eq!(back, r#"{"architecture":"arm64","os":"linux"}"#);
 }
+
+/// Found by the `platform` fuzz target: a huge variant level made `compatible` list millions
+/// of fallbacks (slow, then out of memory).
+#[test]
+fn bounds_the_fallback_list_whatever_the_variant_level() {
+    for input in [
+        "im/amd64/v6386664",
+        "im/amd64/v638668686",
+        "linux/arm/v4294967295",
+    ] {
+        let platform = p(input);
+        assert!(
+            platform.compatible().len() <= 8,
+            "{input}: {}",
+            platform.compatible().len()
+        );
+        assert_eq!(platform.rank(&platform), Some(0));
+    }
+    let names: Vec<String> = p("linux/amd64/v9")
+        .compatible()
+        .iter()
+        .map(|p| p.to_string())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "linux/amd64/v9",
+            "linux/amd64/v4",
+            "linux/amd64/v3",
+            "linux/amd64/v2",
+            "linux/amd64",
+            "linux/386"
+        ]
+    );
+}
