@@ -1,0 +1,133 @@
+//! The operator API's request and response bodies (shared by the server and `meshctl`).
+
+use serde::{Deserialize, Serialize};
+
+/// `POST /v1/registries`: connect a registry.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AddRegistry {
+    /// The registry as typed or pasted (host, URL or image reference).
+    pub registry: String,
+    /// `static`, `anonymous`, `gcp` or `ecr`.
+    pub provider: crate::connections::ProviderKind,
+    /// Static: the username.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// Static: the token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// GCP: the service-account key file's JSON.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gcp_key_json: Option<String>,
+    /// ECR: the role ARN.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role_arn: Option<String>,
+    /// ECR: the external id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_id: Option<String>,
+    /// ECR: the region.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// Talk plain HTTP upstream (labs and tests).
+    #[serde(default)]
+    pub plain_http: bool,
+    /// A CA bundle (PEM) for a registry with a private CA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_pem: Option<String>,
+    /// Who connects it.
+    pub connected_by: String,
+}
+
+/// `GET /v1/tags`: a repository's tags.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TagList {
+    /// The repository, normalized (`docker.io/library/nginx`).
+    pub repository: String,
+    /// The tags, newest-likely-first (see `meshctl tags --help` for the heuristic).
+    pub tags: Vec<String>,
+    /// Whether the walk stopped at the limit before the registry's last page.
+    pub clipped: bool,
+    /// How many tags the registry returned before the walk stopped.
+    pub seen: usize,
+}
+
+/// `POST /v1/import`: tags to resolve.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ImportRequest {
+    /// References with tags (`ghcr.io/org/app:1.2`).
+    pub references: Vec<String>,
+}
+
+/// The outcome of one reference of an import.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImportResult {
+    /// The reference as given.
+    pub reference: String,
+    /// The normalized repository (`ghcr.io/org/app`), when the reference parsed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repository: Option<String>,
+    /// The tag, when the reference parsed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+    /// What happened.
+    pub outcome: Outcome,
+    /// When imported: the manifest's digest, size and media type.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    /// Size in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    /// Media type.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub media_type: Option<String>,
+    /// When the registry rate-limited us: seconds to wait, if it said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after: Option<u64>,
+    /// When not imported: why, in words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// What happened to one reference.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Resolved to a digest.
+    Imported,
+    /// The repository or tag does not exist.
+    NotFound,
+    /// The registry refused our credentials.
+    Unauthorized,
+    /// The registry asked us to slow down.
+    RateLimited,
+    /// The registry did not answer in time.
+    Timeout,
+    /// The reference names a registry that is not connected.
+    NotConnected,
+    /// The reference is malformed or has no tag.
+    Invalid,
+    /// Anything else (the message says what).
+    Failed,
+}
+
+/// `POST /v1/import`'s answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImportResponse {
+    /// One result per requested reference, in order.
+    pub results: Vec<ImportResult>,
+}
+
+/// An error body: `{"errors":[{"code","message"}]}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// The errors.
+    pub errors: Vec<ErrorEntry>,
+}
+
+/// One error.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorEntry {
+    /// A machine-readable code (`NOT_FOUND`, `INVALID`, `EXISTS`, `UNAVAILABLE`, ...).
+    pub code: String,
+    /// What happened, for people.
+    pub message: String,
+}

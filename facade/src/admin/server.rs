@@ -1,0 +1,423 @@
+//! The operator API server on a Unix socket.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use futures_util::StreamExt as _;
+use http_body_util::{BodyExt as _, Full, Limited};
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use meshanics_shared::Reference;
+use serde::Serialize;
+use tokio::net::UnixListener;
+
+use super::api::{
+    AddRegistry, ErrorBody, ErrorEntry, ImportRequest, ImportResponse, ImportResult, Outcome,
+};
+use super::browse::{BrowseError, Browser};
+use crate::connections::{
+    ConnectionError, Credentials, EcrRole, NewConnection, ProviderKind, Store,
+};
+
+/// The largest request body accepted (a service-account key is a few KiB).
+const MAX_BODY: usize = 1024 * 1024;
+/// The default cap on tags listed.
+pub const DEFAULT_TAG_LIMIT: usize = 10_000;
+/// How many tags an import resolves at once.
+const IMPORT_CONCURRENCY: usize = 4;
+
+/// What the operator API works on.
+#[derive(Debug)]
+pub struct AdminState {
+    /// The connection store.
+    pub store: Arc<Store>,
+    /// Tag listing and resolution against the registries.
+    pub browser: Arc<dyn Browser>,
+}
+
+/// Binds the operator socket at `path`: a stale socket file is replaced, and the new one is
+/// made private to the facade's user (mode 0600) before anyone can connect.
+pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
+    use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
+    if let Ok(meta) = std::fs::symlink_metadata(path)
+        && meta.file_type().is_socket()
+    {
+        std::fs::remove_file(path)?;
+    }
+    // Bind inside a private temporary name, then rename, so the socket is never reachable
+    // with looser permissions.
+    let tmp = path.with_extension("sock.tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let listener = UnixListener::bind(&tmp)?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
+    std::fs::rename(&tmp, path)?;
+    Ok(listener)
+}
+
+/// Serves the operator API on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: UnixListener,
+    state: Arc<AdminState>,
+    shutdown: impl Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let state = state.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req| {
+                        let state = state.clone();
+                        async move { Ok::<_, Infallible>(handle(&state, req).await) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        }
+    }
+}
+
+type Reply = Response<Full<Bytes>>;
+
+async fn handle(state: &AdminState, req: Request<Incoming>) -> Reply {
+    let (parts, body) = req.into_parts();
+    let path = parts.uri.path().to_owned();
+    let query = parts.uri.query().unwrap_or("").to_owned();
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let body = match Limited::new(body, MAX_BODY).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(_) => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "TOO_LARGE",
+                "request body over 1 MiB",
+            );
+        }
+    };
+    match (&parts.method, segments.as_slice()) {
+        (&Method::GET, ["v1", "registries"]) => json(StatusCode::OK, &state.store.list()),
+        (&Method::POST, ["v1", "registries"]) => add_registry(state, &body),
+        (&Method::GET, ["v1", "registries", host]) => store_reply(state.store.show(&decode(host))),
+        (&Method::POST, ["v1", "registries", host, "approve"]) => {
+            let result = state.store.approve(&decode(host));
+            if let Ok(view) = &result {
+                tracing::info!(host = %view.host, "operator approved registry");
+            }
+            store_reply(result)
+        }
+        (&Method::DELETE, ["v1", "registries", host]) => {
+            let result = state.store.remove(&decode(host));
+            if let Ok(view) = &result {
+                tracing::info!(host = %view.host, "operator removed registry");
+            }
+            store_reply(result)
+        }
+        (&Method::GET, ["v1", "tags"]) => tags(state, &query).await,
+        (&Method::POST, ["v1", "import"]) => import(state, &body).await,
+        _ => error(
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+            &format!("no operator API route {} {path}", parts.method),
+        ),
+    }
+}
+
+fn add_registry(state: &AdminState, body: &[u8]) -> Reply {
+    let request: AddRegistry = match serde_json::from_slice(body) {
+        Ok(r) => r,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "INVALID",
+                &format!("malformed request: {e}"),
+            );
+        }
+    };
+    let missing = |what: &str| {
+        error(
+            StatusCode::BAD_REQUEST,
+            "INVALID",
+            &format!("a {} connection needs {what}", request.provider),
+        )
+    };
+    let credentials = match request.provider {
+        ProviderKind::Anonymous => Credentials::Anonymous,
+        ProviderKind::Static => match (&request.username, &request.token) {
+            (Some(username), Some(token)) => Credentials::Static {
+                username: username.clone(),
+                token: token.clone(),
+            },
+            _ => return missing("a username and a token"),
+        },
+        ProviderKind::Gcp => match &request.gcp_key_json {
+            Some(key_json) => Credentials::Gcp {
+                key_json: key_json.clone(),
+            },
+            None => return missing("a service-account key file"),
+        },
+        ProviderKind::Ecr => match (&request.role_arn, &request.region) {
+            (Some(role_arn), Some(region)) => Credentials::Ecr(EcrRole {
+                role_arn: role_arn.clone(),
+                external_id: request.external_id.clone(),
+                region: region.clone(),
+            }),
+            _ => return missing("a role ARN and a region"),
+        },
+    };
+    let result = state.store.add(
+        NewConnection {
+            registry: request.registry.clone(),
+            credentials,
+            plain_http: request.plain_http,
+            ca_pem: request.ca_pem.clone(),
+            connected_by: request.connected_by.clone(),
+        },
+        SystemTime::now(),
+    );
+    if let Ok(view) = &result {
+        tracing::info!(host = %view.host, provider = %view.provider, by = %view.connected_by, approved = view.approved, "operator connected registry");
+    }
+    match result {
+        Ok(view) => json(StatusCode::CREATED, &view),
+        Err(e) => store_error(&e),
+    }
+}
+
+async fn tags(state: &AdminState, query: &str) -> Reply {
+    let param = |name: &str| {
+        query
+            .split('&')
+            .filter_map(|p| p.split_once('='))
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| decode(v))
+    };
+    let Some(repository) = param("repository") else {
+        return error(StatusCode::BAD_REQUEST, "INVALID", "missing ?repository=");
+    };
+    let limit = match param("limit").map(|l| l.parse::<usize>()) {
+        None => DEFAULT_TAG_LIMIT,
+        Some(Ok(l)) if l > 0 => l,
+        Some(_) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "INVALID",
+                "limit must be a positive number",
+            );
+        }
+    };
+    let reference = match Reference::from_user_input(&repository) {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "INVALID", &e.to_string()),
+    };
+    match state.store.connection(reference.registry()) {
+        Ok(Some(_)) => {}
+        Ok(None) => {
+            return error(
+                StatusCode::NOT_FOUND,
+                "NOT_CONNECTED",
+                &format!(
+                    "registry {} is not connected (meshctl registry add)",
+                    reference.registry()
+                ),
+            );
+        }
+        Err(e) => return store_error(&e),
+    }
+    match state.browser.tags(&reference, limit).await {
+        Ok(list) => json(StatusCode::OK, &list),
+        Err(e) => browse_error(&e),
+    }
+}
+
+async fn import(state: &AdminState, body: &[u8]) -> Reply {
+    let request: ImportRequest = match serde_json::from_slice(body) {
+        Ok(r) => r,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "INVALID",
+                &format!("malformed request: {e}"),
+            );
+        }
+    };
+    let results: Vec<ImportResult> = futures_util::stream::iter(request.references)
+        .map(|reference| import_one(state, reference))
+        .buffered(IMPORT_CONCURRENCY)
+        .collect()
+        .await;
+    json(StatusCode::OK, &ImportResponse { results })
+}
+
+async fn import_one(state: &AdminState, input: String) -> ImportResult {
+    let mut result = ImportResult {
+        reference: input.clone(),
+        repository: None,
+        tag: None,
+        outcome: Outcome::Failed,
+        digest: None,
+        size: None,
+        media_type: None,
+        retry_after: None,
+        message: None,
+    };
+    let reference = match Reference::from_user_input(&input) {
+        Ok(r) => r,
+        Err(e) => {
+            result.outcome = Outcome::Invalid;
+            result.message = Some(e.to_string());
+            return result;
+        }
+    };
+    result.repository = Some(reference.name());
+    result.tag = reference.tag().map(|t| t.to_string());
+    if reference.tag().is_none() || reference.digest().is_some() {
+        result.outcome = Outcome::Invalid;
+        result.message =
+            Some("import takes a reference with a tag and no digest (repository:tag)".into());
+        return result;
+    }
+    match state.store.connection(reference.registry()) {
+        Ok(Some(_)) => {}
+        Ok(None) => {
+            result.outcome = Outcome::NotConnected;
+            result.message = Some(format!(
+                "registry {} is not connected",
+                reference.registry()
+            ));
+            return result;
+        }
+        Err(e) => {
+            result.message = Some(e.to_string());
+            return result;
+        }
+    }
+    match state.browser.resolve(&reference).await {
+        Ok(resolved) => {
+            tracing::info!(reference = %reference, digest = %resolved.digest, "imported tag");
+            result.outcome = Outcome::Imported;
+            result.digest = Some(resolved.digest.to_string());
+            result.size = Some(resolved.size);
+            result.media_type = Some(resolved.media_type);
+        }
+        Err(e) => {
+            tracing::info!(reference = %reference, error = %e, "tag not imported");
+            result.outcome = match &e {
+                BrowseError::NotConnected(_) => Outcome::NotConnected,
+                BrowseError::NotFound(_) => Outcome::NotFound,
+                BrowseError::Unauthorized(_) => Outcome::Unauthorized,
+                BrowseError::RateLimited { retry_after, .. } => {
+                    result.retry_after = *retry_after;
+                    Outcome::RateLimited
+                }
+                BrowseError::Timeout(_) => Outcome::Timeout,
+                BrowseError::Failed(_) => Outcome::Failed,
+            };
+            result.message = Some(e.to_string());
+        }
+    }
+    result
+}
+
+fn store_reply(result: Result<crate::connections::ConnectionView, ConnectionError>) -> Reply {
+    match result {
+        Ok(view) => json(StatusCode::OK, &view),
+        Err(e) => store_error(&e),
+    }
+}
+
+fn store_error(e: &ConnectionError) -> Reply {
+    let (status, code) = match e {
+        ConnectionError::InvalidRegistry(_) | ConnectionError::InvalidCredentials { .. } => {
+            (StatusCode::BAD_REQUEST, "INVALID")
+        }
+        ConnectionError::NotFound { .. } => (StatusCode::NOT_FOUND, "NOT_FOUND"),
+        ConnectionError::Exists { .. } => (StatusCode::CONFLICT, "EXISTS"),
+        _ => {
+            tracing::error!(error = %e, "operator API: connection store failure");
+            (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL")
+        }
+    };
+    error(status, code, &e.to_string())
+}
+
+fn browse_error(e: &BrowseError) -> Reply {
+    let (status, code) = match e {
+        BrowseError::NotConnected(_) => (StatusCode::NOT_FOUND, "NOT_CONNECTED"),
+        BrowseError::NotFound(_) => (StatusCode::NOT_FOUND, "NOT_FOUND"),
+        BrowseError::Unauthorized(_) => (StatusCode::BAD_GATEWAY, "UNAUTHORIZED"),
+        BrowseError::RateLimited { .. } => (StatusCode::SERVICE_UNAVAILABLE, "RATE_LIMITED"),
+        BrowseError::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "TIMEOUT"),
+        BrowseError::Failed(_) => (StatusCode::BAD_GATEWAY, "UPSTREAM"),
+    };
+    error(status, code, &e.to_string())
+}
+
+fn json<T: Serialize>(status: StatusCode, value: &T) -> Reply {
+    match serde_json::to_vec(value) {
+        Ok(body) => {
+            let mut response = Response::new(Full::new(Bytes::from(body)));
+            *response.status_mut() = status;
+            response.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static("application/json"),
+            );
+            response
+        }
+        Err(_) => Response::new(Full::new(Bytes::new())),
+    }
+}
+
+fn error(status: StatusCode, code: &str, message: &str) -> Reply {
+    json(
+        status,
+        &ErrorBody {
+            errors: vec![ErrorEntry {
+                code: code.to_owned(),
+                message: message.to_owned(),
+            }],
+        },
+    )
+}
+
+/// Percent-decodes a path segment or query value.
+pub(crate) fn decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        if b == b'%'
+            && let Some(v) = bytes
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        {
+            out.push(v);
+            i += 3;
+            continue;
+        }
+        out.push(if b == b'+' { b' ' } else { b });
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Percent-encodes a path segment or query value.
+pub(crate) fn encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                char::from(b).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
