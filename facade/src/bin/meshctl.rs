@@ -1,6 +1,9 @@
 //! `meshctl`: the operator's CLI.
 //!
-//! This binary holds the offline signing commands of the update metadata (see
+//! Commands that talk to a running facade over its operator socket: `registry add|list|show|
+//! approve|remove`, `tags`, `import` (see `meshctl/registry.rs` for their exit codes).
+//!
+//! This binary also holds the offline signing commands of the update metadata (see
 //! docs/metadata.md): `key generate`, `root init`, `root rotate`, `release`,
 //! `timestamp refresh`, and `verify`, which runs the device's verification workflow on a
 //! metadata folder. None of them talks to the facade: signing keys stay on the operator's
@@ -15,6 +18,8 @@ mod durations;
 mod keys;
 #[path = "meshctl/output.rs"]
 mod output;
+#[path = "meshctl/registry.rs"]
+mod registry;
 #[path = "meshctl/release.rs"]
 mod release;
 #[path = "meshctl/repo.rs"]
@@ -39,6 +44,8 @@ struct Cli {
     /// Print JSON for scripts instead of text for people.
     #[arg(long, global = true)]
     json: bool,
+    #[command(flatten)]
+    socket: registry::SocketArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -59,6 +66,13 @@ enum Command {
     /// Run the device's verification workflow on a metadata folder and print what a device
     /// would accept.
     Verify(verify::VerifyArgs),
+    /// Registry connections on the facade (add, list, show, approve, remove).
+    #[command(subcommand)]
+    Registry(registry::RegistryCommand),
+    /// List a repository's tags through its connection, newest-likely-first.
+    Tags(registry::TagsArgs),
+    /// Resolve tags to the digests they point at now; write them as pins for `release`.
+    Import(registry::ImportArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -90,6 +104,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let out = Output::new(cli.json);
     let result = match cli.command {
+        Command::Registry(command) => return registry::registry(&command, &cli.socket, &out),
+        Command::Tags(args) => return registry::tags(&args, &cli.socket, &out),
+        Command::Import(args) => return registry::import(&args, &cli.socket, &out),
         Command::Key(KeyCommand::Generate { out: path }) => keys::generate(&path, &out),
         Command::Root(RootCommand::Init(args)) => root::init(&args, &out),
         Command::Root(RootCommand::Rotate(args)) => root::rotate(&args, &out),

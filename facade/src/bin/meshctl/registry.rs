@@ -1,0 +1,389 @@
+//! `meshctl registry ...`, `meshctl tags` and `meshctl import`: the commands that talk to a
+//! running facade over its operator socket (file permissions are the authentication).
+//!
+//! Exit codes scripts can rely on: 0 all good; 1 the facade refused the operation, or some
+//! tags of an import failed (the others were imported and pinned); 2 usage; 64 bad input
+//! on this side (an unreadable token or key file); 69 the facade is not reachable.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Args, Subcommand};
+use meshanics_facade::admin::api::{AddRegistry, ImportResult, Outcome};
+use meshanics_facade::admin::{AdminClient, ClientError};
+use meshanics_facade::connections::{ConnectionView, ProviderKind};
+use serde_json::json;
+
+use crate::output::Output;
+
+/// Where the facade's operator socket is unless `--socket` says otherwise.
+pub const DEFAULT_SOCKET: &str = "/var/lib/meshanics-facade/admin.sock";
+
+/// sysexits(3) codes used here.
+const EX_CONFIG: u8 = 64;
+const EX_UNAVAILABLE: u8 = 69;
+
+/// How to reach the facade.
+#[derive(Debug, Args)]
+pub struct SocketArgs {
+    /// The facade's operator socket.
+    #[arg(long, global = true, env = "MESHANICS_SOCKET", default_value = DEFAULT_SOCKET)]
+    socket: PathBuf,
+}
+
+/// `meshctl registry`.
+#[derive(Debug, Subcommand)]
+pub enum RegistryCommand {
+    /// Connect a registry: static credentials, anonymous (needs approval), a Google service
+    /// account, or an AWS role for ECR. HOST may be a host, a pasted browser URL or an image
+    /// reference; Docker Hub's names are one registry.
+    Add(AddArgs),
+    /// List connected registries (never their secrets).
+    List,
+    /// Show one connected registry.
+    Show {
+        /// The registry.
+        host: String,
+    },
+    /// Approve a registry for device traffic (anonymous connections start unapproved).
+    Approve {
+        /// The registry.
+        host: String,
+    },
+    /// Remove a registry: the facade stops proxying it at once.
+    Remove {
+        /// The registry.
+        host: String,
+    },
+}
+
+/// `meshctl registry add`.
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("provider").required(true).args(["token_file", "anonymous", "gcp_key_file", "ecr_role_arn"])))]
+pub struct AddArgs {
+    /// The registry (host, URL or image reference).
+    host: String,
+    /// Static: the username.
+    #[arg(long, requires = "token_file")]
+    username: Option<String>,
+    /// Static: a file holding the token or password (one line).
+    #[arg(long, value_name = "FILE", requires = "username")]
+    token_file: Option<PathBuf>,
+    /// A public registry with no credentials (proxied only once approved).
+    #[arg(long)]
+    anonymous: bool,
+    /// A Google service-account key file (JSON).
+    #[arg(long, value_name = "FILE")]
+    gcp_key_file: Option<PathBuf>,
+    /// An AWS role for ECR.
+    #[arg(long, value_name = "ARN", requires = "region")]
+    ecr_role_arn: Option<String>,
+    /// The external id the role's trust policy requires.
+    #[arg(long, requires = "ecr_role_arn")]
+    external_id: Option<String>,
+    /// The AWS region of the registry.
+    #[arg(long)]
+    region: Option<String>,
+    /// A CA bundle (PEM) for a registry with a private CA.
+    #[arg(long, value_name = "FILE")]
+    ca_file: Option<PathBuf>,
+    /// Talk plain HTTP to the registry (labs and tests only).
+    #[arg(long)]
+    plain_http: bool,
+    /// Who connects it (default: the local user).
+    #[arg(long)]
+    by: Option<String>,
+}
+
+/// `meshctl tags`.
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Tags are listed newest-likely-first: registries give no dates, so the order is a \
+heuristic: semantic versions (highest first; a release before its pre-releases and variants), then \
+date-like tags (newest first), then moving names (latest, stable, main, ...), then the rest \
+alphabetically. When the walk stops at --limit, the output says the list was clipped."
+)]
+pub struct TagsArgs {
+    /// The repository (`ghcr.io/org/app`, `nginx`, or a pasted URL).
+    repository: String,
+    /// Stop after this many tags (default 10,000).
+    #[arg(long)]
+    limit: Option<usize>,
+}
+
+/// `meshctl import`.
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// References with tags: `ghcr.io/org/app:1.2 ...`.
+    #[arg(required = true, value_name = "REPOSITORY:TAG")]
+    references: Vec<String>,
+    /// Write the imported tags as a pins file for `meshctl release --pins`.
+    #[arg(long, value_name = "FILE")]
+    pins: Option<PathBuf>,
+}
+
+/// Runs a `meshctl registry` command.
+pub fn registry(command: &RegistryCommand, socket: &SocketArgs, out: &Output) -> ExitCode {
+    let client = AdminClient::new(&socket.socket);
+    let result = runtime().and_then(|rt| {
+        rt.block_on(async {
+            match command {
+                RegistryCommand::Add(args) => {
+                    let request = add_request(args).map_err(|e| (EX_CONFIG, e))?;
+                    let view = client.add(&request).await.map_err(api)?;
+                    let note = if view.approved {
+                        String::new()
+                    } else {
+                        format!(
+                            "\nnot proxied until approved: meshctl registry approve {}",
+                            view.host
+                        )
+                    };
+                    out.result(
+                        &format!("connected {}{note}\n", describe(&view)),
+                        &json!(view),
+                    );
+                    Ok(())
+                }
+                RegistryCommand::List => {
+                    let list = client.list().await.map_err(api)?;
+                    let text: String = list.iter().map(|v| format!("{}\n", describe(v))).collect();
+                    out.result(
+                        if text.is_empty() {
+                            "no registries connected\n"
+                        } else {
+                            &text
+                        },
+                        &json!(list),
+                    );
+                    Ok(())
+                }
+                RegistryCommand::Show { host } => {
+                    let view = client.show(host).await.map_err(api)?;
+                    out.result(&format!("{}\n", describe(&view)), &json!(view));
+                    Ok(())
+                }
+                RegistryCommand::Approve { host } => {
+                    let view = client.approve(host).await.map_err(api)?;
+                    out.result(&format!("approved {}\n", view.host), &json!(view));
+                    Ok(())
+                }
+                RegistryCommand::Remove { host } => {
+                    let view = client.remove(host).await.map_err(api)?;
+                    out.result(
+                        &format!("removed {}: no longer proxied\n", view.host),
+                        &json!(view),
+                    );
+                    Ok(())
+                }
+            }
+        })
+    });
+    finish(result, out)
+}
+
+/// Runs `meshctl tags`.
+pub fn tags(args: &TagsArgs, socket: &SocketArgs, out: &Output) -> ExitCode {
+    let client = AdminClient::new(&socket.socket);
+    let result = runtime().and_then(|rt| {
+        rt.block_on(async {
+            let list = client
+                .tags(&args.repository, args.limit)
+                .await
+                .map_err(api)?;
+            let mut text: String = list.tags.iter().map(|t| format!("{t}\n")).collect();
+            if list.clipped {
+                text.push_str(&format!(
+                    "(clipped: stopped after {} tags; the repository has more, raise --limit)\n",
+                    list.seen
+                ));
+            }
+            out.result(&text, &json!(list));
+            Ok(())
+        })
+    });
+    finish(result, out)
+}
+
+/// Runs `meshctl import`.
+pub fn import(args: &ImportArgs, socket: &SocketArgs, out: &Output) -> ExitCode {
+    let client = AdminClient::new(&socket.socket);
+    let result = runtime().and_then(|rt| {
+        rt.block_on(async { client.import(args.references.clone()).await.map_err(api) })
+    });
+    let response = match result {
+        Ok(response) => response,
+        Err(e) => return finish(Err(e), out),
+    };
+    let pins: Vec<serde_json::Value> = response.results.iter().filter_map(pin).collect();
+    if let Some(path) = &args.pins
+        && let Err(e) = write_pins(path, &pins)
+    {
+        return finish(Err((EX_CONFIG, e)), out);
+    }
+    let mut text = String::new();
+    for r in &response.results {
+        match (&r.outcome, &r.digest) {
+            (Outcome::Imported, Some(digest)) => {
+                text.push_str(&format!("imported  {} -> {digest}\n", r.reference));
+            }
+            (outcome, _) => {
+                let outcome = serde_json::to_value(outcome).ok();
+                let outcome = outcome
+                    .as_ref()
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("failed");
+                text.push_str(&format!(
+                    "{outcome:<9} {}: {}\n",
+                    r.reference,
+                    r.message.as_deref().unwrap_or("")
+                ));
+            }
+        }
+    }
+    if let Some(path) = &args.pins {
+        text.push_str(&format!(
+            "{} pins written to {}\n",
+            pins.len(),
+            path.display()
+        ));
+    }
+    out.result(&text, &json!({"results": response.results, "pins": pins}));
+    let failed = response
+        .results
+        .iter()
+        .any(|r| r.outcome != Outcome::Imported);
+    if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// A pins-file entry (docs/metadata.md section 6) for an imported tag. The name is the
+/// repository's last component and the tag (`app-1.2`).
+fn pin(result: &ImportResult) -> Option<serde_json::Value> {
+    if result.outcome != Outcome::Imported {
+        return None;
+    }
+    let repository = result.repository.as_ref()?;
+    let base = repository.rsplit('/').next()?;
+    let name = format!("{base}-{}", result.tag.as_deref()?);
+    Some(json!({
+        "name": name,
+        "repository": repository,
+        "digest": result.digest.as_ref()?,
+        "size": result.size?,
+        "media_type": result.media_type.as_ref()?,
+    }))
+}
+
+fn write_pins(path: &Path, pins: &[serde_json::Value]) -> anyhow::Result<()> {
+    let text = serde_json::to_string_pretty(pins)?;
+    // Written beside and renamed into place: a half-written pins file is never left behind.
+    let tmp = path.with_extension("tmp");
+    fs_err::write(&tmp, format!("{text}\n"))?;
+    fs_err::rename(&tmp, path).with_context(|| format!("writing the pins file {}", path.display()))
+}
+
+fn add_request(args: &AddArgs) -> anyhow::Result<AddRegistry> {
+    let read = |path: &Path, what: &str| -> anyhow::Result<String> {
+        fs_err::read_to_string(path)
+            .with_context(|| format!("reading the {what} file {}", path.display()))
+    };
+    let provider = if args.anonymous {
+        ProviderKind::Anonymous
+    } else if args.gcp_key_file.is_some() {
+        ProviderKind::Gcp
+    } else if args.ecr_role_arn.is_some() {
+        ProviderKind::Ecr
+    } else {
+        ProviderKind::Static
+    };
+    let token = match &args.token_file {
+        Some(path) => Some(
+            read(path, "token")?
+                .trim_end_matches(['\n', '\r'])
+                .to_owned(),
+        ),
+        None => None,
+    };
+    let gcp_key_json = match &args.gcp_key_file {
+        Some(path) => Some(read(path, "service-account key")?),
+        None => None,
+    };
+    let ca_pem = match &args.ca_file {
+        Some(path) => Some(read(path, "CA")?),
+        None => None,
+    };
+    let connected_by = args.by.clone().unwrap_or_else(local_user);
+    Ok(AddRegistry {
+        registry: args.host.clone(),
+        provider,
+        username: args.username.clone(),
+        token,
+        gcp_key_json,
+        role_arn: args.ecr_role_arn.clone(),
+        external_id: args.external_id.clone(),
+        region: args.region.clone(),
+        plain_http: args.plain_http,
+        ca_pem,
+        connected_by,
+    })
+}
+
+fn local_user() -> String {
+    std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+fn describe(view: &ConnectionView) -> String {
+    let user = view
+        .username
+        .as_deref()
+        .map(|u| format!(" as {u}"))
+        .unwrap_or_default();
+    let state = if view.approved {
+        "approved"
+    } else {
+        "NOT APPROVED"
+    };
+    format!(
+        "{:<40} {:<9}{user}, {state}, connected by {} at {}",
+        view.host, view.provider, view.connected_by, view.connected_at
+    )
+}
+
+type Failure = (u8, anyhow::Error);
+
+fn api(e: ClientError) -> Failure {
+    let code = match &e {
+        ClientError::Connect { .. } => EX_UNAVAILABLE,
+        _ => 1,
+    };
+    (code, anyhow::Error::new(e))
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            (
+                1,
+                anyhow::Error::new(e).context("starting the async runtime"),
+            )
+        })
+}
+
+fn finish(result: Result<(), Failure>, out: &Output) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err((code, error)) => {
+            out.error(&error);
+            ExitCode::from(code)
+        }
+    }
+}
