@@ -264,7 +264,7 @@ fn normalize_arch(arch: &str, variant: &str) -> (String, String) {
         "aarch64" | "arm64" => (
             "arm64",
             match variant.as_str() {
-                "8" | "v8" | "v8.0" => String::new(),
+                "8" | "v8" | "8.0" | "v8.0" => String::new(),
                 "9" | "9.0" | "v9.0" => "v9".to_owned(),
                 v if v.starts_with("8.") => format!("v{v}"),
                 _ => variant,

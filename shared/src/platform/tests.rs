@@ -221,3 +221,21 @@ fn bounds_the_fallback_list_whatever_the_variant_level() {
         ]
     );
 }
+
+/// Found by the `platform` fuzz target: `arm64/8.0` became `v8.0`, which normalizes again to
+/// plain `arm64`: normalization must be idempotent.
+#[test]
+fn normalizes_arm64_8_0_to_plain_arm64_and_stays_there() {
+    for input in [
+        "i/arm64/8.0",
+        "linux/arm64/v8.0",
+        "linux/aarch64/8",
+        "linux/arm64/8.2",
+        "linux/arm64/9.0",
+    ] {
+        let once = p(input);
+        assert_eq!(p(&once.to_string()), once, "{input}");
+    }
+    assert_eq!(p("linux/arm64/8.0").to_string(), "linux/arm64");
+    assert_eq!(p("linux/arm64/8.2").to_string(), "linux/arm64/v8.2");
+}
