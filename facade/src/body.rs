@@ -31,12 +31,14 @@ pub type Body = UnsyncBoxBody<Bytes, BodyError>;
 pub enum Check {
     /// Exactly this size and digest (a `200` with a `Content-Length`).
     Whole(Verifier),
-    /// This digest, size unknown (a chunked `200`).
+    /// This digest, size unknown (a chunked `200`), and at most `cap` bytes.
     Digest {
         /// The digest expected.
         expected: Digest,
         /// Hashes what passed.
         hasher: Hasher,
+        /// Bytes still allowed.
+        cap: u64,
     },
     /// Exactly this many bytes (a `206`: a slice has no digest of its own).
     Length {
@@ -65,6 +67,12 @@ pub enum AbortReason {
         problem: &'static str,
         /// The announced length.
         expected: u64,
+    },
+    /// Content of unannounced size went past the cap for such content.
+    #[error("upstream content for {digest} came without a size and went past the cap")]
+    OverCap {
+        /// The blob.
+        digest: Digest,
     },
     /// Reading the upstream body failed.
     #[error("reading upstream content for {digest}: {source}")]
@@ -109,14 +117,15 @@ enum State {
 // === impl Check ===
 
 impl Check {
-    /// A check for a full response: whole content when the size is known, digest only when
-    /// it is not.
-    pub fn full(digest: Digest, length: Option<u64>) -> Check {
+    /// A check for a full response: whole content when the size is known, digest and at most
+    /// `cap` bytes when it is not.
+    pub fn full(digest: Digest, length: Option<u64>, cap: u64) -> Check {
         match length {
             Some(length) => Check::Whole(Verifier::new(digest, length)),
             None => Check::Digest {
                 hasher: digest.hasher(),
                 expected: digest,
+                cap,
             },
         }
     }
@@ -133,7 +142,18 @@ impl Check {
                 }
                 Ok(false)
             }
-            Check::Digest { hasher, .. } => {
+            Check::Digest {
+                hasher,
+                expected,
+                cap,
+            } => {
+                let len = chunk.len() as u64;
+                if len > *cap {
+                    return Err(AbortReason::OverCap {
+                        digest: expected.clone(),
+                    });
+                }
+                *cap -= len;
                 hasher.update(chunk);
                 Ok(false)
             }
@@ -159,7 +179,9 @@ impl Check {
     fn finish(self, digest: &Digest) -> Result<(), AbortReason> {
         match self {
             Check::Whole(verifier) => verifier.finish().map(drop).map_err(AbortReason::Verify),
-            Check::Digest { expected, hasher } => {
+            Check::Digest {
+                expected, hasher, ..
+            } => {
                 let actual = hasher.finish();
                 if actual == expected {
                     Ok(())
@@ -199,6 +221,7 @@ impl AbortReason {
             AbortReason::Verify(VerifyError::Mismatch { .. }) => "mismatch",
             AbortReason::Verify(_) => "other",
             AbortReason::Length { .. } => "range_length",
+            AbortReason::OverCap { .. } => "over_cap",
             AbortReason::Upstream { .. } => "upstream_read",
         }
     }

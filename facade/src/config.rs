@@ -25,6 +25,7 @@
 //! upstream_read_timeout = 60
 //! shutdown_grace = 30
 //! max_meta_bytes = 16777216
+//! max_unsized_blob_bytes = 17179869184   # a blob sent without Content-Length
 //!
 //! [[upstreams]]                      # approved upstreams, until the connection store lands
 //! host = "ghcr.io"
@@ -88,6 +89,9 @@ pub struct Limits {
     pub shutdown_grace: u64,
     /// The largest file `/meta/` serves, in bytes.
     pub max_meta_bytes: u64,
+    /// The most bytes streamed for a blob whose upstream announced no size (an endless body
+    /// ends here, aborted).
+    pub max_unsized_blob_bytes: u64,
 }
 
 /// One approved upstream from the file.
@@ -296,6 +300,7 @@ impl Default for Limits {
             upstream_read_timeout: 60,
             shutdown_grace: 30,
             max_meta_bytes: 16 * 1024 * 1024,
+            max_unsized_blob_bytes: 16 * 1024 * 1024 * 1024,
         }
     }
 }
@@ -310,6 +315,7 @@ impl Limits {
             ("upstream_response_timeout", self.upstream_response_timeout),
             ("upstream_read_timeout", self.upstream_read_timeout),
             ("max_meta_bytes", self.max_meta_bytes),
+            ("max_unsized_blob_bytes", self.max_unsized_blob_bytes),
         ];
         for (key, value) in positive {
             if value == 0 {

@@ -21,6 +21,7 @@ use meshanics_shared::manifest::MAX_MANIFEST_SIZE;
 use meshanics_shared::{Digest, Verifier};
 
 use crate::body::{Body, Check, CheckedBody, Origin};
+use crate::config::Limits;
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::respond;
@@ -35,6 +36,7 @@ pub static DOCKER_CONTENT_DIGEST: HeaderName = HeaderName::from_static("docker-c
 pub async fn content(
     upstreams: &dyn Upstreams,
     metrics: &Arc<Metrics>,
+    limits: &Limits,
     target: ContentTarget,
     method: &Method,
     headers: &HeaderMap,
@@ -100,7 +102,10 @@ pub async fn content(
             Some(content_range),
         )
     } else {
-        (Check::full(target.digest.clone(), length), None)
+        (
+            Check::full(target.digest.clone(), length, limits.max_unsized_blob_bytes),
+            None,
+        )
     };
     let (check, content_range) = check;
     let origin = Origin {

@@ -41,6 +41,7 @@ pub async fn handle<B>(shared: Arc<Shared>, request: Request<B>) -> Response<Bod
             proxy::content(
                 shared.upstreams.as_ref(),
                 &shared.metrics,
+                &shared.limits,
                 target,
                 &method,
                 request.headers(),

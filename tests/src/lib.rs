@@ -10,13 +10,21 @@
 //! - [`registry`]: starts the distribution registry on 127.0.0.1, port 0, with a generated
 //!   config (anonymous, htpasswd Basic auth, optional TLS and client CAs), and stops it on drop.
 //! - [`skopeo`]: runs `skopeo` and reports failures with its output.
+//! - [`facade`]: the facade in-process on port 0, with a fresh PKI (good, expired, revoked and
+//!   foreign device certificates) and mTLS clients for tests.
+//! - [`token_server`]: a Docker token server signing ES256 JWTs the registry verifies.
+//! - [`scripted`]: a raw HTTP server that answers with whatever a test scripts: the
+//!   malicious upstream and the blob storage of redirect tests.
 //!
 //! Everything a fixture starts is stopped, and every folder it makes is removed, when the
 //! fixture is dropped.
 
+pub mod facade;
 pub mod oci_layout;
 pub mod registry;
+pub mod scripted;
 pub mod skopeo;
+pub mod token_server;
 
 /// Why a fixture could not be set up.
 #[derive(Debug, thiserror::Error)]

@@ -50,7 +50,7 @@ async fn passes_content_that_matches_its_digest_and_size() {
     let metrics = Arc::new(Metrics::default());
     let body = checked(
         &[b"hello ", b"world"],
-        Check::full(digest.clone(), Some(11)),
+        Check::full(digest.clone(), Some(11), u64::MAX),
         &digest,
         &metrics,
     );
@@ -70,7 +70,7 @@ async fn withholds_the_last_chunk_of_content_with_a_wrong_digest() {
     let metrics = Arc::new(Metrics::default());
     let body = checked(
         &[b"hello ", b"WORLD"],
-        Check::full(digest.clone(), Some(11)),
+        Check::full(digest.clone(), Some(11), u64::MAX),
         &digest,
         &metrics,
     );
@@ -89,7 +89,7 @@ async fn refuses_bytes_beyond_the_announced_size() {
     let metrics = Arc::new(Metrics::default());
     let body = checked(
         &[b"hel", b"lo world"],
-        Check::full(digest.clone(), Some(5)),
+        Check::full(digest.clone(), Some(5), u64::MAX),
         &digest,
         &metrics,
     );
@@ -104,7 +104,7 @@ async fn fails_a_short_body_at_its_end() {
     let metrics = Arc::new(Metrics::default());
     let body = checked(
         &[b"hel"],
-        Check::full(digest.clone(), Some(5)),
+        Check::full(digest.clone(), Some(5), u64::MAX),
         &digest,
         &metrics,
     );
@@ -118,14 +118,14 @@ async fn fails_unsized_content_with_a_wrong_digest_at_its_end() {
     let metrics = Arc::new(Metrics::default());
     let good = checked(
         &[b"he", b"llo"],
-        Check::full(digest.clone(), None),
+        Check::full(digest.clone(), None, u64::MAX),
         &digest,
         &metrics,
     );
     assert_eq!(drain(good).await.1, Ok(()));
     let bad = checked(
         &[b"he", b"LLO"],
-        Check::full(digest.clone(), None),
+        Check::full(digest.clone(), None, u64::MAX),
         &digest,
         &metrics,
     );
@@ -146,4 +146,19 @@ async fn checks_the_length_of_partial_content() {
     assert!(drain(short).await.1.unwrap_err().contains("shorter"));
     let long = checked(&[b"ab", b"cd"], three(), &digest, &metrics);
     assert_eq!(drain(long).await.0, b"ab");
+}
+
+#[tokio::test]
+async fn cuts_unsized_content_at_the_cap() {
+    let digest = Digest::sha256_of(b"hello");
+    let metrics = Arc::new(Metrics::default());
+    let endless = checked(
+        &[b"aaaa", b"bbbb", b"cccc"],
+        Check::full(digest.clone(), None, 8),
+        &digest,
+        &metrics,
+    );
+    let (received, end) = drain(endless).await;
+    assert_eq!(received, b"aaaabbbb");
+    assert!(end.is_err());
 }
