@@ -272,6 +272,19 @@ impl FacadeFixture {
         builder.build().map_err(|e| invalid(&e))
     }
 
+    /// A plain-HTTP client (for the operator listener); its TLS side, unused, is built on the
+    /// workspace's ring provider, as reqwest has no default provider here.
+    pub fn plain_client(&self) -> Result<reqwest::Client, FixtureError> {
+        let invalid = |e: &dyn std::fmt::Display| FixtureError::Invalid(e.to_string());
+        let tls = meshanics_shared::tls::client_config_from(rustls::RootCertStore::empty(), None)
+            .map_err(|e| invalid(&e))?;
+        reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
+            .no_proxy()
+            .build()
+            .map_err(|e| invalid(&e))
+    }
+
     /// Shuts the facade down gracefully and waits for it.
     pub fn shutdown(&mut self) {
         if let Some(running) = self.running.take() {
