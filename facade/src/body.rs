@@ -19,6 +19,7 @@ use meshanics_shared::digest::Hasher;
 use meshanics_shared::{Digest, Registry, Verifier, VerifyError};
 use pin_project_lite::pin_project;
 
+use crate::identity::DeviceIdentity;
 use crate::metrics::Metrics;
 
 /// The error type of response bodies.
@@ -92,6 +93,8 @@ pub struct Origin {
     pub registry: Registry,
     /// The digest asked for.
     pub digest: Digest,
+    /// The device it goes to.
+    pub device: DeviceIdentity,
 }
 
 pin_project! {
@@ -332,6 +335,7 @@ fn fail(state: &mut State, origin: &Origin, metrics: &Metrics, reason: AbortReas
     *state = State::Failed;
     metrics.verification_failure(reason.label());
     tracing::warn!(
+        device = %origin.device,
         upstream = %origin.registry,
         digest = %origin.digest,
         reason = %reason,

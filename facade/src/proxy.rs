@@ -23,6 +23,7 @@ use meshanics_shared::{Digest, Verifier};
 use crate::body::{Body, Check, CheckedBody, Origin};
 use crate::config::Limits;
 use crate::error::Error;
+use crate::identity::DeviceIdentity;
 use crate::metrics::Metrics;
 use crate::respond;
 use crate::routes::ContentTarget;
@@ -37,6 +38,7 @@ pub async fn content(
     upstreams: &dyn Upstreams,
     metrics: &Arc<Metrics>,
     limits: &Limits,
+    device: &DeviceIdentity,
     target: ContentTarget,
     method: &Method,
     headers: &HeaderMap,
@@ -66,7 +68,7 @@ pub async fn content(
     if status != StatusCode::OK && !partial {
         return Err(status_error(&target, status, response.headers()));
     }
-    check_digest_header(&target, response.headers(), metrics)?;
+    check_digest_header(&target, response.headers(), metrics, device)?;
     let length = content_length(response.headers());
     let content_type = response.headers().get(CONTENT_TYPE).cloned();
     let is_manifest = target.kind == ContentKind::Manifest;
@@ -84,7 +86,7 @@ pub async fn content(
         return Ok(reply);
     }
     if is_manifest {
-        return manifest(target, response, content_type, metrics).await;
+        return manifest(target, response, content_type, metrics, device).await;
     }
     let check = if partial {
         let content_range = response.headers().get(CONTENT_RANGE).cloned();
@@ -111,6 +113,7 @@ pub async fn content(
     let origin = Origin {
         registry: target.upstream.clone(),
         digest: target.digest.clone(),
+        device: device.clone(),
     };
     let body = CheckedBody::new(
         reqwest::Body::from(response),
@@ -138,6 +141,7 @@ async fn manifest(
     response: reqwest::Response,
     content_type: Option<HeaderValue>,
     metrics: &Metrics,
+    device: &DeviceIdentity,
 ) -> Result<Response<Body>, Error> {
     let limit = usize::try_from(MAX_MANIFEST_SIZE).unwrap_or(usize::MAX);
     let bytes = match read_capped(response, limit).await {
@@ -152,7 +156,7 @@ async fn manifest(
     let verified = verifier.update(&bytes).and_then(|()| verifier.finish());
     if let Err(source) = verified {
         metrics.verification_failure("mismatch");
-        tracing::warn!(upstream = %target.upstream, digest = %target.digest, %source,
+        tracing::warn!(%device, upstream = %target.upstream, digest = %target.digest, %source,
             "refusing a manifest that does not match its digest");
         return Err(Error::Verification {
             registry: target.upstream,
@@ -206,6 +210,7 @@ fn check_digest_header(
     target: &ContentTarget,
     headers: &HeaderMap,
     metrics: &Metrics,
+    device: &DeviceIdentity,
 ) -> Result<(), Error> {
     let Some(announced) = headers.get(&DOCKER_CONTENT_DIGEST) else {
         return Ok(());
@@ -220,7 +225,7 @@ fn check_digest_header(
     }
     metrics.verification_failure("digest_header");
     let announced = String::from_utf8_lossy(announced.as_bytes()).into_owned();
-    tracing::warn!(upstream = %target.upstream, digest = %target.digest, %announced,
+    tracing::warn!(%device, upstream = %target.upstream, digest = %target.digest, %announced,
         "refusing content whose Docker-Content-Digest names other content");
     Err(Error::DigestHeaderMismatch {
         registry: target.upstream.clone(),

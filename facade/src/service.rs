@@ -11,6 +11,7 @@ use http::{HeaderValue, Request, Response};
 use crate::body::Body;
 use crate::config::Limits;
 use crate::error::Error;
+use crate::identity::DeviceIdentity;
 use crate::metrics::Metrics;
 use crate::routes::{self, Route};
 use crate::upstreams::Upstreams;
@@ -29,8 +30,15 @@ pub struct Shared {
     pub limits: Limits,
 }
 
-/// Handles one device request. Never fails: errors are responses.
-pub async fn handle<B>(shared: Arc<Shared>, request: Request<B>) -> Response<Body> {
+/// Handles one device request from `device`. Never fails: errors are responses.
+///
+/// The device is logged explicitly rather than through the connection's span: hyper runs
+/// HTTP/2 streams as tasks of their own, outside that span.
+pub async fn handle<B>(
+    shared: Arc<Shared>,
+    device: DeviceIdentity,
+    request: Request<B>,
+) -> Response<Body> {
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     let route = routes::route(&method, &path, request.uri().query());
@@ -42,6 +50,7 @@ pub async fn handle<B>(shared: Arc<Shared>, request: Request<B>) -> Response<Bod
                 shared.upstreams.as_ref(),
                 &shared.metrics,
                 &shared.limits,
+                &device,
                 target,
                 &method,
                 request.headers(),
@@ -62,22 +71,22 @@ pub async fn handle<B>(shared: Arc<Shared>, request: Request<B>) -> Response<Bod
     let response = match result {
         Ok(response) => response,
         Err(error) => {
-            log_error(&error);
+            log_error(&device, &error);
             respond::error_response(&error)
         }
     };
     let status = response.status().as_u16();
     shared.metrics.request(label, status);
-    tracing::info!(%method, %path, status, "request");
+    tracing::info!(%device, %method, %path, status, "request");
     response
 }
 
-fn log_error(error: &Error) {
+fn log_error(device: &DeviceIdentity, error: &Error) {
     let (status, code, _) = respond::classify(error);
     if status.is_server_error() {
-        tracing::warn!(%error, code, "request failed");
+        tracing::warn!(%device, %error, code, "request failed");
     } else {
-        tracing::info!(%error, code, "request refused");
+        tracing::info!(%device, %error, code, "request refused");
     }
 }
 

@@ -19,6 +19,7 @@ fn origin(digest: &Digest) -> Origin {
     Origin {
         registry: Registry::parse("r.example").unwrap(),
         digest: digest.clone(),
+        device: crate::identity::DeviceIdentity::unknown(),
     }
 }
 

@@ -65,9 +65,13 @@ pub async fn serve(
             .timer(TokioTimer::new())
             .max_concurrent_streams(128);
         let handler = shared.clone();
+        let device = identity.clone();
         let service = service_fn(move |request| {
             let shared = handler.clone();
-            async move { Ok::<_, std::convert::Infallible>(service::handle(shared, request).await) }
+            let device = device.clone();
+            async move {
+                Ok::<_, std::convert::Infallible>(service::handle(shared, device, request).await)
+            }
         });
         let connection = builder.serve_connection(TokioIo::new(tls), service);
         tokio::pin!(connection);
