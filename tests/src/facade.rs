@@ -29,6 +29,8 @@ pub struct UpstreamEntry {
     pub plain_http: bool,
     /// Username and token.
     pub credentials: Option<(String, String)>,
+    /// A private CA bundle (PEM file) for this upstream.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// How to start the facade.
@@ -78,6 +80,18 @@ impl UpstreamEntry {
             host: host.to_owned(),
             plain_http: true,
             credentials: None,
+            ca_file: None,
+        }
+    }
+
+    /// An HTTPS upstream without credentials, trusted through `ca_file` when given (the public
+    /// web roots otherwise).
+    pub fn https(host: &str, ca_file: Option<PathBuf>) -> Self {
+        UpstreamEntry {
+            host: host.to_owned(),
+            plain_http: false,
+            credentials: None,
+            ca_file,
         }
     }
 
@@ -87,6 +101,7 @@ impl UpstreamEntry {
             host: host.to_owned(),
             plain_http: true,
             credentials: Some((username.to_owned(), token.to_owned())),
+            ca_file: None,
         }
     }
 }
@@ -154,6 +169,9 @@ impl FacadeFixture {
                 "\n[[upstreams]]\nhost = \"{}\"\nplain_http = {}\n",
                 upstream.host, upstream.plain_http
             );
+            if let Some(ca_file) = &upstream.ca_file {
+                let _ = writeln!(toml, "ca_file = \"{}\"", ca_file.display());
+            }
             if let Some((username, token)) = &upstream.credentials {
                 let token_file = write(&format!("upstream-{i}.token"), token.as_bytes())?;
                 let _ = write!(
