@@ -11,10 +11,8 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::sync::atomic::AtomicBool;
 
-use base64::Engine as _;
 use http::header::{ACCEPT, AUTHORIZATION, LOCATION, RANGE};
 use http::{HeaderValue, Method, StatusCode};
 use meshanics_shared::media_type::MANIFEST_ACCEPT;
@@ -23,20 +21,23 @@ use reqwest::Url;
 use rustls::RootCertStore;
 
 use crate::config::UpstreamTimeouts;
-use crate::providers::{CredentialProvider, Credentials, ProviderError, Secret};
+use crate::providers::CredentialProvider;
 
+mod auth;
 mod challenge;
+mod error;
 mod redirect;
 mod token;
 
+use auth::Authorization;
+
 pub use challenge::Challenge;
+pub use error::UpstreamError;
 pub use redirect::{redacted, same_origin};
 pub use token::{Token, TokenCache, TokenResponse};
 
 /// Redirects followed per request (registries send one, to blob storage).
 const MAX_REDIRECTS: usize = 5;
-/// The largest token endpoint response read.
-const MAX_TOKEN_RESPONSE: usize = 64 * 1024;
 
 /// How to reach an upstream.
 #[derive(Debug, Clone, Default)]
@@ -82,66 +83,6 @@ pub struct Upstream {
     /// Set once the host answered a Basic challenge: later requests send Basic at once.
     wants_basic: AtomicBool,
     timeouts: UpstreamTimeouts,
-}
-
-/// Why an upstream request failed.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum UpstreamError {
-    /// The HTTP client for an upstream could not be built.
-    #[error("building the HTTP client for upstream {host}: {reason}")]
-    Client {
-        /// The upstream.
-        host: Registry,
-        /// Why.
-        reason: String,
-    },
-    /// A request could not be sent or its response headers not read.
-    #[error("requesting {url}: {source}")]
-    Request {
-        /// The URL (without query).
-        url: String,
-        /// Why.
-        #[source]
-        source: reqwest::Error,
-    },
-    /// No response headers within the response timeout.
-    #[error("requesting {url}: no response within {seconds} s")]
-    Timeout {
-        /// The URL (without query).
-        url: String,
-        /// The timeout.
-        seconds: u64,
-    },
-    /// The credential provider failed.
-    #[error(transparent)]
-    Credentials(#[from] ProviderError),
-    /// A redirect could not be followed.
-    #[error("following a redirect from {url}: {reason}")]
-    Redirect {
-        /// Where the redirect came from (without query).
-        url: String,
-        /// Why.
-        reason: &'static str,
-    },
-    /// The token endpoint failed or answered nonsense.
-    #[error("getting a token for {host} from {realm}: {reason}")]
-    Token {
-        /// The upstream.
-        host: Registry,
-        /// The token endpoint (without query).
-        realm: String,
-        /// Why.
-        reason: String,
-    },
-    /// A body was larger than allowed.
-    #[error("reading {url}: the body is over {limit} bytes")]
-    TooLarge {
-        /// The URL (without query).
-        url: String,
-        /// The limit.
-        limit: usize,
-    },
 }
 
 // === impl Upstream ===
@@ -235,110 +176,6 @@ impl Upstream {
             return Ok(response);
         }
         self.send(request, url, authorization.as_ref()).await
-    }
-
-    /// What to send before any challenge: a cached token, or Basic for hosts known to want it.
-    async fn first_authorization(
-        &self,
-        scope: &str,
-        credentials: Option<&Credentials>,
-    ) -> Option<Authorization> {
-        if let Some(token) = self.tokens.cached(scope).await {
-            return Some(Authorization::Bearer(token));
-        }
-        let credentials = credentials?;
-        if credentials.preemptive_basic || self.wants_basic.load(Ordering::Relaxed) {
-            return Some(Authorization::Basic(credentials.clone()));
-        }
-        None
-    }
-
-    /// The authorization that answers `challenge`, or `None` when there is nothing to answer
-    /// with (Basic asked, no credentials).
-    async fn answer(
-        &self,
-        challenge: &Challenge,
-        scope: &str,
-        credentials: Option<&Credentials>,
-        rejected: Option<&Authorization>,
-    ) -> Result<Option<Authorization>, UpstreamError> {
-        match challenge {
-            Challenge::Basic => {
-                let Some(credentials) = credentials else {
-                    return Ok(None);
-                };
-                if matches!(rejected, Some(Authorization::Basic(_))) {
-                    return Ok(None);
-                }
-                self.wants_basic.store(true, Ordering::Relaxed);
-                Ok(Some(Authorization::Basic(credentials.clone())))
-            }
-            Challenge::Bearer {
-                realm,
-                service,
-                scope: asked,
-            } => {
-                let rejected = match rejected {
-                    Some(Authorization::Bearer(token)) => Some(token),
-                    _ => None,
-                };
-                let token_scope = asked.as_deref().unwrap_or(scope);
-                let token = self
-                    .tokens
-                    .get_or_fetch(scope, rejected, || {
-                        self.fetch_token(realm, service.as_deref(), token_scope, credentials)
-                    })
-                    .await?;
-                Ok(Some(Authorization::Bearer(token)))
-            }
-        }
-    }
-
-    /// Asks the token endpoint for a token (Docker token spec), with Basic credentials when
-    /// there are any.
-    async fn fetch_token(
-        &self,
-        realm: &str,
-        service: Option<&str>,
-        scope: &str,
-        credentials: Option<&Credentials>,
-    ) -> Result<Token, UpstreamError> {
-        let token_err = |reason: String| UpstreamError::Token {
-            host: self.registry.clone(),
-            realm: redacted_str(realm),
-            reason,
-        };
-        let mut url = Url::parse(realm).map_err(|e| token_err(format!("bad realm: {e}")))?;
-        match url.scheme() {
-            "https" => {}
-            // Credentials go to the realm: plain HTTP only where the upstream itself is.
-            "http" if self.plain_http => {}
-            _ => return Err(token_err("the realm is not an https URL".into())),
-        }
-        {
-            let mut query = url.query_pairs_mut();
-            if let Some(service) = service {
-                query.append_pair("service", service);
-            }
-            query.append_pair("scope", scope);
-        }
-        let mut builder = self.client.get(url.clone());
-        if let Some(credentials) = credentials {
-            builder =
-                builder.basic_auth(&credentials.username, Some(credentials.password.expose()));
-        }
-        let response = self.timed(&url, builder.send()).await?;
-        let status = response.status();
-        if !status.is_success() {
-            return Err(token_err(format!("answered {status}")));
-        }
-        let received = Instant::now();
-        let body = read_capped(response, MAX_TOKEN_RESPONSE).await?;
-        let parsed: TokenResponse =
-            serde_json::from_slice(&body).map_err(|e| token_err(format!("bad JSON: {e}")))?;
-        parsed
-            .into_token(received)
-            .ok_or_else(|| token_err("the response holds no token".into()))
     }
 
     /// Sends one request, following redirects; `Authorization` only within the upstream's
@@ -441,41 +278,5 @@ pub async fn read_capped(
             return Err(UpstreamError::TooLarge { url, limit });
         }
         body.extend_from_slice(&chunk);
-    }
-}
-
-fn redacted_str(url: &str) -> String {
-    Url::parse(url)
-        .map(|u| redacted(&u))
-        .unwrap_or_else(|_| "(unparsable URL)".into())
-}
-
-/// An `Authorization` header's content.
-#[derive(Debug, Clone)]
-enum Authorization {
-    Basic(Credentials),
-    Bearer(Secret),
-}
-
-// === impl Authorization ===
-
-impl Authorization {
-    fn header_value(&self) -> HeaderValue {
-        let text = match self {
-            Authorization::Basic(credentials) => {
-                let pair = format!("{}:{}", credentials.username, credentials.password.expose());
-                format!(
-                    "Basic {}",
-                    base64::engine::general_purpose::STANDARD.encode(pair)
-                )
-            }
-            Authorization::Bearer(token) => format!("Bearer {}", token.expose()),
-        };
-        // Token endpoints and operators can hand us anything; a value that is not a valid
-        // header is sent as nothing rather than panicking.
-        let mut value =
-            HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static(""));
-        value.set_sensitive(true);
-        value
     }
 }
