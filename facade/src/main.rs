@@ -1,6 +1,7 @@
 //! `meshanics-facade`: the registry facade's binary. Reads the config once (exit 64 on a bad
 //! one, naming the key and the file), serves until SIGTERM or SIGINT, then drains.
 
+use std::io::IsTerminal as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -31,6 +32,8 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_target(false)
+        // journald and log files get plain text; colours only on a terminal.
+        .with_ansi(std::io::stdout().is_terminal())
         .init();
     let config = match Config::load(&cli.config) {
         Ok(config) => config,

@@ -19,6 +19,9 @@ const BIN: &str = env!("CARGO_BIN_EXE_meshanics-facade");
 fn write_config(dir: &Path, key_file: &str) -> std::path::PathBuf {
     let mut ca = DevCa::new("device CA").unwrap();
     let server = ca.issue_server(&["127.0.0.1"]).unwrap();
+    let device = ca.issue_device("device-7").unwrap();
+    std::fs::write(dir.join("device.crt"), &device.cert_pem).unwrap();
+    std::fs::write(dir.join("device.key"), &device.key_pem).unwrap();
     std::fs::write(dir.join("ca.crt"), ca.cert_pem()).unwrap();
     std::fs::write(dir.join("server.crt"), &server.cert_pem).unwrap();
     std::fs::write(dir.join("server.key"), &server.key_pem).unwrap();
@@ -86,6 +89,14 @@ fn serves_until_sigterm_then_exits_cleanly() {
         .recv_timeout(Duration::from_secs(20))
         .expect("the facade printed nothing");
     assert!(listening.contains("facade listening"), "{listening}");
+    let addr = listening
+        .split("device_addr=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap()
+        .to_owned();
+    let status = ping(dir.path(), &addr);
+    assert_eq!(status, 200);
     let killed = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -96,4 +107,37 @@ fn serves_until_sigterm_then_exits_cleanly() {
     reader.join().unwrap();
     let rest: Vec<String> = rx.try_iter().collect();
     assert!(rest.iter().any(|l| l.contains("SIGTERM")), "{rest:?}");
+    // The device is named in the request's log line.
+    assert!(
+        rest.iter()
+            .any(|l| l.contains("request") && l.contains("CN=device-7") && l.contains("/v2/")),
+        "{rest:?}"
+    );
+}
+
+/// `GET /v2/` with the device certificate; the facade's server certificate is issued by the
+/// same development CA in this test.
+fn ping(dir: &Path, addr: &str) -> u16 {
+    let tls = meshanics_shared::tls::client_config(
+        &dir.join("ca.crt"),
+        Some((&dir.join("device.crt"), &dir.join("device.key"))),
+    )
+    .unwrap();
+    let client = reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .no_proxy()
+        .build()
+        .unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let response = client
+            .get(format!("https://{addr}/v2/"))
+            .send()
+            .await
+            .unwrap();
+        response.status().as_u16()
+    })
 }

@@ -286,3 +286,24 @@ fn chunked(body: &[u8]) -> Vec<u8> {
     out.extend_from_slice(b"0\r\n\r\n");
     out
 }
+
+#[test]
+fn a_redirect_loop_ends_in_a_502() {
+    let digest = Digest::sha256_of(b"anything");
+    let server = upstream(|request| {
+        Reply::Raw(reply(
+            302,
+            &[
+                ("Location", format!("{}-again", request.path)),
+                ("Content-Length", "0".into()),
+            ],
+            b"",
+        ))
+    });
+    let facade = facade(&server, UpstreamEntry::anonymous(&server.host()), &[]);
+    let outcome = fetch(&facade, &server, "blobs", &digest, false);
+    assert_eq!(outcome.status, 502);
+    assert_eq!(outcome.json.unwrap()["errors"][0]["code"], "UNAVAILABLE");
+    // The first request and five redirects, then the facade gives up.
+    assert_eq!(server.requests().len(), 6);
+}

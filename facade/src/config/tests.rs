@@ -157,3 +157,12 @@ fn refuses_a_missing_state_dir() {
     let error = files.parse(&text).unwrap_err().to_string();
     assert!(error.contains("state_dir"), "{error}");
 }
+
+#[test]
+fn names_an_unreadable_crl() {
+    let files = Files::new();
+    let text = files.toml(&format!("crls = [\"{}\"]", files.path("missing.crl")));
+    let error = files.parse(&text).unwrap_err().to_string();
+    assert!(error.contains("tls.crls"), "{error}");
+    assert!(error.contains("missing.crl"), "{error}");
+}
