@@ -134,7 +134,9 @@ fn split_name(name: &str, ns: Option<&str>) -> Result<(Registry, Repository), Er
             let (first, repository) = name
                 .split_once('/')
                 .ok_or_else(|| invalid("expected <upstream>/<repository>".into()))?;
-            let registry = Registry::from_path_form(first).map_err(|e| invalid(e.to_string()))?;
+            // Host names are case-insensitive; approved upstreams are keyed lowercase.
+            let registry = Registry::from_path_form(&first.to_ascii_lowercase())
+                .map_err(|e| invalid(e.to_string()))?;
             (registry, repository)
         }
     };

@@ -72,7 +72,7 @@ fn shutdown_lets_a_stream_in_flight_finish_and_stops_accepting() {
         head: reply(200, &[("Content-Length", content.len().to_string())], b""),
         body: content.clone(),
         parts: 8,
-        pause: Duration::from_millis(150),
+        pause: Duration::from_millis(300),
     })
     .unwrap();
     let mut facade = FacadeFixture::start(&FacadeOptions {
@@ -102,6 +102,9 @@ fn shutdown_lets_a_stream_in_flight_finish_and_stops_accepting() {
         false
     });
     assert!(refused, "the facade kept accepting after shutdown began");
+    // While the stream drains, the operator side says so.
+    let (status, health) = plain_get(&facade, facade.operator_url("/healthz"));
+    assert_eq!((status, health.as_str()), (503, "draining\n"));
 
     let mut received = first.to_vec();
     facade.block_on(async {

@@ -42,6 +42,12 @@ fn reads_a_port_written_as_host_underscore_port() {
 }
 
 #[test]
+fn upstream_hosts_are_case_insensitive() {
+    let target = content(get(&format!("/v2/GHCR.io/org/app/blobs/{DIGEST}")));
+    assert_eq!(target.upstream.as_str(), "ghcr.io");
+}
+
+#[test]
 fn docker_hub_single_names_are_library_images() {
     let target = content(get(&format!("/v2/docker.io/nginx/manifests/{DIGEST}")));
     assert!(target.upstream.is_docker_hub());
