@@ -258,6 +258,24 @@ impl FacadeFixture {
     /// An HTTPS client presenting `who`'s certificate; HTTP/2 when `http2`, else HTTP/1.1.
     pub fn client(&self, who: Who, http2: bool) -> Result<reqwest::Client, FixtureError> {
         let invalid = |e: &dyn std::fmt::Display| FixtureError::Invalid(e.to_string());
+        let mut tls = self.tls_config(who)?;
+        if http2 {
+            tls.alpn_protocols = vec![b"h2".to_vec()];
+        }
+        let mut builder = reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
+            .no_proxy()
+            .redirect(reqwest::redirect::Policy::none());
+        if !http2 {
+            builder = builder.http1_only();
+        }
+        builder.build().map_err(|e| invalid(&e))
+    }
+
+    /// The rustls client configuration of `who` (ALPN `http/1.1`), for tests that speak TLS
+    /// themselves.
+    pub fn tls_config(&self, who: Who) -> Result<rustls::ClientConfig, FixtureError> {
+        let invalid = |e: &dyn std::fmt::Display| FixtureError::Invalid(e.to_string());
         let mut roots = rustls::RootCertStore::empty();
         let ca = CertificateDer::from_pem_slice(self.server_ca_pem.as_bytes())
             .map_err(|e| invalid(&e))?;
@@ -275,19 +293,13 @@ impl FacadeFixture {
         };
         let mut tls =
             meshanics_shared::tls::client_config_from(roots, identity).map_err(|e| invalid(&e))?;
-        tls.alpn_protocols = if http2 {
-            vec![b"h2".to_vec()]
-        } else {
-            vec![b"http/1.1".to_vec()]
-        };
-        let mut builder = reqwest::Client::builder()
-            .use_preconfigured_tls(tls)
-            .no_proxy()
-            .redirect(reqwest::redirect::Policy::none());
-        if !http2 {
-            builder = builder.http1_only();
-        }
-        builder.build().map_err(|e| invalid(&e))
+        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(tls)
+    }
+
+    /// The device listener's address.
+    pub fn device_addr(&self) -> SocketAddr {
+        self.device_addr
     }
 
     /// A plain-HTTP client (for the operator listener); its TLS side, unused, is built on the

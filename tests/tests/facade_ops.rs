@@ -114,3 +114,29 @@ fn shutdown_lets_a_stream_in_flight_finish_and_stops_accepting() {
     });
     assert_eq!(received, body, "the stream in flight did not finish intact");
 }
+
+#[test]
+fn a_connection_that_sends_nothing_is_closed() {
+    let facade = FacadeFixture::start(&FacadeOptions {
+        limits: vec!["idle_timeout = 1".into(), "header_timeout = 1".into()],
+        ..FacadeOptions::default()
+    })
+    .unwrap();
+    let config = std::sync::Arc::new(facade.tls_config(Who::Device).unwrap());
+    let closed = facade.block_on(async {
+        use tokio::io::AsyncReadExt as _;
+        let tcp = tokio::net::TcpStream::connect(facade.device_addr())
+            .await
+            .unwrap();
+        let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
+        let mut tls = tokio_rustls::TlsConnector::from(config)
+            .connect(name, tcp)
+            .await
+            .unwrap();
+        let mut buffer = [0u8; 64];
+        // Generous: the test is about the connection being closed, not about when.
+        let read = tokio::time::timeout(Duration::from_secs(60), tls.read(&mut buffer)).await;
+        matches!(read, Ok(Ok(0) | Err(_)))
+    });
+    assert!(closed, "the idle connection stayed open");
+}
