@@ -27,7 +27,7 @@ pub fn client(
     let mut config = tls::client_config_from(roots, None)?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     reqwest::Client::builder()
-        .tls_backend_preconfigured(config)
+        .use_preconfigured_tls(config)
         .connect_timeout(connect_timeout)
         .timeout(timeout)
         .build()

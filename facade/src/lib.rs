@@ -1,18 +1,64 @@
 //! # meshanics-facade
 //!
-//! The registry facade and the operator's connection management.
+//! The device-facing registry facade: a lean, read-only, streaming pull-through proxy behind
+//! mutual TLS. A device reaches it only with a certificate chained to the device CA; it
+//! serves manifests and blobs **by digest only**, streams them from an upstream registry an
+//! operator approved, and verifies every byte on the way: content that does not match its
+//! digest is never delivered as a clean response.
+//!
+//! A tour, in the order a request travels:
+//!
+//! - [`config`]: the TOML file, checked whole at start (exit 64 on a bad one).
+//! - [`server`]: listeners, TLS handshakes (refusals logged and counted), the connection
+//!   limit, idle and header timeouts, graceful shutdown.
+//! - [`identity`]: the device's certificate subject, logged with each request.
+//! - [`service`] and [`routes`]: a request becomes a [`routes::Route`] or a refusal before any
+//!   upstream is asked.
+//! - [`upstreams`]: the approval seam ("is this upstream approved, how do I reach it?"), fed
+//!   by the config file or by the connection store; [`providers`]: the credential seam for
+//!   static, anonymous and cloud credentials.
+//! - [`upstream`]: the registry client (auth challenges, token cache, redirects that never
+//!   carry `Authorization` off the upstream's origin).
+//! - [`proxy`] and [`body`]: streaming with verification; [`meta`]: `/meta/<file>`.
+//! - [`respond`]: the one place errors become HTTP statuses and OCI error JSON.
+//! - [`metrics`] and [`operator`]: Prometheus metrics and `/healthz` on their own listener.
+//!
+//! The operator's half, which `meshctl` drives:
 //!
 //! - [`admin`]: the operator API on a Unix socket, and its client for `meshctl`.
-//! - [`seal`]: secrets sealed at rest under the operator's master key.
-//! - [`connections`]: the registries operators connected, with sealed credentials.
-//! - [`cloud`]: cloud credentials (Google service accounts, AWS roles for ECR) exchanged
-//!   for short-lived registry tokens, cached per host.
-//! - [`http_client`]: the outbound HTTP client on the ring TLS provider.
+//! - [`connections`]: the registries operators connected, with credentials [`seal`]ed at
+//!   rest under the operator's master key.
+//! - [`cloud`]: cloud credentials (Google service accounts, AWS roles for ECR) exchanged for
+//!   short-lived registry tokens, cached per host.
 //! - [`tags`]: tag listing with `Link` pagination, and the newest-likely-first ordering.
+//! - [`http_client`]: the outbound HTTP client on the ring TLS provider.
+//!
+//! What it does not do: store content, accept pushes, resolve tags for devices, or decide
+//! what a device may run. Trust comes from the signed metadata the device verifies.
 
 pub mod admin;
+pub mod body;
 pub mod cloud;
+pub mod config;
 pub mod connections;
+pub mod error;
 pub mod http_client;
+pub mod identity;
+pub mod meta;
+pub mod metrics;
+pub mod operator;
+pub mod providers;
+pub mod proxy;
+pub mod respond;
+pub mod routes;
 pub mod seal;
+pub mod server;
+pub mod service;
 pub mod tags;
+pub mod upstream;
+pub mod upstreams;
+
+pub use config::{Config, ConfigError};
+pub use error::Error;
+pub use server::{Running, StartError, start};
+pub use upstreams::{ConfiguredUpstreams, Upstreams};

@@ -10,6 +10,11 @@
 //! - [`registry`]: starts the distribution registry on 127.0.0.1, port 0, with a generated
 //!   config (anonymous, htpasswd Basic auth, optional TLS and client CAs), and stops it on drop.
 //! - [`skopeo`]: runs `skopeo` and reports failures with its output.
+//! - [`facade`]: the facade in-process on port 0, with a fresh PKI (good, expired, revoked and
+//!   foreign device certificates) and mTLS clients for tests.
+//! - [`token_server`]: a Docker token server signing ES256 JWTs the registry verifies.
+//! - [`scripted`]: a raw HTTP server that answers with whatever a test scripts: the
+//!   malicious upstream and the blob storage of redirect tests.
 //! - [`gcp_server`], [`aws_server`]: token endpoints that speak the real protocols and check
 //!   the real signatures (RS256 JWTs; SigV4 recomputed independently), on
 //!   [`http_server`], a small HTTP server on 127.0.0.1:0.
@@ -18,11 +23,14 @@
 //! fixture is dropped.
 
 pub mod aws_server;
+pub mod facade;
 pub mod gcp_server;
 pub mod http_server;
 pub mod oci_layout;
 pub mod registry;
+pub mod scripted;
 pub mod skopeo;
+pub mod token_server;
 
 /// Why a fixture could not be set up.
 #[derive(Debug, thiserror::Error)]

@@ -164,7 +164,8 @@ impl Drop for RegistryServer {
 
 fn listening_port(line: &str) -> Option<u16> {
     let rest = line.split("listening on ").nth(1)?;
-    let addr = rest.split(['"', ' ']).next()?;
+    // With TLS the line reads `listening on 127.0.0.1:PORT, tls`.
+    let addr = rest.split(['"', ' ', ',']).next()?;
     addr.rsplit(':').next()?.parse().ok()
 }
 

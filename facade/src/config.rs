@@ -1,0 +1,425 @@
+//! The facade's configuration: one TOML file, read once at start into typed structs and
+//! checked whole (every file it names is opened and parsed), so that a facade that starts is a
+//! facade that can serve. A bad config is a [`ConfigError`] that names the key and the file;
+//! the binary exits with code 64 (`EX_USAGE`) on it.
+//!
+//! ```toml
+//! listen = "0.0.0.0:5443"            # the device port (mutual TLS)
+//! operator_listen = "127.0.0.1:9464" # /healthz and /metrics, plain HTTP, not for devices
+//! state_dir = "/var/lib/meshanics-facade"
+//! metadata_dir = "/var/lib/meshanics-facade/metadata"   # served as /meta/<file>
+//!
+//! [tls]
+//! certificate = "/etc/meshanics/facade.crt"
+//! private_key = "/etc/meshanics/facade.key"
+//! device_ca = "/etc/meshanics/device-ca.crt"
+//! crls = ["/etc/meshanics/devices.crl"]
+//!
+//! [limits]                           # all optional; seconds unless named otherwise
+//! max_connections = 1024
+//! handshake_timeout = 10
+//! header_timeout = 10
+//! idle_timeout = 120
+//! upstream_connect_timeout = 10
+//! upstream_response_timeout = 30
+//! upstream_read_timeout = 60
+//! shutdown_grace = 30
+//! max_meta_bytes = 16777216
+//! max_unsized_blob_bytes = 17179869184   # a blob sent without Content-Length
+//!
+//! [[upstreams]]                      # approved upstreams, until the connection store lands
+//! host = "ghcr.io"
+//! username = "bot"
+//! token_file = "/etc/meshanics/ghcr.token"
+//! ca_file = "/etc/meshanics/private-ca.crt"   # optional: a private CA for this host only
+//! plain_http = false                          # plain HTTP only for labs and tests
+//! ```
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use meshanics_shared::Registry;
+use meshanics_shared::tls::{self, TlsError};
+use rustls::{RootCertStore, ServerConfig};
+use serde::Deserialize;
+
+use crate::providers::{Credentials, Secret};
+
+/// The checked configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where devices connect (mutual TLS).
+    pub listen: SocketAddr,
+    /// Where operators and Prometheus connect (`/healthz`, `/metrics`).
+    pub operator_listen: SocketAddr,
+    /// The facade's own state folder (exists, is a folder).
+    pub state_dir: PathBuf,
+    /// The signed metadata files served under `/meta/`, if any.
+    pub metadata_dir: Option<PathBuf>,
+    /// The device-facing TLS configuration (client certificates required).
+    pub tls: Arc<ServerConfig>,
+    /// Limits and timeouts.
+    pub limits: Limits,
+    /// The upstreams approved in the file.
+    pub upstreams: Vec<UpstreamConfig>,
+}
+
+/// Limits and timeouts, all with defaults.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Concurrent device connections; more wait in the kernel's accept queue.
+    pub max_connections: usize,
+    /// Seconds a TLS handshake may take.
+    pub handshake_timeout: u64,
+    /// Seconds a client may take to send a request's headers.
+    pub header_timeout: u64,
+    /// Seconds a connection may stay without a byte read or written before it is closed.
+    pub idle_timeout: u64,
+    /// Seconds to connect to an upstream.
+    pub upstream_connect_timeout: u64,
+    /// Seconds from sending an upstream request to its response headers.
+    pub upstream_response_timeout: u64,
+    /// Seconds an upstream body may stall between two reads.
+    pub upstream_read_timeout: u64,
+    /// Seconds streams may go on finishing after a shutdown signal.
+    pub shutdown_grace: u64,
+    /// The largest file `/meta/` serves, in bytes.
+    pub max_meta_bytes: u64,
+    /// The most bytes streamed for a blob whose upstream announced no size (an endless body
+    /// ends here, aborted).
+    pub max_unsized_blob_bytes: u64,
+}
+
+/// One approved upstream from the file.
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    /// The registry, as connections are keyed (`docker.io`, `ghcr.io`, `host:port`).
+    pub registry: Registry,
+    /// Speak plain HTTP to it (labs and tests only).
+    pub plain_http: bool,
+    /// Basic credentials (username and token), if any.
+    pub credentials: Option<Credentials>,
+    /// A private CA bundle trusted for this upstream instead of the public roots.
+    pub ca: Option<RootCertStore>,
+}
+
+/// Why the configuration was refused. Each variant names the key and, where there is one,
+/// the file.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("reading config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The TOML is malformed or has a wrong, missing or unknown key.
+    #[error("config file {path}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, with the key and line.
+        #[source]
+        source: Box<toml::de::Error>,
+    },
+    /// A TLS file named by `key` is unusable.
+    #[error("config key `{key}`: {source}")]
+    Tls {
+        /// The key (`tls.private_key`, ...).
+        key: &'static str,
+        /// Why.
+        #[source]
+        source: TlsError,
+    },
+    /// A folder named by `key` is missing or not a folder.
+    #[error("config key `{key}`: {path} is not a readable folder: {reason}")]
+    Folder {
+        /// The key.
+        key: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// An upstream entry is wrong.
+    #[error("config key `upstreams[{index}]` ({host}): {reason}")]
+    Upstream {
+        /// Its position, from 0.
+        index: usize,
+        /// Its `host` as written.
+        host: String,
+        /// Why.
+        reason: String,
+    },
+    /// A limit is out of range.
+    #[error("config key `limits.{key}`: {reason}")]
+    Limit {
+        /// The key.
+        key: &'static str,
+        /// Why.
+        reason: &'static str,
+    },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    listen: SocketAddr,
+    operator_listen: SocketAddr,
+    state_dir: PathBuf,
+    metadata_dir: Option<PathBuf>,
+    tls: RawTls,
+    #[serde(default)]
+    limits: Limits,
+    #[serde(default)]
+    upstreams: Vec<RawUpstream>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    certificate: PathBuf,
+    private_key: PathBuf,
+    device_ca: PathBuf,
+    #[serde(default)]
+    crls: Vec<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstream {
+    host: String,
+    #[serde(default)]
+    plain_http: bool,
+    username: Option<String>,
+    token_file: Option<PathBuf>,
+    ca_file: Option<PathBuf>,
+}
+
+// === impl Config ===
+
+impl Config {
+    /// Reads and checks the config file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = fs_err::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses and checks config `text`; `path` is only used in error messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source: Box::new(source),
+        })?;
+        raw.limits.check()?;
+        check_folder("state_dir", &raw.state_dir)?;
+        if let Some(dir) = &raw.metadata_dir {
+            check_folder("metadata_dir", dir)?;
+        }
+        let tls = server_tls(&raw.tls)?;
+        let mut seen = BTreeSet::new();
+        let mut upstreams = Vec::with_capacity(raw.upstreams.len());
+        for (index, upstream) in raw.upstreams.into_iter().enumerate() {
+            let checked = upstream.check(index)?;
+            if !seen.insert(checked.registry.clone()) {
+                return Err(ConfigError::Upstream {
+                    index,
+                    host: checked.registry.to_string(),
+                    reason: "approved twice (Docker Hub's aliases are one registry)".into(),
+                });
+            }
+            upstreams.push(checked);
+        }
+        Ok(Config {
+            listen: raw.listen,
+            operator_listen: raw.operator_listen,
+            state_dir: raw.state_dir,
+            metadata_dir: raw.metadata_dir,
+            tls: Arc::new(tls),
+            limits: raw.limits,
+            upstreams,
+        })
+    }
+}
+
+/// Loads each TLS file on its own first, so that the error names the key of the bad file.
+fn server_tls(raw: &RawTls) -> Result<ServerConfig, ConfigError> {
+    let at = |key| move |source| ConfigError::Tls { key, source };
+    let chain = tls::load_certificates(&raw.certificate).map_err(at("tls.certificate"))?;
+    let key = tls::load_private_key(&raw.private_key).map_err(at("tls.private_key"))?;
+    let roots = tls::load_ca_bundle(&raw.device_ca).map_err(at("tls.device_ca"))?;
+    let crls = tls::load_crls(&raw.crls).map_err(at("tls.crls"))?;
+    // Each file loaded on its own: what is left to fail is the combination (a key that does
+    // not match its certificate, a CRL that no device CA issued).
+    let crl_given = !raw.crls.is_empty();
+    tls::server_config_from(chain, key, roots, crls).map_err(|source| {
+        let key = match &source {
+            TlsError::Verifier(_) if crl_given => "tls.crls",
+            TlsError::Verifier(_) => "tls.device_ca",
+            _ => "tls.private_key",
+        };
+        ConfigError::Tls { key, source }
+    })
+}
+
+fn check_folder(key: &'static str, path: &Path) -> Result<(), ConfigError> {
+    let folder_err = |reason: String| ConfigError::Folder {
+        key,
+        path: path.to_owned(),
+        reason,
+    };
+    let meta = fs_err::metadata(path).map_err(|e| folder_err(e.to_string()))?;
+    if !meta.is_dir() {
+        return Err(folder_err("not a folder".into()));
+    }
+    Ok(())
+}
+
+// === impl Limits ===
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 1024,
+            handshake_timeout: 10,
+            header_timeout: 10,
+            idle_timeout: 120,
+            upstream_connect_timeout: 10,
+            upstream_response_timeout: 30,
+            upstream_read_timeout: 60,
+            shutdown_grace: 30,
+            max_meta_bytes: 16 * 1024 * 1024,
+            max_unsized_blob_bytes: 16 * 1024 * 1024 * 1024,
+        }
+    }
+}
+
+impl Limits {
+    fn check(&self) -> Result<(), ConfigError> {
+        let positive = [
+            ("handshake_timeout", self.handshake_timeout),
+            ("header_timeout", self.header_timeout),
+            ("idle_timeout", self.idle_timeout),
+            ("upstream_connect_timeout", self.upstream_connect_timeout),
+            ("upstream_response_timeout", self.upstream_response_timeout),
+            ("upstream_read_timeout", self.upstream_read_timeout),
+            ("max_meta_bytes", self.max_meta_bytes),
+            ("max_unsized_blob_bytes", self.max_unsized_blob_bytes),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                return Err(ConfigError::Limit {
+                    key,
+                    reason: "must be greater than 0",
+                });
+            }
+        }
+        if self.max_connections == 0 {
+            return Err(ConfigError::Limit {
+                key: "max_connections",
+                reason: "must be greater than 0",
+            });
+        }
+        Ok(())
+    }
+
+    /// The TLS handshake deadline.
+    pub fn handshake(&self) -> Duration {
+        Duration::from_secs(self.handshake_timeout)
+    }
+
+    /// The request header deadline.
+    pub fn header(&self) -> Duration {
+        Duration::from_secs(self.header_timeout)
+    }
+
+    /// The idle connection deadline.
+    pub fn idle(&self) -> Duration {
+        Duration::from_secs(self.idle_timeout)
+    }
+
+    /// The shutdown grace period.
+    pub fn grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace)
+    }
+
+    /// The upstream timeouts.
+    pub fn upstream(&self) -> UpstreamTimeouts {
+        UpstreamTimeouts {
+            connect: Duration::from_secs(self.upstream_connect_timeout),
+            response: Duration::from_secs(self.upstream_response_timeout),
+            read: Duration::from_secs(self.upstream_read_timeout),
+        }
+    }
+}
+
+/// How long the facade waits on an upstream.
+#[derive(Debug, Clone, Copy)]
+pub struct UpstreamTimeouts {
+    /// To connect.
+    pub connect: Duration,
+    /// From request to response headers.
+    pub response: Duration,
+    /// Between two reads of a body.
+    pub read: Duration,
+}
+
+impl Default for UpstreamTimeouts {
+    fn default() -> Self {
+        Limits::default().upstream()
+    }
+}
+
+// === impl RawUpstream ===
+
+impl RawUpstream {
+    fn check(self, index: usize) -> Result<UpstreamConfig, ConfigError> {
+        let host = self.host.clone();
+        let err = |reason: String| ConfigError::Upstream {
+            index,
+            host: host.clone(),
+            reason,
+        };
+        let registry = Registry::from_user_input(&self.host).map_err(|e| err(e.to_string()))?;
+        let credentials = match (self.username, self.token_file) {
+            (None, None) => None,
+            (Some(username), Some(path)) => {
+                let token =
+                    fs_err::read_to_string(&path).map_err(|e| err(format!("`token_file`: {e}")))?;
+                let token = token.trim();
+                if token.is_empty() {
+                    return Err(err(format!("`token_file` {} is empty", path.display())));
+                }
+                Some(Credentials::basic(username, Secret::new(token.to_owned())))
+            }
+            (Some(_), None) => return Err(err("`username` without `token_file`".into())),
+            (None, Some(_)) => return Err(err("`token_file` without `username`".into())),
+        };
+        let ca = match &self.ca_file {
+            Some(path) => {
+                Some(tls::load_ca_bundle(path).map_err(|e| err(format!("`ca_file`: {e}")))?)
+            }
+            None => None,
+        };
+        Ok(UpstreamConfig {
+            registry,
+            plain_http: self.plain_http,
+            credentials,
+            ca,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,168 @@
+use std::fs;
+
+use meshanics_shared::devpki::DevCa;
+
+use super::*;
+
+/// A folder with a valid server certificate, key, device CA and token file.
+struct Files {
+    dir: tempfile::TempDir,
+}
+
+impl Files {
+    fn new() -> Files {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ca = DevCa::new("device CA").unwrap();
+        let server = ca.issue_server(&["localhost", "127.0.0.1"]).unwrap();
+        let other = ca.issue_server(&["other"]).unwrap();
+        fs::write(dir.path().join("ca.crt"), ca.cert_pem()).unwrap();
+        fs::write(dir.path().join("server.crt"), &server.cert_pem).unwrap();
+        fs::write(dir.path().join("server.key"), &server.key_pem).unwrap();
+        fs::write(dir.path().join("other.key"), &other.key_pem).unwrap();
+        fs::write(dir.path().join("token"), "s3cret\n").unwrap();
+        fs::write(dir.path().join("garbage"), "not pem").unwrap();
+        Files { dir }
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).display().to_string()
+    }
+
+    fn toml(&self, extra: &str) -> String {
+        format!(
+            r#"
+listen = "127.0.0.1:0"
+operator_listen = "127.0.0.1:0"
+state_dir = "{state}"
+
+[tls]
+certificate = "{cert}"
+private_key = "{key}"
+device_ca = "{ca}"
+{extra}
+"#,
+            state = self.dir.path().display(),
+            cert = self.path("server.crt"),
+            key = self.path("server.key"),
+            ca = self.path("ca.crt"),
+        )
+    }
+
+    fn parse(&self, text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("facade.toml"))
+    }
+}
+
+#[test]
+fn reads_a_complete_config_with_defaults() {
+    let files = Files::new();
+    let text = files.toml(&format!(
+        r#"
+[[upstreams]]
+host = "127.0.0.1:5000"
+plain_http = true
+
+[[upstreams]]
+host = "https://hub.docker.com/_/nginx"
+username = "bot"
+token_file = "{}"
+"#,
+        files.path("token")
+    ));
+    let config = files.parse(&text).unwrap();
+    assert_eq!(config.limits.max_connections, 1024);
+    assert_eq!(config.upstreams.len(), 2);
+    assert_eq!(config.upstreams[0].registry.as_str(), "127.0.0.1:5000");
+    assert!(config.upstreams[0].plain_http);
+    assert!(config.upstreams[1].registry.is_docker_hub());
+    let credentials = config.upstreams[1].credentials.as_ref().unwrap();
+    assert_eq!(credentials.password.expose(), "s3cret");
+}
+
+#[test]
+fn names_the_key_of_a_bad_private_key() {
+    let files = Files::new();
+    let text = files
+        .toml("")
+        .replace(&files.path("server.key"), &files.path("garbage"));
+    let error = files.parse(&text).unwrap_err().to_string();
+    assert!(error.contains("tls.private_key"), "{error}");
+    assert!(error.contains("garbage"), "{error}");
+}
+
+#[test]
+fn refuses_a_key_that_does_not_match_the_certificate() {
+    let files = Files::new();
+    let text = files
+        .toml("")
+        .replace(&files.path("server.key"), &files.path("other.key"));
+    let error = files.parse(&text).unwrap_err();
+    assert!(
+        matches!(
+            error,
+            ConfigError::Tls {
+                key: "tls.private_key",
+                ..
+            }
+        ),
+        "{error}"
+    );
+}
+
+#[test]
+fn names_an_unreadable_device_ca() {
+    let files = Files::new();
+    let text = files
+        .toml("")
+        .replace(&files.path("ca.crt"), &files.path("missing.crt"));
+    let error = files.parse(&text).unwrap_err().to_string();
+    assert!(error.contains("tls.device_ca"), "{error}");
+    assert!(error.contains("missing.crt"), "{error}");
+}
+
+#[test]
+fn refuses_unknown_keys_and_bad_limits() {
+    let files = Files::new();
+    let error = files.parse(&files.toml("\n[limits]\nmax_conections = 5\n"));
+    assert!(error.unwrap_err().to_string().contains("max_conections"));
+    let error = files.parse(&files.toml("\n[limits]\nidle_timeout = 0\n"));
+    assert!(
+        error
+            .unwrap_err()
+            .to_string()
+            .contains("limits.idle_timeout")
+    );
+}
+
+#[test]
+fn refuses_incomplete_or_duplicate_upstreams() {
+    let files = Files::new();
+    let half = files.toml("\n[[upstreams]]\nhost = \"ghcr.io\"\nusername = \"bot\"\n");
+    let error = files.parse(&half).unwrap_err().to_string();
+    assert!(error.contains("upstreams[0]"), "{error}");
+    assert!(error.contains("token_file"), "{error}");
+    let twice = files
+        .toml("\n[[upstreams]]\nhost = \"docker.io\"\n[[upstreams]]\nhost = \"index.docker.io\"\n");
+    let error = files.parse(&twice).unwrap_err().to_string();
+    assert!(error.contains("upstreams[1]"), "{error}");
+}
+
+#[test]
+fn refuses_a_missing_state_dir() {
+    let files = Files::new();
+    let text = files.toml("").replace(
+        &format!("state_dir = \"{}\"", files.dir.path().display()),
+        "state_dir = \"/nonexistent/meshanics\"",
+    );
+    let error = files.parse(&text).unwrap_err().to_string();
+    assert!(error.contains("state_dir"), "{error}");
+}
+
+#[test]
+fn names_an_unreadable_crl() {
+    let files = Files::new();
+    let text = files.toml(&format!("crls = [\"{}\"]", files.path("missing.crl")));
+    let error = files.parse(&text).unwrap_err().to_string();
+    assert!(error.contains("tls.crls"), "{error}");
+    assert!(error.contains("missing.crl"), "{error}");
+}

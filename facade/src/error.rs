@@ -1,0 +1,166 @@
+//! The facade's error type: everything a device request can end in besides content.
+//! [`crate::respond`] is the one place these become HTTP statuses and OCI error JSON.
+
+use http::{HeaderValue, Method, StatusCode};
+use meshanics_shared::{Digest, Registry, VerifyError};
+
+use crate::upstream::{ContentKind, UpstreamError};
+
+/// Why a device request was refused or failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// No route for this path.
+    #[error("no route for {path}")]
+    NotFound {
+        /// The path asked for.
+        path: String,
+    },
+    /// A route that exists, with a method it does not take.
+    #[error("method {method} is not allowed on {path}")]
+    MethodNotAllowed {
+        /// The method.
+        method: Method,
+        /// The path.
+        path: String,
+    },
+    /// A tag where a digest belongs.
+    #[error("digest references only: {reference:?} is a tag")]
+    DigestOnly {
+        /// The tag given.
+        reference: String,
+    },
+    /// A malformed digest.
+    #[error("invalid digest {input:?}: {reason}")]
+    InvalidDigest {
+        /// What was given.
+        input: String,
+        /// Why it is not a digest.
+        reason: String,
+    },
+    /// A malformed upstream or repository name.
+    #[error("invalid name {input:?}: {reason}")]
+    InvalidName {
+        /// What was given.
+        input: String,
+        /// Why.
+        reason: String,
+    },
+    /// An upstream that is unknown or not approved (the two are not told apart to devices).
+    #[error("upstream {registry} is not approved")]
+    UnknownUpstream {
+        /// The upstream asked for.
+        registry: Registry,
+    },
+    /// The upstream does not have the content.
+    #[error("{registry} has no {kind:?} {digest}")]
+    ContentUnknown {
+        /// The upstream.
+        registry: Registry,
+        /// Manifest or blob.
+        kind: ContentKind,
+        /// The digest.
+        digest: Digest,
+    },
+    /// The upstream refused the requested range.
+    #[error("{registry} refused the range asked for {digest}")]
+    RangeNotSatisfiable {
+        /// The upstream.
+        registry: Registry,
+        /// The blob.
+        digest: Digest,
+        /// The upstream's `Content-Range` (`bytes */SIZE`), passed on.
+        content_range: Option<HeaderValue>,
+    },
+    /// The upstream refused the facade's credentials.
+    #[error("{registry} refused the facade's credentials ({status})")]
+    UpstreamDenied {
+        /// The upstream.
+        registry: Registry,
+        /// Its status.
+        status: StatusCode,
+    },
+    /// The upstream rate-limits the facade.
+    #[error("{registry} is rate-limiting the facade")]
+    UpstreamRateLimited {
+        /// The upstream.
+        registry: Registry,
+    },
+    /// The upstream answered a status the facade cannot serve.
+    #[error("{registry} answered {status} for {digest}")]
+    UpstreamStatus {
+        /// The upstream.
+        registry: Registry,
+        /// The digest.
+        digest: Digest,
+        /// Its status.
+        status: StatusCode,
+    },
+    /// The upstream could not be reached, timed out, or its token flow failed.
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    /// The upstream's `Docker-Content-Digest` names other content.
+    #[error("{registry} announced {announced} for {expected}")]
+    DigestHeaderMismatch {
+        /// The upstream.
+        registry: Registry,
+        /// The digest asked for.
+        expected: Digest,
+        /// What the upstream announced.
+        announced: String,
+    },
+    /// A manifest over the size cap.
+    #[error("{registry} serves {digest} with {size} bytes, over the manifest cap of {limit}")]
+    ManifestTooLarge {
+        /// The upstream.
+        registry: Registry,
+        /// The digest.
+        digest: Digest,
+        /// The announced or received size.
+        size: u64,
+        /// The cap.
+        limit: u64,
+    },
+    /// The upstream did not say how large the content is where the facade must know.
+    #[error("{registry} sent no usable Content-Length for {digest}")]
+    MissingLength {
+        /// The upstream.
+        registry: Registry,
+        /// The digest.
+        digest: Digest,
+    },
+    /// Buffered content (a manifest) failed verification before anything was sent.
+    #[error("{registry} served bad content: {source}")]
+    Verification {
+        /// The upstream.
+        registry: Registry,
+        /// What failed.
+        #[source]
+        source: VerifyError,
+    },
+    /// No such metadata file (or not a regular file, or no metadata folder).
+    #[error("no metadata file {name:?}")]
+    MetaNotFound {
+        /// The name asked for.
+        name: String,
+    },
+    /// A metadata file over the size cap.
+    #[error("metadata file {path} is {size} bytes, over the cap of {limit}")]
+    MetaTooLarge {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Its size.
+        size: u64,
+        /// The cap.
+        limit: u64,
+    },
+    /// A metadata file could not be read.
+    #[error("reading metadata file {path}: {source}")]
+    MetaIo {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}

@@ -1,0 +1,199 @@
+//! Prometheus metrics, rendered in the text exposition format on the operator listener.
+//!
+//! Hand-rolled: a handful of counters, one gauge and one histogram do not need a metrics
+//! framework, and every update on the streaming path is a relaxed atomic add.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Upstream latency buckets, in seconds.
+const LATENCY_BUCKETS: [f64; 11] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// The facade's metrics.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    requests: Mutex<BTreeMap<(&'static str, u16), u64>>,
+    verification_failures: Mutex<BTreeMap<&'static str, u64>>,
+    refused_handshakes: Mutex<BTreeMap<&'static str, u64>>,
+    bytes_streamed: AtomicU64,
+    open_connections: AtomicI64,
+    latency_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
+    latency_count: AtomicU64,
+    latency_sum_micros: AtomicU64,
+}
+
+// === impl Metrics ===
+
+impl Metrics {
+    /// Counts a finished request by route and status.
+    pub fn request(&self, route: &'static str, status: u16) {
+        bump(&self.requests, (route, status));
+    }
+
+    /// Counts content that failed verification, by kind of failure.
+    pub fn verification_failure(&self, kind: &'static str) {
+        bump(&self.verification_failures, kind);
+    }
+
+    /// Counts a refused TLS handshake, by reason.
+    pub fn refused_handshake(&self, reason: &'static str) {
+        bump(&self.refused_handshakes, reason);
+    }
+
+    /// Counts body bytes sent to devices.
+    pub fn streamed(&self, bytes: u64) {
+        self.bytes_streamed.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// Records the time an upstream took to answer with headers.
+    pub fn upstream_latency(&self, elapsed: Duration) {
+        let seconds = elapsed.as_secs_f64();
+        for (bucket, bound) in self.latency_buckets.iter().zip(LATENCY_BUCKETS) {
+            if seconds <= bound {
+                bucket.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.latency_count.fetch_add(1, Ordering::Relaxed);
+        let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        self.latency_sum_micros.fetch_add(micros, Ordering::Relaxed);
+    }
+
+    /// A device connection opened (`+1`) or closed (`-1`).
+    pub fn connection(&self, delta: i64) {
+        self.open_connections.fetch_add(delta, Ordering::Relaxed);
+    }
+
+    /// The metrics in the Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        header(
+            &mut out,
+            "facade_requests_total",
+            "counter",
+            "Device requests by route and status.",
+        );
+        for ((route, status), n) in snapshot(&self.requests) {
+            let _ = writeln!(
+                out,
+                "facade_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}"
+            );
+        }
+        header(
+            &mut out,
+            "facade_bytes_streamed_total",
+            "counter",
+            "Body bytes sent to devices.",
+        );
+        let _ = writeln!(
+            out,
+            "facade_bytes_streamed_total {}",
+            self.bytes_streamed.load(Ordering::Relaxed)
+        );
+        header(
+            &mut out,
+            "facade_verification_failures_total",
+            "counter",
+            "Upstream content that failed size or digest verification.",
+        );
+        for (kind, n) in snapshot(&self.verification_failures) {
+            let _ = writeln!(
+                out,
+                "facade_verification_failures_total{{kind=\"{kind}\"}} {n}"
+            );
+        }
+        header(
+            &mut out,
+            "facade_refused_handshakes_total",
+            "counter",
+            "TLS handshakes refused, by reason.",
+        );
+        for (reason, n) in snapshot(&self.refused_handshakes) {
+            let _ = writeln!(
+                out,
+                "facade_refused_handshakes_total{{reason=\"{reason}\"}} {n}"
+            );
+        }
+        header(
+            &mut out,
+            "facade_open_connections",
+            "gauge",
+            "Device connections open now.",
+        );
+        let _ = writeln!(
+            out,
+            "facade_open_connections {}",
+            self.open_connections.load(Ordering::Relaxed)
+        );
+        header(
+            &mut out,
+            "facade_upstream_latency_seconds",
+            "histogram",
+            "Time from an upstream request to its response headers.",
+        );
+        for (bucket, bound) in self.latency_buckets.iter().zip(LATENCY_BUCKETS) {
+            let _ = writeln!(
+                out,
+                "facade_upstream_latency_seconds_bucket{{le=\"{bound}\"}} {}",
+                bucket.load(Ordering::Relaxed)
+            );
+        }
+        let count = self.latency_count.load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "facade_upstream_latency_seconds_bucket{{le=\"+Inf\"}} {count}"
+        );
+        let sum = self.latency_sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "facade_upstream_latency_seconds_sum {sum}");
+        let _ = writeln!(out, "facade_upstream_latency_seconds_count {count}");
+        out
+    }
+}
+
+fn bump<K: Ord>(map: &Mutex<BTreeMap<K, u64>>, key: K) {
+    if let Ok(mut map) = map.lock() {
+        *map.entry(key).or_default() += 1;
+    }
+}
+
+fn snapshot<K: Ord + Clone>(map: &Mutex<BTreeMap<K, u64>>) -> Vec<(K, u64)> {
+    map.lock()
+        .map(|m| m.iter().map(|(k, v)| (k.clone(), *v)).collect())
+        .unwrap_or_default()
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_and_a_cumulative_histogram() {
+        let metrics = Metrics::default();
+        metrics.request("blob", 200);
+        metrics.request("blob", 200);
+        metrics.request("manifest", 404);
+        metrics.verification_failure("mismatch");
+        metrics.refused_handshake("unknown_issuer");
+        metrics.streamed(1234);
+        metrics.upstream_latency(Duration::from_millis(30));
+        let text = metrics.render();
+        assert!(text.contains("facade_requests_total{route=\"blob\",status=\"200\"} 2\n"));
+        assert!(text.contains("facade_requests_total{route=\"manifest\",status=\"404\"} 1\n"));
+        assert!(text.contains("facade_verification_failures_total{kind=\"mismatch\"} 1\n"));
+        assert!(text.contains("facade_refused_handshakes_total{reason=\"unknown_issuer\"} 1\n"));
+        assert!(text.contains("facade_bytes_streamed_total 1234\n"));
+        assert!(text.contains("facade_upstream_latency_seconds_bucket{le=\"0.025\"} 0\n"));
+        assert!(text.contains("facade_upstream_latency_seconds_bucket{le=\"0.05\"} 1\n"));
+        assert!(text.contains("facade_upstream_latency_seconds_bucket{le=\"+Inf\"} 1\n"));
+        assert!(text.contains("facade_upstream_latency_seconds_count 1\n"));
+    }
+}

@@ -1,0 +1,126 @@
+//! Credential providers: how the facade gets the credentials it presents to an upstream.
+//!
+//! This is the seam for the cloud providers of the connections issue: a Google service
+//! account exchanges its key for an OAuth2 access token (user `oauth2accesstoken`), an AWS
+//! role becomes an ECR authorization token (user `AWS`, sent as Basic right away). Each is a
+//! [`CredentialProvider`] that answers "what do I present now?", caching and refreshing its own
+//! short-lived token; the registry client (`upstream`) never knows which kind it talks to.
+//! Today there are two: [`Anonymous`] and [`StaticCredentials`] (username and token).
+
+use std::fmt;
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
+
+/// A secret string (a token, a password). Its `Debug` and `Display` never show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(Arc<str>);
+
+/// What the facade presents to an upstream: a user name and a secret, used for HTTP Basic
+/// and for the Basic-authenticated token request of the bearer flow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credentials {
+    /// The user name.
+    pub username: String,
+    /// The password or token.
+    pub password: Secret,
+    /// Send Basic on the first request instead of waiting for a challenge (ECR wants this).
+    pub preemptive_basic: bool,
+}
+
+/// Why a provider could not produce credentials (a token endpoint down, a refused role).
+#[derive(Debug, thiserror::Error)]
+#[error("{provider} credentials for {host}: {reason}")]
+pub struct ProviderError {
+    /// The provider kind (`google`, `aws`, ...).
+    pub provider: &'static str,
+    /// The upstream host.
+    pub host: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// A source of upstream credentials. Implementations cache what they fetch and refresh it
+/// shortly before it expires, one refresh at a time.
+pub trait CredentialProvider: Send + Sync + fmt::Debug {
+    /// The credentials to present now; `None` for anonymous access.
+    fn credentials(&self) -> BoxFuture<'_, Result<Option<Credentials>, ProviderError>>;
+}
+
+/// No credentials: a public registry.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Anonymous;
+
+/// A fixed username and token (GHCR, Quay, Harbor, Docker Hub, any standard registry).
+#[derive(Debug, Clone)]
+pub struct StaticCredentials(Credentials);
+
+// === impl Secret ===
+
+impl Secret {
+    /// Wraps a secret.
+    pub fn new(secret: String) -> Self {
+        Secret(secret.into())
+    }
+
+    /// The secret itself, for the one place that sends it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+// === impl Credentials ===
+
+impl Credentials {
+    /// Basic credentials, sent when the upstream asks for them.
+    pub fn basic(username: String, password: Secret) -> Self {
+        Credentials {
+            username,
+            password,
+            preemptive_basic: false,
+        }
+    }
+}
+
+// === impl Anonymous ===
+
+impl CredentialProvider for Anonymous {
+    fn credentials(&self) -> BoxFuture<'_, Result<Option<Credentials>, ProviderError>> {
+        Box::pin(async { Ok(None) })
+    }
+}
+
+// === impl StaticCredentials ===
+
+impl StaticCredentials {
+    /// Always presents `credentials`.
+    pub fn new(credentials: Credentials) -> Self {
+        StaticCredentials(credentials)
+    }
+}
+
+impl CredentialProvider for StaticCredentials {
+    fn credentials(&self) -> BoxFuture<'_, Result<Option<Credentials>, ProviderError>> {
+        let credentials = self.0.clone();
+        Box::pin(async move { Ok(Some(credentials)) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_never_show_in_debug_output() {
+        let credentials = Credentials::basic("bot".into(), Secret::new("hunter2".into()));
+        let shown = format!("{credentials:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("bot"), "{shown}");
+    }
+}

@@ -1,0 +1,189 @@
+//! The device API's routes, parsed from method, path and query before anything else runs.
+//!
+//! A request that does not parse into a [`Route`] never reaches an upstream: the parsing
+//! error is the response. The content routes are
+//! `/v2/<upstream>/<repository>/{manifests,blobs}/<digest>`, with the upstream in path form
+//! (`host_port` for a port, `docker.io` for Docker Hub), and containerd's mirror form
+//! `/v2/<repository>/{manifests,blobs}/<digest>?ns=<host>`.
+
+use http::Method;
+use meshanics_shared::{Digest, Registry, Repository, Tag};
+
+use crate::error::Error;
+use crate::upstream::ContentKind;
+
+/// The longest metadata file name served.
+const MAX_META_NAME: usize = 255;
+
+/// A parsed device request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// `GET /v2/`: the client's API version check.
+    Ping,
+    /// A manifest or blob, by digest.
+    Content(ContentTarget),
+    /// `GET /meta/<file>`.
+    Meta(MetaName),
+}
+
+/// A manifest or blob on an upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContentTarget {
+    /// The upstream registry.
+    pub upstream: Registry,
+    /// The repository on it.
+    pub repository: Repository,
+    /// Manifest or blob.
+    pub kind: ContentKind,
+    /// The digest.
+    pub digest: Digest,
+}
+
+/// A metadata file name: one path component of `[A-Za-z0-9._-]`, not starting with `.`, so
+/// it can never leave the metadata folder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetaName(String);
+
+// === impl Route ===
+
+impl Route {
+    /// The route's name in metrics and logs.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Route::Ping => "ping",
+            Route::Content(target) => match target.kind {
+                ContentKind::Manifest => "manifest",
+                ContentKind::Blob => "blob",
+            },
+            Route::Meta(_) => "meta",
+        }
+    }
+}
+
+/// Parses a request into a route, or the error to answer with.
+pub fn route(method: &Method, path: &str, query: Option<&str>) -> Result<Route, Error> {
+    let read_only = || {
+        if method == Method::GET || method == Method::HEAD {
+            Ok(())
+        } else {
+            Err(Error::MethodNotAllowed {
+                method: method.clone(),
+                path: path.to_owned(),
+            })
+        }
+    };
+    if path == "/v2/" || path == "/v2" {
+        read_only()?;
+        return Ok(Route::Ping);
+    }
+    if let Some(name) = path.strip_prefix("/meta/") {
+        let name = MetaName::parse(name).ok_or_else(|| not_found(path))?;
+        read_only()?;
+        return Ok(Route::Meta(name));
+    }
+    let Some(rest) = path.strip_prefix("/v2/") else {
+        return Err(not_found(path));
+    };
+    let mut parts = rest.rsplitn(3, '/');
+    let (Some(reference), Some(kind), Some(name)) = (parts.next(), parts.next(), parts.next())
+    else {
+        return Err(not_found(path));
+    };
+    let kind = match kind {
+        "manifests" => ContentKind::Manifest,
+        "blobs" => ContentKind::Blob,
+        _ => return Err(not_found(path)),
+    };
+    read_only()?;
+    let (upstream, repository) = split_name(name, namespace(query).as_deref())?;
+    let digest = digest(kind, reference)?;
+    Ok(Route::Content(ContentTarget {
+        upstream,
+        repository,
+        kind,
+        digest,
+    }))
+}
+
+fn not_found(path: &str) -> Error {
+    Error::NotFound {
+        path: path.chars().take(256).collect(),
+    }
+}
+
+/// containerd's `ns` query parameter: the registry the mirror request is for.
+fn namespace(query: Option<&str>) -> Option<String> {
+    url::form_urlencoded::parse(query?.as_bytes())
+        .find(|(key, _)| key == "ns")
+        .map(|(_, value)| value.into_owned())
+}
+
+/// Splits `<upstream>/<repository>` (or takes the whole name as the repository of `ns`).
+fn split_name(name: &str, ns: Option<&str>) -> Result<(Registry, Repository), Error> {
+    let invalid = |reason: String| Error::InvalidName {
+        input: name.chars().take(256).collect(),
+        reason,
+    };
+    let (upstream, repository) = match ns {
+        Some(ns) => {
+            let registry = Registry::parse(&ns.to_ascii_lowercase())
+                .map_err(|e| invalid(format!("ns: {e}")))?;
+            (registry, name)
+        }
+        None => {
+            let (first, repository) = name
+                .split_once('/')
+                .ok_or_else(|| invalid("expected <upstream>/<repository>".into()))?;
+            // Host names are case-insensitive; approved upstreams are keyed lowercase.
+            let registry = Registry::from_path_form(&first.to_ascii_lowercase())
+                .map_err(|e| invalid(e.to_string()))?;
+            (registry, repository)
+        }
+    };
+    let repository = if upstream.is_docker_hub() && !repository.contains('/') {
+        // Docker Hub's official images live under `library/`, as the docker CLI writes them.
+        format!("library/{repository}")
+    } else {
+        repository.to_owned()
+    };
+    let repository = Repository::parse(&repository).map_err(|e| invalid(e.kind.to_string()))?;
+    Ok((upstream, repository))
+}
+
+fn digest(kind: ContentKind, reference: &str) -> Result<Digest, Error> {
+    match Digest::parse(reference) {
+        Ok(digest) => Ok(digest),
+        Err(_) if kind == ContentKind::Manifest && Tag::parse(reference).is_ok() => {
+            Err(Error::DigestOnly {
+                reference: reference.to_owned(),
+            })
+        }
+        Err(e) => Err(Error::InvalidDigest {
+            input: e.input,
+            reason: e.reason.to_string(),
+        }),
+    }
+}
+
+// === impl MetaName ===
+
+impl MetaName {
+    /// Parses a metadata file name; `None` for anything that is not one plain file name.
+    pub fn parse(name: &str) -> Option<MetaName> {
+        let ok = !name.is_empty()
+            && name.len() <= MAX_META_NAME
+            && !name.starts_with('.')
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        ok.then(|| MetaName(name.to_owned()))
+    }
+
+    /// The file name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,161 @@
+use super::*;
+
+const DIGEST: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+fn get(path: &str) -> Result<Route, Error> {
+    route(&Method::GET, path, None)
+}
+
+fn content(route: Result<Route, Error>) -> ContentTarget {
+    match route {
+        Ok(Route::Content(target)) => target,
+        other => panic!("not a content route: {other:?}"),
+    }
+}
+
+#[test]
+fn ping_answers_with_and_without_trailing_slash() {
+    assert_eq!(get("/v2/").unwrap(), Route::Ping);
+    assert_eq!(get("/v2").unwrap(), Route::Ping);
+}
+
+#[test]
+fn reads_upstream_repository_kind_and_digest() {
+    let target = content(get(&format!("/v2/ghcr.io/org/team/app/manifests/{DIGEST}")));
+    assert_eq!(target.upstream.as_str(), "ghcr.io");
+    assert_eq!(target.repository.as_str(), "org/team/app");
+    assert_eq!(target.kind, ContentKind::Manifest);
+    assert_eq!(target.digest.as_str(), DIGEST);
+    let blob = content(route(
+        &Method::HEAD,
+        &format!("/v2/ghcr.io/org/app/blobs/{DIGEST}"),
+        None,
+    ));
+    assert_eq!(blob.kind, ContentKind::Blob);
+}
+
+#[test]
+fn reads_a_port_written_as_host_underscore_port() {
+    let target = content(get(&format!("/v2/127.0.0.1_5000/team/app/blobs/{DIGEST}")));
+    assert_eq!(target.upstream.as_str(), "127.0.0.1:5000");
+    assert_eq!(target.repository.as_str(), "team/app");
+}
+
+#[test]
+fn upstream_hosts_are_case_insensitive() {
+    let target = content(get(&format!("/v2/GHCR.io/org/app/blobs/{DIGEST}")));
+    assert_eq!(target.upstream.as_str(), "ghcr.io");
+}
+
+#[test]
+fn docker_hub_single_names_are_library_images() {
+    let target = content(get(&format!("/v2/docker.io/nginx/manifests/{DIGEST}")));
+    assert!(target.upstream.is_docker_hub());
+    assert_eq!(target.repository.as_str(), "library/nginx");
+}
+
+#[test]
+fn reads_the_containerd_mirror_form() {
+    let target = content(route(
+        &Method::GET,
+        &format!("/v2/team/app/manifests/{DIGEST}"),
+        Some("ns=127.0.0.1%3A5000"),
+    ));
+    assert_eq!(target.upstream.as_str(), "127.0.0.1:5000");
+    assert_eq!(target.repository.as_str(), "team/app");
+    let hub = content(route(
+        &Method::GET,
+        &format!("/v2/library/nginx/blobs/{DIGEST}"),
+        Some("ns=docker.io"),
+    ));
+    assert!(hub.upstream.is_docker_hub());
+}
+
+#[test]
+fn refuses_tags_as_digest_only() {
+    assert!(matches!(
+        get("/v2/ghcr.io/org/app/manifests/latest"),
+        Err(Error::DigestOnly { reference }) if reference == "latest"
+    ));
+}
+
+#[test]
+fn refuses_malformed_digests() {
+    for reference in ["sha256:abc", "md5:0123", "sha256:ABCDEF"] {
+        assert!(
+            matches!(
+                get(&format!("/v2/ghcr.io/org/app/manifests/{reference}")),
+                Err(Error::InvalidDigest { .. })
+            ),
+            "{reference}"
+        );
+    }
+    assert!(matches!(
+        get("/v2/ghcr.io/org/app/blobs/latest"),
+        Err(Error::InvalidDigest { .. })
+    ));
+}
+
+#[test]
+fn refuses_malformed_names() {
+    for path in [
+        format!("/v2/ghcr.io/Org/App/manifests/{DIGEST}"),
+        format!("/v2/ghcr.io/manifests/{DIGEST}"),
+        format!("/v2/host_port/app/manifests/{DIGEST}"),
+        format!("/v2/ghcr.io/a//b/manifests/{DIGEST}"),
+        format!("/v2/ghcr.io/a/%2e%2e/manifests/{DIGEST}"),
+    ] {
+        assert!(
+            matches!(get(&path), Err(Error::InvalidName { .. })),
+            "{path}: {:?}",
+            get(&path)
+        );
+    }
+}
+
+#[test]
+fn unknown_paths_are_not_found() {
+    for path in [
+        "/",
+        "/v1/",
+        "/v2/_catalog",
+        "/v2/ghcr.io/org/app/tags/list",
+        "/v2/ghcr.io/org/app/blobs/uploads/",
+        "/healthz",
+        "/meta/",
+        "/meta/../secret",
+        "/meta/.hidden",
+        "/meta/a/b",
+        "/meta/%2e%2e",
+    ] {
+        assert!(
+            matches!(get(path), Err(Error::NotFound { .. })),
+            "{path}: {:?}",
+            get(path)
+        );
+    }
+}
+
+#[test]
+fn writes_are_not_allowed() {
+    for method in [Method::PUT, Method::POST, Method::DELETE, Method::PATCH] {
+        assert!(matches!(
+            route(
+                &method,
+                &format!("/v2/ghcr.io/org/app/blobs/{DIGEST}"),
+                None
+            ),
+            Err(Error::MethodNotAllowed { .. })
+        ));
+    }
+}
+
+#[test]
+fn meta_names_are_single_plain_files() {
+    assert_eq!(
+        get("/meta/timestamp.cbor").unwrap(),
+        Route::Meta(MetaName("timestamp.cbor".into()))
+    );
+    assert!(MetaName::parse(&"a".repeat(256)).is_none());
+    assert!(MetaName::parse("x\\y").is_none());
+}

@@ -1,0 +1,103 @@
+//! The device-facing request handler: route, serve, count, log. Errors become responses
+//! through [`crate::respond`] only.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderName};
+use http::{HeaderValue, Request, Response};
+
+use crate::body::Body;
+use crate::config::Limits;
+use crate::error::Error;
+use crate::identity::DeviceIdentity;
+use crate::metrics::Metrics;
+use crate::routes::{self, Route};
+use crate::upstreams::Upstreams;
+use crate::{meta, proxy, respond};
+
+/// What every request handler shares.
+#[derive(Debug)]
+pub struct Shared {
+    /// The approved upstreams.
+    pub upstreams: Arc<dyn Upstreams>,
+    /// The metrics.
+    pub metrics: Arc<Metrics>,
+    /// The metadata folder, if any.
+    pub metadata_dir: Option<PathBuf>,
+    /// Limits.
+    pub limits: Limits,
+}
+
+/// Handles one device request from `device`. Never fails: errors are responses.
+///
+/// The device is logged explicitly rather than through the connection's span: hyper runs
+/// HTTP/2 streams as tasks of their own, outside that span.
+pub async fn handle<B>(
+    shared: Arc<Shared>,
+    device: DeviceIdentity,
+    request: Request<B>,
+) -> Response<Body> {
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let route = routes::route(&method, &path, request.uri().query());
+    let label = route.as_ref().map(Route::label).unwrap_or("unrouted");
+    let result = match route {
+        Ok(Route::Ping) => Ok(ping()),
+        Ok(Route::Content(target)) => {
+            proxy::content(
+                shared.upstreams.as_ref(),
+                &shared.metrics,
+                &shared.limits,
+                &device,
+                target,
+                &method,
+                request.headers(),
+            )
+            .await
+        }
+        Ok(Route::Meta(name)) => {
+            meta::serve(
+                shared.metadata_dir.as_deref(),
+                &name,
+                &method,
+                shared.limits.max_meta_bytes,
+            )
+            .await
+        }
+        Err(error) => Err(error),
+    };
+    let response = match result {
+        Ok(response) => response,
+        Err(error) => {
+            log_error(&device, &error);
+            respond::error_response(&error)
+        }
+    };
+    let status = response.status().as_u16();
+    shared.metrics.request(label, status);
+    tracing::info!(%device, %method, %path, status, "request");
+    response
+}
+
+fn log_error(device: &DeviceIdentity, error: &Error) {
+    let (status, code, _) = respond::classify(error);
+    if status.is_server_error() {
+        tracing::warn!(%device, %error, code, "request failed");
+    } else {
+        tracing::info!(%device, %error, code, "request refused");
+    }
+}
+
+fn ping() -> Response<Body> {
+    let mut response = Response::new(respond::full(Bytes::from_static(b"{}")));
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(CONTENT_LENGTH, HeaderValue::from(2));
+    headers.insert(
+        HeaderName::from_static("docker-distribution-api-version"),
+        HeaderValue::from_static("registry/2.0"),
+    );
+    response
+}

@@ -1,0 +1,65 @@
+//! Why an upstream request failed.
+
+use meshanics_shared::Registry;
+
+use crate::providers::ProviderError;
+
+/// Why an upstream request failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum UpstreamError {
+    /// The HTTP client for an upstream could not be built.
+    #[error("building the HTTP client for upstream {host}: {reason}")]
+    Client {
+        /// The upstream.
+        host: Registry,
+        /// Why.
+        reason: String,
+    },
+    /// A request could not be sent or its response headers not read.
+    #[error("requesting {url}: {source}")]
+    Request {
+        /// The URL (without query).
+        url: String,
+        /// Why.
+        #[source]
+        source: reqwest::Error,
+    },
+    /// No response headers within the response timeout.
+    #[error("requesting {url}: no response within {seconds} s")]
+    Timeout {
+        /// The URL (without query).
+        url: String,
+        /// The timeout.
+        seconds: u64,
+    },
+    /// The credential provider failed.
+    #[error(transparent)]
+    Credentials(#[from] ProviderError),
+    /// A redirect could not be followed.
+    #[error("following a redirect from {url}: {reason}")]
+    Redirect {
+        /// Where the redirect came from (without query).
+        url: String,
+        /// Why.
+        reason: &'static str,
+    },
+    /// The token endpoint failed or answered nonsense.
+    #[error("getting a token for {host} from {realm}: {reason}")]
+    Token {
+        /// The upstream.
+        host: Registry,
+        /// The token endpoint (without query).
+        realm: String,
+        /// Why.
+        reason: String,
+    },
+    /// A body was larger than allowed.
+    #[error("reading {url}: the body is over {limit} bytes")]
+    TooLarge {
+        /// The URL (without query).
+        url: String,
+        /// The limit.
+        limit: usize,
+    },
+}

@@ -1,0 +1,143 @@
+//! The `meshanics-facade` binary: a bad configuration exits with code 64 and names the key
+//! and the file; a good one serves until SIGTERM and then exits cleanly.
+
+#![expect(
+    clippy::unwrap_used,
+    reason = "test helpers outside #[test] functions: a failed setup is a failed test"
+)]
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use meshanics_shared::devpki::DevCa;
+
+const BIN: &str = env!("CARGO_BIN_EXE_meshanics-facade");
+
+fn write_config(dir: &Path, key_file: &str) -> std::path::PathBuf {
+    let mut ca = DevCa::new("device CA").unwrap();
+    let server = ca.issue_server(&["127.0.0.1"]).unwrap();
+    let device = ca.issue_device("device-7").unwrap();
+    std::fs::write(dir.join("device.crt"), &device.cert_pem).unwrap();
+    std::fs::write(dir.join("device.key"), &device.key_pem).unwrap();
+    std::fs::write(dir.join("ca.crt"), ca.cert_pem()).unwrap();
+    std::fs::write(dir.join("server.crt"), &server.cert_pem).unwrap();
+    std::fs::write(dir.join("server.key"), &server.key_pem).unwrap();
+    std::fs::write(
+        dir.join("broken.key"),
+        "-----BEGIN PRIVATE KEY-----\nnot base64\n",
+    )
+    .unwrap();
+    let config = format!(
+        "listen = \"127.0.0.1:0\"\noperator_listen = \"127.0.0.1:0\"\nstate_dir = \"{d}\"\n\
+         [tls]\ncertificate = \"{d}/server.crt\"\nprivate_key = \"{d}/{key_file}\"\n\
+         device_ca = \"{d}/ca.crt\"\n",
+        d = dir.display()
+    );
+    let path = dir.join("facade.toml");
+    std::fs::write(&path, config).unwrap();
+    path
+}
+
+#[test]
+fn a_bad_private_key_exits_64_naming_the_key_and_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "broken.key");
+    let output = Command::new(BIN)
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("tls.private_key"), "{stderr}");
+    assert!(stderr.contains("broken.key"), "{stderr}");
+}
+
+#[test]
+fn a_missing_config_file_exits_64() {
+    let output = Command::new(BIN)
+        .args(["--config", "/nonexistent/facade.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("/nonexistent/facade.toml"));
+}
+
+#[test]
+fn serves_until_sigterm_then_exits_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "server.key");
+    let mut child = Command::new(BIN)
+        .arg("--config")
+        .arg(&config)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let listening = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the facade printed nothing");
+    assert!(listening.contains("facade listening"), "{listening}");
+    let addr = listening
+        .split("device_addr=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap()
+        .to_owned();
+    let status = ping(dir.path(), &addr);
+    assert_eq!(status, 200);
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+    reader.join().unwrap();
+    let rest: Vec<String> = rx.try_iter().collect();
+    assert!(rest.iter().any(|l| l.contains("SIGTERM")), "{rest:?}");
+    // The device is named in the request's log line.
+    assert!(
+        rest.iter()
+            .any(|l| l.contains("request") && l.contains("CN=device-7") && l.contains("/v2/")),
+        "{rest:?}"
+    );
+}
+
+/// `GET /v2/` with the device certificate; the facade's server certificate is issued by the
+/// same development CA in this test.
+fn ping(dir: &Path, addr: &str) -> u16 {
+    let tls = meshanics_shared::tls::client_config(
+        &dir.join("ca.crt"),
+        Some((&dir.join("device.crt"), &dir.join("device.key"))),
+    )
+    .unwrap();
+    let client = reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .no_proxy()
+        .build()
+        .unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let response = client
+            .get(format!("https://{addr}/v2/"))
+            .send()
+            .await
+            .unwrap();
+        response.status().as_u16()
+    })
+}

@@ -1,0 +1,344 @@
+//! The facade under test, started in-process from a config file the fixture writes, on
+//! 127.0.0.1 port 0, with a fresh PKI: a server CA for the facade's certificate, a device
+//! CA with a good, an expired and a revoked device, and a foreign CA with a device of its own.
+//!
+//! It runs on the fixture's own tokio runtime, so tests stay plain `#[test]` functions that
+//! also run `skopeo`. Dropping the fixture shuts the facade down (gracefully) and removes
+//! every file.
+
+use std::fmt::Write as _;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use meshanics_facade::{Config, ConfiguredUpstreams, Running};
+use meshanics_shared::devpki::{DevCa, Issued};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::{FixtureError, io_err};
+
+/// An upstream to approve in the facade's config.
+#[derive(Debug, Clone)]
+pub struct UpstreamEntry {
+    /// `host[:port]`.
+    pub host: String,
+    /// Plain HTTP.
+    pub plain_http: bool,
+    /// Username and token.
+    pub credentials: Option<(String, String)>,
+    /// A private CA bundle (PEM file) for this upstream.
+    pub ca_file: Option<PathBuf>,
+}
+
+/// How to start the facade.
+#[derive(Debug, Clone, Default)]
+pub struct FacadeOptions {
+    /// The approved upstreams.
+    pub upstreams: Vec<UpstreamEntry>,
+    /// Extra lines for the `[limits]` table.
+    pub limits: Vec<String>,
+    /// Files to put in the metadata folder (name, contents).
+    pub metadata: Vec<(String, Vec<u8>)>,
+}
+
+/// Which client certificate a client presents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Who {
+    /// A valid device of the device CA.
+    Device,
+    /// A device whose certificate expired.
+    Expired,
+    /// A device on the CRL.
+    Revoked,
+    /// A device of another CA.
+    Foreign,
+    /// No certificate at all.
+    Nobody,
+}
+
+/// A running facade; shut down on drop.
+#[derive(Debug)]
+pub struct FacadeFixture {
+    running: Option<Running>,
+    runtime: tokio::runtime::Runtime,
+    device_addr: SocketAddr,
+    operator_addr: SocketAddr,
+    dir: tempfile::TempDir,
+    server_ca_pem: String,
+    devices: Vec<(Who, Issued)>,
+}
+
+// === impl UpstreamEntry ===
+
+impl UpstreamEntry {
+    /// A plain-HTTP upstream without credentials.
+    pub fn anonymous(host: &str) -> Self {
+        UpstreamEntry {
+            host: host.to_owned(),
+            plain_http: true,
+            credentials: None,
+            ca_file: None,
+        }
+    }
+
+    /// An HTTPS upstream without credentials, trusted through `ca_file` when given (the public
+    /// web roots otherwise).
+    pub fn https(host: &str, ca_file: Option<PathBuf>) -> Self {
+        UpstreamEntry {
+            host: host.to_owned(),
+            plain_http: false,
+            credentials: None,
+            ca_file,
+        }
+    }
+
+    /// A plain-HTTP upstream with a username and token.
+    pub fn with_credentials(host: &str, username: &str, token: &str) -> Self {
+        UpstreamEntry {
+            host: host.to_owned(),
+            plain_http: true,
+            credentials: Some((username.to_owned(), token.to_owned())),
+            ca_file: None,
+        }
+    }
+}
+
+// === impl FacadeFixture ===
+
+impl FacadeFixture {
+    /// Writes the PKI and config, and starts the facade.
+    pub fn start(options: &FacadeOptions) -> Result<Self, FixtureError> {
+        let pki_err =
+            |e: meshanics_shared::devpki::DevPkiError| FixtureError::Invalid(e.to_string());
+        let dir = tempfile::tempdir().map_err(io_err("creating a temp dir", Path::new("/tmp")))?;
+        let write = |name: &str, contents: &[u8]| -> Result<PathBuf, FixtureError> {
+            let path = dir.path().join(name);
+            std::fs::write(&path, contents).map_err(io_err("writing", &path))?;
+            Ok(path)
+        };
+        let mut server_ca = DevCa::new("facade server CA").map_err(pki_err)?;
+        let server = server_ca
+            .issue_server(&["localhost", "127.0.0.1"])
+            .map_err(pki_err)?;
+        let mut device_ca = DevCa::new("device CA").map_err(pki_err)?;
+        let device = device_ca.issue_device("device-1").map_err(pki_err)?;
+        let revoked = device_ca.issue_device("device-revoked").map_err(pki_err)?;
+        let day = Duration::from_secs(86_400);
+        let now = SystemTime::now();
+        let expired = device_ca
+            .issue_device_valid("device-expired", now - 30 * day, now - day)
+            .map_err(pki_err)?;
+        let mut foreign_ca = DevCa::new("foreign CA").map_err(pki_err)?;
+        let foreign = foreign_ca.issue_device("device-1").map_err(pki_err)?;
+        let crl = device_ca.crl(&[&revoked]).map_err(pki_err)?;
+
+        let cert = write("server.crt", server.cert_pem.as_bytes())?;
+        let key = write("server.key", server.key_pem.as_bytes())?;
+        let ca = write("device-ca.crt", device_ca.cert_pem().as_bytes())?;
+        let crl = write("devices.crl", crl.as_bytes())?;
+        let state = dir.path().join("state");
+        let metadata = dir.path().join("metadata");
+        for folder in [&state, &metadata] {
+            std::fs::create_dir(folder).map_err(io_err("creating", folder))?;
+        }
+        for (name, contents) in &options.metadata {
+            let path = metadata.join(name);
+            std::fs::write(&path, contents).map_err(io_err("writing", &path))?;
+        }
+
+        let mut toml = format!(
+            "listen = \"127.0.0.1:0\"\noperator_listen = \"127.0.0.1:0\"\n\
+             state_dir = \"{}\"\nmetadata_dir = \"{}\"\n\n[tls]\ncertificate = \"{}\"\n\
+             private_key = \"{}\"\ndevice_ca = \"{}\"\ncrls = [\"{}\"]\n\n[limits]\nshutdown_grace = 10\n",
+            state.display(),
+            metadata.display(),
+            cert.display(),
+            key.display(),
+            ca.display(),
+            crl.display()
+        );
+        for line in &options.limits {
+            let _ = writeln!(toml, "{line}");
+        }
+        for (i, upstream) in options.upstreams.iter().enumerate() {
+            let _ = write!(
+                toml,
+                "\n[[upstreams]]\nhost = \"{}\"\nplain_http = {}\n",
+                upstream.host, upstream.plain_http
+            );
+            if let Some(ca_file) = &upstream.ca_file {
+                let _ = writeln!(toml, "ca_file = \"{}\"", ca_file.display());
+            }
+            if let Some((username, token)) = &upstream.credentials {
+                let token_file = write(&format!("upstream-{i}.token"), token.as_bytes())?;
+                let _ = write!(
+                    toml,
+                    "username = \"{username}\"\ntoken_file = \"{}\"\n",
+                    token_file.display()
+                );
+            }
+        }
+        let config_path = write("facade.toml", toml.as_bytes())?;
+        let config =
+            Config::load(&config_path).map_err(|e| FixtureError::Invalid(e.to_string()))?;
+        let upstreams = ConfiguredUpstreams::new(&config.upstreams, config.limits.upstream())
+            .map_err(|e| FixtureError::Invalid(e.to_string()))?;
+
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .map_err(io_err("starting a runtime for", Path::new("facade")))?;
+        let running = runtime
+            .block_on(meshanics_facade::start(&config, Arc::new(upstreams)))
+            .map_err(|e| FixtureError::Invalid(e.to_string()))?;
+        Ok(FacadeFixture {
+            device_addr: running.device_addr(),
+            operator_addr: running.operator_addr(),
+            running: Some(running),
+            runtime,
+            dir,
+            server_ca_pem: server_ca.cert_pem(),
+            devices: vec![
+                (Who::Device, device),
+                (Who::Expired, expired),
+                (Who::Revoked, revoked),
+                (Who::Foreign, foreign),
+            ],
+        })
+    }
+
+    /// `127.0.0.1:PORT` of the device listener.
+    pub fn host(&self) -> String {
+        self.device_addr.to_string()
+    }
+
+    /// `https://127.0.0.1:PORT{path}` on the device listener.
+    pub fn url(&self, path: &str) -> String {
+        format!("https://{}{path}", self.device_addr)
+    }
+
+    /// `http://127.0.0.1:PORT{path}` on the operator listener.
+    pub fn operator_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.operator_addr)
+    }
+
+    /// The metrics text, straight from the facade.
+    pub fn metrics(&self) -> String {
+        self.running
+            .as_ref()
+            .map(|r| r.metrics().render())
+            .unwrap_or_default()
+    }
+
+    /// Runs a future on the facade's runtime.
+    pub fn block_on<F: Future>(&self, future: F) -> F::Output {
+        self.runtime.block_on(future)
+    }
+
+    /// A folder for `skopeo --src-cert-dir`: the server CA as `ca.crt`, and the client
+    /// certificate of `who` as `client.cert` and `client.key`.
+    pub fn cert_dir(&self, who: Who) -> Result<PathBuf, FixtureError> {
+        let dir = self.dir.path().join(format!("certs-{who:?}"));
+        std::fs::create_dir_all(&dir).map_err(io_err("creating", &dir))?;
+        let ca = dir.join("ca.crt");
+        std::fs::write(&ca, &self.server_ca_pem).map_err(io_err("writing", &ca))?;
+        if let Some(issued) = self.issued(who) {
+            let cert = dir.join("client.cert");
+            std::fs::write(&cert, &issued.cert_pem).map_err(io_err("writing", &cert))?;
+            let key = dir.join("client.key");
+            std::fs::write(&key, &issued.key_pem).map_err(io_err("writing", &key))?;
+        }
+        Ok(dir)
+    }
+
+    /// An HTTPS client presenting `who`'s certificate; HTTP/2 when `http2`, else HTTP/1.1.
+    pub fn client(&self, who: Who, http2: bool) -> Result<reqwest::Client, FixtureError> {
+        let invalid = |e: &dyn std::fmt::Display| FixtureError::Invalid(e.to_string());
+        let mut tls = self.tls_config(who)?;
+        if http2 {
+            tls.alpn_protocols = vec![b"h2".to_vec()];
+        }
+        let mut builder = reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
+            .no_proxy()
+            .redirect(reqwest::redirect::Policy::none());
+        if !http2 {
+            builder = builder.http1_only();
+        }
+        builder.build().map_err(|e| invalid(&e))
+    }
+
+    /// The rustls client configuration of `who` (ALPN `http/1.1`), for tests that speak TLS
+    /// themselves.
+    pub fn tls_config(&self, who: Who) -> Result<rustls::ClientConfig, FixtureError> {
+        let invalid = |e: &dyn std::fmt::Display| FixtureError::Invalid(e.to_string());
+        let mut roots = rustls::RootCertStore::empty();
+        let ca = CertificateDer::from_pem_slice(self.server_ca_pem.as_bytes())
+            .map_err(|e| invalid(&e))?;
+        roots.add(ca).map_err(|e| invalid(&e))?;
+        let identity = match self.issued(who) {
+            Some(issued) => Some((
+                vec![
+                    CertificateDer::from_pem_slice(issued.cert_pem.as_bytes())
+                        .map_err(|e| invalid(&e))?,
+                ],
+                PrivateKeyDer::from_pem_slice(issued.key_pem.as_bytes())
+                    .map_err(|e| invalid(&e))?,
+            )),
+            None => None,
+        };
+        let mut tls =
+            meshanics_shared::tls::client_config_from(roots, identity).map_err(|e| invalid(&e))?;
+        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(tls)
+    }
+
+    /// The device listener's address.
+    pub fn device_addr(&self) -> SocketAddr {
+        self.device_addr
+    }
+
+    /// A plain-HTTP client (for the operator listener); its TLS side, unused, is built on the
+    /// workspace's ring provider, as reqwest has no default provider here.
+    pub fn plain_client(&self) -> Result<reqwest::Client, FixtureError> {
+        let invalid = |e: &dyn std::fmt::Display| FixtureError::Invalid(e.to_string());
+        let tls = meshanics_shared::tls::client_config_from(rustls::RootCertStore::empty(), None)
+            .map_err(|e| invalid(&e))?;
+        reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
+            .no_proxy()
+            .build()
+            .map_err(|e| invalid(&e))
+    }
+
+    /// Shuts the facade down gracefully and waits for it.
+    pub fn shutdown(&mut self) {
+        if let Some(running) = self.running.take() {
+            self.runtime.block_on(running.shutdown());
+        }
+    }
+
+    /// Starts a graceful shutdown on the runtime and returns at once.
+    pub fn begin_shutdown(&mut self) {
+        if let Some(running) = self.running.take() {
+            self.runtime.spawn(running.shutdown());
+        }
+    }
+
+    fn issued(&self, who: Who) -> Option<&Issued> {
+        self.devices
+            .iter()
+            .find(|(w, _)| *w == who)
+            .map(|(_, issued)| issued)
+    }
+}
+
+impl Drop for FacadeFixture {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
