@@ -1,0 +1,32 @@
+//! # meshanics-agent
+//!
+//! The device agent: it trusts only its pinned root metadata, fetches OCI content by digest
+//! through the facade with its device certificate, keeps that content in a cache that
+//! survives power loss, and applies only what verified.
+//!
+//! A short tour, in the order an update flows:
+//!
+//! - [`config`]: the TOML file, parsed once into typed structs and checked whole (a bad key
+//!   is exit code 64 with the key's name).
+//! - [`client`]: the facade client: mutual TLS, retries with backoff and jitter, a speed
+//!   floor, `Range` resume, and a size cap on everything it reads.
+//! - [`pull`]: one target by digest: the manifest (an index resolved to this device's
+//!   platform), then config and layers, with bounded parallelism, skipping cached blobs.
+//! - [`store`]: the content-addressed cache (`blobs/sha256/<hex>`, committed only when size
+//!   and digest match), its ingest files, its rebuildable sled index, `fsck` and `gc`.
+//! - [`apply`]: OCI image layouts, the atomic `current`/`previous` switch, the apply hook
+//!   and its rollback.
+//! - [`progress`]: bars on a terminal, log lines for journald.
+//!
+//! Not here yet: the signed metadata workflow (which produces the list of
+//! [`pull::PullTarget`]s a cycle pulls) and the service loop (`run`, `sync`, sd-notify).
+
+pub mod apply;
+pub mod client;
+pub mod config;
+pub mod error;
+pub mod progress;
+pub mod pull;
+pub mod store;
+
+pub use error::{Error, Result};
