@@ -30,3 +30,6 @@ pub mod pull;
 pub mod store;
 
 pub use error::{Error, Result};
+
+#[cfg(test)]
+mod testing;
