@@ -152,7 +152,7 @@ fn scanning_a_layout_recovers_its_record() {
     let pulled = pulled(&store, "app", &[b"a"]);
     let record = lay_out(&store, &pulled).unwrap();
     let mut scanned = scan_layout(&store, &record.id, ArtifactState::Pulled).unwrap();
-    let mut expected = record.clone();
+    let mut expected = record;
     scanned.blobs.sort();
     expected.blobs.sort();
     scanned.updated = expected.updated;

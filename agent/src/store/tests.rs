@@ -252,7 +252,7 @@ async fn gc_keeps_current_and_previous_and_removes_the_rest() {
 
     let report = store.gc().unwrap();
     assert_eq!(report.removed_artifacts, vec![ids[0].clone()]);
-    let mut removed = report.removed_blobs.clone();
+    let mut removed = report.removed_blobs;
     removed.sort();
     let mut expected = vec![
         stray.clone(),
