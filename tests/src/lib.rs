@@ -10,6 +10,9 @@
 //! - [`registry`]: starts the distribution registry on 127.0.0.1, port 0, with a generated
 //!   config (anonymous, htpasswd Basic auth, optional TLS and client CAs), and stops it on drop.
 //! - [`skopeo`]: runs `skopeo` and reports failures with its output.
+//! - [`tls_registry`]: the registry behind mutual TLS with a fresh PKI, standing in for the
+//!   facade (same API, same names, device certificate required) in agent tests.
+//! - [`tcp_proxy`]: a TCP proxy that cuts or stalls a connection after some bytes.
 //!
 //! Everything a fixture starts is stopped, and every folder it makes is removed, when the
 //! fixture is dropped.
@@ -17,6 +20,8 @@
 pub mod oci_layout;
 pub mod registry;
 pub mod skopeo;
+pub mod tcp_proxy;
+pub mod tls_registry;
 
 /// Why a fixture could not be set up.
 #[derive(Debug, thiserror::Error)]

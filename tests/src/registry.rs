@@ -164,7 +164,7 @@ impl Drop for RegistryServer {
 
 fn listening_port(line: &str) -> Option<u16> {
     let rest = line.split("listening on ").nth(1)?;
-    let addr = rest.split(['"', ' ']).next()?;
+    let addr = rest.split(['"', ' ', ',']).next()?;
     addr.rsplit(':').next()?.parse().ok()
 }
 
