@@ -105,7 +105,10 @@ enum ConfigCommand {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let bars = matches!(cli.command, Command::Pull { .. }) && std::io::stderr().is_terminal();
-    init_logging(cli.json_logs, bars);
+    // Reports (status, fsck, gc) own stdout so that `--json` output parses; their logs go to
+    // stderr. Commands that do work log to stdout, which journald collects.
+    let report = !matches!(cli.command, Command::Pull { .. });
+    init_logging(cli.json_logs, bars, report);
     let env = Environment {
         credentials_directory: std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from),
     };
@@ -154,13 +157,20 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn init_logging(json: bool, quiet: bool) {
+fn init_logging(json: bool, quiet: bool, to_stderr: bool) {
     use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::fmt::writer::BoxMakeWriter;
     let default = if quiet { "warn" } else { "info" };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let writer = if to_stderr {
+        BoxMakeWriter::new(std::io::stderr)
+    } else {
+        BoxMakeWriter::new(std::io::stdout)
+    };
+    // journald stamps every line itself; JSON lines carry their own timestamp.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stdout)
+        .with_writer(writer)
         .with_target(false);
     if json {
         builder.json().init();
