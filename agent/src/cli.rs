@@ -109,9 +109,7 @@ pub fn main() -> ExitCode {
     // stderr. Commands that do work log to stdout, which journald collects.
     let report = !matches!(cli.command, Command::Pull { .. });
     init_logging(cli.json_logs, bars, report);
-    let env = Environment {
-        credentials_directory: std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from),
-    };
+    let env = Environment::from_process();
     let config = match Config::load(&cli.config, &env) {
         Ok(config) => config,
         Err(err) => {

@@ -111,11 +111,33 @@ pub struct Hook {
     pub timeout: Duration,
 }
 
-/// The environment the configuration is resolved against, read once by the caller.
+/// The process environment the agent depends on, read once by `main` (the agent never
+/// reads or changes the environment anywhere else).
 #[derive(Debug, Clone, Default)]
 pub struct Environment {
     /// `$CREDENTIALS_DIRECTORY`, set by systemd for `LoadCredential=`.
     pub credentials_directory: Option<PathBuf>,
+    /// `$NOTIFY_SOCKET`, set by systemd for `Type=notify` services.
+    pub notify_socket: Option<std::ffi::OsString>,
+    /// `$WATCHDOG_USEC`, set by systemd with `WatchdogSec=`.
+    pub watchdog_usec: Option<String>,
+    /// `$WATCHDOG_PID`: the watchdog is for this process only if it names it.
+    pub watchdog_pid: Option<String>,
+}
+
+// === impl Environment ===
+
+impl Environment {
+    /// Reads the variables above from the process environment.
+    pub fn from_process() -> Self {
+        let text = |name: &str| std::env::var(name).ok();
+        Environment {
+            credentials_directory: std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from),
+            notify_socket: std::env::var_os("NOTIFY_SOCKET"),
+            watchdog_usec: text("WATCHDOG_USEC"),
+            watchdog_pid: text("WATCHDOG_PID"),
+        }
+    }
 }
 
 /// One thing wrong with the configuration.

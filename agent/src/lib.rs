@@ -16,17 +16,22 @@
 //!   and digest match), its ingest files, its rebuildable sled index, `fsck` and `gc`.
 //! - [`apply`]: OCI image layouts, the atomic `current`/`previous` switch, the apply hook
 //!   and its rollback.
+//! - [`service`]: the update cycle (targets from a [`service::TargetSource`], pull, apply)
+//!   and the loop around it, with [`notify`] for systemd (`READY`, `STATUS`, `WATCHDOG`).
 //! - [`progress`]: bars on a terminal, log lines for journald.
 //!
-//! Not here yet: the signed metadata workflow (which produces the list of
-//! [`pull::PullTarget`]s a cycle pulls) and the service loop (`run`, `sync`, sd-notify).
+//! Not here yet: the signed metadata workflow, which will be the `TargetSource` that turns
+//! verified target entries into [`pull::PullTarget`]s, and the `run` / `sync --once`
+//! commands that drive the service with it.
 
 pub mod apply;
 pub mod client;
 pub mod config;
 pub mod error;
+pub mod notify;
 pub mod progress;
 pub mod pull;
+pub mod service;
 pub mod store;
 
 pub use error::{Error, Result};

@@ -206,6 +206,7 @@ fn reads_the_key_from_the_systemd_credentials_directory() {
     let text = VALID.replace("key = \"device.key\"", "key_credential = \"device-key\"");
     let env = Environment {
         credentials_directory: Some(creds.path().to_owned()),
+        ..Environment::default()
     };
     let config = Config::parse(&text, files.path(), &env).unwrap();
     assert_eq!(config.device.key, creds.path().join("device-key"));
