@@ -204,7 +204,8 @@ pub async fn run<S: TargetSource>(
     let mut failures = 0u32;
     loop {
         notifier.status("checking for updates");
-        let mut cycle = std::pin::pin!(agent.cycle(source, progress));
+        // Boxed: a cycle's future holds a whole pull's state, too big to keep inline.
+        let mut cycle = Box::pin(agent.cycle(source, progress));
         let outcome = loop {
             tokio::select! {
                 outcome = &mut cycle => break Some(outcome),

@@ -82,7 +82,7 @@ fn publish(registry: &TlsRegistry, work: &Path, shared: usize) -> BuiltImage {
 async fn next_message(socket: &UnixDatagram) -> String {
     let mut buf = vec![0u8; 1024];
     let n = socket.recv(&mut buf).await.unwrap();
-    String::from_utf8_lossy(&buf[..n]).into_owned()
+    String::from_utf8_lossy(buf.get(..n).unwrap_or_default()).into_owned()
 }
 
 #[tokio::test]
