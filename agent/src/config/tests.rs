@@ -241,3 +241,25 @@ fn load_names_the_file_in_its_error() {
     .unwrap_err();
     assert!(err.to_string().contains("/nonexistent/agent.toml"), "{err}");
 }
+
+#[test]
+fn the_example_configuration_is_valid() {
+    let files = Files::new();
+    let creds = tempfile::tempdir().unwrap();
+    fs_err::copy(
+        files.path().join("device.key"),
+        creds.path().join("device-key"),
+    )
+    .unwrap();
+    let example = include_str!("../../agent.example.toml")
+        .replace("/etc/meshanics/facade-ca.pem", "ca.pem")
+        .replace("/etc/meshanics/", "");
+    let env = Environment {
+        credentials_directory: Some(creds.path().to_owned()),
+        ..Environment::default()
+    };
+    let config = Config::parse(&example, files.path(), &env).unwrap();
+    assert_eq!(config.poll_interval, Duration::from_secs(300));
+    assert_eq!(config.network.stall_window, Duration::from_secs(30));
+    assert!(config.hook.is_none());
+}
