@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -25,6 +25,7 @@ pub enum Fault {
 pub struct TcpProxy {
     addr: SocketAddr,
     connections: Arc<AtomicUsize>,
+    to_client: Arc<AtomicU64>,
     task: JoinHandle<()>,
 }
 
@@ -38,13 +39,16 @@ impl TcpProxy {
         let addr = listener.local_addr()?;
         let connections = Arc::new(AtomicUsize::new(0));
         let counter = connections.clone();
+        let to_client = Arc::new(AtomicU64::new(0));
+        let bytes = to_client.clone();
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let n = counter.fetch_add(1, Ordering::SeqCst);
                 let fault = faults.get(n).copied();
+                let bytes = bytes.clone();
                 tokio::spawn(async move {
                     if let Ok(server) = TcpStream::connect(upstream).await {
-                        let _ = forward(client, server, fault).await;
+                        let _ = forward(client, server, fault, &bytes).await;
                     }
                 });
             }
@@ -52,6 +56,7 @@ impl TcpProxy {
         Ok(TcpProxy {
             addr,
             connections,
+            to_client,
             task,
         })
     }
@@ -59,6 +64,11 @@ impl TcpProxy {
     /// The proxy's address.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Bytes forwarded from the server to clients, over all connections (TLS included).
+    pub fn bytes_to_client(&self) -> u64 {
+        self.to_client.load(Ordering::SeqCst)
     }
 
     /// How many connections it accepted.
@@ -77,6 +87,7 @@ async fn forward(
     client: TcpStream,
     server: TcpStream,
     fault: Option<Fault>,
+    counter: &AtomicU64,
 ) -> std::io::Result<()> {
     let (mut client_read, mut client_write) = client.into_split();
     let (mut server_read, mut server_write) = server.into_split();
@@ -101,6 +112,7 @@ async fn forward(
                 .write_all(buf.get(..allowed).unwrap_or_default())
                 .await?;
             sent += allowed as u64;
+            counter.fetch_add(allowed as u64, Ordering::SeqCst);
             if allowed < n || sent >= limit {
                 if stall {
                     std::future::pending::<()>().await;

@@ -19,6 +19,11 @@ use crate::error::{Error, Result};
 
 type Body = Empty<Bytes>;
 
+/// HTTP/2 flow-control window per stream (one blob).
+const STREAM_WINDOW: u32 = 512 * 1024;
+/// HTTP/2 flow-control window for the whole connection.
+const CONNECTION_WINDOW: u32 = 2 * 1024 * 1024;
+
 /// Makes (and for HTTP/2, keeps) connections to one `https://host:port`.
 pub(super) struct Connector {
     base: String,
@@ -137,7 +142,14 @@ impl Connector {
         };
         let io = TokioIo::new(stream);
         if h2 {
-            let (sender, connection) = http2::handshake(TokioExecutor::new(), io)
+            // Small flow-control windows bound what the server may send ahead of what the
+            // agent has written: memory on a small device, and bytes lost (and fetched
+            // again) when the agent is killed mid-download. 512 KiB per stream still fills a
+            // LAN link; hyper's defaults are several MiB.
+            let (sender, connection) = http2::Builder::new(TokioExecutor::new())
+                .initial_stream_window_size(STREAM_WINDOW)
+                .initial_connection_window_size(CONNECTION_WINDOW)
+                .handshake(io)
                 .await
                 .map_err(http)?;
             tokio::spawn(async move {
