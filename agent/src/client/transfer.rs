@@ -68,13 +68,14 @@ impl Body {
         }
     }
 
-    /// At the end of a window, fails if fewer bytes than the floor asks for arrived in it.
+    /// At the end of a window, fails if fewer bytes than the floor asks for arrived in it
+    /// (and always if none did: a silent connection is stalled whatever the floor).
     fn check_floor(&mut self, window_over: bool) -> Result<()> {
         let elapsed = self.window_start.elapsed();
         if !window_over && elapsed < self.window {
             return Ok(());
         }
-        let wanted = (self.floor as f64 * elapsed.as_secs_f64()) as u64;
+        let wanted = ((self.floor as f64 * elapsed.as_secs_f64()) as u64).max(1);
         if self.window_bytes < wanted {
             return Err(Error::Stalled {
                 url: self.url.clone(),
