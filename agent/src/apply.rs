@@ -72,9 +72,15 @@ struct LayoutIndex {
 impl Pointers {
     /// Reads the `current` and `previous` links.
     pub fn read(store: &Store) -> Result<Pointers> {
+        Pointers::read_in(store.root())
+    }
+
+    /// Reads the links in a state directory without opening it (no lock needed: a rename
+    /// switches them, so each read sees a whole link).
+    pub fn read_in(state_dir: &Path) -> Result<Pointers> {
         Ok(Pointers {
-            current: read_pointer(&store.root().join("current"))?,
-            previous: read_pointer(&store.root().join("previous"))?,
+            current: read_pointer(&state_dir.join("current"))?,
+            previous: read_pointer(&state_dir.join("previous"))?,
         })
     }
 
@@ -193,7 +199,7 @@ pub async fn apply(store: &Store, id: &str, hook: Option<&Hook>) -> Result<Appli
         before.write(store)?;
         set_state(store, id, ArtifactState::HookFailed)?;
         warn!(error = %err, target = %record.name, "apply hook failed; rolled back");
-        store.index().set_last_result(&LastResult {
+        store.set_last_result(&LastResult {
             time: now(),
             target: Some(record.name.clone()),
             ok: false,
@@ -210,7 +216,7 @@ pub async fn apply(store: &Store, id: &str, hook: Option<&Hook>) -> Result<Appli
         set_state(store, previous, ArtifactState::Previous)?;
     }
     set_state(store, id, ArtifactState::Current)?;
-    store.index().set_last_result(&LastResult {
+    store.set_last_result(&LastResult {
         time: now(),
         target: Some(record.name.clone()),
         ok: true,
@@ -241,7 +247,16 @@ pub fn layout_ids(store: &Store) -> Result<Vec<String>> {
 
 /// Reads an artifact record back from its layout (for rebuilding the index).
 pub fn scan_layout(store: &Store, id: &str, state: ArtifactState) -> Result<ArtifactRecord> {
-    let dir = store.artifacts_dir().join(id);
+    scan_layout_in(&store.artifacts_dir(), id, state)
+}
+
+/// [`scan_layout`] by path, without opening the store.
+pub fn scan_layout_in(
+    artifacts_dir: &Path,
+    id: &str,
+    state: ArtifactState,
+) -> Result<ArtifactRecord> {
+    let dir = artifacts_dir.join(id);
     let index_path = dir.join("index.json");
     let bytes = fs_err::read(&index_path).map_err(Error::io("reading", &index_path))?;
     let index: LayoutIndex =

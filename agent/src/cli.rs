@@ -8,15 +8,15 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use meshanics_agent::apply::{self, Applied, Pointers};
+use meshanics_agent::apply::{self, Applied};
 use meshanics_agent::client::Client;
 use meshanics_agent::config::{Config, Environment};
 use meshanics_agent::progress::{Bars, LogLines, Progress};
 use meshanics_agent::pull::{PullTarget, Puller};
+use meshanics_agent::status::ArtifactView;
 use meshanics_agent::store::{LastResult, Store, StoreOptions};
 use meshanics_shared::media_type::OCI_INDEX;
 use meshanics_shared::{Digest, Repository};
-use serde::Serialize;
 use tracing::error;
 
 /// `EX_USAGE` from sysexits.h: the configuration or the command line is wrong.
@@ -183,64 +183,8 @@ fn open_store(config: &Config) -> anyhow::Result<Store> {
     Ok(store)
 }
 
-/// What `status` shows.
-#[derive(Debug, Serialize)]
-struct StatusView {
-    platform: String,
-    device_class: String,
-    current: Option<ArtifactView>,
-    previous: Option<ArtifactView>,
-    cache: CacheView,
-    last_result: Option<LastResult>,
-}
-
-#[derive(Debug, Serialize)]
-struct ArtifactView {
-    id: String,
-    name: String,
-    repository: String,
-    target_digest: Option<Digest>,
-    manifest_digest: Option<Digest>,
-    layout: PathBuf,
-}
-
-#[derive(Debug, Serialize)]
-struct CacheView {
-    blobs: usize,
-    bytes: u64,
-}
-
 fn status(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
-    let store = open_store(config)?;
-    let pointers = Pointers::read(&store)?;
-    let describe = |id: &Option<String>| -> anyhow::Result<Option<ArtifactView>> {
-        let Some(id) = id else {
-            return Ok(None);
-        };
-        let record = store.index().artifact(id)?;
-        Ok(Some(ArtifactView {
-            id: id.clone(),
-            name: record.as_ref().map(|r| r.name.clone()).unwrap_or_default(),
-            repository: record
-                .as_ref()
-                .map(|r| r.repository.clone())
-                .unwrap_or_default(),
-            target_digest: record.as_ref().map(|r| r.target_digest.clone()),
-            manifest_digest: record.map(|r| r.manifest_digest),
-            layout: store.artifacts_dir().join(id),
-        }))
-    };
-    let view = StatusView {
-        platform: config.device.platform.to_string(),
-        device_class: config.device.class.clone(),
-        current: describe(&pointers.current)?,
-        previous: describe(&pointers.previous)?,
-        cache: CacheView {
-            blobs: store.blob_files()?.len(),
-            bytes: store.cache_size()?,
-        },
-        last_result: store.index().last_result()?,
-    };
+    let view = meshanics_agent::status::read(config)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&view)?);
         return Ok(ExitCode::SUCCESS);
@@ -261,8 +205,8 @@ fn status(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
     println!("current:   {}", line(&view.current));
     println!("previous:  {}", line(&view.previous));
     println!(
-        "cache:     {} blobs, {} bytes",
-        view.cache.blobs, view.cache.bytes
+        "cache:     {} blobs, {} bytes; {} partial downloads, {} bytes",
+        view.cache.blobs, view.cache.bytes, view.cache.partial_downloads, view.cache.partial_bytes
     );
     match &view.last_result {
         Some(last) => println!(
@@ -384,7 +328,7 @@ fn pull(
         Ok(Some((_, Applied::AlreadyCurrent))) => println!("already current"),
         Ok(None) => println!("pulled {} into the cache", target.digest),
         Err(err) => {
-            let _ = store.index().set_last_result(&LastResult {
+            let _ = store.set_last_result(&LastResult {
                 time: now(),
                 target: Some(target.name),
                 ok: false,

@@ -18,6 +18,8 @@
 //!   and its rollback.
 //! - [`service`]: the update cycle (targets from a [`service::TargetSource`], pull, apply)
 //!   and the loop around it, with [`notify`] for systemd (`READY`, `STATUS`, `WATCHDOG`).
+//! - [`status`]: what `status` shows, read from files alone (it works while the service
+//!   runs).
 //! - [`progress`]: bars on a terminal, log lines for journald.
 //!
 //! Not here yet: the signed metadata workflow, which will be the `TargetSource` that turns
@@ -32,6 +34,7 @@ pub mod notify;
 pub mod progress;
 pub mod pull;
 pub mod service;
+pub mod status;
 pub mod store;
 
 pub use error::{Error, Result};

@@ -108,7 +108,7 @@ impl Agent {
             Err(Error::HookFailed { .. }) => return result,
             Err(err) => (false, err.to_string(), None),
         };
-        self.store.index().set_last_result(&LastResult {
+        self.store.set_last_result(&LastResult {
             time: now(),
             target,
             ok,

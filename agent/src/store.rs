@@ -8,6 +8,7 @@
 //!   cache/index/              the sled index (sizes, last use, artifacts, last result)
 //!   artifacts/<id>/           OCI image layouts of pulled artifacts (see `apply`)
 //!   current, previous         symlinks to the applied and the previously applied layout
+//!   last-result.json          the last cycle's outcome, for `status`
 //! ```
 //!
 //! A blob reaches `blobs/` only through [`Ingest::commit`]: written to its ingest file, its
@@ -19,6 +20,7 @@
 mod fsck;
 pub(crate) mod index;
 mod ingest;
+pub mod last_result;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -29,8 +31,9 @@ use tracing::{info, warn};
 use crate::error::{Error, Result};
 
 pub use fsck::{FsckReport, GcReport};
-pub use index::{ArtifactRecord, ArtifactState, BlobRecord, Index, LastResult};
+pub use index::{ArtifactRecord, ArtifactState, BlobRecord, Index};
 pub use ingest::Ingest;
+pub use last_result::LastResult;
 
 /// sled's cache: small, because the index is small and devices are (sled's default is 1 GiB).
 const INDEX_CACHE_BYTES: u64 = 4 * 1024 * 1024;
@@ -136,6 +139,16 @@ impl Store {
     /// The index.
     pub fn index(&self) -> &Index {
         &self.index
+    }
+
+    /// Records the last cycle's result (see [`last_result`]).
+    pub fn set_last_result(&self, result: &LastResult) -> Result<()> {
+        last_result::write(&self.root, result)
+    }
+
+    /// The last cycle's result.
+    pub fn last_result(&self) -> Result<Option<LastResult>> {
+        last_result::read(&self.root)
     }
 
     /// The folder of committed sha256 blobs.

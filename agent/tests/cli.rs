@@ -181,3 +181,40 @@ fn pull_reports_an_unreachable_facade_and_records_it_for_status() {
     let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
     assert_eq!(status["last_result"]["ok"], false);
 }
+
+#[test]
+fn status_reads_the_state_while_another_process_holds_it() {
+    use meshanics_agent::store::LastResult;
+    let device = Device::new();
+    let (store, _) = Store::open(&device.state_dir(), StoreOptions::default()).unwrap();
+    let digest = Digest::sha256_of(b"cached");
+    store.put(&digest, b"cached").unwrap();
+    std::fs::write(store.ingest_path(&Digest::sha256_of(b"partial")), b"par").unwrap();
+    store
+        .set_last_result(&LastResult {
+            time: 1_700_000_000,
+            target: Some("app".into()),
+            ok: false,
+            message: "timestamp expired".into(),
+        })
+        .unwrap();
+
+    // The store (and its lock) is still held, as the service would hold it.
+    let out = device.run(&["status", "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["cache"]["blobs"], 1);
+    assert_eq!(status["cache"]["bytes"], 6);
+    assert_eq!(status["cache"]["partial_downloads"], 1);
+    assert_eq!(status["last_result"]["message"], "timestamp expired");
+    assert_eq!(status["last_result"]["target"], "app");
+
+    let out = device.run(&["gc"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("another meshanics-agent"),
+        "{}",
+        text(&out.stderr)
+    );
+    drop(store);
+}

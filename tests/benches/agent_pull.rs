@@ -22,8 +22,9 @@ use meshanics_tests::tls_registry::TlsRegistry;
 const LAYERS: usize = 8;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let agent = std::env::var("MESHANICS_AGENT_BIN")
-        .map_err(|_| "set MESHANICS_AGENT_BIN to a release meshanics-agent (scripts/bench-agent)")?;
+    let agent = std::env::var("MESHANICS_AGENT_BIN").map_err(
+        |_| "set MESHANICS_AGENT_BIN to a release meshanics-agent (scripts/bench-agent)",
+    )?;
     let mib: usize = std::env::var("MESHANICS_BENCH_MIB")
         .ok()
         .and_then(|v| v.parse().ok())

@@ -120,7 +120,7 @@ async fn a_cycle_applies_the_target_and_the_next_cycle_finds_it_up_to_date() {
         }
     );
     assert_eq!(agent.client.downloaded_bytes(), before);
-    let last = agent.store.index().last_result().unwrap().unwrap();
+    let last = agent.store.last_result().unwrap().unwrap();
     assert!(last.ok);
     assert!(last.message.contains("up to date"), "{}", last.message);
 }

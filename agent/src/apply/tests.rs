@@ -68,7 +68,7 @@ async fn switches_current_and_keeps_the_old_one_as_previous() {
     let states = |id: &str| store.index().artifact(id).unwrap().unwrap().state;
     assert_eq!(states(&two.id), ArtifactState::Current);
     assert_eq!(states(&one.id), ArtifactState::Previous);
-    assert!(store.index().last_result().unwrap().unwrap().ok);
+    assert!(store.last_result().unwrap().unwrap().ok);
 }
 
 #[tokio::test]
@@ -129,7 +129,7 @@ async fn a_failing_hook_rolls_current_back_and_is_recorded() {
         store.index().artifact(&one.id).unwrap().unwrap().state,
         ArtifactState::Current
     );
-    let last = store.index().last_result().unwrap().unwrap();
+    let last = store.last_result().unwrap().unwrap();
     assert!(!last.ok);
     assert_eq!(last.target.as_deref(), Some("two"));
     assert!(last.message.contains("exit status: 3"), "{}", last.message);

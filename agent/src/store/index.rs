@@ -1,8 +1,8 @@
 //! The sled index: a summary of the cache that is fast to query and can always be rebuilt.
 //!
-//! Trees: `blobs` (digest -> size and last use), `artifacts` (layout id -> which target it
-//! is, which blobs it references, its state), `meta` (the last cycle's result). Records are
-//! JSON: small, readable in a post-mortem, and tolerant of added fields.
+//! Trees: `blobs` (digest -> size and last use) and `artifacts` (layout id -> which target
+//! it is, which blobs it references, its state). Records are JSON: small, readable in a
+//! post-mortem, and tolerant of added fields.
 
 use std::path::Path;
 
@@ -18,7 +18,6 @@ pub struct Index {
     db: sled::Db,
     blobs: sled::Tree,
     artifacts: sled::Tree,
-    meta: sled::Tree,
 }
 
 /// What the index knows about a committed blob.
@@ -67,19 +66,6 @@ pub struct ArtifactRecord {
     pub updated: u64,
 }
 
-/// The result of the last pull or apply, for `status`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LastResult {
-    /// When (Unix seconds).
-    pub time: u64,
-    /// The target's name, if the failure concerned one.
-    pub target: Option<String>,
-    /// Whether it succeeded.
-    pub ok: bool,
-    /// What happened.
-    pub message: String,
-}
-
 // === impl Index ===
 
 impl Index {
@@ -95,7 +81,6 @@ impl Index {
         Ok(Index {
             blobs: tree("blobs")?,
             artifacts: tree("artifacts")?,
-            meta: tree("meta")?,
             db,
         })
     }
@@ -115,7 +100,7 @@ impl Index {
 
     /// Removes every record.
     pub fn clear(&self) -> Result<()> {
-        for tree in [&self.blobs, &self.artifacts, &self.meta] {
+        for tree in [&self.blobs, &self.artifacts] {
             tree.clear().map_err(Error::index("clearing"))?;
         }
         Ok(())
@@ -184,17 +169,6 @@ impl Index {
             .remove(id)
             .map(|_| ())
             .map_err(Error::index("removing from"))
-    }
-
-    /// Records the last cycle's result.
-    pub fn set_last_result(&self, result: &LastResult) -> Result<()> {
-        put(&self.meta, "last_result", result)?;
-        self.flush()
-    }
-
-    /// The last cycle's result.
-    pub fn last_result(&self) -> Result<Option<LastResult>> {
-        get(&self.meta, "last_result")
     }
 }
 
