@@ -149,6 +149,20 @@ impl Store {
                 report.removed_artifacts.push(id);
             }
         }
+        // Layouts a crash left half-built (they are built under `.tmp-<id>` and renamed).
+        let artifacts_dir = self.artifacts_dir();
+        for entry in
+            fs_err::read_dir(&artifacts_dir).map_err(Error::io("listing", &artifacts_dir))?
+        {
+            let entry = entry.map_err(Error::io("listing", &artifacts_dir))?;
+            if let Some(name) = entry.file_name().to_str()
+                && name.starts_with(".tmp-")
+            {
+                let dir = entry.path();
+                fs_err::remove_dir_all(&dir).map_err(Error::io("removing", &dir))?;
+                report.removed_artifacts.push(name.to_owned());
+            }
+        }
         for record in self.index().artifacts()? {
             if !kept.contains(&record.id) {
                 self.index().remove_artifact(&record.id)?;

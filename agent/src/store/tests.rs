@@ -278,3 +278,16 @@ async fn gc_keeps_current_and_previous_and_removes_the_rest() {
         "a second gc finds nothing"
     );
 }
+
+#[test]
+fn gc_removes_layouts_a_crash_left_half_built() {
+    let (_dir, store) = store();
+    let half = store.artifacts_dir().join(".tmp-0123456789abcdef-1");
+    fs_err::create_dir_all(half.join("blobs/sha256")).unwrap();
+    let report = store.gc().unwrap();
+    assert_eq!(
+        report.removed_artifacts,
+        vec![".tmp-0123456789abcdef-1".to_owned()]
+    );
+    assert!(!half.exists());
+}
