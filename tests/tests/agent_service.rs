@@ -278,3 +278,88 @@ async fn stopping_mid_download_keeps_the_partial_blob_for_the_next_start() {
     assert_eq!(received_bytes, missing - partial);
     assert!(agent.store.fsck(false).unwrap().is_clean());
 }
+
+/// A source whose metadata cannot be fetched.
+struct Unavailable;
+
+impl TargetSource for Unavailable {
+    async fn targets(&mut self, _client: &Client) -> Result<Vec<PullTarget>> {
+        Err(meshanics_agent::Error::Status {
+            url: "https://facade.invalid/meta/timestamp.cose".into(),
+            status: 503,
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_source_failure_applies_nothing_and_status_says_why() {
+    let work = tempfile::tempdir().unwrap();
+    let registry = TlsRegistry::start().unwrap();
+    let built = publish(&registry, work.path(), 16 * 1024);
+    let state = tempfile::tempdir().unwrap();
+    let agent = agent(
+        &registry,
+        state.path(),
+        &registry.base_url(),
+        Duration::from_secs(30),
+    );
+    agent
+        .cycle(&mut Fixed(vec![target(&registry, &built.index)]), &Silent)
+        .await
+        .unwrap();
+    let before = Pointers::read(&agent.store).unwrap();
+
+    let err = agent.cycle(&mut Unavailable, &Silent).await.unwrap_err();
+
+    assert!(err.to_string().contains("timestamp.cose"), "{err}");
+    assert_eq!(Pointers::read(&agent.store).unwrap(), before);
+    let last = agent.store.last_result().unwrap().unwrap();
+    assert!(!last.ok);
+    assert!(last.message.contains("503"), "{}", last.message);
+}
+
+#[tokio::test]
+async fn a_failing_hook_in_a_cycle_keeps_the_previous_artifact_current() {
+    use std::os::unix::fs::PermissionsExt;
+    let work = tempfile::tempdir().unwrap();
+    let registry = TlsRegistry::start().unwrap();
+    let v1 = publish(&registry, work.path(), 16 * 1024);
+    let v2 = SampleImage::multi_arch(&["linux/amd64"], 16 * 1024, 9 * 1024)
+        .unwrap()
+        .write_layout(&work.path().join("v2"), "v2")
+        .unwrap();
+    registry.push(&v2.dir, "v2", REPO).unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let mut agent = agent(
+        &registry,
+        state.path(),
+        &registry.base_url(),
+        Duration::from_secs(30),
+    );
+    agent
+        .cycle(&mut Fixed(vec![target(&registry, &v1.index)]), &Silent)
+        .await
+        .unwrap();
+    let before = Pointers::read(&agent.store).unwrap();
+    let hook = work.path().join("hook.sh");
+    std::fs::write(&hook, "#!/bin/sh\necho refusing >&2\nexit 7\n").unwrap();
+    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+    agent.hook = Some(meshanics_agent::config::Hook {
+        path: hook,
+        timeout: Duration::from_secs(30),
+    });
+
+    let err = agent
+        .cycle(&mut Fixed(vec![target(&registry, &v2.index)]), &Silent)
+        .await
+        .unwrap_err();
+
+    assert!(
+        matches!(err, meshanics_agent::Error::HookFailed { .. }),
+        "{err}"
+    );
+    assert_eq!(Pointers::read(&agent.store).unwrap(), before);
+    let last = agent.store.last_result().unwrap().unwrap();
+    assert!(!last.ok);
+    assert!(last.message.contains("exit status: 7"), "{}", last.message);
+}
