@@ -52,6 +52,8 @@ pub struct ClientOptions {
     pub backoff_max: Duration,
     /// A cap on download speed for the whole client, bytes per second.
     pub bandwidth_limit: Option<u64>,
+    /// Offer only HTTP/1.1 in ALPN (for a facade behind a proxy that mishandles HTTP/2).
+    pub http1_only: bool,
 }
 
 impl Default for ClientOptions {
@@ -64,6 +66,7 @@ impl Default for ClientOptions {
             backoff_base: Duration::from_millis(500),
             backoff_max: Duration::from_secs(60),
             bandwidth_limit: None,
+            http1_only: false,
         }
     }
 }
@@ -88,7 +91,7 @@ impl Client {
         options: ClientOptions,
     ) -> Result<Client> {
         Ok(Client {
-            connector: Connector::new(base, tls, options.connect_timeout)?,
+            connector: Connector::new(base, tls, options.connect_timeout, options.http1_only)?,
             limiter: options
                 .bandwidth_limit
                 .map(|rate| Mutex::new(RateLimiter::new(rate))),
@@ -112,6 +115,7 @@ impl Client {
                 stall_window: config.network.stall_window,
                 attempts: config.network.attempts,
                 bandwidth_limit: config.bandwidth_limit,
+                http1_only: config.network.http1_only,
                 ..ClientOptions::default()
             },
         )

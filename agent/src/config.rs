@@ -100,6 +100,8 @@ pub struct Network {
     pub stall_window: Duration,
     /// Attempts per request before giving up (at least 1).
     pub attempts: u32,
+    /// Offer only HTTP/1.1 (for a facade behind a proxy that mishandles HTTP/2).
+    pub http1_only: bool,
 }
 
 /// The apply hook.
@@ -215,6 +217,7 @@ struct RawNetwork {
     stall_floor: Option<String>,
     stall_window: Option<String>,
     attempts: Option<i64>,
+    http1_only: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -429,6 +432,7 @@ impl Config {
                     stall_floor,
                     stall_window,
                     attempts: u32::try_from(attempts).unwrap_or(1),
+                    http1_only: raw.network.http1_only.unwrap_or(false),
                 },
                 hook: hook.map(|path| Hook {
                     path,

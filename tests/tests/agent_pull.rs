@@ -519,3 +519,46 @@ async fn the_registry_refuses_a_device_without_a_certificate() {
     );
     assert_eq!(store.blob_files().unwrap().len(), 0);
 }
+
+#[tokio::test]
+async fn pulls_over_http1_when_http2_is_not_offered() {
+    let work = tempfile::tempdir().unwrap();
+    let registry = TlsRegistry::start().unwrap();
+    let built = publish(
+        &registry,
+        work.path(),
+        "v1",
+        &["linux/amd64"],
+        512 * 1024,
+        16 * 1024,
+    );
+    let mut device = Device::new(&registry, "linux/amd64");
+    let tls = tls::client_config(
+        &registry.ca,
+        Some((&registry.device_cert, &registry.device_key)),
+    )
+    .unwrap();
+    device.client = Client::new(
+        &registry.base_url().parse().unwrap(),
+        tls,
+        ClientOptions {
+            http1_only: true,
+            ..test_options()
+        },
+    )
+    .unwrap();
+    let layer = &built.blobs[0][1];
+    let bytes = built.blob(&layer.digest).unwrap();
+    std::fs::write(device.store.ingest_path(&layer.digest), &bytes[..1000]).unwrap();
+
+    let pulled = device
+        .pull(&target(&registry, "app", &built.index))
+        .await
+        .unwrap();
+
+    assert_eq!(
+        pulled.received_bytes,
+        built.all_blobs.values().sum::<u64>() - 1000
+    );
+    assert_blobs_equal_source(&device, &pulled, &built);
+}

@@ -49,6 +49,7 @@ impl Connector {
         base: &Uri,
         mut tls: rustls::ClientConfig,
         timeout: Duration,
+        http1_only: bool,
     ) -> Result<Self> {
         let bad = |reason: &str| Error::Url {
             url: base.to_string(),
@@ -69,7 +70,11 @@ impl Connector {
             .authority()
             .map(|a| a.as_str().to_owned())
             .ok_or_else(|| bad("no host"))?;
-        tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        tls.alpn_protocols = if http1_only {
+            vec![b"http/1.1".to_vec()]
+        } else {
+            vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+        };
         Ok(Connector {
             base: format!("https://{authority}"),
             authority,
