@@ -392,7 +392,13 @@ async fn a_stalled_transfer_is_cut_and_resumed() {
         .await
         .unwrap();
 
-    assert_eq!(proxy.connections(), 2);
+    // One stalled connection, then at least one more (a loaded machine may add a spurious
+    // stall, which costs a reconnection but no byte).
+    assert!(
+        proxy.connections() >= 2,
+        "{} connections",
+        proxy.connections()
+    );
     assert_eq!(pulled.received_bytes, built.all_blobs.values().sum::<u64>());
     assert_blobs_equal_source(&device, &pulled, &built);
 }
