@@ -1,14 +1,7 @@
-//! `meshanics-agent`: the device agent. The update workflow lands with the agent issue; for
-//! now the binary only answers `--version` and `--help`.
+//! `meshanics-agent`: the device agent's command line. See the library crate for the tour.
 
-use clap::Parser;
+mod cli;
 
-/// The Meshanics device agent: verifies signed update metadata, fetches OCI content by digest
-/// through the facade with the device's certificate, caches it by content and applies it.
-#[derive(Debug, Parser)]
-#[command(version, about)]
-struct Cli {}
-
-fn main() {
-    let _cli = Cli::parse();
+fn main() -> std::process::ExitCode {
+    cli::main()
 }

@@ -18,6 +18,9 @@
 //! - [`gcp_server`], [`aws_server`]: token endpoints that speak the real protocols and check
 //!   the real signatures (RS256 JWTs; SigV4 recomputed independently), on
 //!   [`http_server`], a small HTTP server on 127.0.0.1:0.
+//! - [`tls_registry`]: the registry behind mutual TLS with a fresh PKI, standing in for the
+//!   facade (same API, same names, device certificate required) in agent tests.
+//! - [`tcp_proxy`]: a TCP proxy that cuts or stalls a connection after some bytes.
 //!
 //! Everything a fixture starts is stopped, and every folder it makes is removed, when the
 //! fixture is dropped.
@@ -30,6 +33,8 @@ pub mod oci_layout;
 pub mod registry;
 pub mod scripted;
 pub mod skopeo;
+pub mod tcp_proxy;
+pub mod tls_registry;
 pub mod token_server;
 
 /// Why a fixture could not be set up.

@@ -1,0 +1,336 @@
+//! The agent's HTTP client to the facade: mutual TLS with the device certificate, the OCI
+//! distribution API by digest, and the signed metadata files.
+//!
+//! Connections: TCP plus TLS (ALPN `h2`, then `http/1.1`) within the connect timeout. An
+//! HTTP/2 connection is kept and multiplexed; HTTP/1.1 gets a connection per request (the
+//! facade speaks HTTP/2, so that path is a fallback, not the norm).
+//!
+//! Transfers: a stream that stays under the configured bytes-per-second floor for a whole
+//! window is cut and retried. Every request is retried with exponential backoff and full
+//! jitter on network trouble and 5xx/429, never on a refusal. Blob downloads are resumed
+//! with `Range` from what the ingest file holds (see [`blob`]), and no response may put a
+//! byte more than the expected size on disk: every body goes through a verifier.
+
+mod blob;
+mod connection;
+mod transfer;
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE};
+use http::{HeaderValue, Request, Response, StatusCode};
+use http_body_util::Empty;
+use hyper::body::Incoming;
+use meshanics_shared::media_type::MANIFEST_ACCEPT;
+use meshanics_shared::{Digest, Repository, Verifier, tls};
+use tracing::debug;
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+
+pub use transfer::RateLimiter;
+
+use connection::Connector;
+
+/// Timeouts, retries and limits for a [`Client`].
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// Limit on TCP connect plus TLS handshake.
+    pub connect_timeout: Duration,
+    /// The bytes-per-second floor under which a transfer counts as stalled.
+    pub stall_floor: u64,
+    /// The window the floor is measured over (and the longest wait for any bytes).
+    pub stall_window: Duration,
+    /// Attempts per request (at least 1).
+    pub attempts: u32,
+    /// The first retry's backoff ceiling; it doubles per attempt.
+    pub backoff_base: Duration,
+    /// The largest backoff.
+    pub backoff_max: Duration,
+    /// A cap on download speed for the whole client, bytes per second.
+    pub bandwidth_limit: Option<u64>,
+    /// Offer only HTTP/1.1 in ALPN (for a facade behind a proxy that mishandles HTTP/2).
+    pub http1_only: bool,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            connect_timeout: Duration::from_secs(10),
+            stall_floor: 1024,
+            stall_window: Duration::from_secs(30),
+            attempts: 5,
+            backoff_base: Duration::from_millis(500),
+            backoff_max: Duration::from_secs(60),
+            bandwidth_limit: None,
+            http1_only: false,
+        }
+    }
+}
+
+/// A client for one facade.
+#[derive(Debug)]
+pub struct Client {
+    connector: Connector,
+    options: ClientOptions,
+    limiter: Option<Mutex<RateLimiter>>,
+    downloaded: AtomicU64,
+}
+
+// === impl Client ===
+
+impl Client {
+    /// A client for the facade at `base` (`https://host[:port]`), with a TLS configuration
+    /// that trusts the facade's CA and presents the device certificate.
+    pub fn new(
+        base: &http::Uri,
+        tls: rustls::ClientConfig,
+        options: ClientOptions,
+    ) -> Result<Client> {
+        Ok(Client {
+            connector: Connector::new(base, tls, options.connect_timeout, options.http1_only)?,
+            limiter: options
+                .bandwidth_limit
+                .map(|rate| Mutex::new(RateLimiter::new(rate))),
+            options,
+            downloaded: AtomicU64::new(0),
+        })
+    }
+
+    /// A client from the agent's configuration.
+    pub fn from_config(config: &Config) -> Result<Client> {
+        let tls = tls::client_config(
+            &config.facade.ca,
+            Some((&config.device.certificate, &config.device.key)),
+        )?;
+        Client::new(
+            &config.facade.url,
+            tls,
+            ClientOptions {
+                connect_timeout: config.network.connect_timeout,
+                stall_floor: config.network.stall_floor,
+                stall_window: config.network.stall_window,
+                attempts: config.network.attempts,
+                bandwidth_limit: config.bandwidth_limit,
+                http1_only: config.network.http1_only,
+                ..ClientOptions::default()
+            },
+        )
+    }
+
+    /// Bytes of response bodies received so far (manifests, blobs, metadata).
+    pub fn downloaded_bytes(&self) -> u64 {
+        self.downloaded.load(Ordering::Relaxed)
+    }
+
+    /// The options in force.
+    pub fn options(&self) -> &ClientOptions {
+        &self.options
+    }
+
+    /// Fetches a manifest by digest, verified against `digest` and `size`. Returns its bytes
+    /// and the `Content-Type` it was served with.
+    pub async fn fetch_manifest(
+        &self,
+        repository: &Repository,
+        digest: &Digest,
+        size: u64,
+    ) -> Result<(Vec<u8>, Option<String>)> {
+        let path = format!("/v2/{repository}/manifests/{digest}");
+        let accept = HeaderValue::from_static(MANIFEST_ACCEPT);
+        self.retrying(&path, || async {
+            let response = self.get(&path, &[(ACCEPT, accept.clone())]).await?;
+            let url = self.connector.url(&path);
+            expect_status(&url, &response, StatusCode::OK)?;
+            refuse_declared_length(&url, &response, size)?;
+            let content_type = response
+                .headers()
+                .get(CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            let mut verifier = Verifier::new(digest.clone(), size);
+            let mut bytes = Vec::new();
+            let mut body = transfer::Body::new(response.into_body(), &self.options, url.clone());
+            while let Some(chunk) = body.next_chunk().await? {
+                self.count(chunk.len());
+                verifier.update(&chunk).map_err(|source| Error::Verify {
+                    digest: digest.clone(),
+                    source,
+                })?;
+                bytes.extend_from_slice(&chunk);
+            }
+            if verifier.received() < size {
+                return Err(Error::ShortBody {
+                    url,
+                    received: verifier.received(),
+                    expected: size,
+                });
+            }
+            verifier.finish().map_err(|source| Error::Verify {
+                digest: digest.clone(),
+                source,
+            })?;
+            Ok((bytes, content_type))
+        })
+        .await
+    }
+
+    /// Fetches a signed metadata file (`GET /meta/<file>`), reading no more than `cap`
+    /// bytes. `None` when the facade has no such file (the end of a root rotation chain).
+    pub async fn fetch_meta(&self, file: &str, cap: u64) -> Result<Option<Vec<u8>>> {
+        if file.is_empty()
+            || file.len() > 255
+            || file.starts_with('.')
+            || !file
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+        {
+            return Err(Error::InvalidName {
+                what: "metadata file",
+                name: file.to_owned(),
+                reason: "must be 1 to 255 of [A-Za-z0-9._-], not starting with a dot".into(),
+            });
+        }
+        let path = format!("/meta/{file}");
+        self.retrying(&path, || async {
+            let response = self.get(&path, &[]).await?;
+            let url = self.connector.url(&path);
+            if response.status() == StatusCode::NOT_FOUND {
+                return Ok(None);
+            }
+            expect_status(&url, &response, StatusCode::OK)?;
+            if declared_length(&response).is_some_and(|len| len > cap) {
+                return Err(Error::TooLarge { url, limit: cap });
+            }
+            let mut bytes = Vec::new();
+            let mut body = transfer::Body::new(response.into_body(), &self.options, url.clone());
+            while let Some(chunk) = body.next_chunk().await? {
+                self.count(chunk.len());
+                if bytes.len() as u64 + chunk.len() as u64 > cap {
+                    return Err(Error::TooLarge { url, limit: cap });
+                }
+                bytes.extend_from_slice(&chunk);
+            }
+            Ok(Some(bytes))
+        })
+        .await
+    }
+
+    /// One GET with extra headers, no retry.
+    async fn get(
+        &self,
+        path: &str,
+        headers: &[(http::HeaderName, HeaderValue)],
+    ) -> Result<Response<Incoming>> {
+        let mut sender = self.connector.sender().await?;
+        let mut request = Request::get(sender.uri_for(&self.connector, path)?);
+        for (name, value) in headers {
+            request = request.header(name, value);
+        }
+        let request = sender
+            .with_host(&self.connector, request)
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| Error::Url {
+                url: self.connector.url(path),
+                reason: e.to_string(),
+            })?;
+        debug!(path, "GET");
+        sender.send(request, &self.connector.url(path)).await
+    }
+
+    /// Runs `attempt` until it succeeds, fails for good, or the attempts run out.
+    async fn retrying<T, F, Fut>(&self, path: &str, mut attempt: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        let attempts = self.options.attempts.max(1);
+        let mut n = 0;
+        loop {
+            n += 1;
+            match attempt().await {
+                Ok(value) => return Ok(value),
+                Err(err) if err.is_retryable() && n < attempts => {
+                    let wait = self.backoff(n);
+                    debug!(path, attempt = n, error = %err, ?wait, "retrying");
+                    self.connector.forget();
+                    tokio::time::sleep(wait).await;
+                }
+                Err(err) if err.is_retryable() => {
+                    return Err(Error::RetriesExhausted {
+                        url: self.connector.url(path),
+                        attempts: n,
+                        last: Box::new(err),
+                    });
+                }
+                Err(err) => return Err(err),
+            }
+        }
+    }
+
+    /// Full jitter: a uniformly random wait up to `base * 2^(attempt-1)`, capped.
+    fn backoff(&self, attempt: u32) -> Duration {
+        let ceiling = self
+            .options
+            .backoff_base
+            .saturating_mul(1u32 << attempt.saturating_sub(1).min(16))
+            .min(self.options.backoff_max);
+        let millis = u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX);
+        Duration::from_millis(fastrand::u64(0..=millis))
+    }
+
+    fn count(&self, n: usize) {
+        self.downloaded.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// Waits as long as the bandwidth limit asks for after receiving `n` bytes.
+    async fn throttle(&self, n: usize) {
+        let wait = match &self.limiter {
+            Some(limiter) => match limiter.lock() {
+                Ok(mut limiter) => limiter.take(n as u64),
+                Err(_) => Duration::ZERO,
+            },
+            None => Duration::ZERO,
+        };
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+fn expect_status(url: &str, response: &Response<Incoming>, expected: StatusCode) -> Result<()> {
+    if response.status() != expected {
+        return Err(Error::Status {
+            url: url.to_owned(),
+            status: response.status().as_u16(),
+        });
+    }
+    Ok(())
+}
+
+fn declared_length(response: &Response<Incoming>) -> Option<u64> {
+    response
+        .headers()
+        .get(CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// Refuses a response that announces more bytes than may arrive, before reading any.
+fn refuse_declared_length(url: &str, response: &Response<Incoming>, limit: u64) -> Result<()> {
+    if declared_length(response).is_some_and(|len| len > limit) {
+        return Err(Error::TooLarge {
+            url: url.to_owned(),
+            limit,
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,266 @@
+//! The agent's one error type: every variant names the operation and the path, URL or digest
+//! it failed on, because the person reading it is a fleet engineer looking at a journal.
+//!
+//! Configuration problems are not here: they are [`crate::config::ConfigError`], which the
+//! binary turns into exit code 64.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use meshanics_shared::{Digest, ManifestError, Platform, TlsError, VerifyError};
+
+/// Why an agent operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A file system operation failed.
+    #[error("{action} {path}: {source}")]
+    Io {
+        /// What was being done (`writing`, `renaming`...).
+        action: &'static str,
+        /// On what.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The sled index failed.
+    #[error("{action} the cache index: {source}")]
+    Index {
+        /// What was being done.
+        action: &'static str,
+        /// Why.
+        #[source]
+        source: sled::Error,
+    },
+    /// A record in the index could not be read or written.
+    #[error("cache index record {key:?}: {source}")]
+    IndexRecord {
+        /// The record's key.
+        key: String,
+        /// Why.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// Another agent process holds the state directory.
+    #[error("another meshanics-agent is using {path} (its lock is held)")]
+    Locked {
+        /// The lock file.
+        path: PathBuf,
+    },
+    /// Not enough free disk for a download.
+    #[error(
+        "not enough free space in {path}: {needed} bytes needed (with a {reserve}-byte reserve), {available} available"
+    )]
+    NoSpace {
+        /// Where the cache is.
+        path: PathBuf,
+        /// Bytes the download needs.
+        needed: u64,
+        /// Bytes kept free on top of it.
+        reserve: u64,
+        /// Bytes available to the agent.
+        available: u64,
+    },
+    /// Content failed verification and was discarded.
+    #[error("refused {digest}: {source}")]
+    Verify {
+        /// The digest the content should have had.
+        digest: Digest,
+        /// Why it failed.
+        #[source]
+        source: VerifyError,
+    },
+    /// TLS material could not be loaded.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// A URL could not be used.
+    #[error("invalid URL {url:?}: {reason}")]
+    Url {
+        /// The URL.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The TCP connection could not be made.
+    #[error("connecting to {authority}: {source}")]
+    Connect {
+        /// `host:port`.
+        authority: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The TCP connection and TLS handshake took too long.
+    #[error("connecting to {authority} timed out after {after:?}")]
+    ConnectTimeout {
+        /// `host:port`.
+        authority: String,
+        /// The limit.
+        after: Duration,
+    },
+    /// The TLS handshake failed (a wrong CA, a revoked device...).
+    #[error("TLS handshake with {authority}: {source}")]
+    Handshake {
+        /// `host:port`.
+        authority: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The HTTP exchange failed.
+    #[error("HTTP request to {url}: {source}")]
+    Http {
+        /// The URL.
+        url: String,
+        /// Why.
+        #[source]
+        source: hyper::Error,
+    },
+    /// The server answered with a status the agent cannot continue from.
+    #[error("{url} answered {status}")]
+    Status {
+        /// The URL.
+        url: String,
+        /// The HTTP status.
+        status: u16,
+    },
+    /// A transfer fell below the configured speed floor.
+    #[error("transfer from {url} stalled: under {floor} bytes/s for {window:?}")]
+    Stalled {
+        /// The URL.
+        url: String,
+        /// The floor in bytes per second.
+        floor: u64,
+        /// The window it was measured over.
+        window: Duration,
+    },
+    /// A body ended before the expected size (a dropped connection): resumed on retry.
+    #[error("{url} ended after {received} of {expected} bytes")]
+    ShortBody {
+        /// The URL.
+        url: String,
+        /// Bytes received in total.
+        received: u64,
+        /// Bytes expected.
+        expected: u64,
+    },
+    /// A ranged request was not answered with the range asked for (or with 416): the
+    /// partial download was dropped and the next attempt starts from zero.
+    #[error("{url} did not serve the range from byte {offset}; starting over")]
+    RangeRefused {
+        /// The URL.
+        url: String,
+        /// The offset asked for.
+        offset: u64,
+    },
+    /// A response was larger than allowed.
+    #[error("{url} sent more than the {limit}-byte limit")]
+    TooLarge {
+        /// The URL.
+        url: String,
+        /// The limit.
+        limit: u64,
+    },
+    /// Every attempt failed.
+    #[error("giving up on {url} after {attempts} attempts: {last}")]
+    RetriesExhausted {
+        /// The URL.
+        url: String,
+        /// How many attempts were made.
+        attempts: u32,
+        /// The last failure.
+        #[source]
+        last: Box<Error>,
+    },
+    /// A manifest could not be used.
+    #[error("manifest {digest}: {source}")]
+    Manifest {
+        /// The manifest's digest.
+        digest: Digest,
+        /// Why.
+        #[source]
+        source: ManifestError,
+    },
+    /// An index has no manifest this device can run.
+    #[error("index {digest} has no manifest for {platform}")]
+    NoPlatform {
+        /// The index's digest.
+        digest: Digest,
+        /// The device's platform.
+        platform: Platform,
+    },
+    /// A name (target, repository, metadata file) is not acceptable.
+    #[error("invalid {what} {name:?}: {reason}")]
+    InvalidName {
+        /// What kind of name.
+        what: &'static str,
+        /// The name.
+        name: String,
+        /// Why.
+        reason: String,
+    },
+    /// A blob the operation needs is not in the cache.
+    #[error("{digest} is not in the cache")]
+    MissingBlob {
+        /// The blob.
+        digest: Digest,
+    },
+    /// The apply hook could not be run.
+    #[error("running the apply hook {path}: {source}")]
+    HookSpawn {
+        /// The hook.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The apply hook failed; `current` was rolled back.
+    #[error("the apply hook {path} failed ({status}); rolled back to the previous artifact")]
+    HookFailed {
+        /// The hook.
+        path: PathBuf,
+        /// Its exit status, or `timed out after ...`.
+        status: String,
+    },
+}
+
+/// The agent's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+// === impl Error ===
+
+impl Error {
+    /// Whether trying again later may succeed: network trouble and server-side errors, not
+    /// refusals, missing content or local problems.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Connect { .. }
+            | Error::ConnectTimeout { .. }
+            | Error::Http { .. }
+            | Error::Stalled { .. }
+            | Error::ShortBody { .. }
+            | Error::RangeRefused { .. } => true,
+            Error::Status { status, .. } => *status == 408 || *status == 429 || *status >= 500,
+            _ => false,
+        }
+    }
+
+    /// A closure mapping an `io::Error` to [`Error::Io`] for `path`.
+    pub(crate) fn io(
+        action: &'static str,
+        path: impl Into<PathBuf>,
+    ) -> impl FnOnce(std::io::Error) -> Error {
+        let path = path.into();
+        move |source| Error::Io {
+            action,
+            path,
+            source,
+        }
+    }
+
+    /// A closure mapping a `sled::Error` to [`Error::Index`].
+    pub(crate) fn index(action: &'static str) -> impl FnOnce(sled::Error) -> Error {
+        move |source| Error::Index { action, source }
+    }
+}

@@ -1,0 +1,43 @@
+//! # meshanics-agent
+//!
+//! The device agent: it trusts only its pinned root metadata, fetches OCI content by digest
+//! through the facade with its device certificate, keeps that content in a cache that
+//! survives power loss, and applies only what verified.
+//!
+//! A short tour, in the order an update flows:
+//!
+//! - [`config`]: the TOML file, parsed once into typed structs and checked whole (a bad key
+//!   is exit code 64 with the key's name).
+//! - [`client`]: the facade client: mutual TLS, retries with backoff and jitter, a speed
+//!   floor, `Range` resume, and a size cap on everything it reads.
+//! - [`pull`]: one target by digest: the manifest (an index resolved to this device's
+//!   platform), then config and layers, with bounded parallelism, skipping cached blobs.
+//! - [`store`]: the content-addressed cache (`blobs/sha256/<hex>`, committed only when size
+//!   and digest match), its ingest files, its rebuildable sled index, `fsck` and `gc`.
+//! - [`apply`]: OCI image layouts, the atomic `current`/`previous` switch, the apply hook
+//!   and its rollback.
+//! - [`service`]: the update cycle (targets from a [`service::TargetSource`], pull, apply)
+//!   and the loop around it, with [`notify`] for systemd (`READY`, `STATUS`, `WATCHDOG`).
+//! - [`status`]: what `status` shows, read from files alone (it works while the service
+//!   runs).
+//! - [`progress`]: bars on a terminal, log lines for journald.
+//!
+//! Not here yet: the signed metadata workflow, which will be the `TargetSource` that turns
+//! verified target entries into [`pull::PullTarget`]s, and the `run` / `sync --once`
+//! commands that drive the service with it.
+
+pub mod apply;
+pub mod client;
+pub mod config;
+pub mod error;
+pub mod notify;
+pub mod progress;
+pub mod pull;
+pub mod service;
+pub mod status;
+pub mod store;
+
+pub use error::{Error, Result};
+
+#[cfg(test)]
+mod testing;

@@ -1,0 +1,326 @@
+//! The update cycle and the service loop around it.
+//!
+//! A cycle asks a [`TargetSource`] what this device must run, pulls every target into the
+//! cache, and applies the first one (unless it is current already and its layout intact).
+//! The source is where trust comes from: the signed metadata workflow implements it, and
+//! nothing here decides what a device runs. [`run`] repeats cycles every poll interval with
+//! jitter, backs off after failures, keeps systemd informed (`READY`, `STATUS`, `WATCHDOG`),
+//! and returns as soon as `shutdown` fires, even mid-download: dropping a download leaves
+//! its ingest file, which the next start resumes.
+
+use std::future::Future;
+use std::time::Duration;
+
+use meshanics_shared::Platform;
+use tracing::{error, info, warn};
+
+use crate::apply::{self, Applied, Pointers};
+use crate::client::Client;
+use crate::config::{Config, Hook};
+use crate::error::{Error, Result};
+use crate::notify::Notifier;
+use crate::progress::Progress;
+use crate::pull::{PullTarget, Puller};
+use crate::store::index::now;
+use crate::store::{LastResult, OpenReport, Store, StoreOptions};
+
+/// Where a cycle's targets come from: the verified, device-filtered list of what to run,
+/// the one to apply first. An empty list means there is nothing to run.
+pub trait TargetSource {
+    /// The targets now. Errors (unreachable facade, expired or invalid metadata) end the
+    /// cycle before anything is pulled.
+    fn targets(&mut self, client: &Client) -> impl Future<Output = Result<Vec<PullTarget>>>;
+}
+
+/// Everything a cycle works with.
+#[derive(Debug)]
+pub struct Agent {
+    /// The state directory and cache.
+    pub store: Store,
+    /// The facade client.
+    pub client: Client,
+    /// The device's platform.
+    pub platform: Platform,
+    /// Blobs downloaded at once.
+    pub concurrency: usize,
+    /// The apply hook.
+    pub hook: Option<Hook>,
+}
+
+/// What a cycle did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CycleOutcome {
+    /// The source listed no target.
+    NothingToDo,
+    /// The target to apply was current already.
+    UpToDate {
+        /// The target's name.
+        target: String,
+    },
+    /// A new artifact is current.
+    Applied {
+        /// The target's name.
+        target: String,
+        /// The new layout's id.
+        layout: String,
+        /// Bytes received for the cycle's pulls.
+        received_bytes: u64,
+    },
+}
+
+// === impl Agent ===
+
+impl Agent {
+    /// Opens the state directory and builds the client from the configuration.
+    pub fn from_config(config: &Config, options: StoreOptions) -> Result<(Agent, OpenReport)> {
+        let (store, report) = Store::open(&config.state_dir, options)?;
+        let client = Client::from_config(config)?;
+        Ok((
+            Agent {
+                store,
+                client,
+                platform: config.device.platform.clone(),
+                concurrency: config.concurrency,
+                hook: config.hook.clone(),
+            },
+            report,
+        ))
+    }
+
+    /// One update cycle. Its result, success or failure, is recorded for `status`.
+    pub async fn cycle<S: TargetSource>(
+        &self,
+        source: &mut S,
+        progress: &dyn Progress,
+    ) -> Result<CycleOutcome> {
+        let result = self.cycle_inner(source, progress).await;
+        let (ok, message, target) = match &result {
+            Ok(CycleOutcome::NothingToDo) => (true, "no target for this device".to_owned(), None),
+            Ok(CycleOutcome::UpToDate { target }) => (
+                true,
+                format!("{target} is up to date"),
+                Some(target.clone()),
+            ),
+            Ok(CycleOutcome::Applied { target, .. }) => {
+                (true, format!("applied {target}"), Some(target.clone()))
+            }
+            // `apply` records its own failures with the hook's details.
+            Err(Error::HookFailed { .. }) => return result,
+            Err(err) => (false, err.to_string(), None),
+        };
+        self.store.set_last_result(&LastResult {
+            time: now(),
+            target,
+            ok,
+            message,
+        })?;
+        result
+    }
+
+    async fn cycle_inner<S: TargetSource>(
+        &self,
+        source: &mut S,
+        progress: &dyn Progress,
+    ) -> Result<CycleOutcome> {
+        let targets = source.targets(&self.client).await?;
+        let Some(first) = targets.first() else {
+            return Ok(CycleOutcome::NothingToDo);
+        };
+        if targets.len() > 1 {
+            warn!(
+                count = targets.len(),
+                applied = %first.name,
+                "several targets match this device: all are cached, the first is applied"
+            );
+        }
+        let puller = Puller {
+            client: &self.client,
+            store: &self.store,
+            platform: &self.platform,
+            concurrency: self.concurrency,
+            progress,
+        };
+        if self.is_current(first)? {
+            return Ok(CycleOutcome::UpToDate {
+                target: first.name.clone(),
+            });
+        }
+        let mut received = 0;
+        let mut pulled = Vec::new();
+        for target in &targets {
+            let p = puller.pull(target).await?;
+            received += p.received_bytes;
+            pulled.push(p);
+        }
+        let Some(main) = pulled.first() else {
+            return Ok(CycleOutcome::NothingToDo);
+        };
+        let record = apply::lay_out(&self.store, main)?;
+        match apply::apply(&self.store, &record.id, self.hook.as_ref()).await? {
+            Applied::AlreadyCurrent => Ok(CycleOutcome::UpToDate {
+                target: main.target.name.clone(),
+            }),
+            Applied::Switched { current, .. } => Ok(CycleOutcome::Applied {
+                target: main.target.name.clone(),
+                layout: current,
+                received_bytes: received,
+            }),
+        }
+    }
+
+    /// Whether `target` is what `current` holds, with every blob of its layout in place.
+    fn is_current(&self, target: &PullTarget) -> Result<bool> {
+        let Some(id) = Pointers::read(&self.store)?.current else {
+            return Ok(false);
+        };
+        let Some(record) = self.store.index().artifact(&id)? else {
+            return Ok(false);
+        };
+        Ok(record.target_digest == target.digest
+            && record.repository == target.repository.as_str()
+            && record
+                .blobs
+                .iter()
+                .all(|d| apply::layout_blob_path(&self.store, &id, d).exists()))
+    }
+}
+
+/// Runs cycles until `shutdown` completes: every `poll_interval` (±10 % jitter, so a fleet
+/// does not poll in step), sooner with exponential backoff after a failure.
+pub async fn run<S: TargetSource>(
+    agent: &Agent,
+    source: &mut S,
+    notifier: &Notifier,
+    poll_interval: Duration,
+    progress: &dyn Progress,
+    shutdown: impl Future<Output = ()>,
+) {
+    let mut shutdown = std::pin::pin!(shutdown);
+    // Pings are sent from this task's own select loops, so they stop if the loop wedges (a
+    // separate pinger task would keep a stuck agent looking alive).
+    let watchdog = notifier.watchdog_interval();
+    let tick = watchdog.unwrap_or(Duration::from_secs(3600));
+    notifier.ready();
+    let mut failures = 0u32;
+    loop {
+        notifier.status("checking for updates");
+        // Boxed: a cycle's future holds a whole pull's state, too big to keep inline.
+        let mut cycle = Box::pin(agent.cycle(source, progress));
+        let outcome = loop {
+            tokio::select! {
+                outcome = &mut cycle => break Some(outcome),
+                () = &mut shutdown => break None,
+                () = tokio::time::sleep(tick), if watchdog.is_some() => notifier.watchdog(),
+            }
+        };
+        let Some(outcome) = outcome else {
+            info!("stopping mid-cycle; an interrupted download resumes at the next start");
+            break;
+        };
+        let wait = match outcome {
+            Ok(outcome) => {
+                failures = 0;
+                let text = describe(&outcome);
+                info!("{text}");
+                notifier.status(&text);
+                jitter(poll_interval)
+            }
+            Err(err) => {
+                failures = failures.saturating_add(1);
+                error!(error = %err, failures, "update cycle failed");
+                notifier.status(&format!("last update failed: {err}"));
+                backoff(failures, poll_interval)
+            }
+        };
+        let mut sleep = std::pin::pin!(tokio::time::sleep(wait));
+        let stop = loop {
+            tokio::select! {
+                () = &mut sleep => break false,
+                () = &mut shutdown => break true,
+                () = tokio::time::sleep(tick), if watchdog.is_some() => notifier.watchdog(),
+            }
+        };
+        if stop {
+            break;
+        }
+    }
+    notifier.stopping();
+}
+
+/// Completes on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // Without signal handlers the service cannot stop cleanly; never completing keeps it
+        // running, and systemd's SIGKILL after the stop timeout still ends it.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM: stopping"),
+        _ = int.recv() => info!("SIGINT: stopping"),
+    }
+}
+
+fn describe(outcome: &CycleOutcome) -> String {
+    match outcome {
+        CycleOutcome::NothingToDo => "idle: no target for this device".to_owned(),
+        CycleOutcome::UpToDate { target } => format!("idle: {target} is up to date"),
+        CycleOutcome::Applied {
+            target,
+            received_bytes,
+            ..
+        } => format!("applied {target} ({received_bytes} bytes downloaded)"),
+    }
+}
+
+/// `interval` ±10 %.
+fn jitter(interval: Duration) -> Duration {
+    interval.mul_f64(0.9 + fastrand::f64() * 0.2)
+}
+
+/// After `failures` failures in a row: a random wait up to 5 s·2^(failures-1), never more
+/// than the poll interval, never under a second.
+fn backoff(failures: u32, poll_interval: Duration) -> Duration {
+    let ceiling = Duration::from_secs(5)
+        .saturating_mul(1u32 << failures.saturating_sub(1).min(16))
+        .min(poll_interval);
+    ceiling
+        .mul_f64(fastrand::f64())
+        .max(Duration::from_secs(1).min(poll_interval))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_stays_within_ten_percent() {
+        for _ in 0..100 {
+            let d = jitter(Duration::from_secs(100));
+            assert!(
+                d >= Duration::from_secs(90) && d <= Duration::from_secs(110),
+                "{d:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn backoff_grows_and_never_passes_the_poll_interval() {
+        let poll = Duration::from_secs(60);
+        for failures in 1..20 {
+            for _ in 0..20 {
+                let d = backoff(failures, poll);
+                assert!(d <= poll, "{d:?}");
+                assert!(d >= Duration::from_secs(1), "{d:?}");
+                let ceiling = Duration::from_secs(5).saturating_mul(1 << (failures - 1).min(16));
+                assert!(
+                    d <= ceiling.max(Duration::from_secs(1)),
+                    "{failures}: {d:?}"
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,120 @@
+//! What `status` reports, read from the state directory's files alone: the links, the
+//! layouts, the blob folder and the last-result file. It takes no lock and opens no index,
+//! so it works while the service is running.
+
+use std::path::{Path, PathBuf};
+
+use meshanics_shared::Digest;
+use serde::Serialize;
+
+use crate::apply::{self, Pointers};
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::store::{ArtifactState, LastResult, last_result};
+
+/// The device's state.
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    /// The platform manifests are chosen for.
+    pub platform: String,
+    /// The hardware class.
+    pub device_class: String,
+    /// The applied artifact.
+    pub current: Option<ArtifactView>,
+    /// The one before it (what a rollback returns to).
+    pub previous: Option<ArtifactView>,
+    /// The cache.
+    pub cache: CacheView,
+    /// The last cycle's result.
+    pub last_result: Option<LastResult>,
+}
+
+/// An applied artifact.
+#[derive(Debug, Clone, Serialize)]
+pub struct ArtifactView {
+    /// Its layout's id.
+    pub id: String,
+    /// The target's name.
+    pub name: String,
+    /// The repository it came from.
+    pub repository: String,
+    /// The digest the target names.
+    pub target_digest: Option<Digest>,
+    /// The image manifest applied.
+    pub manifest_digest: Option<Digest>,
+    /// The OCI layout's folder.
+    pub layout: PathBuf,
+}
+
+/// The cache's size.
+#[derive(Debug, Clone, Serialize)]
+pub struct CacheView {
+    /// Committed blobs.
+    pub blobs: usize,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Partial downloads waiting to be resumed.
+    pub partial_downloads: usize,
+    /// Their bytes.
+    pub partial_bytes: u64,
+}
+
+/// Reads the status of the device configured by `config`.
+pub fn read(config: &Config) -> Result<Status> {
+    let root = &config.state_dir;
+    let pointers = Pointers::read_in(root)?;
+    let (blobs, bytes) = folder_totals(&root.join("cache/blobs/sha256"))?;
+    let (partial_downloads, partial_bytes) = folder_totals(&root.join("cache/ingest"))?;
+    Ok(Status {
+        platform: config.device.platform.to_string(),
+        device_class: config.device.class.clone(),
+        current: view(root, pointers.current.as_deref()),
+        previous: view(root, pointers.previous.as_deref()),
+        cache: CacheView {
+            blobs,
+            bytes,
+            partial_downloads,
+            partial_bytes,
+        },
+        last_result: last_result::read(root)?,
+    })
+}
+
+fn view(root: &Path, id: Option<&str>) -> Option<ArtifactView> {
+    let id = id?;
+    let artifacts = root.join("artifacts");
+    let record = apply::scan_layout_in(&artifacts, id, ArtifactState::Current).ok();
+    Some(ArtifactView {
+        id: id.to_owned(),
+        name: record.as_ref().map(|r| r.name.clone()).unwrap_or_default(),
+        repository: record
+            .as_ref()
+            .map(|r| r.repository.clone())
+            .unwrap_or_default(),
+        target_digest: record.as_ref().map(|r| r.target_digest.clone()),
+        manifest_digest: record.map(|r| r.manifest_digest),
+        layout: artifacts.join(id),
+    })
+}
+
+/// The number of files in a folder and their total size (a missing folder is empty).
+fn folder_totals(dir: &Path) -> Result<(usize, u64)> {
+    let entries = match fs_err::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((0, 0)),
+        Err(e) => return Err(Error::io("listing", dir)(e)),
+    };
+    let mut count = 0;
+    let mut bytes = 0;
+    for entry in entries {
+        let entry = entry.map_err(Error::io("listing", dir))?;
+        let meta = entry
+            .metadata()
+            .map_err(Error::io("reading", entry.path()))?;
+        if meta.is_file() {
+            count += 1;
+            bytes += meta.len();
+        }
+    }
+    Ok((count, bytes))
+}

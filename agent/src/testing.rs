@@ -1,0 +1,75 @@
+//! Helpers for the crate's unit tests: a store in a temp dir and small artifacts in it.
+
+use meshanics_shared::media_type::{OCI_CONFIG, OCI_LAYER_TAR, OCI_MANIFEST};
+use meshanics_shared::{Descriptor, Digest, Repository};
+
+use crate::pull::{PullTarget, Pulled};
+use crate::store::{FreeSpace, Store, StoreOptions};
+
+/// A store in a fresh temp dir.
+pub(crate) fn store() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(dir.path(), StoreOptions::default()).unwrap();
+    (dir, store)
+}
+
+/// A store whose free space is a fixed figure.
+pub(crate) fn store_with_space(bytes: u64) -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let options = StoreOptions {
+        free_space: FreeSpace::Fixed(bytes),
+        reserve: 0,
+    };
+    let (store, _) = Store::open(dir.path(), options).unwrap();
+    (dir, store)
+}
+
+pub(crate) fn descriptor(media_type: &str, bytes: &[u8]) -> Descriptor {
+    Descriptor {
+        media_type: media_type.to_owned(),
+        digest: Digest::sha256_of(bytes),
+        size: bytes.len() as u64,
+        platform: None,
+        annotations: None,
+        artifact_type: None,
+    }
+}
+
+/// Commits an image (config and the given layers) to the store, as a pull would, and
+/// returns what the pull would return.
+pub(crate) fn pulled(store: &Store, name: &str, layers: &[&[u8]]) -> Pulled {
+    let config_bytes = format!(r#"{{"architecture":"amd64","os":"linux","name":"{name}"}}"#);
+    let config = descriptor(OCI_CONFIG, config_bytes.as_bytes());
+    store.put(&config.digest, config_bytes.as_bytes()).unwrap();
+    let mut layer_descriptors = Vec::new();
+    for layer in layers {
+        let d = descriptor(OCI_LAYER_TAR, layer);
+        store.put(&d.digest, layer).unwrap();
+        layer_descriptors.push(d);
+    }
+    let manifest_bytes = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": config,
+        "layers": layer_descriptors,
+    }))
+    .unwrap();
+    let manifest = descriptor(OCI_MANIFEST, &manifest_bytes);
+    store.put(&manifest.digest, &manifest_bytes).unwrap();
+    let mut blobs = vec![config];
+    blobs.extend(layer_descriptors);
+    Pulled {
+        target: PullTarget {
+            name: name.to_owned(),
+            repository: Repository::parse("127.0.0.1_5000/team/app").unwrap(),
+            digest: manifest.digest.clone(),
+            size: manifest.size,
+            media_type: OCI_MANIFEST.to_owned(),
+        },
+        manifest,
+        blobs,
+        fetched: 0,
+        cached: 0,
+        received_bytes: 0,
+    }
+}
