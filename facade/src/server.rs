@@ -132,11 +132,6 @@ impl Running {
         let _ = self.stop_operator.send(true);
         let _ = self.operator.await;
     }
-
-    /// Runs until the device listener stops (it only stops on [`Running::shutdown`]).
-    pub async fn wait(&mut self) {
-        let _ = (&mut self.devices).await;
-    }
 }
 
 async fn accept_loop(

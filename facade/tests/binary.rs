@@ -97,8 +97,9 @@ fn serves_until_sigterm_then_exits_cleanly() {
         .to_owned();
     let status = ping(dir.path(), &addr);
     assert_eq!(status, 200);
-    let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+    // The shell's builtin `kill`: no dependency on a procps binary being installed.
+    let killed = Command::new("sh")
+        .args(["-c", &format!("kill -TERM {}", child.id())])
         .status()
         .unwrap();
     assert!(killed.success());

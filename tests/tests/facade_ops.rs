@@ -140,3 +140,33 @@ fn a_connection_that_sends_nothing_is_closed() {
     });
     assert!(closed, "the idle connection stayed open");
 }
+
+#[test]
+fn connections_past_the_limit_wait_for_a_free_slot() {
+    let facade = FacadeFixture::start(&FacadeOptions {
+        limits: vec!["max_connections = 1".into()],
+        ..FacadeOptions::default()
+    })
+    .unwrap();
+    let first = facade.client(Who::Device, false).unwrap();
+    let second = facade.client(Who::Device, false).unwrap();
+    let url = facade.url("/v2/");
+    facade.block_on(async {
+        // The first client keeps its connection open (pooled) after its request.
+        assert_eq!(first.get(&url).send().await.unwrap().status(), 200);
+        let waiting = second.get(&url).send();
+        tokio::pin!(waiting);
+        // Not admitted while the first connection holds the only slot.
+        let early = tokio::time::timeout(Duration::from_millis(500), &mut waiting).await;
+        assert!(
+            early.is_err(),
+            "a second connection was served past the limit"
+        );
+        drop(first);
+        let response = tokio::time::timeout(Duration::from_secs(30), waiting)
+            .await
+            .expect("the second connection was never admitted")
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    });
+}

@@ -18,6 +18,9 @@ use crate::providers::Secret;
 pub const DEFAULT_LIFETIME: Duration = Duration::from_secs(60);
 /// How long before expiry a token is refreshed, at most.
 const MAX_MARGIN: Duration = Duration::from_secs(30);
+/// Past this many scopes, stale entries are dropped when a new one is added: devices choose
+/// repository names, and the cache must not grow with every name they try.
+const PRUNE_ABOVE: usize = 1024;
 
 /// A token endpoint's answer.
 #[derive(Debug, Clone, Deserialize)]
@@ -98,7 +101,7 @@ impl Token {
 impl TokenCache {
     /// A fresh cached token for `scope`, waiting for a refresh in flight.
     pub async fn cached(&self, scope: &str) -> Option<Secret> {
-        let slot = self.slot(scope)?;
+        let slot = self.slots.lock().ok()?.get(scope).cloned()?;
         let guard = slot.lock().await;
         guard
             .as_ref()
@@ -137,7 +140,24 @@ impl TokenCache {
 
     fn slot(&self, scope: &str) -> Option<Arc<tokio::sync::Mutex<Option<Token>>>> {
         let mut slots = self.slots.lock().ok()?;
+        if !slots.contains_key(scope) && slots.len() >= PRUNE_ABOVE {
+            // Keep slots in use (a fetch in flight holds the lock) and fresh tokens.
+            slots.retain(|_, slot| match slot.try_lock() {
+                Ok(token) => token.as_ref().is_some_and(Token::fresh),
+                Err(_) => true,
+            });
+        }
         Some(slots.entry(scope.to_owned()).or_default().clone())
+    }
+
+    /// How many scopes are cached.
+    pub fn len(&self) -> usize {
+        self.slots.lock().map(|s| s.len()).unwrap_or_default()
+    }
+
+    /// Whether nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -219,5 +239,25 @@ mod tests {
         assert_eq!(renewed.expose(), "three");
         assert_eq!(fetches, 2);
         assert_eq!(cache.cached("other").await, None);
+        assert_eq!(cache.len(), 1, "a lookup must not add an entry");
+    }
+
+    #[tokio::test]
+    async fn drops_stale_scopes_instead_of_growing_without_bound() {
+        let cache = TokenCache::default();
+        let stale = || async {
+            let mut token = response(r#"{"token":"t"}"#)
+                .into_token(Instant::now())
+                .unwrap();
+            token.refresh_at = Instant::now();
+            Ok::<_, ()>(token)
+        };
+        for i in 0..PRUNE_ABOVE + 10 {
+            cache
+                .get_or_fetch(&format!("repository:r{i}:pull"), None, stale)
+                .await
+                .unwrap();
+        }
+        assert!(cache.len() <= PRUNE_ABOVE, "{}", cache.len());
     }
 }
