@@ -11,9 +11,12 @@
 //!
 //! The long-lived secret never leaves the facade: devices only ever see the facade.
 
+mod credentials;
 pub mod ecr;
 pub mod gcp;
 pub mod token_cache;
+
+pub use credentials::{CloudCredentials, CloudSource};
 
 use std::fmt;
 use std::time::{Duration, SystemTime};

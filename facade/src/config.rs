@@ -27,7 +27,18 @@
 //! max_meta_bytes = 16777216
 //! max_unsized_blob_bytes = 17179869184   # a blob sent without Content-Length
 //!
-//! [[upstreams]]                      # approved upstreams, until the connection store lands
+//! master_key_file = "/etc/meshanics/master-key"  # seals connection credentials (32 random
+//!                                    # bytes or 64 hex, mode 0600); or the systemd
+//!                                    # credential `master-key`. Without a key, connections
+//!                                    # (and the operator socket) are off.
+//!
+//! [cloud]                            # all optional
+//! ecr_sts_endpoint = "https://sts.eu-west-1.amazonaws.com/"   # default: the role's region
+//! ecr_api_endpoint = "https://api.ecr.eu-west-1.amazonaws.com/"
+//! token_margin_seconds = 300         # refresh cloud tokens min(this, 10 % of lifetime) early
+//!
+//! [[upstreams]]                      # upstreams approved in the file (labs, bootstrapping);
+//!                                    # operators connect registries with `meshctl registry add`
 //! host = "ghcr.io"
 //! username = "bot"
 //! token_file = "/etc/meshanics/ghcr.token"
@@ -65,6 +76,32 @@ pub struct Config {
     pub limits: Limits,
     /// The upstreams approved in the file.
     pub upstreams: Vec<UpstreamConfig>,
+    /// The master key file that seals connection credentials, if configured.
+    pub master_key_file: Option<PathBuf>,
+    /// Cloud token settings.
+    pub cloud: CloudConfig,
+}
+
+/// Cloud token settings, all with defaults.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CloudConfig {
+    /// The STS endpoint for ECR roles (default: AWS's, in the role's region).
+    pub ecr_sts_endpoint: Option<String>,
+    /// The ECR API endpoint (default: AWS's, in the role's region).
+    pub ecr_api_endpoint: Option<String>,
+    /// The largest margin before a cloud token's expiry at which it is refreshed.
+    pub token_margin_seconds: u64,
+}
+
+impl Default for CloudConfig {
+    fn default() -> Self {
+        CloudConfig {
+            ecr_sts_endpoint: None,
+            ecr_api_endpoint: None,
+            token_margin_seconds: 300,
+        }
+    }
 }
 
 /// Limits and timeouts, all with defaults.
@@ -167,6 +204,14 @@ pub enum ConfigError {
         /// Why.
         reason: &'static str,
     },
+    /// Another key has a bad value.
+    #[error("config key `{key}`: {reason}")]
+    Invalid {
+        /// The key.
+        key: &'static str,
+        /// Why.
+        reason: &'static str,
+    },
 }
 
 #[derive(Debug, Deserialize)]
@@ -181,6 +226,9 @@ struct RawConfig {
     limits: Limits,
     #[serde(default)]
     upstreams: Vec<RawUpstream>,
+    master_key_file: Option<PathBuf>,
+    #[serde(default)]
+    cloud: CloudConfig,
 }
 
 #[derive(Debug, Deserialize)]
@@ -228,6 +276,12 @@ impl Config {
             check_folder("metadata_dir", dir)?;
         }
         let tls = server_tls(&raw.tls)?;
+        if raw.cloud.ecr_sts_endpoint.is_some() != raw.cloud.ecr_api_endpoint.is_some() {
+            return Err(ConfigError::Invalid {
+                key: "cloud.ecr_sts_endpoint",
+                reason: "set both ecr_sts_endpoint and ecr_api_endpoint, or neither",
+            });
+        }
         let mut seen = BTreeSet::new();
         let mut upstreams = Vec::with_capacity(raw.upstreams.len());
         for (index, upstream) in raw.upstreams.into_iter().enumerate() {
@@ -249,6 +303,8 @@ impl Config {
             tls: Arc::new(tls),
             limits: raw.limits,
             upstreams,
+            master_key_file: raw.master_key_file,
+            cloud: raw.cloud,
         })
     }
 }

@@ -12,11 +12,101 @@
 //! and cloud connections are usable at once. Removing a connection stops proxying at once,
 //! because the proxy asks the store on every request.
 
+mod browser;
 mod record;
 mod store;
+mod upstreams;
 
+pub use browser::StoreBrowser;
 pub use record::{ConnectionView, Credentials, EcrRole, NewConnection, ProviderKind};
 pub use store::{Connection, ConnectionError, Store};
+pub use upstreams::{BuildError, CloudSettings, StoreUpstreams};
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::cloud::ecr::{AwsCredentials, Endpoints};
+use crate::cloud::token_cache::{MarginPolicy, SystemClock, TokenCache};
+use crate::config::Config;
+use crate::seal::MasterKey;
+use crate::upstreams::Upstreams;
+
+/// The operator socket's file name in the facade's state dir.
+pub const ADMIN_SOCKET: &str = "admin.sock";
+
+/// Everything connections need at run time.
+#[derive(Debug, Clone)]
+pub struct Connections {
+    /// The store.
+    pub store: Arc<Store>,
+    /// The proxy's approval seam over it.
+    pub upstreams: Arc<StoreUpstreams>,
+    /// The operator API's tags and import over it.
+    pub browser: Arc<StoreBrowser>,
+}
+
+/// Why connections could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SetupError {
+    /// The store could not be opened.
+    #[error(transparent)]
+    Store(#[from] ConnectionError),
+    /// The token client could not be built.
+    #[error(transparent)]
+    Client(#[from] crate::http_client::ClientError),
+}
+
+impl Connections {
+    /// Opens the store in `config.state_dir` under `key`; registries it does not know fall
+    /// back to `fallback` (the config file's upstreams). `aws` are the facade's base AWS
+    /// credentials, read once at start.
+    pub fn open(
+        config: &Config,
+        key: MasterKey,
+        aws: Option<AwsCredentials>,
+        fallback: Option<Arc<dyn Upstreams>>,
+    ) -> Result<Self, SetupError> {
+        let store = Arc::new(Store::open(&config.state_dir, key)?);
+        let timeouts = config.limits.upstream();
+        let roots = rustls::RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        };
+        let client = crate::http_client::client(roots, timeouts.connect, timeouts.response)?;
+        let policy = MarginPolicy {
+            max: Duration::from_secs(config.cloud.token_margin_seconds),
+            ..MarginPolicy::default()
+        };
+        let ecr_endpoints = match (
+            &config.cloud.ecr_sts_endpoint,
+            &config.cloud.ecr_api_endpoint,
+        ) {
+            (Some(sts), Some(ecr)) => Some(Endpoints {
+                sts: sts.clone(),
+                ecr: ecr.clone(),
+            }),
+            _ => None,
+        };
+        let cloud = CloudSettings {
+            client,
+            cache: Arc::new(TokenCache::new(policy, Arc::new(SystemClock))),
+            aws,
+            ecr_endpoints,
+        };
+        let upstreams = Arc::new(StoreUpstreams::new(
+            store.clone(),
+            fallback,
+            timeouts,
+            cloud,
+        ));
+        let browser = Arc::new(StoreBrowser::new(upstreams.clone()));
+        Ok(Connections {
+            store,
+            upstreams,
+            browser,
+        })
+    }
+}
 
 #[cfg(test)]
 mod tests;

@@ -8,7 +8,11 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::Parser;
-use meshanics_facade::{Config, ConfiguredUpstreams};
+use meshanics_facade::admin::{self, AdminState};
+use meshanics_facade::cloud::ecr::AwsCredentials;
+use meshanics_facade::connections::{ADMIN_SOCKET, Connections};
+use meshanics_facade::seal::MasterKey;
+use meshanics_facade::{Config, ConfiguredUpstreams, Upstreams};
 use tokio::signal::unix::{SignalKind, signal};
 
 /// The Meshanics registry facade: serves manifests and blobs by digest only, over mutual TLS,
@@ -42,14 +46,46 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let upstreams = match ConfiguredUpstreams::new(&config.upstreams, config.limits.upstream()) {
-        Ok(upstreams) => upstreams,
-        Err(error) => {
-            eprintln!("meshanics-facade: bad configuration: {error}");
-            return ExitCode::from(EXIT_CONFIG);
+    let configured: Arc<dyn Upstreams> =
+        match ConfiguredUpstreams::new(&config.upstreams, config.limits.upstream()) {
+            Ok(upstreams) => Arc::new(upstreams),
+            Err(error) => {
+                eprintln!("meshanics-facade: bad configuration: {error}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        };
+    // The environment is read here, once: systemd's credentials folder for the master key,
+    // and the AWS SDKs' variables for the base credentials ECR roles are assumed with.
+    let credentials_dir = std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from);
+    let aws = AwsCredentials::from_vars(|name| std::env::var(name).ok());
+    let connections = if config.master_key_file.is_some() || credentials_dir.is_some() {
+        let key = match MasterKey::load(
+            config.master_key_file.as_deref(),
+            credentials_dir.as_deref(),
+        ) {
+            Ok(key) => key,
+            Err(error) => {
+                eprintln!(
+                    "meshanics-facade: bad configuration: config key `master_key_file`: {error}"
+                );
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        };
+        match Connections::open(&config, key, aws, Some(configured.clone())) {
+            Ok(connections) => Some(connections),
+            Err(error) => {
+                eprintln!("meshanics-facade: opening the connection store: {error}");
+                return ExitCode::FAILURE;
+            }
         }
+    } else {
+        tracing::warn!(
+            "no master key (config `master_key_file` or the systemd credential `master-key`): \
+             registry connections and the operator socket are off; only [[upstreams]] are proxied"
+        );
+        None
     };
-    match run(config, Arc::new(upstreams)) {
+    match run(config, configured, connections) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("meshanics-facade: {error:#}");
@@ -58,7 +94,11 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(config: Config, upstreams: Arc<ConfiguredUpstreams>) -> anyhow::Result<()> {
+fn run(
+    config: Config,
+    configured: Arc<dyn Upstreams>,
+    connections: Option<Connections>,
+) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -66,11 +106,31 @@ fn run(config: Config, upstreams: Arc<ConfiguredUpstreams>) -> anyhow::Result<()
     runtime.block_on(async move {
         let mut terminate = signal(SignalKind::terminate()).context("watching SIGTERM")?;
         let mut interrupt = signal(SignalKind::interrupt()).context("watching SIGINT")?;
+        let (stop_admin, admin_stopped) = tokio::sync::watch::channel(false);
+        let upstreams: Arc<dyn Upstreams> = match &connections {
+            Some(connections) => {
+                let socket = config.state_dir.join(ADMIN_SOCKET);
+                let listener = admin::bind(&socket)
+                    .with_context(|| format!("binding the operator socket {}", socket.display()))?;
+                let state = Arc::new(AdminState {
+                    store: connections.store.clone(),
+                    browser: connections.browser.clone(),
+                });
+                let mut stopped = admin_stopped.clone();
+                tokio::spawn(admin::serve(listener, state, async move {
+                    let _ = stopped.wait_for(|stop| *stop).await;
+                }));
+                tracing::info!(socket = %socket.display(), connections = connections.store.list().len(), "operator API listening");
+                connections.upstreams.clone()
+            }
+            None => configured,
+        };
         let running = meshanics_facade::start(&config, upstreams).await?;
         tokio::select! {
             _ = terminate.recv() => tracing::info!("SIGTERM: shutting down"),
             _ = interrupt.recv() => tracing::info!("SIGINT: shutting down"),
         }
+        let _ = stop_admin.send(true);
         running.shutdown().await;
         Ok(())
     })

@@ -5,7 +5,8 @@
 //! role becomes an ECR authorization token (user `AWS`, sent as Basic right away). Each is a
 //! [`CredentialProvider`] that answers "what do I present now?", caching and refreshing its own
 //! short-lived token; the registry client (`upstream`) never knows which kind it talks to.
-//! Today there are two: [`Anonymous`] and [`StaticCredentials`] (username and token).
+//! Here: [`Anonymous`] and [`StaticCredentials`] (username and token); the cloud ones are
+//! [`crate::cloud::CloudCredentials`].
 
 use std::fmt;
 use std::sync::Arc;
@@ -36,8 +37,10 @@ pub struct ProviderError {
     pub provider: &'static str,
     /// The upstream host.
     pub host: String,
-    /// Why.
+    /// Why (never an upstream's response text).
     pub reason: String,
+    /// When to try again, if the provider knows (a refresh that failed moments ago).
+    pub retry_after: Option<std::time::Duration>,
 }
 
 /// A source of upstream credentials. Implementations cache what they fetch and refresh it

@@ -5,7 +5,7 @@
 //! never name which upstream hosts exist or echo upstream error bodies.
 
 use bytes::Bytes;
-use http::header::{CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE};
+use http::header::{CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderValue, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use serde_json::json;
@@ -13,6 +13,10 @@ use serde_json::json;
 use crate::body::Body;
 use crate::error::Error;
 use crate::upstream::{ContentKind, UpstreamError};
+
+/// The `Retry-After` (seconds) sent when upstream credentials could not be obtained and the
+/// provider gave no hint.
+const RETRY_AFTER_SECONDS: u64 = 5;
 
 /// The status, OCI error code and message for an error.
 pub fn classify(error: &Error) -> (StatusCode, &'static str, String) {
@@ -68,6 +72,11 @@ pub fn classify(error: &Error) -> (StatusCode, &'static str, String) {
             "UNAVAILABLE",
             format!("the upstream registry answered {}", status.as_u16()),
         ),
+        Error::Upstream(UpstreamError::Credentials(_)) => (
+            S::SERVICE_UNAVAILABLE,
+            "UNAVAILABLE",
+            "the facade could not obtain credentials for the upstream registry; retry later".into(),
+        ),
         Error::Upstream(UpstreamError::Timeout { .. }) => (
             S::GATEWAY_TIMEOUT,
             "UNAVAILABLE",
@@ -112,6 +121,12 @@ pub fn error_response(error: &Error) -> Response<Body> {
     let headers = response.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     headers.insert(CONTENT_LENGTH, HeaderValue::from(length));
+    if let Error::Upstream(UpstreamError::Credentials(provider)) = error {
+        let seconds = provider
+            .retry_after
+            .map_or(RETRY_AFTER_SECONDS, |d| d.as_secs().max(1));
+        headers.insert(RETRY_AFTER, HeaderValue::from(seconds));
+    }
     if let Error::RangeNotSatisfiable {
         content_range: Some(range),
         ..

@@ -72,6 +72,14 @@ pub struct ContentRequest<'a> {
     pub range: Option<&'a HeaderValue>,
 }
 
+/// What one outgoing request asks for.
+#[derive(Debug)]
+struct Outgoing<'a> {
+    method: Method,
+    accept: &'a str,
+    range: Option<&'a HeaderValue>,
+}
+
 /// An approved upstream registry and the client that talks to it.
 pub struct Upstream {
     registry: Registry,
@@ -146,21 +154,71 @@ impl Upstream {
             ContentKind::Manifest => "manifests",
             ContentKind::Blob => "blobs",
         };
-        let url = self
-            .base
-            .join(&format!(
-                "v2/{}/{kind}/{}",
-                request.repository, request.digest
-            ))
+        let url = self.api_url(&format!("{}/{kind}/{}", request.repository, request.digest))?;
+        let accept = match request.kind {
+            ContentKind::Manifest => MANIFEST_ACCEPT,
+            ContentKind::Blob => "*/*",
+        };
+        let outgoing = Outgoing {
+            method: request.method.clone(),
+            accept,
+            range: request.range,
+        };
+        self.authorized(&outgoing, url, request.repository).await
+    }
+
+    /// The URL of a distribution API path below `/v2/` (`org/app/tags/list?n=100`).
+    pub fn api_url(&self, path_and_query: &str) -> Result<Url, UpstreamError> {
+        self.base
+            .join(&format!("v2/{path_and_query}"))
             .map_err(|_| UpstreamError::Redirect {
                 url: self.base.to_string(),
-                reason: "the content URL is not valid",
-            })?;
-        let scope = format!("repository:{}:pull", request.repository);
+                reason: "the API URL is not valid",
+            })
+    }
+
+    /// Whether `url` is on this upstream's origin (scheme, host, port): the only place its
+    /// credentials may go.
+    pub fn is_own(&self, url: &Url) -> bool {
+        same_origin(url, &self.base)
+    }
+
+    /// `GET` or `HEAD` of any URL on the upstream's origin with the `pull` scope of
+    /// `repository` (tag lists, manifests by tag for the operator's import), with the same
+    /// authentication and redirect rules as [`Upstream::fetch`].
+    pub async fn request(
+        &self,
+        method: Method,
+        url: Url,
+        repository: &Repository,
+        accept: &str,
+    ) -> Result<reqwest::Response, UpstreamError> {
+        if !self.is_own(&url) {
+            return Err(UpstreamError::Redirect {
+                url: redacted(&url),
+                reason: "it leaves the upstream's origin",
+            });
+        }
+        let outgoing = Outgoing {
+            method,
+            accept,
+            range: None,
+        };
+        self.authorized(&outgoing, url, repository).await
+    }
+
+    /// Sends a request, answering at most one authentication challenge.
+    async fn authorized(
+        &self,
+        outgoing: &Outgoing<'_>,
+        url: Url,
+        repository: &Repository,
+    ) -> Result<reqwest::Response, UpstreamError> {
+        let scope = format!("repository:{repository}:pull");
         let credentials = self.credentials.credentials().await?;
         let mut authorization = self.first_authorization(&scope, credentials.as_ref()).await;
         let response = self
-            .send(request, url.clone(), authorization.as_ref())
+            .send(outgoing, url.clone(), authorization.as_ref())
             .await?;
         if response.status() != StatusCode::UNAUTHORIZED {
             return Ok(response);
@@ -175,28 +233,24 @@ impl Upstream {
         if authorization.is_none() {
             return Ok(response);
         }
-        self.send(request, url, authorization.as_ref()).await
+        self.send(outgoing, url, authorization.as_ref()).await
     }
 
     /// Sends one request, following redirects; `Authorization` only within the upstream's
     /// origin.
     async fn send(
         &self,
-        request: &ContentRequest<'_>,
+        outgoing: &Outgoing<'_>,
         mut url: Url,
         authorization: Option<&Authorization>,
     ) -> Result<reqwest::Response, UpstreamError> {
-        let accept = match request.kind {
-            ContentKind::Manifest => MANIFEST_ACCEPT,
-            ContentKind::Blob => "*/*",
-        };
-        let mut method = request.method.clone();
+        let mut method = outgoing.method.clone();
         for _ in 0..=MAX_REDIRECTS {
             let mut builder = self
                 .client
                 .request(method.clone(), url.clone())
-                .header(ACCEPT, accept);
-            if let Some(range) = request.range {
+                .header(ACCEPT, outgoing.accept);
+            if let Some(range) = outgoing.range {
                 builder = builder.header(RANGE, range.clone());
             }
             if let Some(authorization) = authorization

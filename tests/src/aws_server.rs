@@ -48,6 +48,7 @@ struct State {
     sessions: Mutex<HashMap<String, Session>>,
     session_lifetime: Mutex<Duration>,
     token_lifetime: Mutex<Duration>,
+    fixed_password: Mutex<Option<String>>,
     assume_calls: AtomicU64,
     token_calls: AtomicU64,
     refusals: Mutex<Vec<String>>,
@@ -68,6 +69,7 @@ impl AwsServer {
             sessions: Mutex::new(HashMap::new()),
             session_lifetime: Mutex::new(Duration::from_secs(3600)),
             token_lifetime: Mutex::new(Duration::from_secs(12 * 3600)),
+            fixed_password: Mutex::new(None),
             assume_calls: AtomicU64::new(0),
             token_calls: AtomicU64::new(0),
             refusals: Mutex::new(Vec::new()),
@@ -103,6 +105,13 @@ impl AwsServer {
     pub fn set_token_lifetime(&self, lifetime: Duration) {
         if let Ok(mut l) = self.state.token_lifetime.lock() {
             *l = lifetime;
+        }
+    }
+
+    /// Issues ECR tokens with this password (so a registry's htpasswd can hold it).
+    pub fn set_fixed_password(&self, password: Option<&str>) {
+        if let Ok(mut fixed) = self.state.fixed_password.lock() {
+            *fixed = password.map(str::to_owned);
         }
     }
 
@@ -252,7 +261,9 @@ fn authorization_token(state: &State, req: &TestRequest) -> Result<TestResponse,
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
         .as_secs_f64();
-    let token = STANDARD.encode(format!("AWS:ecr-password-{n}-{}", random_hex()));
+    let fixed = state.fixed_password.lock().ok().and_then(|p| p.clone());
+    let password = fixed.unwrap_or_else(|| format!("ecr-password-{n}-{}", random_hex()));
+    let token = STANDARD.encode(format!("AWS:{password}"));
     let body = serde_json::json!({"authorizationData": [{
         "authorizationToken": token,
         "expiresAt": expires_at,

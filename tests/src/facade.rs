@@ -42,6 +42,13 @@ pub struct FacadeOptions {
     pub limits: Vec<String>,
     /// Files to put in the metadata folder (name, contents).
     pub metadata: Vec<(String, Vec<u8>)>,
+    /// Run the connection store and the operator socket (with a fresh master key); the
+    /// config's upstreams become the fallback.
+    pub connections: bool,
+    /// Extra lines for the `[cloud]` table.
+    pub cloud: Vec<String>,
+    /// The facade's base AWS credentials for ECR connections.
+    pub aws: Option<meshanics_facade::cloud::ecr::AwsCredentials>,
 }
 
 /// Which client certificate a client presents.
@@ -69,6 +76,8 @@ pub struct FacadeFixture {
     dir: tempfile::TempDir,
     server_ca_pem: String,
     devices: Vec<(Who, Issued)>,
+    admin_socket: Option<PathBuf>,
+    admin_stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 // === impl UpstreamEntry ===
@@ -149,8 +158,20 @@ impl FacadeFixture {
             std::fs::write(&path, contents).map_err(io_err("writing", &path))?;
         }
 
+        let master_key = if options.connections {
+            use std::os::unix::fs::PermissionsExt as _;
+            let path = dir.path().join("master-key");
+            let hex = meshanics_facade::seal::MasterKey::generate_hex()
+                .map_err(|e| FixtureError::Invalid(e.to_string()))?;
+            std::fs::write(&path, hex).map_err(io_err("writing", &path))?;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                .map_err(io_err("protecting", &path))?;
+            format!("master_key_file = \"{}\"\n", path.display())
+        } else {
+            String::new()
+        };
         let mut toml = format!(
-            "listen = \"127.0.0.1:0\"\noperator_listen = \"127.0.0.1:0\"\n\
+            "listen = \"127.0.0.1:0\"\noperator_listen = \"127.0.0.1:0\"\n{master_key}\
              state_dir = \"{}\"\nmetadata_dir = \"{}\"\n\n[tls]\ncertificate = \"{}\"\n\
              private_key = \"{}\"\ndevice_ca = \"{}\"\ncrls = [\"{}\"]\n\n[limits]\nshutdown_grace = 10\n",
             state.display(),
@@ -162,6 +183,12 @@ impl FacadeFixture {
         );
         for line in &options.limits {
             let _ = writeln!(toml, "{line}");
+        }
+        if !options.cloud.is_empty() {
+            let _ = writeln!(toml, "\n[cloud]");
+            for line in &options.cloud {
+                let _ = writeln!(toml, "{line}");
+            }
         }
         for (i, upstream) in options.upstreams.iter().enumerate() {
             let _ = write!(
@@ -192,8 +219,45 @@ impl FacadeFixture {
             .enable_all()
             .build()
             .map_err(io_err("starting a runtime for", Path::new("facade")))?;
+        let configured: Arc<dyn meshanics_facade::Upstreams> = Arc::new(upstreams);
+        let mut admin_socket = None;
+        let mut admin_stop = None;
+        let upstreams: Arc<dyn meshanics_facade::Upstreams> = if options.connections {
+            let key =
+                meshanics_facade::seal::MasterKey::load(config.master_key_file.as_deref(), None)
+                    .map_err(|e| FixtureError::Invalid(e.to_string()))?;
+            let connections = meshanics_facade::connections::Connections::open(
+                &config,
+                key,
+                options.aws.clone(),
+                Some(configured),
+            )
+            .map_err(|e| FixtureError::Invalid(e.to_string()))?;
+            let socket = state.join(meshanics_facade::connections::ADMIN_SOCKET);
+            let listener = {
+                let _entered = runtime.enter();
+                meshanics_facade::admin::bind(&socket).map_err(io_err("binding", &socket))?
+            };
+            let admin_state = Arc::new(meshanics_facade::admin::AdminState {
+                store: connections.store.clone(),
+                browser: connections.browser.clone(),
+            });
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            runtime.spawn(meshanics_facade::admin::serve(
+                listener,
+                admin_state,
+                async move {
+                    let _ = stopped.await;
+                },
+            ));
+            admin_socket = Some(socket);
+            admin_stop = Some(stop);
+            connections.upstreams
+        } else {
+            configured
+        };
         let running = runtime
-            .block_on(meshanics_facade::start(&config, Arc::new(upstreams)))
+            .block_on(meshanics_facade::start(&config, upstreams))
             .map_err(|e| FixtureError::Invalid(e.to_string()))?;
         Ok(FacadeFixture {
             device_addr: running.device_addr(),
@@ -208,7 +272,19 @@ impl FacadeFixture {
                 (Who::Revoked, revoked),
                 (Who::Foreign, foreign),
             ],
+            admin_socket,
+            admin_stop,
         })
+    }
+
+    /// The operator socket, when started with connections.
+    pub fn admin_socket(&self) -> Option<&Path> {
+        self.admin_socket.as_deref()
+    }
+
+    /// The facade's state folder.
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
     }
 
     /// `127.0.0.1:PORT` of the device listener.
@@ -339,6 +415,9 @@ impl FacadeFixture {
 
 impl Drop for FacadeFixture {
     fn drop(&mut self) {
+        if let Some(stop) = self.admin_stop.take() {
+            let _ = stop.send(());
+        }
         self.shutdown();
     }
 }

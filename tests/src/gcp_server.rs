@@ -101,6 +101,7 @@ struct State {
     account: ServiceAccount,
     token_uri: OnceLock<String>,
     lifetime_secs: AtomicU64,
+    fixed_token: std::sync::Mutex<Option<String>>,
     requests: AtomicU64,
     rejected: AtomicU64,
 }
@@ -119,6 +120,7 @@ impl GcpTokenServer {
             account,
             token_uri: OnceLock::new(),
             lifetime_secs: AtomicU64::new(3600),
+            fixed_token: std::sync::Mutex::new(None),
             requests: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
         });
@@ -128,8 +130,9 @@ impl GcpTokenServer {
             match check(&handler_state, &req) {
                 Ok(()) => {
                     let n = handler_state.requests.load(Ordering::SeqCst);
+                    let fixed = handler_state.fixed_token.lock().ok().and_then(|t| t.clone());
                     let body = serde_json::json!({
-                        "access_token": format!("ya29.test-access-token-{n}"),
+                        "access_token": fixed.unwrap_or_else(|| format!("ya29.test-access-token-{n}")),
                         "expires_in": handler_state.lifetime_secs.load(Ordering::SeqCst),
                         "token_type": "Bearer",
                     });
@@ -160,6 +163,14 @@ impl GcpTokenServer {
     /// Sets the lifetime (`expires_in`) of tokens issued from now on.
     pub fn set_token_lifetime(&self, secs: u64) {
         self.state.lifetime_secs.store(secs, Ordering::SeqCst);
+    }
+
+    /// Issues `token` on every grant (so a registry's htpasswd can hold it), or numbered
+    /// tokens again with `None`.
+    pub fn set_fixed_token(&self, token: Option<&str>) {
+        if let Ok(mut fixed) = self.state.fixed_token.lock() {
+            *fixed = token.map(str::to_owned);
+        }
     }
 
     /// How many token requests arrived.

@@ -9,6 +9,7 @@
 //!   (real tar layers, real configs), the way `skopeo copy ... oci:DIR` writes them.
 //! - [`registry`]: starts the distribution registry on 127.0.0.1, port 0, with a generated
 //!   config (anonymous, htpasswd Basic auth, optional TLS and client CAs), and stops it on drop.
+//! - [`binaries`]: the workspace's binaries (`meshctl`, ...), built and found for tests.
 //! - [`skopeo`]: runs `skopeo` and reports failures with its output.
 //! - [`facade`]: the facade in-process on port 0, with a fresh PKI (good, expired, revoked and
 //!   foreign device certificates) and mTLS clients for tests.
@@ -26,6 +27,7 @@
 //! fixture is dropped.
 
 pub mod aws_server;
+pub mod binaries;
 pub mod facade;
 pub mod gcp_server;
 pub mod http_server;

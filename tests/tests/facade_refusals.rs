@@ -24,6 +24,7 @@ fn setup() -> Setup {
             ("huge.cbor".into(), vec![0u8; 4096]),
         ],
         limits: vec!["max_meta_bytes = 1024".into()],
+        ..FacadeOptions::default()
     })
     .unwrap();
     Setup { upstream, facade }
