@@ -74,6 +74,14 @@ impl Platform {
         }
         let os = normalize_os(os);
         let (architecture, variant) = normalize_arch(architecture, variant.unwrap_or_default());
+        // Normalization can lengthen a part (`8.x` becomes `v8.x`): the rule holds for what is
+        // kept, so a printed platform always parses again.
+        if !valid(&os) || !valid(&architecture) || (!variant.is_empty() && !valid(&variant)) {
+            return Err(PlatformError {
+                input: echo(&input()),
+                reason: "each part must be 1 to 64 of [A-Za-z0-9_.-]",
+            });
+        }
         Ok(Platform {
             os,
             architecture,

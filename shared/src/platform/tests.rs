@@ -239,3 +239,14 @@ fn normalizes_arm64_8_0_to_plain_arm64_and_stays_there() {
     assert_eq!(p("linux/arm64/8.0").to_string(), "linux/arm64");
     assert_eq!(p("linux/arm64/8.2").to_string(), "linux/arm64/v8.2");
 }
+
+/// Found by the `platform` fuzz target: a 64-character `8.x` variant became a 65-character
+/// `v8.x` that no longer parsed.
+#[test]
+fn refuses_a_variant_that_normalization_would_make_too_long() {
+    let input = format!("linux/arm64/8.{}", "t".repeat(62));
+    assert!(Platform::parse(&input).is_err());
+    let fits = format!("linux/arm64/8.{}", "t".repeat(61));
+    let platform = p(&fits);
+    assert_eq!(p(&platform.to_string()), platform);
+}
