@@ -346,7 +346,7 @@ fn a_gcp_connection_pulls_with_exchanged_tokens_refreshing_once_when_they_expire
     );
     assert_eq!(code, 0, "{err}");
 
-    // 20 concurrent manifest requests from a device: one token request between them.
+    // 50 concurrent manifest requests from a device: one token request between them.
     let client = facade.client(Who::Device, false).unwrap();
     let url = facade.url(&format!(
         "/v2/{}/team/app/manifests/{}",
@@ -354,7 +354,7 @@ fn a_gcp_connection_pulls_with_exchanged_tokens_refreshing_once_when_they_expire
         built.index.digest
     ));
     let statuses: Vec<u16> = facade.block_on(async {
-        let requests = (0..20).map(|_| {
+        let requests = (0..50).map(|_| {
             let (client, url) = (client.clone(), url.clone());
             async move {
                 client
