@@ -1,13 +1,14 @@
 //! Agent pull benchmark: prints figures, asserts nothing.
 //!
 //! A single-platform image of 8 layers (`MESHANICS_BENCH_MIB` MiB in total, 1024 by default)
-//! is pushed to the distribution registry behind mutual TLS (the facade's API and names;
-//! the facade itself is measured once it exists). Then, in the same run:
+//! is pushed to the distribution registry, and the facade (in this process, mutual TLS,
+//! verifying every byte) proxies it. Then, in the same run:
 //!
-//! - the agent binary (`MESHANICS_AGENT_BIN`, a release build) pulls it by digest into an
-//!   empty state directory and applies it: wall time, MB/s, peak RSS (GNU `time`);
-//! - `skopeo copy` pulls the same manifest through the same registry into an OCI layout:
-//!   wall time, MB/s.
+//! - the agent binary (`MESHANICS_AGENT_BIN`, a release build) pulls it by digest through the
+//!   facade into an empty state directory and applies it: wall time, MB/s, peak RSS (GNU
+//!   `time`);
+//! - `skopeo copy` pulls the same manifest through the same facade, with the same device
+//!   certificate, into an OCI layout: wall time, MB/s.
 //!
 //! Run it with `scripts/bench-agent`, which builds the release binary and prints its size.
 
@@ -16,8 +17,9 @@ use std::process::Command;
 use std::time::Instant;
 
 use meshanics_shared::Platform;
+use meshanics_tests::facade::{FacadeFixture, FacadeOptions, UpstreamEntry, Who};
 use meshanics_tests::oci_layout::{Layer, LayerFile, SampleImage, pseudo_random};
-use meshanics_tests::tls_registry::TlsRegistry;
+use meshanics_tests::registry::{Options, RegistryServer};
 
 const LAYERS: usize = 8;
 
@@ -30,7 +32,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .and_then(|v| v.parse().ok())
         .unwrap_or(1024);
     let work = tempfile::tempdir()?;
-    let registry = TlsRegistry::start()?;
+    let registry = RegistryServer::start(&Options::default())?;
+    let facade = FacadeFixture::start(&FacadeOptions {
+        upstreams: vec![UpstreamEntry::anonymous(&registry.host())],
+        ..FacadeOptions::default()
+    })?;
+    let certs = facade.cert_dir(Who::Device)?;
 
     let layer_bytes = mib * 1024 * 1024 / LAYERS;
     let layers = (0..LAYERS)
@@ -45,13 +52,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         platforms: vec![(Platform::parse("linux/amd64")?, layers)],
     };
     let built = image.write_layout(&work.path().join("src"), "bench")?;
-    registry.push(&built.dir, "bench", "bench/app")?;
+    meshanics_tests::skopeo::push_layout(&built.dir, "bench", &registry.host(), "bench/app")?;
     let manifest = built
         .manifest_for("linux/amd64")
         .ok_or("no amd64 manifest")?
         .clone();
     let total: u64 = built.blobs.iter().flatten().map(|d| d.size).sum::<u64>() + manifest.size;
-    let repository = registry.facade_repository("bench/app");
+    let repository = format!("{}/bench/app", registry.host().replace(':', "_"));
     println!(
         "image: {LAYERS} layers, {:.1} MiB to pull",
         total as f64 / 1048576.0
@@ -66,10 +73,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "[facade]\nurl = \"{url}\"\nca = \"{ca}\"\n[device]\ncertificate = \"{cert}\"\n\
              key = \"{key}\"\nclass = \"bench\"\nplatform = \"linux/amd64\"\n[trust]\n\
              anchor = \"{ca}\"\n[agent]\nstate_dir = \"{state}\"\nconcurrency = 4\n",
-            url = registry.base_url(),
-            ca = registry.ca.display(),
-            cert = registry.device_cert.display(),
-            key = registry.device_key.display(),
+            url = format!("https://{}", facade.host()),
+            ca = certs.join("ca.crt").display(),
+            cert = certs.join("client.cert").display(),
+            key = certs.join("client.key").display(),
             state = state.display(),
         ),
     )?;
@@ -100,16 +107,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     report("meshanics-agent pull", total, agent_secs);
     println!("meshanics-agent peak RSS: {:.1} MiB", rss_kib / 1024.0);
 
-    // skopeo, the same manifest, the same registry, into an OCI layout.
+    // skopeo, the same manifest, through the same facade, into an OCI layout.
     let start = Instant::now();
     let out = work.path().join("skopeo");
     meshanics_tests::skopeo::run(&[
         "copy",
         "--src-cert-dir",
-        &registry.cert_dir.display().to_string(),
+        &certs.display().to_string(),
         &format!(
             "docker://{}/{repository}@{}",
-            registry.registry.host(),
+            facade.host(),
             manifest.digest
         ),
         &format!("oci:{}:bench", out.display()),
