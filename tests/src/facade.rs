@@ -297,6 +297,12 @@ impl FacadeFixture {
         Ok(tls)
     }
 
+    /// The folder the facade serves `GET /meta/<file>` from (read at every request, so a
+    /// test may publish new metadata while it runs).
+    pub fn metadata_dir(&self) -> PathBuf {
+        self.dir.path().join("metadata")
+    }
+
     /// The device listener's address.
     pub fn device_addr(&self) -> SocketAddr {
         self.device_addr
