@@ -93,7 +93,7 @@ fn assert_layout_equals_source(device: &AgentDevice, built: &BuiltImage, manifes
         blob(&manifest.digest),
         built.blob(&manifest.digest).unwrap()
     );
-    for descriptor in &built.blobs[platform] {
+    for descriptor in built.blobs.get(platform).unwrap() {
         assert_eq!(
             blob(&descriptor.digest),
             built.blob(&descriptor.digest).unwrap(),
