@@ -28,6 +28,19 @@ impl AgentDevice {
         class: &str,
         platform: &str,
     ) -> Result<Self, FixtureError> {
+        AgentDevice::with_settings(facade, anchor, class, platform, "", 2)
+    }
+
+    /// [`AgentDevice::new`] with extra `[agent]` lines (`bandwidth_limit = "128KiB"`) and
+    /// `network.attempts`.
+    pub fn with_settings(
+        facade: &FacadeFixture,
+        anchor: &[u8],
+        class: &str,
+        platform: &str,
+        agent_keys: &str,
+        attempts: u32,
+    ) -> Result<Self, FixtureError> {
         let dir = tempfile::tempdir().map_err(io_err("creating a temp dir", Path::new("/tmp")))?;
         let certs = facade.cert_dir(Who::Device)?;
         let anchor_path = dir.path().join("root.cose");
@@ -50,11 +63,12 @@ anchor = "{anchor}"
 state_dir = "{state}"
 poll_interval = "1m"
 concurrency = 2
+{agent_keys}
 
 [network]
 connect_timeout = "2s"
 stall_window = "2s"
-attempts = 2
+attempts = {attempts}
 "#,
             url = facade.url(""),
             certs = certs.display(),

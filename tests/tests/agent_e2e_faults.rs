@@ -1,7 +1,8 @@
 //! End to end, with faults: registry -> facade (mutual TLS) -> the agent's update cycle
 //! with its signed-metadata source. A blob tampered with in the registry's storage, and a
 //! stale timestamp: each time nothing is applied, `current` stays what it was, and `status`
-//! says why.
+//! says why. The facade killed and restarted mid-stream: the agent resumes the blob with
+//! `Range` from what is on disk.
 
 #![expect(
     clippy::unwrap_used,
@@ -194,4 +195,101 @@ fn a_device_that_never_saw_a_fresh_timestamp_applies_nothing() {
     let status = status::read(&device.config).unwrap();
     assert!(status.metadata.unwrap().timestamp.is_none());
     assert!(status.last_result.unwrap().message.contains("expired"));
+}
+
+/// The size of the largest partial download in the state directory's ingest folder.
+fn partial_bytes(device: &AgentDevice) -> u64 {
+    std::fs::read_dir(device.state_dir().join("cache/ingest"))
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok()?.metadata().ok())
+                .map(|m| m.len())
+                .max()
+                .unwrap_or(0)
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn the_facade_restarted_mid_stream_is_resumed_without_downloading_a_byte_twice() {
+    let mut s = setup();
+    let built = SampleImage::multi_arch(&["linux/amd64"], 1536 * 1024, 8 * 1024)
+        .unwrap()
+        .write_layout(&s.work.path().join("v1"), "v1")
+        .unwrap();
+    skopeo::push_layout(&built.dir, "v1", &s.registry.host(), REPO).unwrap();
+    s.publish(&built);
+    // Slow enough to be caught mid-stream, with retries enough to outlast the restart. The
+    // agent's HTTP/2 window lets the facade send up to 512 KiB of a blob ahead of what is
+    // written, so the restart must come while more than that is still to be sent.
+    let device = AgentDevice::with_settings(
+        &s.facade,
+        s.release.anchor(),
+        "gateway",
+        "linux/amd64",
+        "bandwidth_limit = \"512KiB\"",
+        5,
+    )
+    .unwrap();
+    let config = device.config.clone();
+    let cycle = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let (agent, _) = Agent::from_config(&config, StoreOptions::default()).unwrap();
+        let mut source = MetadataSource::from_config(&config).unwrap();
+        runtime.block_on(agent.cycle(&mut source, &Silent))
+    });
+    let shared = &built.blobs[0][1];
+    let mut polls = 0;
+    let at_restart = loop {
+        let partial = partial_bytes(&device);
+        if partial >= 64 * 1024 && partial + 768 * 1024 < shared.size {
+            break partial;
+        }
+        polls += 1;
+        assert!(
+            polls < 2000 && !cycle.is_finished(),
+            "never saw a partial download"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+
+    s.facade.restart().unwrap();
+    let outcome = cycle.join().unwrap().unwrap();
+
+    let total: u64 = built.all_blobs.values().sum();
+    assert!(
+        matches!(outcome, CycleOutcome::Applied { received_bytes, .. } if received_bytes == total),
+        "{outcome:?}: expected exactly {total} bytes (restarted at {at_restart} of {})",
+        shared.size
+    );
+    // The restarted facade served the rest of the blob as a range, not the whole of it.
+    let metrics = s.facade.metrics();
+    assert!(
+        metrics.contains("facade_requests_total{route=\"blob\",status=\"206\"}"),
+        "{metrics}"
+    );
+    let streamed: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("facade_bytes_streamed_total ")?.parse().ok())
+        .unwrap();
+    assert!(
+        streamed <= total - at_restart,
+        "the restarted facade streamed {streamed} bytes; {at_restart} were on disk already"
+    );
+    let inspected: serde_json::Value = serde_json::from_str(
+        &skopeo::run(&["inspect", &format!("oci:{}", device.current().display())]).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(inspected["Digest"], built.manifests[0].digest.as_str());
+    let layout_blob = device
+        .current()
+        .join("blobs/sha256")
+        .join(shared.digest.hex());
+    assert_eq!(
+        std::fs::read(layout_blob).unwrap(),
+        built.blob(&shared.digest).unwrap()
+    );
 }
