@@ -186,3 +186,6 @@ pub fn facade_repository(entry: &TargetEntry) -> Result<Repository> {
 fn metadata(action: &'static str) -> impl FnOnce(MetadataError) -> Error {
     move |source| Error::Metadata { action, source }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,4 +1,4 @@
-//! The binary's `sync --once` and `status` against the whole chain: the real distribution
+//! The binary's `sync --once`, `run` and `status` against the whole chain: the real distribution
 //! registry -> the facade in-process (mutual TLS) -> `meshanics-agent` run as a process with
 //! a device's TOML configuration and a release signed into the facade's metadata folder.
 
@@ -7,7 +7,7 @@
     reason = "test helpers: a setup that fails is a failing test"
 )]
 
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use meshanics_shared::metadata::UnixTime;
@@ -161,4 +161,60 @@ fn sync_without_once_is_a_usage_error() {
         "{}",
         text(&out.stderr)
     );
+}
+
+#[test]
+fn run_applies_the_signed_release_and_stops_cleanly_on_sigterm() {
+    let s = setup();
+    let device = AgentDevice::new(&s.facade, s.release.anchor(), "gateway", "linux/amd64").unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_meshanics-agent"))
+        .arg("--config")
+        .arg(device.config_path())
+        .arg("run")
+        .env_remove("RUST_LOG")
+        .env_remove("NOTIFY_SOCKET")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let last_result = device.state_dir().join("last-result.json");
+    let mut polls = 0;
+    while !last_result.exists() {
+        polls += 1;
+        if polls > 3000 || child.try_wait().unwrap().is_some() {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "no cycle finished: {}{}",
+                text(&out.stdout),
+                text(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+
+    assert!(killed.success());
+    assert!(
+        out.status.success(),
+        "{:?}: {}{}",
+        out.status,
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert!(
+        text(&out.stdout).contains("SIGTERM: stopping"),
+        "{}",
+        text(&out.stdout)
+    );
+    let status = agent(&device, &["status", "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(status["last_result"]["ok"], true, "{status}");
+    let amd64 = s.built.manifest_for("linux/amd64").unwrap();
+    assert_eq!(status["current"]["manifest_digest"], amd64.digest.as_str());
 }
