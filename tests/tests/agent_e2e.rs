@@ -9,11 +9,13 @@
     reason = "test helpers: a setup that fails is a failing test"
 )]
 
-use meshanics_agent::metadata::MetadataSource;
+use meshanics_agent::client::Client;
+use meshanics_agent::metadata::{FacadeFetch, MetadataSource};
 use meshanics_agent::progress::Silent;
 use meshanics_agent::service::{Agent, CycleOutcome};
 use meshanics_agent::store::StoreOptions;
 use meshanics_agent::{Error, status};
+use meshanics_shared::metadata::{TrustedSet, UnixTime, Updater};
 use meshanics_shared::{Descriptor, Digest};
 use meshanics_tests::agent_device::AgentDevice;
 use meshanics_tests::facade::{FacadeFixture, FacadeOptions, UpstreamEntry};
@@ -219,4 +221,26 @@ fn a_second_release_sharing_a_layer_fetches_only_the_new_blobs() {
         status.previous.unwrap().manifest_digest.unwrap(),
         v1.manifests[0].digest
     );
+}
+
+#[test]
+fn the_workflow_over_the_facade_fetches_a_target_manifest_by_digest_and_verifies_it() {
+    let mut s = setup();
+    let built = s.push("v1", &["linux/amd64", "linux/arm64"], 16 * 1024, 8 * 1024);
+    let entry = release::entry("app", &s.upstream(), &built.index, None).unwrap();
+    s.release.publish(vec![entry.clone()]).unwrap();
+    let device = s.device("gateway", "linux/amd64");
+    let client = Client::from_config(&device.config).unwrap();
+    let mut updater = Updater::new(TrustedSet::from_anchor(s.release.anchor()).unwrap());
+    let mut fetch = FacadeFetch::new(&client);
+
+    let (report, index) = s.facade.block_on(async {
+        let report = updater.update(&mut fetch, UnixTime::now()).await.unwrap();
+        let index = updater.fetch_target(&mut fetch, &entry).await.unwrap();
+        (report, index)
+    });
+
+    assert_eq!(report.targets_version, 1);
+    assert!(report.targets_changed);
+    assert_eq!(index, built.blob(&built.index.digest).unwrap());
 }

@@ -60,7 +60,6 @@ fn source(state: &Path, anchor: Vec<u8>) -> MetadataSource {
         store_dir: metadata_dir(state),
         class: "gateway".into(),
         platform: Platform::parse("linux/arm64").unwrap(),
-        clock: UnixTime::now,
         last_report: None,
     }
 }
