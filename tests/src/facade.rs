@@ -188,16 +188,20 @@ impl FacadeFixture {
         let upstreams = ConfiguredUpstreams::new(&config.upstreams, config.limits.upstream())
             .map_err(|e| FixtureError::Invalid(e.to_string()))?;
 
-        let runtime = facade_runtime()?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .map_err(io_err("starting a runtime for", Path::new("facade")))?;
         let running = runtime
             .block_on(meshanics_facade::start(&config, Arc::new(upstreams)))
             .map_err(|e| FixtureError::Invalid(e.to_string()))?;
         Ok(FacadeFixture {
-            config,
             device_addr: running.device_addr(),
             operator_addr: running.operator_addr(),
             running: Some(running),
             runtime,
+            config,
             dir,
             server_ca_pem: server_ca.cert_pem(),
             devices: vec![
@@ -328,8 +332,8 @@ impl FacadeFixture {
 
     /// Stops the facade abruptly, as a crash or a SIGKILL would (its runtime is shut down:
     /// every connection is cut mid-stream, nothing drains), then starts it again on the
-    /// same device port with the same configuration and PKI. The operator listener gets a
-    /// new port.
+    /// same device port with the same configuration and PKI (the upstreams of the config
+    /// file). The operator listener gets a new port.
     pub fn restart(&mut self) -> Result<(), FixtureError> {
         let old = std::mem::replace(&mut self.runtime, facade_runtime()?);
         drop(self.running.take());
