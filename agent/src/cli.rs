@@ -11,13 +11,16 @@ use clap::{Parser, Subcommand};
 use meshanics_agent::apply::{self, Applied};
 use meshanics_agent::client::Client;
 use meshanics_agent::config::{Config, Environment};
+use meshanics_agent::metadata::MetadataSource;
+use meshanics_agent::notify::Notifier;
 use meshanics_agent::progress::{Bars, LogLines, Progress};
 use meshanics_agent::pull::{PullTarget, Puller};
-use meshanics_agent::status::ArtifactView;
+use meshanics_agent::service::{self, Agent, CycleOutcome};
+use meshanics_agent::status::{ArtifactView, RoleView};
 use meshanics_agent::store::{LastResult, Store, StoreOptions};
 use meshanics_shared::media_type::OCI_INDEX;
 use meshanics_shared::{Digest, Repository};
-use tracing::error;
+use tracing::{error, info};
 
 /// `EX_USAGE` from sysexits.h: the configuration or the command line is wrong.
 const EXIT_CONFIG: u8 = 64;
@@ -44,6 +47,16 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the service: update cycles every poll interval until SIGTERM (systemd
+    /// `Type=notify`).
+    Run,
+    /// Run one update cycle now: signed metadata, pull, apply.
+    Sync {
+        /// One cycle, then exit (0 when it succeeded, 1 otherwise). Required: the loop is
+        /// `run`.
+        #[arg(long, required = true)]
+        once: bool,
+    },
     /// Work with the configuration file.
     Config {
         #[command(subcommand)]
@@ -104,10 +117,15 @@ enum ConfigCommand {
 /// Runs the command line.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let bars = matches!(cli.command, Command::Pull { .. }) && std::io::stderr().is_terminal();
+    let works = matches!(
+        cli.command,
+        Command::Pull { .. } | Command::Sync { .. } | Command::Run
+    );
+    let bars = matches!(cli.command, Command::Pull { .. } | Command::Sync { .. })
+        && std::io::stderr().is_terminal();
     // Reports (status, fsck, gc) own stdout so that `--json` output parses; their logs go to
     // stderr. Commands that do work log to stdout, which journald collects.
-    let report = !matches!(cli.command, Command::Pull { .. });
+    let report = !works;
     init_logging(cli.json_logs, bars, report);
     let env = Environment::from_process();
     let config = match Config::load(&cli.config, &env) {
@@ -124,6 +142,8 @@ pub fn main() -> ExitCode {
             println!("{}: configuration is valid", cli.config.display());
             Ok(ExitCode::SUCCESS)
         }
+        Command::Run => run(&config, &env),
+        Command::Sync { once: _ } => sync_once(&config, bars),
         Command::Status { json } => status(&config, json),
         Command::Fsck { repair, json } => fsck(&config, repair, json),
         Command::Gc { json } => gc(&config, json),
@@ -183,6 +203,66 @@ fn open_store(config: &Config) -> anyhow::Result<Store> {
     Ok(store)
 }
 
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+fn open_agent(config: &Config) -> anyhow::Result<(Agent, MetadataSource)> {
+    // A rebuilt index is logged by the store itself.
+    let (agent, _) = Agent::from_config(config, StoreOptions::default())
+        .with_context(|| format!("opening the state directory {}", config.state_dir.display()))?;
+    let source = MetadataSource::from_config(config)?;
+    Ok((agent, source))
+}
+
+fn run(config: &Config, env: &Environment) -> anyhow::Result<ExitCode> {
+    let runtime = runtime()?;
+    let (agent, mut source) = open_agent(config)?;
+    let notifier = Notifier::from_env(env);
+    info!(
+        facade = %config.facade.url,
+        platform = %config.device.platform,
+        class = %config.device.class,
+        "meshanics-agent running"
+    );
+    runtime.block_on(service::run(
+        &agent,
+        &mut source,
+        &notifier,
+        config.poll_interval,
+        &LogLines,
+        service::shutdown_signal(),
+    ));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn sync_once(config: &Config, bars: bool) -> anyhow::Result<ExitCode> {
+    let runtime = runtime()?;
+    let (agent, mut source) = open_agent(config)?;
+    let progress: Box<dyn Progress> = if bars {
+        Box::new(Bars::new())
+    } else {
+        Box::new(LogLines)
+    };
+    match runtime.block_on(agent.cycle(&mut source, progress.as_ref()))? {
+        CycleOutcome::NothingToDo => println!("no target for this device"),
+        CycleOutcome::UpToDate { target } => println!("{target} is up to date"),
+        CycleOutcome::Applied {
+            target,
+            received_bytes,
+            ..
+        } => println!(
+            "applied {target} at {} ({received_bytes} bytes downloaded)",
+            config.state_dir.join("current").display()
+        ),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn status(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
     let view = meshanics_agent::status::read(config)?;
     if json {
@@ -202,6 +282,26 @@ fn status(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
         None => "none".to_owned(),
     };
     println!("platform:  {} (class {})", view.platform, view.device_class);
+    let role = |name: &str, r: &Option<RoleView>| match r {
+        Some(r) => println!(
+            "{name:<10} version {}, expires {}{}",
+            r.version,
+            r.expires,
+            if r.expired { " (EXPIRED)" } else { "" }
+        ),
+        None => println!("{name:<10} none trusted yet"),
+    };
+    match (&view.metadata, &view.metadata_problem) {
+        (Some(m), _) => {
+            role("root:", &Some(m.root.clone()));
+            role("timestamp:", &m.timestamp);
+            role("targets:", &m.targets);
+        }
+        (None, problem) => println!(
+            "metadata:  unreadable: {}",
+            problem.as_deref().unwrap_or("unknown")
+        ),
+    }
     println!("current:   {}", line(&view.current));
     println!("previous:  {}", line(&view.previous));
     println!(
@@ -288,11 +388,7 @@ fn pull(
         size,
         media_type,
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
+    let runtime = runtime()?;
     let store = open_store(config)?;
     let client = Client::from_config(config)?;
     let progress: Box<dyn Progress> = if bars {

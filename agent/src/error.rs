@@ -7,6 +7,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use meshanics_shared::metadata::MetadataError;
 use meshanics_shared::{Digest, ManifestError, Platform, TlsError, VerifyError};
 
 /// Why an agent operation failed.
@@ -205,6 +206,17 @@ pub enum Error {
     MissingBlob {
         /// The blob.
         digest: Digest,
+    },
+    /// The signed metadata workflow failed: the facade could not serve a file, a file was
+    /// refused (signatures, versions, expiry), or the trusted files could not be stored.
+    /// Nothing is pulled or applied after it.
+    #[error("{action}: {source}")]
+    Metadata {
+        /// What was being done.
+        action: &'static str,
+        /// Why (it names the metadata file).
+        #[source]
+        source: MetadataError,
     },
     /// The apply hook could not be run.
     #[error("running the apply hook {path}: {source}")]

@@ -22,14 +22,17 @@
 //!   runs).
 //! - [`progress`]: bars on a terminal, log lines for journald.
 //!
-//! Not here yet: the signed metadata workflow, which will be the `TargetSource` that turns
-//! verified target entries into [`pull::PullTarget`]s, and the `run` / `sync --once`
-//! commands that drive the service with it.
+//! - [`metadata`]: the signed metadata workflow against the facade, the
+//!   [`service::TargetSource`] that turns verified target entries matching this device into
+//!   [`pull::PullTarget`]s.
+//!
+//! The binary's `run` and `sync --once` drive the service with that source.
 
 pub mod apply;
 pub mod client;
 pub mod config;
 pub mod error;
+pub mod metadata;
 pub mod notify;
 pub mod progress;
 pub mod pull;

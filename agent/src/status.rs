@@ -1,10 +1,12 @@
-//! What `status` reports, read from the state directory's files alone: the links, the
-//! layouts, the blob folder and the last-result file. It takes no lock and opens no index,
+//! What `status` reports, read from the state directory's files alone: the trusted metadata
+//! files (verified from the trust anchor), the links, the layouts, the blob folder and the
+//! last-result file. It takes no lock and opens no index,
 //! so it works while the service is running.
 
 use std::path::{Path, PathBuf};
 
 use meshanics_shared::Digest;
+use meshanics_shared::metadata::{Role, TrustedSet, TrustedStore, UnixTime};
 use serde::Serialize;
 
 use crate::apply::{self, Pointers};
@@ -19,6 +21,11 @@ pub struct Status {
     pub platform: String,
     /// The hardware class.
     pub device_class: String,
+    /// The trusted signed metadata (`None` when it could not be read; see
+    /// `metadata_problem`).
+    pub metadata: Option<MetadataView>,
+    /// Why the trusted metadata could not be read.
+    pub metadata_problem: Option<String>,
     /// The applied artifact.
     pub current: Option<ArtifactView>,
     /// The one before it (what a rollback returns to).
@@ -27,6 +34,34 @@ pub struct Status {
     pub cache: CacheView,
     /// The last cycle's result.
     pub last_result: Option<LastResult>,
+}
+
+/// The trusted metadata: what the device would verify the next update against.
+#[derive(Debug, Clone, Serialize)]
+pub struct MetadataView {
+    /// The trusted root (the anchor until a newer root was accepted).
+    pub root: RoleView,
+    /// The trusted timestamp, if one was accepted.
+    pub timestamp: Option<RoleView>,
+    /// The trusted targets, if accepted.
+    pub targets: Option<RoleView>,
+    /// The clock expiry is checked against now: the system clock, never below the newest
+    /// issue time trusted (RFC 3339).
+    pub effective_time: String,
+}
+
+/// One trusted role file.
+#[derive(Debug, Clone, Serialize)]
+pub struct RoleView {
+    /// Its version.
+    pub version: u64,
+    /// When it expires (RFC 3339).
+    pub expires: String,
+    /// The same, in Unix seconds.
+    pub expires_unix: u64,
+    /// Whether it has expired against the effective clock (a device refuses to apply
+    /// anything until fresh metadata arrives).
+    pub expired: bool,
 }
 
 /// An applied artifact.
@@ -65,7 +100,13 @@ pub fn read(config: &Config) -> Result<Status> {
     let pointers = Pointers::read_in(root)?;
     let (blobs, bytes) = folder_totals(&root.join("cache/blobs/sha256"))?;
     let (partial_downloads, partial_bytes) = folder_totals(&root.join("cache/ingest"))?;
+    let (metadata, metadata_problem) = match read_metadata(config, UnixTime::now()) {
+        Ok(view) => (Some(view), None),
+        Err(err) => (None, Some(err.to_string())),
+    };
     Ok(Status {
+        metadata,
+        metadata_problem,
         platform: config.device.platform.to_string(),
         device_class: config.device.class.clone(),
         current: view(root, pointers.current.as_deref()),
@@ -78,6 +119,41 @@ pub fn read(config: &Config) -> Result<Status> {
         },
         last_result: last_result::read(root)?,
     })
+}
+
+/// The trusted metadata files in the state directory, verified from the trust anchor as
+/// the next update would load them, with expiry judged at `system_now`.
+pub fn read_metadata(config: &Config, system_now: UnixTime) -> Result<MetadataView> {
+    let anchor = fs_err::read(&config.trust_anchor)
+        .map_err(Error::io("reading the trust anchor", &config.trust_anchor))?;
+    let metadata = |action| move |source| Error::Metadata { action, source };
+    let dir = crate::metadata::metadata_dir(&config.state_dir);
+    // A store that was never written is the anchor alone; do not create its folder here.
+    let stored = if dir.exists() {
+        TrustedStore::open(&dir)
+            .and_then(|store| store.load())
+            .map_err(metadata("reading the trusted metadata"))?
+    } else {
+        Default::default()
+    };
+    let trusted = TrustedSet::from_stored(&anchor, &stored)
+        .map_err(metadata("verifying the trusted metadata"))?;
+    let now = trusted.effective_time(system_now);
+    Ok(MetadataView {
+        root: role_view(trusted.root(), now),
+        timestamp: trusted.timestamp().map(|t| role_view(t, now)),
+        targets: trusted.targets().map(|t| role_view(t, now)),
+        effective_time: now.to_string(),
+    })
+}
+
+fn role_view<R: Role>(role: &R, now: UnixTime) -> RoleView {
+    RoleView {
+        version: role.version(),
+        expires: role.expires().to_string(),
+        expires_unix: role.expires().as_secs(),
+        expired: role.is_expired(now),
+    }
 }
 
 fn view(root: &Path, id: Option<&str>) -> Option<ArtifactView> {

@@ -71,6 +71,7 @@ pub enum Who {
 pub struct FacadeFixture {
     running: Option<Running>,
     runtime: tokio::runtime::Runtime,
+    config: Config,
     device_addr: SocketAddr,
     operator_addr: SocketAddr,
     dir: tempfile::TempDir,
@@ -264,6 +265,7 @@ impl FacadeFixture {
             operator_addr: running.operator_addr(),
             running: Some(running),
             runtime,
+            config,
             dir,
             server_ca_pem: server_ca.cert_pem(),
             devices: vec![
@@ -373,6 +375,12 @@ impl FacadeFixture {
         Ok(tls)
     }
 
+    /// The folder the facade serves `GET /meta/<file>` from (read at every request, so a
+    /// test may publish new metadata while it runs).
+    pub fn metadata_dir(&self) -> PathBuf {
+        self.dir.path().join("metadata")
+    }
+
     /// The device listener's address.
     pub fn device_addr(&self) -> SocketAddr {
         self.device_addr
@@ -398,6 +406,42 @@ impl FacadeFixture {
         }
     }
 
+    /// Stops the facade abruptly, as a crash or a SIGKILL would (its runtime is shut down:
+    /// every connection is cut mid-stream, nothing drains), then starts it again on the
+    /// same device port with the same configuration and PKI (the upstreams of the config
+    /// file). The operator listener gets a new port.
+    pub fn restart(&mut self) -> Result<(), FixtureError> {
+        let old = std::mem::replace(&mut self.runtime, facade_runtime()?);
+        drop(self.running.take());
+        // Shutting a runtime down drops its tasks without polling them again (no draining);
+        // the wait is for its threads to finish dropping them, which closes the listener.
+        old.shutdown_timeout(Duration::from_secs(5));
+        let mut config = self.config.clone();
+        config.listen = self.device_addr;
+        config.operator_listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        let upstreams = ConfiguredUpstreams::new(&config.upstreams, config.limits.upstream())
+            .map_err(|e| FixtureError::Invalid(e.to_string()))?;
+        let upstreams = Arc::new(upstreams);
+        let mut tries = 0;
+        let running = loop {
+            // The old listener's socket may linger a moment after its task is dropped.
+            match self
+                .runtime
+                .block_on(meshanics_facade::start(&config, upstreams.clone()))
+            {
+                Ok(running) => break running,
+                Err(_) if tries < 100 => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => return Err(FixtureError::Invalid(e.to_string())),
+            }
+        };
+        self.operator_addr = running.operator_addr();
+        self.running = Some(running);
+        Ok(())
+    }
+
     /// Starts a graceful shutdown on the runtime and returns at once.
     pub fn begin_shutdown(&mut self) {
         if let Some(running) = self.running.take() {
@@ -411,6 +455,14 @@ impl FacadeFixture {
             .find(|(w, _)| *w == who)
             .map(|(_, issued)| issued)
     }
+}
+
+fn facade_runtime() -> Result<tokio::runtime::Runtime, FixtureError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(io_err("starting a runtime for", Path::new("facade")))
 }
 
 impl Drop for FacadeFixture {

@@ -21,11 +21,16 @@
 //!   [`http_server`], a small HTTP server on 127.0.0.1:0.
 //! - [`tls_registry`]: the registry behind mutual TLS with a fresh PKI, standing in for the
 //!   facade (same API, same names, device certificate required) in agent tests.
+//! - [`release`]: an operator's keys signing root, targets and timestamp files into the
+//!   facade's metadata folder, with test-chosen expiries.
+//! - [`agent_device`]: an agent configuration (TOML, certificates, trust anchor, state dir)
+//!   for a device talking to the facade fixture.
 //! - [`tcp_proxy`]: a TCP proxy that cuts or stalls a connection after some bytes.
 //!
 //! Everything a fixture starts is stopped, and every folder it makes is removed, when the
 //! fixture is dropped.
 
+pub mod agent_device;
 pub mod aws_server;
 pub mod binaries;
 pub mod facade;
@@ -33,6 +38,7 @@ pub mod gcp_server;
 pub mod http_server;
 pub mod oci_layout;
 pub mod registry;
+pub mod release;
 pub mod scripted;
 pub mod skopeo;
 pub mod tcp_proxy;
