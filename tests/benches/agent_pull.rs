@@ -67,13 +67,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // The agent.
     let state = work.path().join("state");
     let config = work.path().join("agent.toml");
+    let facade_url = format!("https://{}", facade.host());
     std::fs::write(
         &config,
         format!(
             "[facade]\nurl = \"{url}\"\nca = \"{ca}\"\n[device]\ncertificate = \"{cert}\"\n\
              key = \"{key}\"\nclass = \"bench\"\nplatform = \"linux/amd64\"\n[trust]\n\
              anchor = \"{ca}\"\n[agent]\nstate_dir = \"{state}\"\nconcurrency = 4\n",
-            url = format!("https://{}", facade.host()),
+            url = facade_url,
             ca = certs.join("ca.crt").display(),
             cert = certs.join("client.cert").display(),
             key = certs.join("client.key").display(),
