@@ -132,15 +132,9 @@ async fn handle(state: &AdminState, req: Request<Incoming>) -> Reply {
 }
 
 fn add_registry(state: &AdminState, body: &[u8]) -> Reply {
-    let request: AddRegistry = match serde_json::from_slice(body) {
+    let request: AddRegistry = match parse_body(body) {
         Ok(r) => r,
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "INVALID",
-                &format!("malformed request: {e}"),
-            );
-        }
+        Err(reply) => return *reply,
     };
     let missing = |what: &str| {
         error(
@@ -239,15 +233,9 @@ async fn tags(state: &AdminState, query: &str) -> Reply {
 }
 
 async fn import(state: &AdminState, body: &[u8]) -> Reply {
-    let request: ImportRequest = match serde_json::from_slice(body) {
+    let request: ImportRequest = match parse_body(body) {
         Ok(r) => r,
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "INVALID",
-                &format!("malformed request: {e}"),
-            );
-        }
+        Err(reply) => return *reply,
     };
     let results: Vec<ImportResult> = futures_util::stream::iter(request.references)
         .map(|reference| import_one(state, reference))
@@ -359,6 +347,17 @@ fn browse_error(e: &BrowseError) -> Reply {
         BrowseError::Failed(_) => (StatusCode::BAD_GATEWAY, "UPSTREAM"),
     };
     error(status, code, &e.to_string())
+}
+
+/// A JSON request body, or the 400 answer that names what is wrong with it.
+fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Box<Reply>> {
+    serde_json::from_slice(body).map_err(|e| {
+        Box::new(error(
+            StatusCode::BAD_REQUEST,
+            "INVALID",
+            &format!("malformed request: {e}"),
+        ))
+    })
 }
 
 fn json<T: Serialize>(status: StatusCode, value: &T) -> Reply {
