@@ -142,6 +142,25 @@ fn device_pull(
         .map_err(|e| e.to_string())
 }
 
+/// Connects `host` as a Google connection with `key_json` through `meshctl`.
+fn add_gcp_connection(facade: &FacadeFixture, work: &Path, host: &str, key_json: &str) {
+    let key_file = work.join("sa.json");
+    std::fs::write(&key_file, key_json).unwrap();
+    let key_file = key_file.to_str().unwrap();
+    let (code, _, err) = meshctl(
+        facade,
+        &[
+            "registry",
+            "add",
+            host,
+            "--gcp-key-file",
+            key_file,
+            "--plain-http",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+}
+
 fn facade_with_connections(cloud: Vec<String>, aws: Option<AwsCredentials>) -> FacadeFixture {
     logs();
     FacadeFixture::start(&FacadeOptions {
@@ -330,21 +349,13 @@ fn a_gcp_connection_pulls_with_exchanged_tokens_refreshing_once_when_they_expire
         .unwrap();
     server.set_fixed_token(Some(access_token));
     server.set_token_lifetime(3);
-    let key_file = work.path().join("sa.json");
-    std::fs::write(&key_file, account.key_json(&server.token_uri())).unwrap();
     let host = registry.host();
-    let (code, _, err) = meshctl(
+    add_gcp_connection(
         &facade,
-        &[
-            "registry",
-            "add",
-            &host,
-            "--gcp-key-file",
-            key_file.to_str().unwrap(),
-            "--plain-http",
-        ],
+        work.path(),
+        &host,
+        &account.key_json(&server.token_uri()),
     );
-    assert_eq!(code, 0, "{err}");
 
     // 50 concurrent manifest requests from a device: one token request between them.
     let client = facade.client(Who::Device, false).unwrap();
@@ -398,21 +409,13 @@ fn a_failed_token_refresh_is_a_503_with_retry_after_and_no_upstream_text() {
         .unwrap();
     let mut forged = impostor;
     forged.client_email = account.client_email;
-    let key_file = work.path().join("sa.json");
-    std::fs::write(&key_file, forged.key_json(&server.token_uri())).unwrap();
     let host = registry.host();
-    let (code, _, err) = meshctl(
+    add_gcp_connection(
         &facade,
-        &[
-            "registry",
-            "add",
-            &host,
-            "--gcp-key-file",
-            key_file.to_str().unwrap(),
-            "--plain-http",
-        ],
+        work.path(),
+        &host,
+        &forged.key_json(&server.token_uri()),
     );
-    assert_eq!(code, 0, "{err}");
     let client = facade.client(Who::Device, false).unwrap();
     let digest = "sha256:2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824";
     let url = facade.url(&format!(
