@@ -20,6 +20,7 @@ pub struct Metrics {
     requests: Mutex<BTreeMap<(&'static str, u16), u64>>,
     verification_failures: Mutex<BTreeMap<&'static str, u64>>,
     refused_handshakes: Mutex<BTreeMap<&'static str, u64>>,
+    handshakes: AtomicU64,
     bytes_streamed: AtomicU64,
     open_connections: AtomicI64,
     latency_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
@@ -43,6 +44,11 @@ impl Metrics {
     /// Counts a refused TLS handshake, by reason.
     pub fn refused_handshake(&self, reason: &'static str) {
         bump(&self.refused_handshakes, reason);
+    }
+
+    /// Counts a completed TLS handshake (a device connection that got in).
+    pub fn handshake(&self) {
+        self.handshakes.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts body bytes sent to devices.
@@ -120,6 +126,17 @@ impl Metrics {
         }
         header(
             &mut out,
+            "facade_handshakes_total",
+            "counter",
+            "TLS handshakes completed (device connections let in).",
+        );
+        let _ = writeln!(
+            out,
+            "facade_handshakes_total {}",
+            self.handshakes.load(Ordering::Relaxed)
+        );
+        header(
+            &mut out,
             "facade_open_connections",
             "gauge",
             "Device connections open now.",
@@ -183,10 +200,12 @@ mod tests {
         metrics.request("manifest", 404);
         metrics.verification_failure("mismatch");
         metrics.refused_handshake("unknown_issuer");
+        metrics.handshake();
         metrics.streamed(1234);
         metrics.upstream_latency(Duration::from_millis(30));
         let text = metrics.render();
         assert!(text.contains("facade_requests_total{route=\"blob\",status=\"200\"} 2\n"));
+        assert!(text.contains("facade_handshakes_total 1\n"));
         assert!(text.contains("facade_requests_total{route=\"manifest\",status=\"404\"} 1\n"));
         assert!(text.contains("facade_verification_failures_total{kind=\"mismatch\"} 1\n"));
         assert!(text.contains("facade_refused_handshakes_total{reason=\"unknown_issuer\"} 1\n"));

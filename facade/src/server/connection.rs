@@ -31,7 +31,10 @@ pub async fn serve(
     let activity = Activity::new();
     let tcp = Tracked::new(tcp, activity.clone());
     let tls = match tokio::time::timeout(limits.handshake(), acceptor.accept(tcp)).await {
-        Ok(Ok(tls)) => tls,
+        Ok(Ok(tls)) => {
+            shared.metrics.handshake();
+            tls
+        }
         Ok(Err(error)) => {
             let reason = refusal_reason(&error);
             shared.metrics.refused_handshake(reason);
