@@ -235,7 +235,10 @@ def main():
         os.rename("blob.bin", blobs / f"sha256:{hexd}")
 
         up, ng, fa, op, rg = (free_port() for _ in range(5))
+        # As root, nginx's workers would run as nobody and could not read the private folder.
+        user = "user root;" if os.geteuid() == 0 else ""
         Path("nginx.conf").write_text(f"""
+{user}
 worker_processes 2;
 pid {work}/nginx.pid;
 error_log {work}/nginx-error.log warn;
@@ -306,7 +309,7 @@ proxy: {{ remoteurl: "http://127.0.0.1:{up}" }}
         registry = subprocess.Popen([REGISTRY, "serve", "registry.yml"], stdout=open("registry.log", "w"),
                                     stderr=subprocess.STDOUT)
         children.append(registry)
-        wait_port(fa)
+        wait_port(op)  # the operator port: probing the device port would log a refused handshake
         wait_port(rg)
 
         path = f"bench/blob/blobs/sha256:{hexd}"
@@ -319,7 +322,11 @@ proxy: {{ remoteurl: "http://127.0.0.1:{up}" }}
         got = subprocess.run(f"curl -s --cacert ca.crt --cert device.crt --key device.key '{proxies[0][1]}' | sha256sum",
                              shell=True, capture_output=True, text=True).stdout.split()[0]
         if got != hexd:
-            raise SystemExit("bench: the facade delivered other bytes")
+            answer = subprocess.run(["curl", "-s", "-i", "--max-filesize", "4096", "--cacert", "ca.crt", "--cert",
+                                     "device.crt", "--key", "device.key", proxies[0][1]],
+                                    capture_output=True).stdout[:600].decode(errors="replace")
+            raise SystemExit(f"bench: the facade delivered other bytes; it answered:\n{answer}\n"
+                             f"its log:\n{Path('facade.log').read_text()[-2000:]}")
         print(f"== {BLOB_MIB} MiB: 1 client x {ROUNDS} rounds, then {CLIENTS} clients x {CONCURRENT_SECONDS} s x {ROUNDS} rounds",
               flush=True)
         rows = []
