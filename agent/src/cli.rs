@@ -180,15 +180,23 @@ fn init_logging(json: bool, quiet: bool, to_stderr: bool) {
     use tracing_subscriber::fmt::writer::BoxMakeWriter;
     let default = if quiet { "warn" } else { "info" };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    let writer = if to_stderr {
-        BoxMakeWriter::new(std::io::stderr)
+    let (writer, terminal) = if to_stderr {
+        (
+            BoxMakeWriter::new(std::io::stderr),
+            std::io::stderr().is_terminal(),
+        )
     } else {
-        BoxMakeWriter::new(std::io::stdout)
+        (
+            BoxMakeWriter::new(std::io::stdout),
+            std::io::stdout().is_terminal(),
+        )
     };
-    // journald stamps every line itself; JSON lines carry their own timestamp.
+    // journald stamps every line itself; JSON lines carry their own timestamp. Colours only
+    // on a terminal: journald, log files and pipes get plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer)
+        .with_ansi(terminal)
         .with_target(false);
     if json {
         builder.json().init();
@@ -310,9 +318,9 @@ fn status(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
     );
     match &view.last_result {
         Some(last) => println!(
-            "last:      {} at {} (unix): {}",
+            "last:      {} at {}: {}",
             if last.ok { "ok" } else { "FAILED" },
-            last.time,
+            meshanics_shared::metadata::UnixTime::from_secs(last.time),
             last.message
         ),
         None => println!("last:      nothing yet"),

@@ -34,6 +34,9 @@
 //! - [`tags`]: tag listing with `Link` pagination, and the newest-likely-first ordering.
 //! - [`http_client`]: the outbound HTTP client on the ring TLS provider.
 //!
+//! Beside it, [`layout_registry`] (the `meshanics-layout-registry` binary): a read-only
+//! registry over a folder of OCI layouts, the upstream for air-gapped sites.
+//!
 //! What it does not do: store content, accept pushes, resolve tags for devices, or decide
 //! what a device may run. Trust comes from the signed metadata the device verifies.
 
@@ -45,6 +48,7 @@ pub mod connections;
 pub mod error;
 pub mod http_client;
 pub mod identity;
+pub mod layout_registry;
 pub mod meta;
 pub mod metrics;
 pub mod notify;

@@ -13,6 +13,7 @@ use clap::{Args, Subcommand};
 use meshanics_facade::admin::api::{AddRegistry, ImportResult, Outcome};
 use meshanics_facade::admin::{AdminClient, ClientError};
 use meshanics_facade::connections::{ConnectionView, ProviderKind};
+use meshanics_shared::metadata::UnixTime;
 use serde_json::json;
 
 use crate::output::Output;
@@ -352,7 +353,10 @@ fn describe(view: &ConnectionView) -> String {
     };
     format!(
         "{:<40} {:<9}{user}, {state}, connected by {} at {}",
-        view.host, view.provider, view.connected_by, view.connected_at
+        view.host,
+        view.provider,
+        view.connected_by,
+        UnixTime::from_secs(view.connected_at)
     )
 }
 
