@@ -64,7 +64,21 @@ async fn keeps_pinging_the_watchdog_while_cycles_fail_faster_than_the_ping_inter
     };
     let socket_path = dir.path().join("notify.sock");
     let socket = UnixDatagram::bind(&socket_path).unwrap();
-    socket.set_nonblocking(true).unwrap();
+    // Read as systemd would, as the messages come: a datagram socket queues only a few, and
+    // the agent's send waits when the queue is full.
+    let received = std::thread::spawn(move || {
+        let mut buf = [0u8; 512];
+        let mut messages = Vec::new();
+        loop {
+            let n = socket.recv(&mut buf).unwrap();
+            let message = String::from_utf8_lossy(&buf[..n]).into_owned();
+            let last = message.starts_with("STOPPING=1");
+            messages.push(message);
+            if last {
+                return messages;
+            }
+        }
+    });
     // WatchdogSec=8s: a ping every 4 s. Each failed cycle is followed by a backoff of 1-2 s
     // (the poll interval caps it), so no cycle-plus-wait ever lasts a whole ping interval.
     let notifier = Notifier::from_env(&Environment {
@@ -81,14 +95,10 @@ async fn keeps_pinging_the_watchdog_while_cycles_fail_faster_than_the_ping_inter
         tokio::time::sleep(Duration::from_secs(60)),
     )
     .await;
-    let mut buf = [0u8; 512];
-    let mut pings = 0;
-    let mut failures = 0;
-    while let Ok(n) = socket.recv(&mut buf) {
-        let message = String::from_utf8_lossy(&buf[..n]);
-        pings += usize::from(message == "WATCHDOG=1");
-        failures += usize::from(message.starts_with("STATUS=last update failed"));
-    }
+    let messages = received.join().unwrap();
+    let count = |f: &dyn Fn(&str) -> bool| messages.iter().filter(|m| f(m)).count();
+    let pings = count(&|m| m == "WATCHDOG=1");
+    let failures = count(&|m| m.starts_with("STATUS=last update failed"));
     assert!(failures >= 20, "{failures} failed cycles");
     // 60 s at one ping per 4 s; systemd would kill the agent after 8 s without one.
     assert!(pings >= 14, "{pings} pings in 60 s");
