@@ -197,9 +197,13 @@ pub async fn run<S: TargetSource>(
 ) {
     let mut shutdown = std::pin::pin!(shutdown);
     // Pings are sent from this task's own select loops, so they stop if the loop wedges (a
-    // separate pinger task would keep a stuck agent looking alive).
+    // separate pinger task would keep a stuck agent looking alive). One interval for the
+    // whole run: a timer made afresh in each select would restart whenever a cycle or a
+    // backoff ends first, and fast failures (a facade that refuses connections) would then
+    // starve the watchdog until systemd kills a healthy agent.
     let watchdog = notifier.watchdog_interval();
-    let tick = watchdog.unwrap_or(Duration::from_secs(3600));
+    let mut pings = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
+    pings.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     notifier.ready();
     let mut failures = 0u32;
     loop {
@@ -210,7 +214,7 @@ pub async fn run<S: TargetSource>(
             tokio::select! {
                 outcome = &mut cycle => break Some(outcome),
                 () = &mut shutdown => break None,
-                () = tokio::time::sleep(tick), if watchdog.is_some() => notifier.watchdog(),
+                _ = pings.tick(), if watchdog.is_some() => notifier.watchdog(),
             }
         };
         let Some(outcome) = outcome else {
@@ -237,7 +241,7 @@ pub async fn run<S: TargetSource>(
             tokio::select! {
                 () = &mut sleep => break false,
                 () = &mut shutdown => break true,
-                () = tokio::time::sleep(tick), if watchdog.is_some() => notifier.watchdog(),
+                _ = pings.tick(), if watchdog.is_some() => notifier.watchdog(),
             }
         };
         if stop {
@@ -293,34 +297,4 @@ fn backoff(failures: u32, poll_interval: Duration) -> Duration {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn jitter_stays_within_ten_percent() {
-        for _ in 0..100 {
-            let d = jitter(Duration::from_secs(100));
-            assert!(
-                d >= Duration::from_secs(90) && d <= Duration::from_secs(110),
-                "{d:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn backoff_grows_and_never_passes_the_poll_interval() {
-        let poll = Duration::from_secs(60);
-        for failures in 1..20 {
-            for _ in 0..20 {
-                let d = backoff(failures, poll);
-                assert!(d <= poll, "{d:?}");
-                assert!(d >= Duration::from_secs(1), "{d:?}");
-                let ceiling = Duration::from_secs(5).saturating_mul(1 << (failures - 1).min(16));
-                assert!(
-                    d <= ceiling.max(Duration::from_secs(1)),
-                    "{failures}: {d:?}"
-                );
-            }
-        }
-    }
-}
+mod tests;

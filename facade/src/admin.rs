@@ -1,8 +1,9 @@
 //! The operator API: how `meshctl` manages connections, browses tags and imports tags as
 //! digests.
 //!
-//! It listens on a Unix socket in the facade's state dir, mode 0600: file permissions are the
-//! authentication, as for the Docker and containerd sockets. JSON in and out; errors as
+//! It listens on a Unix socket in the facade's state dir, mode 0660: file permissions are the
+//! authentication, as for the Docker and containerd sockets (operators are members of the
+//! facade's group; see docs/systemd.md). JSON in and out; errors as
 //! OCI-style `{"errors":[{"code","message"}]}` bodies. No response ever carries a secret:
 //! connection views are [`ConnectionView`](crate::connections::ConnectionView)s.
 //!

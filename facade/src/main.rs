@@ -11,6 +11,7 @@ use clap::Parser;
 use meshanics_facade::admin::{self, AdminState};
 use meshanics_facade::cloud::ecr::AwsCredentials;
 use meshanics_facade::connections::{ADMIN_SOCKET, Connections};
+use meshanics_facade::notify::Notifier;
 use meshanics_facade::seal::MasterKey;
 use meshanics_facade::{Config, ConfiguredUpstreams, Upstreams};
 use tokio::signal::unix::{SignalKind, signal};
@@ -55,8 +56,10 @@ fn main() -> ExitCode {
             }
         };
     // The environment is read here, once: systemd's credentials folder for the master key,
-    // and the AWS SDKs' variables for the base credentials ECR roles are assumed with.
+    // its notification socket, and the AWS SDKs' variables for the base credentials ECR
+    // roles are assumed with.
     let credentials_dir = std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from);
+    let notifier = Notifier::new(std::env::var_os("NOTIFY_SOCKET"));
     let aws = AwsCredentials::from_vars(|name| std::env::var(name).ok());
     let connections = if config.master_key_file.is_some() || credentials_dir.is_some() {
         let key = match MasterKey::load(
@@ -85,7 +88,7 @@ fn main() -> ExitCode {
         );
         None
     };
-    match run(config, configured, connections) {
+    match run(config, configured, connections, &notifier) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("meshanics-facade: {error:#}");
@@ -98,6 +101,7 @@ fn run(
     config: Config,
     configured: Arc<dyn Upstreams>,
     connections: Option<Connections>,
+    notifier: &Notifier,
 ) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -126,10 +130,12 @@ fn run(
             None => configured,
         };
         let running = meshanics_facade::start(&config, upstreams).await?;
+        notifier.ready();
         tokio::select! {
             _ = terminate.recv() => tracing::info!("SIGTERM: shutting down"),
             _ = interrupt.recv() => tracing::info!("SIGINT: shutting down"),
         }
+        notifier.stopping();
         let _ = stop_admin.send(true);
         running.shutdown().await;
         Ok(())

@@ -41,7 +41,10 @@ pub struct AdminState {
 }
 
 /// Binds the operator socket at `path`: a stale socket file is replaced, and the new one is
-/// made private to the facade's user (mode 0600) before anyone can connect.
+/// made reachable by the facade's user and group only (mode 0660) before anyone can connect.
+/// The group is how operators get `meshctl` access (they join the facade's group); the
+/// state directory's mode decides whether the group can reach the socket at all
+/// (`StateDirectoryMode=0750` in the unit; 0700 makes it the facade user's alone).
 pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
     use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
     if let Ok(meta) = std::fs::symlink_metadata(path)
@@ -54,7 +57,7 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
     let tmp = path.with_extension("sock.tmp");
     let _ = std::fs::remove_file(&tmp);
     let listener = UnixListener::bind(&tmp)?;
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o660))?;
     std::fs::rename(&tmp, path)?;
     Ok(listener)
 }

@@ -87,10 +87,10 @@ fn add_static(registry: &str) -> AddRegistry {
 }
 
 #[tokio::test]
-async fn the_socket_is_private_to_the_facade_user() {
+async fn the_socket_is_reachable_by_the_facade_user_and_group_only() {
     let f = start().await;
     let mode = std::fs::metadata(&f.socket).unwrap().permissions().mode();
-    assert_eq!(mode & 0o777, 0o600);
+    assert_eq!(mode & 0o777, 0o660);
 }
 
 #[tokio::test]
