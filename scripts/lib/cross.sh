@@ -99,16 +99,18 @@ cross_host_tools() {
 # the machine's own apt lists or dpkg database.
 cross_private_apt() {
   local dir="$CROSS_DIR/apt"
-  if [ ! -f "$dir/apt.conf" ]; then
-    mkdir -p "$dir/lists/partial" "$dir/cache/archives/partial" "$dir/sources.list.d"
-    : >"$dir/status"
-    # The armhf security index is left out on purpose (see the top of this file); nothing
-    # this project takes from armhf is a security update.
-    cat >"$dir/sources.list" <<EOF
-deb [arch=amd64,arm64,armhf] http://deb.debian.org/debian bookworm main
-deb [arch=amd64,arm64] http://deb.debian.org/debian-security bookworm-security main
+  # Written every time: cheap, and right again if the checkout moved. MESHANICS_DEBIAN_MIRROR
+  # replaces deb.debian.org (it must serve debian/ and debian-security/).
+  local CROSS_MIRROR="${MESHANICS_DEBIAN_MIRROR:-http://deb.debian.org}"
+  mkdir -p "$dir/lists/partial" "$dir/cache/archives/partial" "$dir/sources.list.d"
+  [ -f "$dir/status" ] || : >"$dir/status"
+  # The armhf security index is left out on purpose (see the top of this file); nothing
+  # this project takes from armhf is a security update.
+  cat >"$dir/sources.list" <<EOF
+deb [arch=amd64,arm64,armhf] $CROSS_MIRROR/debian bookworm main
+deb [arch=amd64,arm64] $CROSS_MIRROR/debian-security bookworm-security main
 EOF
-    cat >"$dir/apt.conf" <<EOF
+  cat >"$dir/apt.conf" <<EOF
 Dir::State::Lists "$dir/lists";
 Dir::State::Status "$dir/status";
 Dir::Cache "$dir/cache";
@@ -121,8 +123,7 @@ APT::Architectures { "amd64"; "arm64"; "armhf"; };
 #clear APT::Update::Post-Invoke-Success;
 #clear DPkg::Post-Invoke;
 EOF
-    [ "$(id -u)" -ne 0 ] || echo 'APT::Sandbox::User "root";' >>"$dir/apt.conf"
-  fi
+  [ "$(id -u)" -ne 0 ] || echo 'APT::Sandbox::User "root";' >>"$dir/apt.conf"
   APT_CONFIG="$dir/apt.conf" apt-get -q "$@"
 }
 
