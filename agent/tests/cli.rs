@@ -8,11 +8,12 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use meshanics_agent::store::{Store, StoreOptions};
 use meshanics_shared::Digest;
 use meshanics_shared::devpki::DevCa;
+use meshanics_tests::binaries;
 
 /// A device's files: PKI, trust anchor, a state dir, and the config naming them.
 struct Device {
@@ -67,7 +68,7 @@ state_dir = "{}"
     }
 
     fn run(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_meshanics-agent"))
+        binaries::command(env!("CARGO_BIN_EXE_meshanics-agent"))
             .arg("--config")
             .arg(self.config())
             .args(args)

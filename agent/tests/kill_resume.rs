@@ -13,10 +13,11 @@
 )]
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use meshanics_shared::Digest;
+use meshanics_tests::binaries;
 use meshanics_tests::oci_layout::SampleImage;
 use meshanics_tests::skopeo;
 use meshanics_tests::tcp_proxy::TcpProxy;
@@ -125,7 +126,7 @@ attempts = 3
     let mut on_disk = vec![0u64; blobs.len()];
     let mut kills = 0;
     for _ in 0..KILLS {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_meshanics-agent"))
+        let mut child = binaries::command(env!("CARGO_BIN_EXE_meshanics-agent"))
             .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -152,7 +153,7 @@ attempts = 3
         }
     }
 
-    let last = Command::new(env!("CARGO_BIN_EXE_meshanics-agent"))
+    let last = binaries::command(env!("CARGO_BIN_EXE_meshanics-agent"))
         .args(args)
         .output()
         .unwrap();

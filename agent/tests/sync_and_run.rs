@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use meshanics_shared::metadata::UnixTime;
 use meshanics_tests::agent_device::AgentDevice;
+use meshanics_tests::binaries;
 use meshanics_tests::facade::{FacadeFixture, FacadeOptions, UpstreamEntry};
 use meshanics_tests::oci_layout::{BuiltImage, SampleImage};
 use meshanics_tests::registry::{Options, RegistryServer};
@@ -59,7 +60,7 @@ fn setup() -> Setup {
 }
 
 fn agent(device: &AgentDevice, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_meshanics-agent"))
+    binaries::command(env!("CARGO_BIN_EXE_meshanics-agent"))
         .arg("--config")
         .arg(device.config_path())
         .args(args)
@@ -151,7 +152,7 @@ fn sync_once_with_an_expired_timestamp_fails_and_status_says_why() {
 #[test]
 fn sync_without_once_is_a_usage_error() {
     // Arguments are checked before the configuration is read.
-    let out = Command::new(env!("CARGO_BIN_EXE_meshanics-agent"))
+    let out = binaries::command(env!("CARGO_BIN_EXE_meshanics-agent"))
         .args(["--config", "/nonexistent/agent.toml", "sync"])
         .output()
         .unwrap();
@@ -167,7 +168,7 @@ fn sync_without_once_is_a_usage_error() {
 fn run_applies_the_signed_release_and_stops_cleanly_on_sigterm() {
     let s = setup();
     let device = AgentDevice::new(&s.facade, s.release.anchor(), "gateway", "linux/amd64").unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_meshanics-agent"))
+    let mut child = binaries::command(env!("CARGO_BIN_EXE_meshanics-agent"))
         .arg("--config")
         .arg(device.config_path())
         .arg("run")

@@ -4,13 +4,38 @@
 //! `cargo test --workspace` (the project's test command) builds every binary before any test
 //! runs, so they match the sources. A binary that is missing (`cargo test -p
 //! meshanics-tests` on a fresh tree) is built first with the cargo running the tests.
+//!
+//! [`command`] starts a binary built for the architecture the tests run on. When that is not
+//! the machine's (`scripts/test-aarch64` runs aarch64 tests under `qemu-aarch64-static`), cargo
+//! runs the test executables through its runner, but what a test spawns would not run: the
+//! kernel has no binfmt_misc registration here. `MESHANICS_TEST_RUNNER` names that emulator.
 
 use std::collections::HashMap;
+use std::ffi::OsStr;
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Mutex;
 
 use crate::FixtureError;
+
+/// The environment variable holding the runner for workspace binaries: a program and its
+/// arguments, split on whitespace (`qemu-aarch64-static`). Unset or empty: run them directly.
+pub const RUNNER_VAR: &str = "MESHANICS_TEST_RUNNER";
+
+/// A command that runs `program`, a binary of this workspace built for the tests' target,
+/// through the runner named by [`RUNNER_VAR`] if one is set.
+pub fn command(program: impl AsRef<OsStr>) -> Command {
+    let runner = std::env::var(RUNNER_VAR).unwrap_or_default();
+    let mut runner = runner.split_whitespace();
+    match runner.next() {
+        Some(emulator) => {
+            let mut command = Command::new(emulator);
+            command.args(runner).arg(program);
+            command
+        }
+        None => Command::new(program),
+    }
+}
 
 /// The path of binary `name` of workspace package `package`, built if missing (once per test
 /// process).
