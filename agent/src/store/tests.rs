@@ -291,3 +291,23 @@ fn gc_removes_layouts_a_crash_left_half_built() {
     );
     assert!(!half.exists());
 }
+
+#[test]
+fn a_blob_committed_but_not_yet_indexed_when_the_process_died_is_adopted_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let digest = Digest::sha256_of(b"renamed, then the power went");
+    {
+        let (store, _) = Store::open(dir.path(), StoreOptions::default()).unwrap();
+        store.put(&digest, b"renamed, then the power went").unwrap();
+        // The state a crash between the rename and the index record leaves.
+        store.index().remove_blob(&digest).unwrap();
+        store.index().flush().unwrap();
+    }
+
+    let (store, report) = Store::open(dir.path(), StoreOptions::default()).unwrap();
+
+    assert_eq!(report.adopted, 1);
+    assert!(!report.rebuilt);
+    assert_eq!(store.index().blob(&digest).unwrap().unwrap().size, 28);
+    assert!(store.fsck(false).unwrap().is_clean());
+}
