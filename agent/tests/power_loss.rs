@@ -197,15 +197,16 @@ fn lose_unsynced(
             }
             format!("ingest files cut: {done:?}")
         }
-        "ingest.before-dir-fsync" if rng.bool() => {
-            // The rename never reached the disk: the blob is back under its ingest name.
+        "ingest.before-dir-fsync" => {
+            // The rename never reached the disk: the blob is back under its ingest name, still
+            // read-only (the agent, unprivileged in production, must make it writable again).
             let blob = Path::new(detail);
             let name = blob.file_name().unwrap().to_str().unwrap();
             let ingest = state.join("cache/ingest").join(format!("sha256-{name}"));
             std::fs::rename(blob, &ingest).unwrap();
             "blob rename undone".into()
         }
-        "apply.between-pointers" | "apply.before-dir-fsync" if rng.bool() => {
+        "apply.between-pointers" | "apply.before-dir-fsync" => {
             for (link, target) in links_before {
                 let _ = std::fs::remove_file(link);
                 if let Some(target) = target {

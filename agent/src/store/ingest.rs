@@ -36,6 +36,13 @@ impl<'s> Ingest<'s> {
     /// A partial file longer than `size` is emptied.
     pub(super) fn open(store: &'s Store, digest: Digest, size: u64) -> Result<Ingest<'s>> {
         let path = store.ingest_path(&digest);
+        // A commit makes the file read-only just before renaming it into the cache; a power
+        // cut that loses the rename (the folder was not fsynced yet) leaves it read-only
+        // under its ingest name, where an unprivileged agent could never open it again.
+        if fs_err::metadata(&path).is_ok_and(|m| m.permissions().mode() & 0o200 == 0) {
+            fs_err::set_permissions(&path, std::fs::Permissions::from_mode(0o644))
+                .map_err(Error::io("making writable", &path))?;
+        }
         let mut file = fs_err::OpenOptions::new()
             .create(true)
             .truncate(false)
