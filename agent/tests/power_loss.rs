@@ -18,6 +18,7 @@
 #![expect(
     clippy::unwrap_used,
     clippy::indexing_slicing,
+    clippy::panic,
     reason = "test helpers: a setup that fails is a failing test"
 )]
 

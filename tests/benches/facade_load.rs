@@ -60,7 +60,7 @@ enum Who2 {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Bad {
-    BadDigest,
+    Digest,
     Tag,
     UnknownRoute,
     UnknownUpstream,
@@ -195,7 +195,7 @@ async fn refused(
 fn malformed_request(bad: Bad, targets: &Targets) -> (&'static str, String, u16) {
     let base = &targets.base;
     match bad {
-        Bad::BadDigest => ("GET", format!("{base}/blobs/sha256:xyz"), 400),
+        Bad::Digest => ("GET", format!("{base}/blobs/sha256:xyz"), 400),
         Bad::Tag => ("GET", format!("{base}/manifests/latest"), 400),
         Bad::UnknownRoute => ("GET", "/v2/_catalog/nothing/here".into(), 404),
         Bad::UnknownUpstream => (
@@ -319,7 +319,7 @@ fn main() {
         (Who2::Nobody, config(Who::Nobody)),
     ];
     let bads = [
-        Bad::BadDigest,
+        Bad::Digest,
         Bad::Tag,
         Bad::UnknownRoute,
         Bad::UnknownUpstream,
