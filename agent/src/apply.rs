@@ -22,6 +22,7 @@ use tracing::{info, warn};
 
 use crate::config::Hook;
 use crate::error::{Error, Result};
+use crate::failpoint;
 use crate::pull::Pulled;
 use crate::store::index::now;
 use crate::store::{ArtifactRecord, ArtifactState, LastResult, Store, sync_dir};
@@ -94,7 +95,9 @@ impl Pointers {
 
     fn write(&self, store: &Store) -> Result<()> {
         write_pointer(store, "previous", self.previous.as_deref())?;
+        failpoint::hit("apply.between-pointers", &store.root().display());
         write_pointer(store, "current", self.current.as_deref())?;
+        failpoint::hit("apply.before-dir-fsync", &store.root().display());
         sync_dir(store.root())
     }
 }
@@ -157,6 +160,7 @@ pub fn lay_out(store: &Store, pulled: &Pulled) -> Result<ArtifactRecord> {
     write_synced(&tmp.join("index.json"), &index_bytes)?;
     sync_dir(&blobs_dir)?;
     sync_dir(&tmp)?;
+    failpoint::hit("layout.before-rename", &tmp.display());
     fs_err::rename(&tmp, &final_dir).map_err(Error::io("renaming", &final_dir))?;
     sync_dir(&store.artifacts_dir())?;
 
@@ -178,18 +182,32 @@ pub fn lay_out(store: &Store, pulled: &Pulled) -> Result<ArtifactRecord> {
 /// Makes the laid-out artifact `id` current, keeping the old current as `previous`, then
 /// runs the hook. A failing hook puts both pointers back and returns [`Error::HookFailed`].
 /// Either way the outcome is recorded as the last result.
+///
+/// An apply that a crash interrupted after the switch (`current` is `id`, but `id` was never
+/// recorded as current: the hook may not have run to its end) is finished: the hook runs
+/// again, and a failure rolls back to `previous`.
 pub async fn apply(store: &Store, id: &str, hook: Option<&Hook>) -> Result<Applied> {
     let record = store
         .index()
         .artifact(id)?
         .map_or_else(|| scan_layout(store, id, ArtifactState::Pulled), Ok)?;
-    let before = Pointers::read(store)?;
-    if before.current.as_deref() == Some(id) {
-        return Ok(Applied::AlreadyCurrent);
-    }
-    let after = Pointers {
-        current: Some(id.to_owned()),
-        previous: before.current.clone(),
+    let mut before = Pointers::read(store)?;
+    let after = if before.current.as_deref() == Some(id) {
+        if record.state == ArtifactState::Current {
+            return Ok(Applied::AlreadyCurrent);
+        }
+        warn!(target = %record.name, id, "finishing an apply a crash interrupted");
+        let after = before.clone();
+        before = Pointers {
+            current: before.previous.clone(),
+            previous: None,
+        };
+        after
+    } else {
+        Pointers {
+            current: Some(id.to_owned()),
+            previous: before.current.clone(),
+        }
     };
     after.write(store)?;
     let layout = store.artifacts_dir().join(id);
@@ -212,6 +230,7 @@ pub async fn apply(store: &Store, id: &str, hook: Option<&Hook>) -> Result<Appli
     {
         set_state(store, old, ArtifactState::Retired)?;
     }
+    failpoint::hit("apply.before-state", &layout.display());
     if let Some(previous) = &after.previous {
         set_state(store, previous, ArtifactState::Previous)?;
     }

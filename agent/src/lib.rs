@@ -27,11 +27,15 @@
 //!   [`pull::PullTarget`]s.
 //!
 //! The binary's `run` and `sync --once` drive the service with that source.
+//!
+//! [`failpoint`] holds the crash points of the power-loss campaign, compiled in only with the
+//! `failpoints` feature.
 
 pub mod apply;
 pub mod client;
 pub mod config;
 pub mod error;
+pub mod failpoint;
 pub mod metadata;
 pub mod notify;
 pub mod progress;

@@ -22,7 +22,7 @@ use crate::notify::Notifier;
 use crate::progress::Progress;
 use crate::pull::{PullTarget, Puller};
 use crate::store::index::now;
-use crate::store::{LastResult, OpenReport, Store, StoreOptions};
+use crate::store::{ArtifactState, LastResult, OpenReport, Store, StoreOptions};
 
 /// Where a cycle's targets come from: the verified, device-filtered list of what to run,
 /// the one to apply first. An empty list means there is nothing to run.
@@ -140,10 +140,26 @@ impl Agent {
             concurrency: self.concurrency,
             progress,
         };
-        if self.is_current(first)? {
-            return Ok(CycleOutcome::UpToDate {
-                target: first.name.clone(),
-            });
+        match self.current_state(first)? {
+            Some(ArtifactState::Current) => {
+                return Ok(CycleOutcome::UpToDate {
+                    target: first.name.clone(),
+                });
+            }
+            // `current` holds this target but its apply never finished (a crash during the
+            // hook): finish that apply rather than lay the same artifact out again, which
+            // would make it its own `previous`.
+            Some(_) => {
+                if let Some(id) = Pointers::read(&self.store)?.current {
+                    apply::apply(&self.store, &id, self.hook.as_ref()).await?;
+                    return Ok(CycleOutcome::Applied {
+                        target: first.name.clone(),
+                        layout: id,
+                        received_bytes: 0,
+                    });
+                }
+            }
+            None => {}
         }
         let mut received = 0;
         let mut pulled = Vec::new();
@@ -168,20 +184,22 @@ impl Agent {
         }
     }
 
-    /// Whether `target` is what `current` holds, with every blob of its layout in place.
-    fn is_current(&self, target: &PullTarget) -> Result<bool> {
+    /// The recorded state of `current` when it holds `target` with every blob of its layout
+    /// in place (`Current` once its apply finished), `None` when it holds something else.
+    fn current_state(&self, target: &PullTarget) -> Result<Option<ArtifactState>> {
         let Some(id) = Pointers::read(&self.store)?.current else {
-            return Ok(false);
+            return Ok(None);
         };
         let Some(record) = self.store.index().artifact(&id)? else {
-            return Ok(false);
+            return Ok(None);
         };
-        Ok(record.target_digest == target.digest
+        let holds = record.target_digest == target.digest
             && record.repository == target.repository.as_str()
             && record
                 .blobs
                 .iter()
-                .all(|d| apply::layout_blob_path(&self.store, &id, d).exists()))
+                .all(|d| apply::layout_blob_path(&self.store, &id, d).exists());
+        Ok(holds.then_some(record.state))
     }
 }
 

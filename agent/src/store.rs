@@ -85,6 +85,9 @@ pub struct OpenReport {
     pub index_moved_to: Option<PathBuf>,
     /// The index was rebuilt from the blob files and layouts.
     pub rebuilt: bool,
+    /// Committed blob files the index did not record (a crash between a blob's rename and
+    /// its index record), now recorded.
+    pub adopted: usize,
 }
 
 // === impl Store ===
@@ -127,6 +130,8 @@ impl Store {
             store.rebuild_index()?;
             report.rebuilt = true;
             info!("rebuilt the cache index from the blob files");
+        } else {
+            report.adopted = store.adopt_unindexed_blobs()?;
         }
         Ok((store, report))
     }
@@ -279,6 +284,33 @@ impl Store {
                 .len();
         }
         Ok(total)
+    }
+
+    /// Records blob files the index lacks. A commit renames the blob into place before it
+    /// writes the index record, so a crash between the two leaves a verified, durable blob
+    /// the index does not know; the files are the truth, so it is adopted (by name and size:
+    /// the rename happened only after its digest matched).
+    fn adopt_unindexed_blobs(&self) -> Result<usize> {
+        let mut adopted = 0;
+        for digest in self.blob_files()? {
+            if self.index.blob(&digest)?.is_some() {
+                continue;
+            }
+            let path = self.blob_path(&digest);
+            let size = fs_err::metadata(&path)
+                .map_err(Error::io("reading", &path))?
+                .len();
+            self.index.put_blob(&digest, size)?;
+            adopted += 1;
+        }
+        if adopted > 0 {
+            self.index.flush()?;
+            info!(
+                adopted,
+                "recorded committed blobs the index did not know (an interrupted commit)"
+            );
+        }
+        Ok(adopted)
     }
 
     fn has_any_blob(&self) -> Result<bool> {

@@ -20,7 +20,7 @@ use meshanics_shared::{Digest, Registry, Verifier, VerifyError};
 use pin_project_lite::pin_project;
 
 use crate::identity::DeviceIdentity;
-use crate::metrics::Metrics;
+use crate::metrics::{InProgress, Metrics, Work};
 
 /// The error type of response bodies.
 pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
@@ -106,6 +106,9 @@ pin_project! {
         state: State,
         origin: Origin,
         metrics: Arc<Metrics>,
+        // Counts this body in `facade_upstream_bodies_open` until hyper drops it, which is
+        // what shows a stream leaked by a client or upstream that went away.
+        _open: InProgress,
     }
 }
 
@@ -239,6 +242,7 @@ impl<B> CheckedBody<B> {
             inner,
             state: State::Streaming(Box::new(check)),
             origin,
+            _open: metrics.in_progress(Work::UpstreamBody),
             metrics,
         }
     }

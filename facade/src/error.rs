@@ -85,6 +85,8 @@ pub enum Error {
     UpstreamRateLimited {
         /// The upstream.
         registry: Registry,
+        /// The upstream's `Retry-After`, passed on to the device.
+        retry_after: Option<HeaderValue>,
     },
     /// The upstream answered a status the facade cannot serve.
     #[error("{registry} answered {status} for {digest}")]
@@ -95,6 +97,8 @@ pub enum Error {
         digest: Digest,
         /// Its status.
         status: StatusCode,
+        /// The upstream's `Retry-After` (with a 503), passed on to the device.
+        retry_after: Option<HeaderValue>,
     },
     /// The upstream could not be reached, timed out, or its token flow failed.
     #[error(transparent)]

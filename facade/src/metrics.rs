@@ -1,13 +1,34 @@
 //! Prometheus metrics, rendered in the text exposition format on the operator listener.
 //!
-//! Hand-rolled: a handful of counters, one gauge and one histogram do not need a metrics
+//! Hand-rolled: a handful of counters, a few gauges and one histogram do not need a metrics
 //! framework, and every update on the streaming path is a relaxed atomic add.
+//!
+//! The gauges of work in progress (requests being answered, upstream bodies being streamed,
+//! the runtime's live tasks) are what a leak shows up in: after the traffic stops they must
+//! come back to zero (tasks: to the handful the listeners keep), whatever the clients and
+//! upstreams did on the way (the fault campaign in `docs/faults.md` counts them).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+/// A unit of work counted in a gauge while it lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Work {
+    /// A device request being routed and answered (up to its response head).
+    Request,
+    /// An upstream body being streamed to a device.
+    UpstreamBody,
+}
+
+/// Holds `+1` on a gauge of [`Work`] until dropped.
+#[derive(Debug)]
+pub struct InProgress {
+    metrics: Arc<Metrics>,
+    work: Work,
+}
 
 /// Upstream latency buckets, in seconds.
 const LATENCY_BUCKETS: [f64; 11] = [
@@ -23,6 +44,8 @@ pub struct Metrics {
     handshakes: AtomicU64,
     bytes_streamed: AtomicU64,
     open_connections: AtomicI64,
+    requests_in_flight: AtomicI64,
+    upstream_bodies_open: AtomicI64,
     latency_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
     latency_count: AtomicU64,
     latency_sum_micros: AtomicU64,
@@ -72,6 +95,22 @@ impl Metrics {
     /// A device connection opened (`+1`) or closed (`-1`).
     pub fn connection(&self, delta: i64) {
         self.open_connections.fetch_add(delta, Ordering::Relaxed);
+    }
+
+    /// Counts `work` in its gauge until the returned guard is dropped.
+    pub fn in_progress(self: &Arc<Self>, work: Work) -> InProgress {
+        self.gauge(work).fetch_add(1, Ordering::Relaxed);
+        InProgress {
+            metrics: self.clone(),
+            work,
+        }
+    }
+
+    fn gauge(&self, work: Work) -> &AtomicI64 {
+        match work {
+            Work::Request => &self.requests_in_flight,
+            Work::UpstreamBody => &self.upstream_bodies_open,
+        }
     }
 
     /// The metrics in the Prometheus text format.
@@ -148,6 +187,41 @@ impl Metrics {
         );
         header(
             &mut out,
+            "facade_requests_in_flight",
+            "gauge",
+            "Device requests being routed and answered (up to the response head).",
+        );
+        let _ = writeln!(
+            out,
+            "facade_requests_in_flight {}",
+            self.requests_in_flight.load(Ordering::Relaxed)
+        );
+        header(
+            &mut out,
+            "facade_upstream_bodies_open",
+            "gauge",
+            "Upstream bodies being streamed to devices.",
+        );
+        let _ = writeln!(
+            out,
+            "facade_upstream_bodies_open {}",
+            self.upstream_bodies_open.load(Ordering::Relaxed)
+        );
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            header(
+                &mut out,
+                "facade_runtime_alive_tasks",
+                "gauge",
+                "Tasks alive in the facade's async runtime (listeners, connections, streams).",
+            );
+            let _ = writeln!(
+                out,
+                "facade_runtime_alive_tasks {}",
+                runtime.metrics().num_alive_tasks()
+            );
+        }
+        header(
+            &mut out,
             "facade_upstream_latency_seconds",
             "histogram",
             "Time from an upstream request to its response headers.",
@@ -168,6 +242,16 @@ impl Metrics {
         let _ = writeln!(out, "facade_upstream_latency_seconds_sum {sum}");
         let _ = writeln!(out, "facade_upstream_latency_seconds_count {count}");
         out
+    }
+}
+
+// === impl InProgress ===
+
+impl Drop for InProgress {
+    fn drop(&mut self) {
+        self.metrics
+            .gauge(self.work)
+            .fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -214,5 +298,20 @@ mod tests {
         assert!(text.contains("facade_upstream_latency_seconds_bucket{le=\"0.05\"} 1\n"));
         assert!(text.contains("facade_upstream_latency_seconds_bucket{le=\"+Inf\"} 1\n"));
         assert!(text.contains("facade_upstream_latency_seconds_count 1\n"));
+    }
+
+    #[test]
+    fn work_gauges_count_live_guards_only() {
+        let metrics = Arc::new(Metrics::default());
+        let request = metrics.in_progress(Work::Request);
+        let body = metrics.in_progress(Work::UpstreamBody);
+        let second = metrics.in_progress(Work::UpstreamBody);
+        drop(request);
+        drop(second);
+        let text = metrics.render();
+        assert!(text.contains("facade_requests_in_flight 0\n"), "{text}");
+        assert!(text.contains("facade_upstream_bodies_open 1\n"), "{text}");
+        drop(body);
+        assert!(metrics.render().contains("facade_upstream_bodies_open 0\n"));
     }
 }

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::header::{CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, HeaderName, RANGE};
+use http::header::{CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, HeaderName, RANGE, RETRY_AFTER};
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode};
 use http_body_util::BodyExt;
 use meshanics_shared::manifest::MAX_MANIFEST_SIZE;
@@ -197,13 +197,30 @@ fn status_error(target: &ContentTarget, status: StatusCode, headers: &HeaderMap)
         StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
             Error::UpstreamDenied { registry, status }
         }
-        StatusCode::TOO_MANY_REQUESTS => Error::UpstreamRateLimited { registry },
+        StatusCode::TOO_MANY_REQUESTS => Error::UpstreamRateLimited {
+            registry,
+            retry_after: retry_after(headers),
+        },
         status => Error::UpstreamStatus {
             registry,
             digest: target.digest.clone(),
             status,
+            retry_after: retry_after(headers),
         },
     }
+}
+
+/// The upstream's `Retry-After` when it is one a device can act on: delay seconds, or an
+/// HTTP date (printable ASCII, short); anything else is dropped rather than echoed.
+fn retry_after(headers: &HeaderMap) -> Option<HeaderValue> {
+    let value = headers.get(RETRY_AFTER)?;
+    let bytes = value.as_bytes();
+    let seconds = !bytes.is_empty() && bytes.len() <= 10 && bytes.iter().all(u8::is_ascii_digit);
+    let date = (20..=40).contains(&bytes.len())
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b' ' | b',' | b':'));
+    (seconds || date).then(|| value.clone())
 }
 
 fn check_digest_header(
@@ -303,6 +320,24 @@ mod tests {
         ] {
             assert!(!single_range(&HeaderValue::from_static(bad)), "{bad}");
         }
+    }
+
+    #[test]
+    fn passes_on_retry_after_seconds_and_dates_only() {
+        let with = |value: &'static str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(RETRY_AFTER, HeaderValue::from_static(value));
+            retry_after(&headers)
+        };
+        assert_eq!(with("7").unwrap(), "7");
+        assert_eq!(
+            with("Wed, 21 Oct 2026 07:28:00 GMT").unwrap(),
+            "Wed, 21 Oct 2026 07:28:00 GMT"
+        );
+        for bad in ["", "-1", "soon<script>", "99999999999999"] {
+            assert!(with(bad).is_none(), "{bad}");
+        }
+        assert!(retry_after(&HeaderMap::new()).is_none());
     }
 
     #[test]

@@ -67,6 +67,13 @@ pub fn classify(error: &Error) -> (StatusCode, &'static str, String) {
             "TOOMANYREQUESTS",
             "the upstream registry is rate-limiting; retry later".into(),
         ),
+        // An upstream that says it is briefly unavailable (often with a Retry-After) is
+        // passed on as such, so a device backs off instead of treating it as broken.
+        Error::UpstreamStatus { status, .. } if *status == S::SERVICE_UNAVAILABLE => (
+            S::SERVICE_UNAVAILABLE,
+            "UNAVAILABLE",
+            "the upstream registry is unavailable; retry later".into(),
+        ),
         Error::UpstreamStatus { status, .. } => (
             S::BAD_GATEWAY,
             "UNAVAILABLE",
@@ -127,6 +134,17 @@ pub fn error_response(error: &Error) -> Response<Body> {
             .map_or(RETRY_AFTER_SECONDS, |d| d.as_secs().max(1));
         headers.insert(RETRY_AFTER, HeaderValue::from(seconds));
     }
+    if let Error::UpstreamRateLimited {
+        retry_after: Some(value),
+        ..
+    }
+    | Error::UpstreamStatus {
+        retry_after: Some(value),
+        ..
+    } = error
+    {
+        headers.insert(RETRY_AFTER, value.clone());
+    }
     if let Error::RangeNotSatisfiable {
         content_range: Some(range),
         ..
@@ -175,6 +193,33 @@ mod tests {
         let text = body_json(response).await.to_string();
         assert!(text.contains("NAME_UNKNOWN"), "{text}");
         assert!(!text.contains("secret.example"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn upstream_rate_limits_and_unavailability_pass_on_retry_after() {
+        let registry = Registry::parse("r.example").unwrap();
+        let limited = error_response(&Error::UpstreamRateLimited {
+            registry: registry.clone(),
+            retry_after: Some(HeaderValue::from_static("7")),
+        });
+        assert_eq!(limited.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(limited.headers()[RETRY_AFTER], "7");
+        let unavailable = error_response(&Error::UpstreamStatus {
+            registry: registry.clone(),
+            digest: Digest::sha256_of(b"x"),
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            retry_after: Some(HeaderValue::from_static("3")),
+        });
+        assert_eq!(unavailable.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(unavailable.headers()[RETRY_AFTER], "3");
+        let broken = error_response(&Error::UpstreamStatus {
+            registry,
+            digest: Digest::sha256_of(b"x"),
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            retry_after: None,
+        });
+        assert_eq!(broken.status(), StatusCode::BAD_GATEWAY);
+        assert!(broken.headers().get(RETRY_AFTER).is_none());
     }
 
     #[tokio::test]

@@ -12,7 +12,7 @@ use crate::body::Body;
 use crate::config::Limits;
 use crate::error::Error;
 use crate::identity::DeviceIdentity;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Work};
 use crate::routes::{self, Route};
 use crate::upstreams::Upstreams;
 use crate::{meta, proxy, respond};
@@ -39,6 +39,7 @@ pub async fn handle<B>(
     device: DeviceIdentity,
     request: Request<B>,
 ) -> Response<Body> {
+    let _in_flight = shared.metrics.in_progress(Work::Request);
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     let route = routes::route(&method, &path, request.uri().query());

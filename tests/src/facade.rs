@@ -381,6 +381,12 @@ impl FacadeFixture {
         self.dir.path().join("metadata")
     }
 
+    /// The facade's config file (for running the real binary on the same PKI and upstreams:
+    /// see [`crate::facade_process`]).
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("facade.toml")
+    }
+
     /// The device listener's address.
     pub fn device_addr(&self) -> SocketAddr {
         self.device_addr

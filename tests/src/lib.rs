@@ -13,6 +13,8 @@
 //! - [`skopeo`]: runs `skopeo` and reports failures with its output.
 //! - [`facade`]: the facade in-process on port 0, with a fresh PKI (good, expired, revoked and
 //!   foreign device certificates) and mTLS clients for tests.
+//! - [`facade_process`]: the real `meshanics-facade` binary as a child process, for tests
+//!   that count its own file descriptors, memory and tasks.
 //! - [`token_server`]: a Docker token server signing ES256 JWTs the registry verifies.
 //! - [`scripted`]: a raw HTTP server that answers with whatever a test scripts: the
 //!   malicious upstream and the blob storage of redirect tests.
@@ -26,6 +28,7 @@
 //! - [`agent_device`]: an agent configuration (TOML, certificates, trust anchor, state dir)
 //!   for a device talking to the facade fixture.
 //! - [`tcp_proxy`]: a TCP proxy that cuts or stalls a connection after some bytes.
+//! - [`proc_stats`]: a process's open file descriptors and resident memory, from `/proc`.
 //!
 //! Everything a fixture starts is stopped, and every folder it makes is removed, when the
 //! fixture is dropped.
@@ -34,9 +37,11 @@ pub mod agent_device;
 pub mod aws_server;
 pub mod binaries;
 pub mod facade;
+pub mod facade_process;
 pub mod gcp_server;
 pub mod http_server;
 pub mod oci_layout;
+pub mod proc_stats;
 pub mod registry;
 pub mod release;
 pub mod scripted;

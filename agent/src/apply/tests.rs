@@ -136,6 +136,74 @@ async fn a_failing_hook_rolls_current_back_and_is_recorded() {
 }
 
 #[tokio::test]
+async fn an_apply_killed_during_its_hook_is_finished_with_the_hook_run_again() {
+    let (dir, store) = store();
+    let one = lay_out(&store, &pulled(&store, "one", &[b"1"])).unwrap();
+    apply(&store, &one.id, None).await.unwrap();
+    let two = lay_out(&store, &pulled(&store, "two", &[b"2"])).unwrap();
+    // What a SIGKILL during the hook leaves: the links switched, the record never marked.
+    Pointers {
+        current: Some(two.id.clone()),
+        previous: Some(one.id.clone()),
+    }
+    .write(&store)
+    .unwrap();
+    let ran = dir.path().join("hook.ran");
+
+    let applied = apply(
+        &store,
+        &two.id,
+        Some(&hook(
+            dir.path(),
+            &format!("echo \"$MESHANICS_TARGET\" > {}", ran.display()),
+        )),
+    )
+    .await
+    .unwrap();
+
+    assert_eq!(
+        applied,
+        Applied::Switched {
+            current: two.id.clone(),
+            previous: Some(one.id.clone())
+        }
+    );
+    assert_eq!(fs_err::read_to_string(&ran).unwrap().trim(), "two");
+    assert_eq!(
+        store.index().artifact(&two.id).unwrap().unwrap().state,
+        ArtifactState::Current
+    );
+    assert_eq!(
+        apply(&store, &two.id, None).await.unwrap(),
+        Applied::AlreadyCurrent
+    );
+}
+
+#[tokio::test]
+async fn an_interrupted_apply_whose_hook_now_fails_rolls_back_to_previous() {
+    let (dir, store) = store();
+    let one = lay_out(&store, &pulled(&store, "one", &[b"1"])).unwrap();
+    apply(&store, &one.id, None).await.unwrap();
+    let two = lay_out(&store, &pulled(&store, "two", &[b"2"])).unwrap();
+    Pointers {
+        current: Some(two.id.clone()),
+        previous: Some(one.id.clone()),
+    }
+    .write(&store)
+    .unwrap();
+
+    let err = apply(&store, &two.id, Some(&hook(dir.path(), "exit 4")))
+        .await
+        .unwrap_err();
+
+    assert!(matches!(err, Error::HookFailed { .. }), "{err}");
+    assert_eq!(
+        Pointers::read(&store).unwrap().current.as_deref(),
+        Some(one.id.as_str())
+    );
+}
+
+#[tokio::test]
 async fn a_hook_that_runs_too_long_is_stopped_and_rolled_back() {
     let (dir, store) = store();
     let one = lay_out(&store, &pulled(&store, "one", &[b"1"])).unwrap();

@@ -18,6 +18,7 @@ use tracing::debug;
 
 use super::{Store, sync_dir};
 use crate::error::{Error, Result};
+use crate::failpoint;
 
 /// A blob being written to the cache.
 #[derive(Debug)]
@@ -35,6 +36,13 @@ impl<'s> Ingest<'s> {
     /// A partial file longer than `size` is emptied.
     pub(super) fn open(store: &'s Store, digest: Digest, size: u64) -> Result<Ingest<'s>> {
         let path = store.ingest_path(&digest);
+        // A commit makes the file read-only just before renaming it into the cache; a power
+        // cut that loses the rename (the folder was not fsynced yet) leaves it read-only
+        // under its ingest name, where an unprivileged agent could never open it again.
+        if fs_err::metadata(&path).is_ok_and(|m| m.permissions().mode() & 0o200 == 0) {
+            fs_err::set_permissions(&path, std::fs::Permissions::from_mode(0o644))
+                .map_err(Error::io("making writable", &path))?;
+        }
         let mut file = fs_err::OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -84,6 +92,11 @@ impl<'s> Ingest<'s> {
         self.verifier
             .check_room(bytes.len())
             .map_err(|source| self.refused(source))?;
+        let allowed = crate::failpoint::write_allowance(bytes.len());
+        if let Some(torn) = bytes.get(..allowed).filter(|_| allowed < bytes.len()) {
+            let _ = self.file.write_all(torn);
+            crate::failpoint::torn_write(&self.path.display());
+        }
         self.file
             .write_all(bytes)
             .map_err(Error::io("writing", &self.path))?;
@@ -115,17 +128,21 @@ impl<'s> Ingest<'s> {
             }
             return Err(Error::Verify { digest, source });
         }
+        let target = self.store.blob_path(&digest);
+        failpoint::hit("ingest.before-fsync", &self.path.display());
         self.file
             .sync_all()
             .map_err(Error::io("syncing", &self.path))?;
         self.file
             .set_permissions(std::fs::Permissions::from_mode(0o444))
             .map_err(Error::io("making read-only", &self.path))?;
-        let target = self.store.blob_path(&digest);
+        failpoint::hit("ingest.before-rename", &self.path.display());
         fs_err::rename(&self.path, &target).map_err(Error::io("committing", &target))?;
+        failpoint::hit("ingest.before-dir-fsync", &target.display());
         if let Some(dir) = target.parent() {
             sync_dir(dir)?;
         }
+        failpoint::hit("ingest.before-index", &target.display());
         self.store.index().put_blob(&digest, size)?;
         self.store.index().flush()?;
         debug!(%digest, size, "committed a blob");

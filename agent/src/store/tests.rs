@@ -291,3 +291,52 @@ fn gc_removes_layouts_a_crash_left_half_built() {
     );
     assert!(!half.exists());
 }
+
+#[test]
+fn a_blob_committed_but_not_yet_indexed_when_the_process_died_is_adopted_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let digest = Digest::sha256_of(b"renamed, then the power went");
+    {
+        let (store, _) = Store::open(dir.path(), StoreOptions::default()).unwrap();
+        let earlier = b"committed before";
+        store.put(&Digest::sha256_of(earlier), earlier).unwrap();
+        store.put(&digest, b"renamed, then the power went").unwrap();
+        // The state a crash between the rename and the index record leaves.
+        store.index().remove_blob(&digest).unwrap();
+        store.index().flush().unwrap();
+    }
+
+    let (store, report) = Store::open(dir.path(), StoreOptions::default()).unwrap();
+
+    assert_eq!(report.adopted, 1);
+    assert!(!report.rebuilt);
+    assert_eq!(store.index().blob(&digest).unwrap().unwrap().size, 28);
+    assert!(store.fsck(false).unwrap().is_clean());
+}
+
+#[test]
+fn a_committed_file_whose_rename_a_power_cut_lost_is_writable_again_and_resumes() {
+    let (_dir, store) = store();
+    let bytes = b"fsynced and read-only, then the rename was lost".as_slice();
+    let digest = Digest::sha256_of(bytes);
+    store.put(&digest, bytes).unwrap();
+    // What the disk holds when the rename never reached it: the read-only file, still
+    // under its ingest name.
+    fs_err::rename(store.blob_path(&digest), store.ingest_path(&digest)).unwrap();
+    store.index().remove_blob(&digest).unwrap();
+
+    let ingest = store.ingest(&digest, bytes.len() as u64).unwrap();
+
+    assert_eq!(ingest.offset(), bytes.len() as u64);
+    assert_eq!(
+        fs_err::metadata(store.ingest_path(&digest))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o200,
+        0o200,
+        "an unprivileged agent could not write the ingest file"
+    );
+    ingest.commit().unwrap();
+    assert_eq!(fs_err::read(store.blob_path(&digest)).unwrap(), bytes);
+}
