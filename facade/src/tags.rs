@@ -17,6 +17,10 @@
 
 use std::cmp::Ordering;
 
+use reqwest::Url;
+
+use crate::upstream::same_origin;
+
 /// Tag names that move with every release.
 const MOVING: [&str; 12] = [
     "latest", "stable", "main", "master", "edge", "nightly", "dev", "develop", "current", "lts",
@@ -55,16 +59,27 @@ pub fn next_link<'a>(values: impl IntoIterator<Item = &'a str>) -> Option<String
     None
 }
 
-/// Resolves a link target against the registry's base URL (`https://host:port`): absolute
-/// URLs are kept, `/path?query` is joined to the base.
-pub fn resolve_link(base: &str, target: &str) -> String {
-    if target.starts_with("https://") || target.starts_with("http://") {
-        target.to_owned()
-    } else if target.starts_with('/') {
-        format!("{}{target}", base.trim_end_matches('/'))
-    } else {
-        format!("{}/{target}", base.trim_end_matches('/'))
+/// Why a `Link` target cannot be followed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum LinkError {
+    /// The target does not resolve to a URL against the registry's base.
+    #[error("the next-page Link is not a URL")]
+    NotAUrl,
+    /// The target is on another scheme, host or port: the registry's credentials must not
+    /// follow it.
+    #[error("the registry's next page leaves its origin")]
+    LeavesOrigin,
+}
+
+/// Resolves a link target against the registry's API base URL (`https://host:port/v2/`):
+/// relative targets are joined as a browser would, absolute ones kept; either way the result
+/// must share the base's origin (scheme, host and port).
+pub fn resolve_link(base: &Url, target: &str) -> Result<Url, LinkError> {
+    let url = base.join(target).map_err(|_| LinkError::NotAUrl)?;
+    if !same_origin(&url, base) {
+        return Err(LinkError::LeavesOrigin);
     }
+    Ok(url)
 }
 
 /// Orders tags newest-likely-first (see the module documentation).
@@ -217,14 +232,41 @@ mod tests {
 
     #[test]
     fn resolves_relative_links_against_the_registry() {
+        let base = Url::parse("https://r.example:5000/v2/").unwrap();
         assert_eq!(
-            resolve_link("https://r.example:5000", "/v2/a/tags/list?last=x"),
+            resolve_link(&base, "/v2/a/tags/list?last=x")
+                .unwrap()
+                .as_str(),
             "https://r.example:5000/v2/a/tags/list?last=x"
         );
         assert_eq!(
-            resolve_link("https://r.example/", "https://other/x"),
-            "https://other/x"
+            resolve_link(&base, "a/tags/list?n=2").unwrap().as_str(),
+            "https://r.example:5000/v2/a/tags/list?n=2"
         );
+        assert_eq!(
+            resolve_link(&base, "https://r.example:5000/v2/a/tags/list?c=opaque")
+                .unwrap()
+                .as_str(),
+            "https://r.example:5000/v2/a/tags/list?c=opaque"
+        );
+    }
+
+    #[test]
+    fn refuses_links_that_leave_the_registry_origin() {
+        let base = Url::parse("https://r.example/v2/").unwrap();
+        for target in [
+            "https://other.example/v2/a/tags/list",
+            "http://r.example/v2/a/tags/list",
+            "https://r.example:8443/v2/a/tags/list",
+            "//other.example/v2/a/tags/list",
+        ] {
+            assert_eq!(
+                resolve_link(&base, target),
+                Err(LinkError::LeavesOrigin),
+                "{target}"
+            );
+        }
+        assert_eq!(resolve_link(&base, "http://[::1"), Err(LinkError::NotAUrl));
     }
 
     #[test]

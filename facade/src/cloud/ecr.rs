@@ -327,10 +327,11 @@ pub fn parse_authorization_response(
     let (username, password) = decoded
         .split_once(':')
         .ok_or_else(|| unreadable("authorizationToken is not user:password"))?;
-    if !data.expires_at.is_finite() || data.expires_at < 0.0 {
-        return Err(unreadable("bad expiresAt"));
-    }
-    let expires_at = UNIX_EPOCH + Duration::from_secs_f64(data.expires_at);
+    // Negative, NaN, infinite, or past what a SystemTime holds: unreadable, never a panic.
+    let expires_at = Duration::try_from_secs_f64(data.expires_at)
+        .ok()
+        .and_then(|since_epoch| UNIX_EPOCH.checked_add(since_epoch))
+        .ok_or_else(|| unreadable("bad expiresAt"))?;
     Ok(RegistryToken {
         username: username.to_owned(),
         password: password.to_owned(),
@@ -365,11 +366,13 @@ pub fn parse_iso8601(text: &str) -> Option<SystemTime> {
     let time = time.split('.').next()?;
     let mut t = time.split(':').map(|p| p.parse::<i64>().ok());
     let (hour, minute, second) = (t.next()??, t.next()??, t.next()??);
-    if !(1..=12).contains(&month)
+    // Four-digit years keep the day arithmetic below far from overflowing.
+    if !(0..=9999).contains(&year)
+        || !(1..=12).contains(&month)
         || !(1..=31).contains(&day)
-        || hour > 23
-        || minute > 59
-        || second > 60
+        || !(0..=23).contains(&hour)
+        || !(0..=59).contains(&minute)
+        || !(0..=60).contains(&second)
     {
         return None;
     }
@@ -383,4 +386,83 @@ pub fn parse_iso8601(text: &str) -> Option<SystemTime> {
     let days = era * 146_097 + doe - 719_468;
     let secs = days * 86_400 + hour * 3600 + minute * 60 + second;
     Some(UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ENDPOINT: &str = "https://api.ecr.example/";
+
+    fn at(secs: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    #[test]
+    fn reads_session_credentials_from_assume_role_xml() {
+        let xml = br#"<AssumeRoleResponse><AssumeRoleResult><Credentials>
+            <AccessKeyId>ASIAEXAMPLE</AccessKeyId>
+            <SecretAccessKey>s3cr&amp;t</SecretAccessKey>
+            <SessionToken>token</SessionToken>
+            <Expiration>2023-11-14T22:13:20Z</Expiration>
+        </Credentials></AssumeRoleResult></AssumeRoleResponse>"#;
+        let session = parse_assume_role_response(xml, ENDPOINT).unwrap();
+        assert_eq!(session.access_key_id, "ASIAEXAMPLE");
+        assert_eq!(session.secret_access_key, "s3cr&t");
+        assert_eq!(session.session_token.as_deref(), Some("token"));
+        assert_eq!(session.expires_at, Some(at(1_700_000_000)));
+        assert!(parse_assume_role_response(b"<Credentials></Credentials>", ENDPOINT).is_err());
+    }
+
+    #[test]
+    fn reads_the_authorization_token_and_its_expiry() {
+        let body = br#"{"authorizationData":[{"authorizationToken":"QVdTOnBhc3M=","expiresAt":1700003600.5}]}"#;
+        let token = parse_authorization_response(body, ENDPOINT, at(1_700_000_000)).unwrap();
+        assert_eq!(
+            (token.username.as_str(), token.password.as_str()),
+            ("AWS", "pass")
+        );
+        assert_eq!(
+            token.expires_at,
+            at(1_700_003_600) + Duration::from_millis(500)
+        );
+        assert_eq!(token.lifetime, Duration::from_millis(3_600_500));
+    }
+
+    #[test]
+    fn refuses_an_expires_at_past_the_end_of_time_instead_of_panicking() {
+        for expires_at in ["1e300", "-1", "18446744073709551616"] {
+            let body = format!(
+                r#"{{"authorizationData":[{{"authorizationToken":"QVdTOnBhc3M=","expiresAt":{expires_at}}}]}}"#
+            );
+            let err = parse_authorization_response(body.as_bytes(), ENDPOINT, at(0)).unwrap_err();
+            assert!(
+                err.to_string().contains("bad expiresAt"),
+                "{expires_at}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn reads_sts_timestamps_and_refuses_out_of_range_ones_instead_of_overflowing() {
+        assert_eq!(
+            parse_iso8601("2023-11-14T22:13:20Z"),
+            Some(at(1_700_000_000))
+        );
+        assert_eq!(
+            parse_iso8601("2023-11-14T22:13:20.999Z"),
+            Some(at(1_700_000_000))
+        );
+        assert_eq!(parse_iso8601("1970-01-01T00:00:00Z"), Some(at(0)));
+        for bad in [
+            "9223372036854775807-01-01T00:00:00Z",
+            "-9223372036854775807-01-01T00:00:00Z",
+            "10000-01-01T00:00:00Z",
+            "2023-11-14T-1:13:20Z",
+            "2023-11-14T22:13:20",
+            "1969-12-31T23:59:59Z",
+        ] {
+            assert_eq!(parse_iso8601(bad), None, "{bad}");
+        }
+    }
 }

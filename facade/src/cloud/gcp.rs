@@ -205,10 +205,18 @@ pub fn parse_token_response(
         });
     }
     let lifetime = Duration::from_secs(response.expires_in.unwrap_or(3600));
+    // `expires_in` is the endpoint's number: one past the end of time is an unreadable answer,
+    // not a reason to panic.
+    let expires_at = now
+        .checked_add(lifetime)
+        .ok_or_else(|| CloudError::Response {
+            endpoint: endpoint.to_owned(),
+            reason: format!("expires_in {} is out of range", lifetime.as_secs()),
+        })?;
     Ok(RegistryToken {
         username: REGISTRY_USERNAME.to_owned(),
         password: response.access_token,
-        expires_at: now + lifetime,
+        expires_at,
         lifetime,
     })
 }
@@ -226,4 +234,36 @@ pub(crate) fn form_encode(value: &str) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_an_access_token_with_its_lifetime() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let token = parse_token_response(
+            br#"{"access_token":"ya29.x","expires_in":3599,"token_type":"Bearer"}"#,
+            "https://oauth2.example/token",
+            now,
+        )
+        .unwrap();
+        assert_eq!(token.username, REGISTRY_USERNAME);
+        assert_eq!(token.password, "ya29.x");
+        assert_eq!(token.lifetime, Duration::from_secs(3599));
+        assert_eq!(token.expires_at, now + Duration::from_secs(3599));
+        let token = parse_token_response(br#"{"access_token":"a"}"#, "e", now).unwrap();
+        assert_eq!(token.lifetime, Duration::from_secs(3600));
+        assert!(parse_token_response(br#"{"access_token":""}"#, "e", now).is_err());
+    }
+
+    #[test]
+    fn refuses_an_expires_in_past_the_end_of_time_instead_of_panicking() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let body = format!(r#"{{"access_token":"a","expires_in":{}}}"#, u64::MAX);
+        let err =
+            parse_token_response(body.as_bytes(), "https://oauth2.example/token", now).unwrap_err();
+        assert!(err.to_string().contains("out of range"), "{err}");
+    }
 }

@@ -99,20 +99,9 @@ impl StoreBrowser {
                 clipped = true;
                 break;
             }
-            url = client
-                .api_url("")
-                .and_then(|base| {
-                    base.join(&next).map_err(|_| UpstreamError::Redirect {
-                        url: base.to_string(),
-                        reason: "bad Link",
-                    })
-                })
-                .map_err(|e| upstream_error(&what, e))?;
-            if !client.is_own(&url) {
-                return Err(BrowseError::Failed(format!(
-                    "{what}: the registry's next page leaves its origin"
-                )));
-            }
+            let base = client.api_url("").map_err(|e| upstream_error(&what, e))?;
+            url = tags::resolve_link(&base, &next)
+                .map_err(|e| BrowseError::Failed(format!("{what}: {e}")))?;
         }
         let seen = found.len();
         Ok(TagList {

@@ -16,6 +16,10 @@ use crate::providers::Secret;
 /// The lifetime assumed when a token response names none, or less (the Docker token spec:
 /// "if omitted, a default of 60 seconds should be assumed"; shorter values are raised to it).
 pub const DEFAULT_LIFETIME: Duration = Duration::from_secs(60);
+/// The longest a token is used before it is fetched again, whatever its `expires_in` says
+/// (an `Instant` cannot hold the largest numbers an endpoint may send; a day is far above
+/// what registries issue, minutes to hours).
+pub const MAX_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 /// How long before expiry a token is refreshed, at most.
 const MAX_MARGIN: Duration = Duration::from_secs(30);
 /// Past this many scopes, stale entries are dropped when a new one is added: devices choose
@@ -75,6 +79,7 @@ impl TokenResponse {
                 lifetime = lifetime.saturating_sub(age);
             }
         }
+        let lifetime = lifetime.min(MAX_LIFETIME);
         let margin = (lifetime / 5).min(MAX_MARGIN);
         Some(Token {
             value: Secret::new(value),
@@ -89,6 +94,11 @@ impl Token {
     /// The token.
     pub fn value(&self) -> &Secret {
         &self.value
+    }
+
+    /// When the cache stops handing it out and fetches a new one.
+    pub fn refresh_at(&self) -> Instant {
+        self.refresh_at
     }
 
     fn fresh(&self) -> bool {
@@ -194,6 +204,14 @@ mod tests {
             .into_token(now)
             .unwrap();
         assert_eq!(t.refresh_at - now, Duration::from_secs(3570));
+    }
+
+    #[test]
+    fn caps_an_expires_in_too_large_for_a_clock_at_a_day() {
+        let now = Instant::now();
+        let json = format!(r#"{{"token":"a","expires_in":{}}}"#, u64::MAX);
+        let t = response(&json).into_token(now).unwrap();
+        assert_eq!(t.refresh_at - now, MAX_LIFETIME - MAX_MARGIN);
     }
 
     #[test]
