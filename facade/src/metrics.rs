@@ -128,16 +128,12 @@ impl Metrics {
                 "facade_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}"
             );
         }
-        header(
+        single(
             &mut out,
             "facade_bytes_streamed_total",
             "counter",
             "Body bytes sent to devices.",
-        );
-        let _ = writeln!(
-            out,
-            "facade_bytes_streamed_total {}",
-            self.bytes_streamed.load(Ordering::Relaxed)
+            self.bytes_streamed.load(Ordering::Relaxed),
         );
         header(
             &mut out,
@@ -163,61 +159,41 @@ impl Metrics {
                 "facade_refused_handshakes_total{{reason=\"{reason}\"}} {n}"
             );
         }
-        header(
+        single(
             &mut out,
             "facade_handshakes_total",
             "counter",
             "TLS handshakes completed (device connections let in).",
+            self.handshakes.load(Ordering::Relaxed),
         );
-        let _ = writeln!(
-            out,
-            "facade_handshakes_total {}",
-            self.handshakes.load(Ordering::Relaxed)
-        );
-        header(
+        single(
             &mut out,
             "facade_open_connections",
             "gauge",
             "Device connections open now.",
+            self.open_connections.load(Ordering::Relaxed),
         );
-        let _ = writeln!(
-            out,
-            "facade_open_connections {}",
-            self.open_connections.load(Ordering::Relaxed)
-        );
-        header(
+        single(
             &mut out,
             "facade_requests_in_flight",
             "gauge",
             "Device requests being routed and answered (up to the response head).",
+            self.requests_in_flight.load(Ordering::Relaxed),
         );
-        let _ = writeln!(
-            out,
-            "facade_requests_in_flight {}",
-            self.requests_in_flight.load(Ordering::Relaxed)
-        );
-        header(
+        single(
             &mut out,
             "facade_upstream_bodies_open",
             "gauge",
             "Upstream bodies being streamed to devices.",
-        );
-        let _ = writeln!(
-            out,
-            "facade_upstream_bodies_open {}",
-            self.upstream_bodies_open.load(Ordering::Relaxed)
+            self.upstream_bodies_open.load(Ordering::Relaxed),
         );
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            header(
+            single(
                 &mut out,
                 "facade_runtime_alive_tasks",
                 "gauge",
                 "Tasks alive in the facade's async runtime (listeners, connections, streams).",
-            );
-            let _ = writeln!(
-                out,
-                "facade_runtime_alive_tasks {}",
-                runtime.metrics().num_alive_tasks()
+                runtime.metrics().num_alive_tasks(),
             );
         }
         header(
@@ -270,6 +246,12 @@ fn snapshot<K: Ord + Clone>(map: &Mutex<BTreeMap<K, u64>>) -> Vec<(K, u64)> {
 fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+/// A metric with one unlabelled sample: its header, then `name value`.
+fn single(out: &mut String, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
+    header(out, name, kind, help);
+    let _ = writeln!(out, "{name} {value}");
 }
 
 #[cfg(test)]
