@@ -1,7 +1,6 @@
 //! `meshanics-facade`: the registry facade's binary. Reads the config once (exit 64 on a bad
 //! one, naming the key and the file), serves until SIGTERM or SIGINT, then drains.
 
-use std::io::IsTerminal as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -31,15 +30,7 @@ const EXIT_CONFIG: u8 = 64;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_target(false)
-        // journald and log files get plain text; colours only on a terminal.
-        .with_ansi(std::io::stdout().is_terminal())
-        .init();
+    meshanics_facade::init_logging();
     let config = match Config::load(&cli.config) {
         Ok(config) => config,
         Err(error) => {

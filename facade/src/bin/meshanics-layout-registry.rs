@@ -1,7 +1,6 @@
 //! `meshanics-layout-registry`: a read-only registry over a folder of OCI image layouts, for
 //! sites that receive images as `skopeo copy ... oci:DIR:TAG` folders (and for the demo).
 
-use std::io::IsTerminal as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -37,14 +36,7 @@ struct Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_target(false)
-        .with_ansi(std::io::stdout().is_terminal())
-        .init();
+    meshanics_facade::init_logging();
     let registry = match LayoutRegistry::open(&cli.dir) {
         Ok(registry) => registry,
         Err(error) => {
