@@ -79,6 +79,10 @@ fn client() -> reqwest::Client {
     crate::http_client::client(rustls::RootCertStore::empty(), timeout, timeout).unwrap()
 }
 
+async fn json_body(response: reqwest::Response) -> serde_json::Value {
+    serde_json::from_slice(&response.bytes().await.unwrap()).unwrap()
+}
+
 #[test]
 fn splits_registry_paths_into_what_they_ask_for() {
     assert_eq!(parse_path("/v2/"), Some(Ask::Base));
@@ -151,15 +155,14 @@ async fn serves_tags_manifests_and_blobs_as_a_registry_does() {
         "registry/2.0"
     );
 
-    let tags: serde_json::Value = client
-        .get(format!("{base}/v2/demo/app/tags/list"))
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .map(|b| serde_json::from_slice(&b).unwrap())
-        .unwrap();
+    let tags: serde_json::Value = json_body(
+        client
+            .get(format!("{base}/v2/demo/app/tags/list"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(
         tags,
         json!({"name": "demo/app", "tags": ["0.9", "1.0", "latest"]})
@@ -174,15 +177,14 @@ async fn serves_tags_manifests_and_blobs_as_a_registry_does() {
         page.headers()["link"],
         "</v2/demo/app/tags/list?n=2&last=1.0>; rel=\"next\""
     );
-    let next: serde_json::Value = client
-        .get(format!("{base}/v2/demo/app/tags/list?n=2&last=1.0"))
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .map(|b| serde_json::from_slice(&b).unwrap())
-        .unwrap();
+    let next: serde_json::Value = json_body(
+        client
+            .get(format!("{base}/v2/demo/app/tags/list?n=2&last=1.0"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(next["tags"], json!(["latest"]));
 
     for reference in ["1.0", fixture.manifest.as_str()] {
@@ -297,8 +299,7 @@ async fn answers_unknown_names_content_and_writes_with_oci_errors() {
             .await
             .unwrap();
         assert_eq!(response.status(), status, "{method} {path}");
-        let body: serde_json::Value =
-            serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
+        let body: serde_json::Value = json_body(response).await;
         assert_eq!(body["errors"][0]["code"], code, "{method} {path}");
     }
     stop.send(()).unwrap();
