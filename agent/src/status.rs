@@ -45,8 +45,9 @@ pub struct MetadataView {
     pub timestamp: Option<RoleView>,
     /// The trusted targets, if accepted.
     pub targets: Option<RoleView>,
-    /// The clock expiry is checked against now: the system clock, never below the newest
-    /// issue time trusted (RFC 3339).
+    /// The device's time now: the system clock, never below the offline-known nor the
+    /// online-known time (RFC 3339). The root and targets expire against it; the timestamp
+    /// against the system clock and the offline-known time alone (docs/metadata.md).
     pub effective_time: String,
 }
 
@@ -59,8 +60,8 @@ pub struct RoleView {
     pub expires: String,
     /// The same, in Unix seconds.
     pub expires_unix: u64,
-    /// Whether it has expired against the effective clock (a device refuses to apply
-    /// anything until fresh metadata arrives).
+    /// Whether it has expired against the clock the workflow checks it against (a device
+    /// refuses to apply anything until fresh metadata arrives).
     pub expired: bool,
 }
 
@@ -141,7 +142,9 @@ pub fn read_metadata(config: &Config, system_now: UnixTime) -> Result<MetadataVi
     let now = trusted.effective_time(system_now);
     Ok(MetadataView {
         root: role_view(trusted.root(), now),
-        timestamp: trusted.timestamp().map(|t| role_view(t, now)),
+        timestamp: trusted
+            .timestamp()
+            .map(|t| role_view(t, trusted.timestamp_time(system_now))),
         targets: trusted.targets().map(|t| role_view(t, now)),
         effective_time: now.to_string(),
     })

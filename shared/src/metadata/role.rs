@@ -44,7 +44,8 @@ pub trait Role: Serialize + DeserializeOwned {
     fn declared_type(&self) -> RoleType;
     /// The payload's version number (starts at 1).
     fn version(&self) -> u64;
-    /// When it was signed; the verifier's clock never goes below the newest trusted one.
+    /// When it was signed. Trusted metadata's `issued` keeps the verifier's clock from going
+    /// back: see the clock rules of [`super::TrustedSet`].
     fn issued(&self) -> UnixTime;
     /// When it stops being valid.
     fn expires(&self) -> UnixTime;

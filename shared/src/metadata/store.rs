@@ -15,7 +15,15 @@ pub const ROOT_FILE: &str = "root.cose";
 pub const TIMESTAMP_FILE: &str = "timestamp.cose";
 /// The trusted targets file in the store.
 pub const TARGETS_FILE: &str = "targets.cose";
-/// The latest known time (decimal seconds since the epoch) in the store.
+/// The offline-known time (decimal seconds since the epoch and a newline) in the store: the
+/// newest `issued` of metadata signed by offline keys (the anchor, roots, targets).
+pub const OFFLINE_KNOWN_TIME_FILE: &str = "offline-known-time";
+/// The online-known time (decimal seconds since the epoch and a newline) in the store: the
+/// newest `issued` of accepted timestamps, capped (see [`super::TrustedSet`]).
+pub const ONLINE_KNOWN_TIME_FILE: &str = "online-known-time";
+/// The single clock file stores written before the offline/online split (same format). It
+/// is read as the online-known time when [`ONLINE_KNOWN_TIME_FILE`] is missing, and removed
+/// once the two new files are written.
 pub const LATEST_KNOWN_TIME_FILE: &str = "latest-known-time";
 
 /// A folder of trusted metadata.
@@ -33,8 +41,12 @@ pub struct StoredFiles {
     pub timestamp: Option<Vec<u8>>,
     /// The trusted targets, if one was stored.
     pub targets: Option<Vec<u8>>,
-    /// The latest known time, if one was stored.
-    pub latest_known: Option<UnixTime>,
+    /// The offline-known time, if one was stored.
+    pub offline_known: Option<UnixTime>,
+    /// The online-known time, if one was stored.
+    pub online_known: Option<UnixTime>,
+    /// The single latest-known time of the old layout, if that file is still there.
+    pub legacy_latest_known: Option<UnixTime>,
 }
 
 // === impl TrustedStore ===
@@ -64,32 +76,33 @@ impl TrustedStore {
 
     /// Reads every stored file.
     pub fn load(&self) -> Result<StoredFiles, MetadataError> {
-        let latest_known = match self.read(LATEST_KNOWN_TIME_FILE)? {
-            Some(bytes) => {
-                let path = self.dir.join(LATEST_KNOWN_TIME_FILE);
-                let text = String::from_utf8(bytes).map_err(|_| MetadataError::Store {
-                    operation: "reading",
-                    path: path.clone(),
-                    source: std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8"),
-                })?;
-                let secs = text
-                    .trim()
-                    .parse::<u64>()
-                    .map_err(|e| MetadataError::Store {
-                        operation: "reading",
-                        path,
-                        source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
-                    })?;
-                Some(UnixTime::from_secs(secs))
-            }
-            None => None,
-        };
         Ok(StoredFiles {
             root: self.read(ROOT_FILE)?,
             timestamp: self.read(TIMESTAMP_FILE)?,
             targets: self.read(TARGETS_FILE)?,
-            latest_known,
+            offline_known: self.read_time(OFFLINE_KNOWN_TIME_FILE)?,
+            online_known: self.read_time(ONLINE_KNOWN_TIME_FILE)?,
+            legacy_latest_known: self.read_time(LATEST_KNOWN_TIME_FILE)?,
         })
+    }
+
+    /// Reads a time file (decimal seconds, surrounding white space ignored); `None` when it
+    /// does not exist.
+    fn read_time(&self, name: &str) -> Result<Option<UnixTime>, MetadataError> {
+        let Some(bytes) = self.read(name)? else {
+            return Ok(None);
+        };
+        let invalid = |error: Box<dyn std::error::Error + Send + Sync>| MetadataError::Store {
+            operation: "reading",
+            path: self.dir.join(name),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidData, error),
+        };
+        let text = String::from_utf8(bytes).map_err(|_| invalid("not UTF-8".into()))?;
+        let secs = text
+            .trim()
+            .parse::<u64>()
+            .map_err(|e| invalid(Box::new(e)))?;
+        Ok(Some(UnixTime::from_secs(secs)))
     }
 
     /// Reads one file of the store; `None` when it does not exist.
@@ -125,12 +138,22 @@ impl TrustedStore {
         }
     }
 
-    /// Records the latest known time.
-    pub fn write_latest_known(&self, time: UnixTime) -> Result<(), MetadataError> {
+    /// Records the offline-known and the online-known time (each file replaced atomically),
+    /// then removes the old layout's single [`LATEST_KNOWN_TIME_FILE`] if it is there.
+    pub fn write_known_times(
+        &self,
+        offline: UnixTime,
+        online: UnixTime,
+    ) -> Result<(), MetadataError> {
         self.write(
-            LATEST_KNOWN_TIME_FILE,
-            format!("{}\n", time.as_secs()).as_bytes(),
-        )
+            OFFLINE_KNOWN_TIME_FILE,
+            format!("{}\n", offline.as_secs()).as_bytes(),
+        )?;
+        self.write(
+            ONLINE_KNOWN_TIME_FILE,
+            format!("{}\n", online.as_secs()).as_bytes(),
+        )?;
+        self.remove(LATEST_KNOWN_TIME_FILE)
     }
 }
 

@@ -4,6 +4,26 @@
 //!
 //! Nothing here fetches or writes files: [`super::Updater`] drives the order (root chain,
 //! root expiry, timestamp, targets) and persists what was accepted.
+//!
+//! # Clocks
+//!
+//! Devices without a real-time clock boot in 1970, so expiry is never checked against the
+//! system clock alone but also against times learned from trusted metadata. Two are kept,
+//! because the keys behind them are not equally protected:
+//!
+//! - the *offline-known time*: the newest `issued` of metadata signed by offline keys (the
+//!   anchor, every accepted root, the trusted targets). Only those advance it.
+//! - the *online-known time*: the newest `issued` of accepted timestamps, signed by the
+//!   online key. It never exceeds the earliest `expires` of the trusted root and trusted
+//!   targets (the validity window the offline keys signed), and it is reset to the
+//!   offline-known time when a new root changes the timestamp keys, so rotating a
+//!   compromised timestamp key undoes what that key did to the clock.
+//!
+//! A timestamp is checked against max(system clock, offline-known time)
+//! ([`TrustedSet::timestamp_time`]); the final root and the targets against the max of all
+//! three ([`TrustedSet::effective_time`]). A timestamp therefore still tells a clock-less
+//! device that its targets (or root) have expired, but no timestamp can move any clock past
+//! what the offline keys signed, nor refuse the next timestamp as expired.
 
 use sha2::Digest as _;
 
@@ -22,7 +42,8 @@ pub struct TrustedSet {
     root: Signed<Root>,
     timestamp: Option<Signed<Timestamp>>,
     targets: Option<Signed<Targets>>,
-    latest_known: UnixTime,
+    offline_known: UnixTime,
+    online_known: UnixTime,
 }
 
 /// A payload with the exact bytes it was verified from (what gets persisted).
@@ -61,15 +82,18 @@ impl TrustedSet {
     /// old anchor may still lead to a current root.
     pub fn from_anchor(anchor: &[u8]) -> Result<Self, MetadataError> {
         let root = open_root(ANCHOR, anchor, None)?;
-        Ok(TrustedSet {
-            latest_known: root.issued(),
+        let mut set = TrustedSet {
+            offline_known: root.issued(),
+            online_known: root.issued(),
             root: Signed {
                 payload: root,
                 bytes: anchor.to_vec(),
             },
             timestamp: None,
             targets: None,
-        })
+        };
+        set.cap_online_known();
+        Ok(set)
     }
 
     /// Restores what a store held, starting from the anchor. A stored root replaces the
@@ -78,6 +102,11 @@ impl TrustedSet {
     /// which is as safe as the first time. A stored timestamp or targets file that no longer
     /// verifies under the root is dropped (its keys were rotated). Expiry is not checked
     /// here: expired files still protect against rollback.
+    ///
+    /// The offline-known time is the largest of the stored one and the `issued` of the
+    /// anchor and the root and targets kept; the online-known time the largest of the stored
+    /// one (or, when only the old single latest-known time is stored, that one) and the
+    /// kept timestamp's `issued`, capped as always.
     pub fn from_stored(anchor: &[u8], stored: &StoredFiles) -> Result<Self, MetadataError> {
         let mut set = TrustedSet::from_anchor(anchor)?;
         if let Some(bytes) = &stored.root {
@@ -85,7 +114,7 @@ impl TrustedSet {
             if let Some(root) =
                 stored_root.filter(|root| root.version() >= set.root.payload.version())
             {
-                set.latest_known = set.latest_known.max(root.issued());
+                set.offline_known = set.offline_known.max(root.issued());
                 set.root = Signed {
                     payload: root,
                     bytes: bytes.clone(),
@@ -95,7 +124,7 @@ impl TrustedSet {
         if let Some(bytes) = &stored.timestamp
             && let Ok(ts) = open::<Timestamp>(super::store::TIMESTAMP_FILE, bytes, set.root())
         {
-            set.latest_known = set.latest_known.max(ts.issued());
+            set.online_known = set.online_known.max(ts.issued());
             set.timestamp = Some(Signed {
                 payload: ts,
                 bytes: bytes.clone(),
@@ -104,15 +133,21 @@ impl TrustedSet {
         if let Some(bytes) = &stored.targets
             && let Ok(targets) = open::<Targets>(super::store::TARGETS_FILE, bytes, set.root())
         {
-            set.latest_known = set.latest_known.max(targets.issued());
+            set.offline_known = set.offline_known.max(targets.issued());
             set.targets = Some(Signed {
                 payload: targets,
                 bytes: bytes.clone(),
             });
         }
-        if let Some(known) = stored.latest_known {
-            set.latest_known = set.latest_known.max(known);
+        if let Some(known) = stored.offline_known {
+            set.offline_known = set.offline_known.max(known);
         }
+        // A store from before the split keeps one time, which timestamps could push: taken
+        // as the online-known time it is capped, and a timestamp key rotation resets it.
+        if let Some(known) = stored.online_known.or(stored.legacy_latest_known) {
+            set.online_known = set.online_known.max(known);
+        }
+        set.cap_online_known();
         Ok(set)
     }
 
@@ -147,15 +182,41 @@ impl TrustedSet {
         self.targets.as_ref().map(|s| s.bytes.as_slice())
     }
 
-    /// The newest issue time of any metadata trusted so far.
-    pub fn latest_known(&self) -> UnixTime {
-        self.latest_known
+    /// The offline-known time: the newest `issued` of the anchor, the roots accepted and
+    /// the trusted targets.
+    pub fn offline_known(&self) -> UnixTime {
+        self.offline_known
     }
 
-    /// The clock to check expiry against: the system clock, never below the latest known
+    /// The online-known time: the newest `issued` of the timestamps accepted since the
+    /// timestamp keys last changed, never past the earliest `expires` of the trusted root
+    /// and targets.
+    pub fn online_known(&self) -> UnixTime {
+        self.online_known
+    }
+
+    /// The clock a timestamp's expiry is checked against: the system clock, never below the
+    /// offline-known time. The online-known time is left out, so that no timestamp can
+    /// make the next one look expired.
+    pub fn timestamp_time(&self, system: UnixTime) -> UnixTime {
+        UnixTime::effective(system, self.offline_known)
+    }
+
+    /// The clock the final root and the targets are checked against, and what callers take
+    /// as the time: the system clock, never below the offline-known nor the online-known
     /// time.
     pub fn effective_time(&self, system: UnixTime) -> UnixTime {
-        UnixTime::effective(system, self.latest_known)
+        UnixTime::effective(system, self.offline_known.max(self.online_known))
+    }
+
+    /// Holds the online-known time within the validity window the offline keys signed:
+    /// at most the trusted root's `expires` and, with trusted targets, theirs.
+    fn cap_online_known(&mut self) {
+        let mut cap = self.root.payload.expires();
+        if let Some(targets) = self.targets() {
+            cap = cap.min(targets.expires());
+        }
+        self.online_known = self.online_known.min(cap);
     }
 
     /// Offers the next root of the chain (`file` is `N+1.root.cose`). It must be signed by a
@@ -163,7 +224,9 @@ impl TrustedSet {
     /// Intermediate roots may be expired; the final one is checked by
     /// [`TrustedSet::check_root_expiry`]. When the timestamp or targets keys change, the
     /// trusted file of that role is discarded, so a device whose timestamp or targets
-    /// version was fast-forwarded by a compromised key recovers once the key is rotated.
+    /// version was fast-forwarded by a compromised key recovers once the key is rotated;
+    /// when the timestamp keys change, the online-known time is also reset to the
+    /// offline-known time, which undoes a clock pushed forward by the old key.
     pub fn update_root(&mut self, file: &str, bytes: &[u8]) -> Result<RootRotation, MetadataError> {
         let new = open_root(file, bytes, Some(self.root()))?;
         let expected = self.root().version().saturating_add(1);
@@ -189,28 +252,36 @@ impl TrustedSet {
             rotation.dropped_targets = self.targets.is_some();
             self.targets = None;
         }
-        self.latest_known = self.latest_known.max(new.issued());
+        self.offline_known = self.offline_known.max(new.issued());
+        if timestamp_keys_changed {
+            self.online_known = self.offline_known;
+        }
         self.root = Signed {
             payload: new,
             bytes: bytes.to_vec(),
         };
+        self.cap_online_known();
         Ok(rotation)
     }
 
-    /// Refuses an expired final root (freeze attack).
-    pub fn check_root_expiry(&self, now: UnixTime) -> Result<(), MetadataError> {
-        check_expiry(self.root(), "root", now)
+    /// Refuses an expired final root (freeze attack), at [`TrustedSet::effective_time`] of
+    /// the system clock `system`.
+    pub fn check_root_expiry(&self, system: UnixTime) -> Result<(), MetadataError> {
+        check_expiry(self.root(), "root", self.effective_time(system))
     }
 
     /// Offers a timestamp: a threshold of the root's timestamp keys, a version never lower
     /// than the trusted one (equal means nothing new), a targets version never lower than
-    /// the trusted timestamp named, and not expired.
+    /// the trusted timestamp named, and not expired at [`TrustedSet::timestamp_time`] of the
+    /// system clock `system`. A new one raises the online-known time to its `issued`
+    /// (capped).
     pub fn update_timestamp(
         &mut self,
         file: &str,
         bytes: &[u8],
-        now: UnixTime,
+        system: UnixTime,
     ) -> Result<TimestampUpdate, MetadataError> {
+        let now = self.timestamp_time(system);
         let new: Timestamp = open(file, bytes, self.root())?;
         if let Some(trusted) = self.timestamp() {
             if new.version() < trusted.version() {
@@ -234,11 +305,12 @@ impl TrustedSet {
             }
         }
         check_expiry(&new, file, now)?;
-        self.latest_known = self.latest_known.max(new.issued());
+        self.online_known = self.online_known.max(new.issued());
         self.timestamp = Some(Signed {
             payload: new,
             bytes: bytes.to_vec(),
         });
+        self.cap_online_known();
         Ok(TimestampUpdate::New)
     }
 
@@ -254,13 +326,15 @@ impl TrustedSet {
 
     /// Offers the targets file: exactly the length and sha256 the trusted timestamp names,
     /// a threshold of the root's targets keys, the version the timestamp names and never
-    /// lower than the trusted one, and not expired.
+    /// lower than the trusted one, and not expired at [`TrustedSet::effective_time`] of the
+    /// system clock `system`. They raise the offline-known time to their `issued`.
     pub fn update_targets(
         &mut self,
         file: &str,
         bytes: &[u8],
-        now: UnixTime,
+        system: UnixTime,
     ) -> Result<(), MetadataError> {
+        let now = self.effective_time(system);
         let Some(meta) = self.timestamp().map(|t| t.targets().clone()) else {
             return Err(MetadataError::TimestampMismatch {
                 file: file.to_owned(),
@@ -307,18 +381,20 @@ impl TrustedSet {
             });
         }
         check_expiry(&new, file, now)?;
-        self.latest_known = self.latest_known.max(new.issued());
+        self.offline_known = self.offline_known.max(new.issued());
         self.targets = Some(Signed {
             payload: new,
             bytes: bytes.to_vec(),
         });
+        self.cap_online_known();
         Ok(())
     }
 
-    /// Refuses trusted targets that have expired (or are missing) when nothing new came.
-    pub fn check_targets_expiry(&self, now: UnixTime) -> Result<(), MetadataError> {
+    /// Refuses trusted targets that have expired at [`TrustedSet::effective_time`] of the
+    /// system clock `system` (or are missing) when nothing new came.
+    pub fn check_targets_expiry(&self, system: UnixTime) -> Result<(), MetadataError> {
         match self.targets() {
-            Some(targets) => check_expiry(targets, "targets", now),
+            Some(targets) => check_expiry(targets, "targets", self.effective_time(system)),
             None => Err(MetadataError::TimestampMismatch {
                 file: "targets".to_owned(),
                 reason: "no trusted targets".to_owned(),

@@ -36,7 +36,8 @@ pub struct Limits {
 /// What an update did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpdateReport {
-    /// The clock expiry was checked against.
+    /// The clock the targets were checked against: [`TrustedSet::effective_time`] of the
+    /// system clock once the timestamp was taken.
     pub effective_time: UnixTime,
     /// The root version trusted now.
     pub root_version: u64,
@@ -60,6 +61,9 @@ pub struct Updater {
     trusted: TrustedSet,
     store: Option<TrustedStore>,
     limits: Limits,
+    /// The (offline-known, online-known) times the store holds in the current layout, when
+    /// known; the times are written whenever the trusted set's differ.
+    stored_times: Option<(UnixTime, UnixTime)>,
 }
 
 // === impl Limits ===
@@ -83,17 +87,25 @@ impl Updater {
             trusted,
             store: None,
             limits: Limits::default(),
+            stored_times: None,
         }
     }
 
     /// An updater that restores its trusted set from `store` (starting from the pinned
     /// `anchor` root) and persists every file it accepts there.
     pub fn with_store(anchor: &[u8], store: TrustedStore) -> Result<Self, MetadataError> {
-        let trusted = TrustedSet::from_stored(anchor, &store.load()?)?;
+        let stored = store.load()?;
+        let trusted = TrustedSet::from_stored(anchor, &stored)?;
+        let stored_times = match stored.legacy_latest_known {
+            // The old layout's file is still there: write the new ones (which removes it).
+            Some(_) => None,
+            None => stored.offline_known.zip(stored.online_known),
+        };
         Ok(Updater {
             trusted,
             store: Some(store),
             limits: Limits::default(),
+            stored_times,
         })
     }
 
@@ -110,16 +122,15 @@ impl Updater {
 
     /// Runs one update: the root chain (at most [`Limits::max_root_rotations`] new roots),
     /// the final root's expiry, the timestamp, and the targets when the timestamp names new
-    /// ones. `system_now` is the system clock; expiry is checked against the effective
-    /// clock, which never goes below the latest known time. On error, what was accepted
-    /// before the error stays trusted (and persisted); nothing after it is.
+    /// ones. `system_now` is the system clock; expiry is checked against the clocks of
+    /// [`TrustedSet`], which never go below the times learned from trusted metadata. On
+    /// error, what was accepted before the error stays trusted (and persisted, with the
+    /// known times); nothing after it is.
     pub async fn update<F: Fetch>(
         &mut self,
         fetch: &mut F,
         system_now: UnixTime,
     ) -> Result<UpdateReport, MetadataError> {
-        let now = self.trusted.effective_time(system_now);
-
         let mut rotations = 0;
         let mut rotation_limit_reached = false;
         loop {
@@ -136,6 +147,9 @@ impl Updater {
                 other => other?,
             };
             let rotation = self.trusted.update_root(&file, &bytes)?;
+            // The times first: a reset of the online-known time (new timestamp keys) must
+            // be on disk no later than the root that caused it.
+            self.persist_times()?;
             self.persist(store::ROOT_FILE, self.trusted.root_bytes())?;
             if rotation.dropped_timestamp {
                 self.remove(store::TIMESTAMP_FILE)?;
@@ -145,27 +159,30 @@ impl Updater {
             }
             rotations += 1;
         }
-        self.trusted.check_root_expiry(now)?;
+        self.trusted.check_root_expiry(system_now)?;
 
         let bytes = fetch_capped(fetch, TIMESTAMP_FILE, self.limits.timestamp_max_size).await?;
-        let timestamp = self.trusted.update_timestamp(TIMESTAMP_FILE, &bytes, now)?;
+        let timestamp = self
+            .trusted
+            .update_timestamp(TIMESTAMP_FILE, &bytes, system_now)?;
         if timestamp == TimestampUpdate::New {
             self.persist(store::TIMESTAMP_FILE, &bytes)?;
+            self.persist_times()?;
         }
+
+        let now = self.trusted.effective_time(system_now);
 
         let mut targets_changed = false;
         if let Some(meta) = self.trusted.targets_wanted().cloned() {
             let file = targets_file(meta.version());
             let bytes = fetch_capped(fetch, &file, meta.length()).await?;
-            self.trusted.update_targets(&file, &bytes, now)?;
+            self.trusted.update_targets(&file, &bytes, system_now)?;
             self.persist(store::TARGETS_FILE, &bytes)?;
             targets_changed = true;
         } else {
-            self.trusted.check_targets_expiry(now)?;
+            self.trusted.check_targets_expiry(system_now)?;
         }
-        if let Some(store) = &self.store {
-            store.write_latest_known(self.trusted.latest_known())?;
-        }
+        self.persist_times()?;
 
         Ok(UpdateReport {
             effective_time: now,
@@ -216,6 +233,19 @@ impl Updater {
             Some(store) => store.write(name, bytes),
             None => Ok(()),
         }
+    }
+
+    /// Writes the offline-known and online-known times when the store does not hold them
+    /// yet (each file atomically).
+    fn persist_times(&mut self) -> Result<(), MetadataError> {
+        let times = (self.trusted.offline_known(), self.trusted.online_known());
+        if let Some(store) = &self.store
+            && self.stored_times != Some(times)
+        {
+            store.write_known_times(times.0, times.1)?;
+            self.stored_times = Some(times);
+        }
+        Ok(())
     }
 
     fn remove(&self, name: &str) -> Result<(), MetadataError> {

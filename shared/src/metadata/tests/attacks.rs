@@ -6,8 +6,8 @@ use coset::{CoseSignBuilder, CoseSignatureBuilder, HeaderBuilder, TaggedCborSeri
 
 use super::simulator::{DAY, Simulator, T0};
 use crate::metadata::{
-    Limits, MetadataError, Role, RoleType, SigningKey, TargetsMeta, Timestamp, UnixTime, sign,
-    targets_file,
+    Limits, MetadataError, Role, RoleType, SigningKey, TargetsMeta, Timestamp, TrustedStore,
+    UnixTime, Updater, sign, targets_file,
 };
 use crate::verify::VerifyError;
 
@@ -413,7 +413,7 @@ async fn refuses_expired_timestamp_when_the_clock_is_stepped_back_below_latest_k
     // The device is pinned to a root issued at T0 and boots with its clock in 1970: the
     // attacker replays the old release, which looks fresh to a 1970 clock.
     let mut device = sim.device();
-    assert_eq!(device.trusted().latest_known(), T0);
+    assert_eq!(device.trusted().offline_known(), T0);
 
     let result = device.update(&mut sim, UnixTime::EPOCH).await;
 
@@ -449,6 +449,116 @@ async fn recovers_from_a_fast_forward_attack_once_timestamp_keys_rotate() {
 
     assert_eq!(report.root_version, 2);
     assert_eq!(report.timestamp_version, 2);
+}
+
+// --- a clock pushed forward by the online key ------------------------------------------------
+
+/// Signs a timestamp with the repository's current timestamp keys but an `issued` of the
+/// signer's choosing: what whoever holds the (online) timestamp key, or a signing host whose
+/// clock runs far ahead, can produce.
+fn timestamp_issued_at(sim: &mut Simulator, version: u64, issued: UnixTime) -> Vec<u8> {
+    let honest_now = sim.now;
+    sim.now = issued;
+    let expires = issued.saturating_add(DAY);
+    let meta = TargetsMeta::new(sim.targets_version, &sim.current_targets);
+    let bytes = sim.sign_timestamp(version, expires, meta);
+    sim.now = honest_now;
+    bytes
+}
+
+/// A clock-less device (its system clock reads 1970) that trusts the first release, then is
+/// served a timestamp the timestamp key signed with `issued` in the far future. It persists
+/// to `store` when given one.
+async fn device_served_a_timestamp_issued_at(
+    issued: UnixTime,
+    store: Option<TrustedStore>,
+) -> (Simulator, Updater) {
+    let mut sim = Simulator::with_release();
+    let mut device = match store {
+        Some(store) => Updater::with_store(&sim.anchor(), store).unwrap(),
+        None => sim.device(),
+    };
+    device.update(&mut sim, UnixTime::EPOCH).await.unwrap();
+    let forged = timestamp_issued_at(&mut sim, 2, issued);
+    sim.timestamp_version = 2;
+    sim.serve("timestamp.cose", forged);
+    let attacked = device.update(&mut sim, UnixTime::EPOCH).await;
+
+    // The forged timestamp is validly signed: the device takes it, and learns from it that
+    // time has passed, but only up to the trusted targets' expiry. So those targets count as
+    // expired now (as they would if the timestamp were honest), and nothing else does.
+    let targets_expire = T0.saturating_add(30 * DAY);
+    assert_eq!(device.trusted().timestamp().unwrap().version(), 2);
+    assert_eq!(device.trusted().online_known(), targets_expire);
+    assert_eq!(device.trusted().offline_known(), T0);
+    assert_err(attacked, |e| {
+        matches!(
+            e,
+            MetadataError::Expired {
+                role: RoleType::Targets,
+                now,
+                ..
+            } if *now == targets_expire
+        )
+    });
+    (sim, device)
+}
+
+#[tokio::test]
+async fn a_timestamp_issued_far_in_the_future_cannot_freeze_the_device() {
+    let first_targets_expire = T0.saturating_add(30 * DAY);
+    for issued in [
+        T0.saturating_add(100 * 365 * DAY),
+        UnixTime::from_secs(u64::MAX - 1),
+    ] {
+        let (mut sim, mut device) = device_served_a_timestamp_issued_at(issued, None).await;
+        // An hour later the operator publishes a release with the real keys.
+        sim.now = T0.saturating_add(std::time::Duration::from_secs(3600));
+        let entry = sim.entry("app", b"manifest two");
+        sim.publish_release(vec![entry]);
+
+        let report = device.update(&mut sim, UnixTime::EPOCH).await.unwrap();
+
+        assert_eq!(report.timestamp_version, 3, "issued {issued:?}");
+        assert_eq!(report.targets_version, 2);
+        assert!(report.targets_changed);
+        // The forged timestamp moved the clock no further than the first targets' expiry.
+        assert_eq!(report.effective_time, first_targets_expire);
+        assert_eq!(device.trusted().online_known(), first_targets_expire);
+        assert_eq!(device.trusted().offline_known(), sim.now);
+    }
+}
+
+#[tokio::test]
+async fn rotating_the_timestamp_key_recovers_from_a_clock_pushed_forward() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = TrustedStore::open(dir.path()).unwrap();
+    let pushed = UnixTime::from_secs(u64::MAX - 1);
+    let (mut sim, mut device) =
+        device_served_a_timestamp_issued_at(pushed, Some(store.clone())).await;
+    // The operator rotates the timestamp key (root 2) and publishes a release with it.
+    let released = T0.saturating_add(std::time::Duration::from_secs(3600));
+    sim.now = released;
+    let mut spec = sim.spec.clone();
+    spec.timestamp = vec![sim.key()];
+    sim.publish_root(spec);
+    let entry = sim.entry("app", b"manifest two");
+    sim.publish_release(vec![entry]);
+
+    let report = device.update(&mut sim, UnixTime::EPOCH).await.unwrap();
+
+    assert_eq!(report.root_version, 2);
+    assert_eq!(report.timestamp_version, 3);
+    assert_eq!(report.targets_version, 2);
+    // What the compromised key did to the clock is undone.
+    assert_eq!(device.trusted().online_known(), released);
+    assert_eq!(device.trusted().offline_known(), released);
+    assert_eq!(device.trusted().effective_time(UnixTime::EPOCH), released);
+    assert_eq!(report.effective_time, released);
+    // And it stays undone across a restart.
+    let restarted = Updater::with_store(&sim.anchor(), store).unwrap();
+    assert_eq!(restarted.trusted().online_known(), released);
+    assert_eq!(restarted.trusted().offline_known(), released);
 }
 
 // --- mix-and-match ---------------------------------------------------------------------------

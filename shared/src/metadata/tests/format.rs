@@ -7,7 +7,7 @@ use crate::metadata::envelope::{Envelope, sign_payload};
 use crate::metadata::fetch::{FetchError, read_capped};
 use crate::metadata::{
     KeyId, MetadataError, PublicKey, Role, RoleType, Selectors, SigningKey, TargetName,
-    TargetsMeta, Timestamp, TrustedStore, UpstreamRepository, open, sign,
+    TargetsMeta, Timestamp, TrustedStore, UnixTime, UpstreamRepository, open, sign,
 };
 use crate::platform::Platform;
 
@@ -298,34 +298,51 @@ async fn persists_trusted_metadata_and_keeps_rollback_protection_across_restarts
 }
 
 #[tokio::test]
-async fn restores_the_latest_known_time_from_the_store() {
+async fn restores_the_offline_and_online_known_times_from_the_store() {
     let dir = tempfile::tempdir().unwrap();
     let mut sim = Simulator::with_release();
     sim.now = T0.saturating_add(DAY);
     sim.publish_timestamp();
     let store = TrustedStore::open(dir.path()).unwrap();
     let mut device = crate::metadata::Updater::with_store(&sim.anchor(), store.clone()).unwrap();
-    {
-        let now = sim.now;
-        device.update(&mut sim, now)
-    }
-    .await
-    .unwrap();
+    // A device without a real-time clock: all it knows of the time comes from metadata.
+    device.update(&mut sim, UnixTime::EPOCH).await.unwrap();
+    let read = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap();
+    // The root and the targets were issued at T0, the timestamp a day later.
+    assert_eq!(read("offline-known-time"), format!("{}\n", T0.as_secs()));
     assert_eq!(
-        std::fs::read_to_string(dir.path().join("latest-known-time"))
-            .unwrap()
-            .trim(),
-        sim.now.as_secs().to_string()
+        read("online-known-time"),
+        format!("{}\n", sim.now.as_secs())
     );
+    assert!(!dir.path().join("latest-known-time").exists());
 
     let restarted = crate::metadata::Updater::with_store(&sim.anchor(), store).unwrap();
 
-    assert_eq!(restarted.trusted().latest_known(), sim.now);
+    assert_eq!(restarted.trusted().offline_known(), T0);
+    assert_eq!(restarted.trusted().online_known(), sim.now);
+    assert_eq!(restarted.trusted().timestamp_time(UnixTime::EPOCH), T0);
+    assert_eq!(restarted.trusted().effective_time(UnixTime::EPOCH), sim.now);
+}
+
+#[tokio::test]
+async fn restores_the_known_times_even_without_the_metadata_they_came_from() {
+    // The stored times, not just the stored files, keep the clock from going back: here the
+    // files are gone (a targets key rotation drops the targets, for one) and the times stay.
+    let dir = tempfile::tempdir().unwrap();
+    let sim = Simulator::with_release();
+    let store = TrustedStore::open(dir.path()).unwrap();
+    let later = T0.saturating_add(10 * DAY);
+    store
+        .write_known_times(later, T0.saturating_add(20 * DAY))
+        .unwrap();
+
+    let restarted = crate::metadata::Updater::with_store(&sim.anchor(), store).unwrap();
+
+    assert_eq!(restarted.trusted().offline_known(), later);
+    // Without trusted targets the online-known time is capped by the root's expiry only.
     assert_eq!(
-        restarted
-            .trusted()
-            .effective_time(crate::metadata::UnixTime::EPOCH),
-        sim.now
+        restarted.trusted().online_known(),
+        T0.saturating_add(20 * DAY)
     );
 }
 
@@ -361,4 +378,52 @@ async fn walks_the_chain_from_the_anchor_again_when_the_stored_root_is_damaged()
     assert_eq!(report.root_version, 2);
     let stored = std::fs::read(dir.path().join("root.cose")).unwrap();
     assert_eq!(stored, sim.files["2.root.cose"]);
+}
+
+#[tokio::test]
+async fn reads_an_old_latest_known_time_file_as_the_online_known_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sim = Simulator::with_release();
+    let store = TrustedStore::open(dir.path()).unwrap();
+    let mut device = crate::metadata::Updater::with_store(&sim.anchor(), store.clone()).unwrap();
+    device.update(&mut sim, UnixTime::EPOCH).await.unwrap();
+    drop(device);
+    // What an agent from before the two clocks leaves behind after a timestamp signed far in
+    // the future pushed its clock: one file, and no other.
+    for name in ["offline-known-time", "online-known-time"] {
+        std::fs::remove_file(dir.path().join(name)).ok();
+    }
+    std::fs::write(
+        dir.path().join("latest-known-time"),
+        format!("{}\n", u64::MAX - 1),
+    )
+    .unwrap();
+
+    let mut restarted = crate::metadata::Updater::with_store(&sim.anchor(), store).unwrap();
+
+    // Read as the online-known time, the pushed value is capped at the trusted targets'
+    // expiry; the offline-known time is recomputed from the stored root and targets.
+    let targets_expire = T0.saturating_add(30 * DAY);
+    assert_eq!(restarted.trusted().online_known(), targets_expire);
+    assert_eq!(restarted.trusted().offline_known(), T0);
+    assert_eq!(
+        restarted.trusted().effective_time(UnixTime::EPOCH),
+        targets_expire
+    );
+    // So the device takes the next release, and writes the clocks in the new files.
+    sim.now = T0.saturating_add(std::time::Duration::from_secs(3600));
+    let entry = sim.entry("app", b"manifest two");
+    sim.publish_release(vec![entry]);
+    let report = restarted.update(&mut sim, UnixTime::EPOCH).await.unwrap();
+    assert_eq!(report.targets_version, 2);
+    let read = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap();
+    assert_eq!(
+        read("offline-known-time"),
+        format!("{}\n", sim.now.as_secs())
+    );
+    assert_eq!(
+        read("online-known-time"),
+        format!("{}\n", targets_expire.as_secs())
+    );
+    assert!(!dir.path().join("latest-known-time").exists());
 }
