@@ -25,14 +25,17 @@
 //!   workflow with rollback, freeze and mix-and-match protection.
 //! - [`tls`]: PEM loading with errors that name the file, and the rustls client and server
 //!   configurations (mutual TLS, CRLs) both sides use, all on the `ring` provider.
+//! - [`fs`]: the one atomic write (temporary file, fsync, rename, fsync of the folder) and the
+//!   folder fsync, with errors that name the step and the path.
 //!
-//! What this crate does not do: networking, or storage beyond the trusted metadata files. It
+//! What this crate does not do: networking, or storage beyond durable whole-file writes. It
 //! decides what a device may run only through the signed update metadata.
 
 #[cfg(feature = "devpki")]
 pub mod devpki;
 pub mod digest;
 pub mod error;
+pub mod fs;
 pub mod manifest;
 pub mod media_type;
 pub mod metadata;

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use super::fetch::FetchError;
 use super::role::RoleType;
 use super::time::UnixTime;
+use crate::fs::FsError;
 
 /// Any error from signing, decoding, verifying, fetching or storing update metadata.
 #[derive(Debug, thiserror::Error)]
@@ -194,4 +195,17 @@ pub enum MetadataError {
         /// Why.
         reason: String,
     },
+}
+
+// === impl MetadataError ===
+
+/// A failed durable write of the trusted state: the step is the operation.
+impl From<FsError> for MetadataError {
+    fn from(err: FsError) -> Self {
+        MetadataError::Store {
+            operation: err.step.as_str(),
+            path: err.path,
+            source: err.source,
+        }
+    }
 }
