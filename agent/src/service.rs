@@ -14,7 +14,7 @@ use std::time::Duration;
 use meshanics_shared::Platform;
 use tracing::{error, info, warn};
 
-use crate::apply::{self, Applied, Pointers};
+use crate::apply::{self, Applied};
 use crate::client::Client;
 use crate::config::{Config, Hook};
 use crate::error::{Error, Result};
@@ -22,7 +22,7 @@ use crate::notify::Notifier;
 use crate::progress::Progress;
 use crate::pull::{PullTarget, Puller};
 use crate::store::index::now;
-use crate::store::{ArtifactState, LastResult, OpenReport, Store, StoreOptions};
+use crate::store::{ArtifactState, LastResult, OpenReport, Pointers, Store, StoreOptions};
 
 /// Where a cycle's targets come from: the verified, device-filtered list of what to run,
 /// the one to apply first. An empty list means there is nothing to run.
@@ -198,7 +198,7 @@ impl Agent {
             && record
                 .blobs
                 .iter()
-                .all(|d| apply::layout_blob_path(&self.store, &id, d).exists());
+                .all(|d| self.store.layout_blob_path(&id, d).exists());
         Ok(holds.then_some(record.state))
     }
 }

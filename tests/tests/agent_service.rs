@@ -14,14 +14,13 @@ use std::path::Path;
 use std::time::Duration;
 
 use meshanics_agent::Result;
-use meshanics_agent::apply::Pointers;
 use meshanics_agent::client::{Client, ClientOptions};
 use meshanics_agent::config::Environment;
 use meshanics_agent::notify::Notifier;
 use meshanics_agent::progress::Silent;
 use meshanics_agent::pull::PullTarget;
 use meshanics_agent::service::{self, Agent, CycleOutcome, TargetSource};
-use meshanics_agent::store::{Store, StoreOptions};
+use meshanics_agent::store::{Pointers, Store, StoreOptions};
 use meshanics_shared::{Descriptor, Platform, Repository, tls};
 use meshanics_tests::oci_layout::{BuiltImage, SampleImage};
 use meshanics_tests::tcp_proxy::{Fault, TcpProxy};
