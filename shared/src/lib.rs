@@ -15,10 +15,11 @@
 //! - [`reference`]: OCI image references normalized exactly as the docker CLI does
 //!   (`nginx` is `docker.io/library/nginx`), [`Registry`] (the host a connection is keyed by,
 //!   with Docker Hub's many names folded into one), and reduction of pasted browser URLs.
-//! - [`platform`]: `os/arch[/variant]` with containerd's normalization and its matcher that
-//!   picks the best manifest for a device out of an index.
+//! - [`platform`]: `os/arch[/variant]` with containerd's normalization and the platforms a
+//!   device can run, best first (a leaf: it knows nothing of manifests).
 //! - [`media_type`] and [`manifest`]: the OCI and Docker manifest media types and the few
-//!   manifest and index structures the agent and facade need, with a 4 MiB size cap.
+//!   manifest and index structures the agent and facade need, with a 4 MiB size cap;
+//!   [`ImageIndex::manifest_for`] picks the best manifest for a device out of an index.
 //! - `devpki` (feature `devpki`): a development CA for tests, benchmarks and the demo.
 //! - [`metadata`]: the signed update metadata (root, targets, timestamp as CBOR in COSE_Sign,
 //!   Ed25519), the signing side `meshctl` uses and the device's TUF-style verification
