@@ -35,7 +35,6 @@
 #[cfg(feature = "devpki")]
 pub mod devpki;
 pub mod digest;
-pub mod error;
 pub mod fs;
 pub mod manifest;
 pub mod media_type;
@@ -46,7 +45,6 @@ pub mod tls;
 pub mod verify;
 
 pub use digest::{Algorithm, Digest, DigestError};
-pub use error::Error;
 pub use manifest::{Descriptor, ImageIndex, ImageManifest, Manifest, ManifestError};
 pub use metadata::MetadataError;
 pub use platform::{Platform, PlatformError};

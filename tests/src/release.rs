@@ -131,8 +131,9 @@ pub fn entry(
     hardware_class: Option<&str>,
 ) -> Result<TargetEntry, FixtureError> {
     Ok(TargetEntry {
-        name: TargetName::parse(name).map_err(FixtureError::Invalid)?,
-        repository: UpstreamRepository::parse(upstream).map_err(FixtureError::Invalid)?,
+        name: TargetName::parse(name).map_err(|e| FixtureError::Invalid(e.to_string()))?,
+        repository: UpstreamRepository::parse(upstream)
+            .map_err(|e| FixtureError::Invalid(e.to_string()))?,
         digest: descriptor.digest.clone(),
         size: descriptor.size,
         media_type: descriptor.media_type.clone(),

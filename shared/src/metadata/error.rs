@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use super::fetch::FetchError;
 use super::role::RoleType;
+use super::targets::TargetError;
 use super::time::UnixTime;
 use crate::fs::FsError;
 
@@ -69,6 +70,17 @@ pub enum MetadataError {
         role: RoleType,
         /// The rule broken.
         reason: String,
+    },
+    /// A target entry breaks a rule of the format (its media type, size, selectors).
+    #[error("{file}: invalid targets metadata: target {name}: {source}")]
+    InvalidTarget {
+        /// The targets file.
+        file: String,
+        /// The target's name.
+        name: String,
+        /// The rule broken (boxed: it is large, and rare).
+        #[source]
+        source: Box<TargetError>,
     },
     /// Fewer distinct authorized keys signed the file than the role's threshold.
     #[error(
