@@ -222,7 +222,7 @@ pub async fn run<S: TargetSource>(
     let watchdog = notifier.watchdog_interval();
     let mut pings = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
     pings.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    notifier.ready();
+    notifier.ready("started");
     let mut failures = 0u32;
     loop {
         notifier.status("checking for updates");
@@ -266,7 +266,7 @@ pub async fn run<S: TargetSource>(
             break;
         }
     }
-    notifier.stopping();
+    notifier.stopping("stopping");
 }
 
 /// Completes on SIGTERM or SIGINT.

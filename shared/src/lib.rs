@@ -1,8 +1,9 @@
 //! # meshanics-shared
 //!
 //! The pure logic that the device agent, the facade and `meshctl` all stand on. Nothing here
-//! opens a socket or spawns a task: it parses, hashes, matches and builds configuration, so
-//! both sides of the wire agree on exactly the same rules.
+//! opens a connection or spawns a task: it parses, hashes, matches and builds configuration,
+//! so both sides of the wire agree on exactly the same rules, and holds the two small pieces
+//! of plumbing both programs need alike (durable file writes, systemd notifications).
 //!
 //! A short tour:
 //!
@@ -28,9 +29,12 @@
 //!   configurations (mutual TLS, CRLs) both sides use, all on the `ring` provider.
 //! - [`fs`]: the one atomic write (temporary file, fsync, rename, fsync of the folder) and the
 //!   folder fsync, with errors that name the step and the path.
+//! - [`notify`]: systemd's `sd_notify` protocol (`READY`, `STATUS`, `WATCHDOG`, `STOPPING`)
+//!   for both programs' `Type=notify` units.
 //!
-//! What this crate does not do: networking, or storage beyond durable whole-file writes. It
-//! decides what a device may run only through the signed update metadata.
+//! What this crate does not do: networking (beyond one datagram to systemd), or storage
+//! beyond durable whole-file writes. It decides what a device may run only through the signed
+//! update metadata.
 
 #[cfg(feature = "devpki")]
 pub mod devpki;
@@ -39,6 +43,7 @@ pub mod fs;
 pub mod manifest;
 pub mod media_type;
 pub mod metadata;
+pub mod notify;
 pub mod platform;
 pub mod reference;
 pub mod tls;

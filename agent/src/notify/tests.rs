@@ -1,4 +1,6 @@
 use std::ffi::OsString;
+use std::os::unix::net::{SocketAddr, UnixDatagram};
+use std::time::Duration;
 
 use super::*;
 
@@ -18,15 +20,15 @@ fn receive(socket: &UnixDatagram) -> String {
 #[test]
 fn sends_ready_status_and_stopping_to_the_notify_socket() {
     let (_dir, socket, path) = listen();
-    let notifier = Notifier::from_env(&Environment {
+    let notifier = from_env(&Environment {
         notify_socket: Some(path),
         ..Environment::default()
     });
     assert!(notifier.is_enabled());
-    notifier.ready();
+    notifier.ready("started");
     notifier.status("pulling app\nsecond line");
     notifier.watchdog();
-    notifier.stopping();
+    notifier.stopping("stopping");
     assert_eq!(receive(&socket), "READY=1\nSTATUS=started");
     assert_eq!(receive(&socket), "STATUS=pulling app second line");
     assert_eq!(receive(&socket), "WATCHDOG=1");
@@ -43,11 +45,11 @@ fn reaches_an_abstract_socket() {
     );
     let socket =
         UnixDatagram::bind_addr(&SocketAddr::from_abstract_name(name.as_bytes()).unwrap()).unwrap();
-    let notifier = Notifier::from_env(&Environment {
+    let notifier = from_env(&Environment {
         notify_socket: Some(format!("@{name}").into()),
         ..Environment::default()
     });
-    notifier.ready();
+    notifier.ready("started");
     assert_eq!(receive(&socket), "READY=1\nSTATUS=started");
 }
 
@@ -61,26 +63,23 @@ fn pings_the_watchdog_at_half_its_timeout_only_for_this_process() {
         ..Environment::default()
     };
     assert_eq!(
-        Notifier::from_env(&env(None)).watchdog_interval(),
+        from_env(&env(None)).watchdog_interval(),
         Some(Duration::from_secs(10))
     );
     assert_eq!(
-        Notifier::from_env(&env(Some(std::process::id().to_string()))).watchdog_interval(),
+        from_env(&env(Some(std::process::id().to_string()))).watchdog_interval(),
         Some(Duration::from_secs(10))
     );
-    assert_eq!(
-        Notifier::from_env(&env(Some("1".into()))).watchdog_interval(),
-        None
-    );
+    assert_eq!(from_env(&env(Some("1".into()))).watchdog_interval(), None);
 }
 
 #[test]
 fn without_a_socket_nothing_is_sent_and_nothing_fails() {
-    let notifier = Notifier::from_env(&Environment {
+    let notifier = from_env(&Environment {
         watchdog_usec: Some("1000".into()),
         ..Environment::default()
     });
     assert!(!notifier.is_enabled());
     assert_eq!(notifier.watchdog_interval(), None);
-    notifier.ready();
+    notifier.ready("started");
 }
