@@ -16,25 +16,20 @@ fn receive(socket: &UnixDatagram) -> String {
 }
 
 #[test]
-fn sends_ready_then_stopping_to_the_notify_socket() {
+fn sends_each_message_as_one_datagram_to_the_notify_socket() {
     let (_dir, socket, path) = listen();
     let notifier = Notifier::new(Some(&path));
-    notifier.ready("serving");
-    notifier.stopping("draining");
-    assert_eq!(receive(&socket), "READY=1\nSTATUS=serving");
-    assert_eq!(receive(&socket), "STOPPING=1\nSTATUS=draining");
-}
-
-#[test]
-fn sends_status_on_one_line_and_watchdog_pings() {
-    let (_dir, socket, path) = listen();
-    let notifier = Notifier::new(Some(&path));
+    assert!(notifier.is_enabled());
+    notifier.ready("started");
     notifier.status("pulling app\nsecond line");
     notifier.watchdog();
     notifier.notify("EXTEND_TIMEOUT_USEC=1000000");
+    notifier.stopping("draining");
+    assert_eq!(receive(&socket), "READY=1\nSTATUS=started");
     assert_eq!(receive(&socket), "STATUS=pulling app second line");
     assert_eq!(receive(&socket), "WATCHDOG=1");
     assert_eq!(receive(&socket), "EXTEND_TIMEOUT_USEC=1000000");
+    assert_eq!(receive(&socket), "STOPPING=1\nSTATUS=draining");
 }
 
 #[test]

@@ -264,7 +264,7 @@ fn a_target_entry_that_breaks_a_rule_is_refused_with_the_rule() {
             class: "a/b".into()
         })
     );
-    let mut entry = good.clone();
+    let mut entry = good;
     entry.custom = (0..65).map(|i| (format!("k{i}"), String::new())).collect();
     assert_eq!(
         entry.check(),
