@@ -12,7 +12,7 @@ use meshanics_agent::apply::{self, Applied};
 use meshanics_agent::client::Client;
 use meshanics_agent::config::{Config, Environment};
 use meshanics_agent::metadata::MetadataSource;
-use meshanics_agent::notify::Notifier;
+use meshanics_agent::notify;
 use meshanics_agent::progress::{Bars, LogLines, Progress};
 use meshanics_agent::pull::{PullTarget, Puller};
 use meshanics_agent::service::{self, Agent, CycleOutcome};
@@ -230,7 +230,7 @@ fn open_agent(config: &Config) -> anyhow::Result<(Agent, MetadataSource)> {
 fn run(config: &Config, env: &Environment) -> anyhow::Result<ExitCode> {
     let runtime = runtime()?;
     let (agent, mut source) = open_agent(config)?;
-    let notifier = Notifier::from_env(env);
+    let notifier = notify::from_env(env);
     info!(
         facade = %config.facade.url,
         platform = %config.device.platform,

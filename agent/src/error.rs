@@ -7,6 +7,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use meshanics_shared::fs::FsError;
 use meshanics_shared::metadata::MetadataError;
 use meshanics_shared::{Digest, ManifestError, Platform, TlsError, VerifyError};
 
@@ -274,5 +275,16 @@ impl Error {
     /// A closure mapping a `sled::Error` to [`Error::Index`].
     pub(crate) fn index(action: &'static str) -> impl FnOnce(sled::Error) -> Error {
         move |source| Error::Index { action, source }
+    }
+}
+
+/// A failed durable write is a failed file system operation: the step is the action.
+impl From<FsError> for Error {
+    fn from(err: FsError) -> Self {
+        Error::Io {
+            action: err.step.as_str(),
+            path: err.path,
+            source: err.source,
+        }
     }
 }

@@ -13,11 +13,14 @@
 //! - [`pull`]: one target by digest: the manifest (an index resolved to this device's
 //!   platform), then config and layers, with bounded parallelism, skipping cached blobs.
 //! - [`store`]: the content-addressed cache (`blobs/sha256/<hex>`, committed only when size
-//!   and digest match), its ingest files, its rebuildable sled index, `fsck` and `gc`.
-//! - [`apply`]: OCI image layouts, the atomic `current`/`previous` switch, the apply hook
-//!   and its rollback.
+//!   and digest match), its ingest files, its rebuildable sled index, `fsck` and `gc`, and
+//!   ([`store::artifacts`]) the artifact layouts and `current`/`previous` links as they lie
+//!   on disk. It depends on nothing above it.
+//! - [`apply`]: the OCI image layout writer ([`apply::layout`]), the atomic
+//!   `current`/`previous` switch, the apply hook and its rollback.
 //! - [`service`]: the update cycle (targets from a [`service::TargetSource`], pull, apply)
-//!   and the loop around it, with [`notify`] for systemd (`READY`, `STATUS`, `WATCHDOG`).
+//!   and the loop around it, with [`notify`] for systemd (`READY`, `STATUS`, `WATCHDOG`;
+//!   the protocol itself is `meshanics_shared::notify`).
 //! - [`status`]: what `status` shows, read from files alone (it works while the service
 //!   runs).
 //! - [`progress`]: bars on a terminal, log lines for journald.

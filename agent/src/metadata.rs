@@ -56,7 +56,7 @@ impl Fetch for FacadeFetch<'_> {
             Ok(Some(bytes)) => Ok(bytes),
             Ok(None) => Err(FetchError::NotFound),
             Err(Error::TooLarge { limit, .. }) => Err(FetchError::TooLarge { limit }),
-            Err(err) => Err(FetchError::Other(err.to_string())),
+            Err(err) => Err(FetchError::Other(Box::new(err))),
         }
     }
 
@@ -69,7 +69,7 @@ impl Fetch for FacadeFetch<'_> {
             return Err(FetchError::TooLarge { limit });
         }
         let repository =
-            facade_repository(entry).map_err(|err| FetchError::Other(err.to_string()))?;
+            facade_repository(entry).map_err(|err| FetchError::Other(Box::new(err)))?;
         match self
             .client
             .fetch_manifest(&repository, &entry.digest, entry.size)
@@ -78,7 +78,7 @@ impl Fetch for FacadeFetch<'_> {
             Ok((bytes, _)) => Ok(bytes),
             Err(Error::Status { status: 404, .. }) => Err(FetchError::NotFound),
             Err(Error::TooLarge { limit, .. }) => Err(FetchError::TooLarge { limit }),
-            Err(err) => Err(FetchError::Other(err.to_string())),
+            Err(err) => Err(FetchError::Other(Box::new(err))),
         }
     }
 }

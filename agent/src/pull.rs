@@ -119,8 +119,8 @@ impl Puller<'_> {
             ),
             Manifest::Index(index) => {
                 let chosen =
-                    self.platform
-                        .select(&index.manifests)
+                    index
+                        .manifest_for(self.platform)
                         .ok_or_else(|| Error::NoPlatform {
                             digest: target.digest.clone(),
                             platform: self.platform.clone(),

@@ -14,7 +14,7 @@ use std::time::Duration;
 use meshanics_shared::Platform;
 use tracing::{error, info, warn};
 
-use crate::apply::{self, Applied, Pointers};
+use crate::apply::{self, Applied};
 use crate::client::Client;
 use crate::config::{Config, Hook};
 use crate::error::{Error, Result};
@@ -22,7 +22,7 @@ use crate::notify::Notifier;
 use crate::progress::Progress;
 use crate::pull::{PullTarget, Puller};
 use crate::store::index::now;
-use crate::store::{ArtifactState, LastResult, OpenReport, Store, StoreOptions};
+use crate::store::{ArtifactState, LastResult, OpenReport, Pointers, Store, StoreOptions};
 
 /// Where a cycle's targets come from: the verified, device-filtered list of what to run,
 /// the one to apply first. An empty list means there is nothing to run.
@@ -198,7 +198,7 @@ impl Agent {
             && record
                 .blobs
                 .iter()
-                .all(|d| apply::layout_blob_path(&self.store, &id, d).exists());
+                .all(|d| self.store.layout_blob_path(&id, d).exists());
         Ok(holds.then_some(record.state))
     }
 }
@@ -222,7 +222,7 @@ pub async fn run<S: TargetSource>(
     let watchdog = notifier.watchdog_interval();
     let mut pings = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
     pings.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    notifier.ready();
+    notifier.ready("started");
     let mut failures = 0u32;
     loop {
         notifier.status("checking for updates");
@@ -266,7 +266,7 @@ pub async fn run<S: TargetSource>(
             break;
         }
     }
-    notifier.stopping();
+    notifier.stopping("stopping");
 }
 
 /// Completes on SIGTERM or SIGINT.

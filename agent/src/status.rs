@@ -9,10 +9,10 @@ use meshanics_shared::Digest;
 use meshanics_shared::metadata::{Role, TrustedSet, TrustedStore, UnixTime};
 use serde::Serialize;
 
-use crate::apply::{self, Pointers};
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::store::{ArtifactState, LastResult, last_result};
+use crate::store::artifacts::scan_layout_in;
+use crate::store::{ArtifactState, LastResult, Pointers, last_result};
 
 /// The device's state.
 #[derive(Debug, Clone, Serialize)]
@@ -162,7 +162,7 @@ fn role_view<R: Role>(role: &R, now: UnixTime) -> RoleView {
 fn view(root: &Path, id: Option<&str>) -> Option<ArtifactView> {
     let id = id?;
     let artifacts = root.join("artifacts");
-    let record = apply::scan_layout_in(&artifacts, id, ArtifactState::Current).ok();
+    let record = scan_layout_in(&artifacts, id, ArtifactState::Current).ok();
     Some(ArtifactView {
         id: id.to_owned(),
         name: record.as_ref().map(|r| r.name.clone()).unwrap_or_default(),

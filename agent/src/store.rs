@@ -6,7 +6,7 @@
 //!   cache/blobs/sha256/<hex>  committed blobs: verified, fsynced, read-only
 //!   cache/ingest/sha256-<hex> partial downloads, resumed with Range after an interruption
 //!   cache/index/              the sled index (sizes, last use, artifacts, last result)
-//!   artifacts/<id>/           OCI image layouts of pulled artifacts (see `apply`)
+//!   artifacts/<id>/           OCI image layouts of pulled artifacts (see [`artifacts`])
 //!   current, previous         symlinks to the applied and the previously applied layout
 //!   last-result.json          the last cycle's outcome, for `status`
 //! ```
@@ -17,6 +17,7 @@
 //! the sled index is a rebuildable summary of them and of the artifact layouts (see
 //! [`index`]), so losing it loses nothing.
 
+pub mod artifacts;
 mod fsck;
 pub(crate) mod index;
 mod ingest;
@@ -30,6 +31,7 @@ use tracing::{info, warn};
 
 use crate::error::{Error, Result};
 
+pub use artifacts::Pointers;
 pub use fsck::{FsckReport, GcReport};
 pub use index::{ArtifactRecord, ArtifactState, BlobRecord, Index};
 pub use ingest::Ingest;
@@ -332,7 +334,7 @@ impl Store {
                 .len();
             self.index.put_blob(&digest, size)?;
         }
-        for record in crate::apply::scan_layouts(self)? {
+        for record in self.scan_layouts()? {
             self.index.put_artifact(&record)?;
         }
         self.index.flush()
@@ -375,13 +377,6 @@ fn aside_name(index_dir: &Path) -> PathBuf {
         }
         n += 1;
     }
-}
-
-/// fsyncs a folder, so that a rename or unlink in it survives a power cut.
-pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
-    fs_err::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(Error::io("syncing folder", dir))
 }
 
 #[cfg(test)]

@@ -1,10 +1,11 @@
-//! Helpers for the crate's unit tests: a store in a temp dir and small artifacts in it.
+//! Helpers for the crate's unit tests: a store in a temp dir, small artifacts in it, and
+//! their layouts (the store's own tests get layouts from here, not from `apply`).
 
 use meshanics_shared::media_type::{OCI_CONFIG, OCI_LAYER_TAR, OCI_MANIFEST};
 use meshanics_shared::{Descriptor, Digest, Repository};
 
 use crate::pull::{PullTarget, Pulled};
-use crate::store::{FreeSpace, Store, StoreOptions};
+use crate::store::{ArtifactRecord, FreeSpace, Store, StoreOptions};
 
 /// A store in a fresh temp dir.
 pub(crate) fn store() -> (tempfile::TempDir, Store) {
@@ -72,4 +73,17 @@ pub(crate) fn pulled(store: &Store, name: &str, layers: &[&[u8]]) -> Pulled {
         cached: 0,
         received_bytes: 0,
     }
+}
+
+/// Lays `pulled` out as an artifact layout, as the applier does.
+pub(crate) fn laid_out(store: &Store, pulled: &Pulled) -> ArtifactRecord {
+    crate::apply::lay_out(store, pulled).unwrap()
+}
+
+/// Lays `pulled` out and applies it (no hook), so that `current` points at it; returns the
+/// layout's id.
+pub(crate) async fn applied(store: &Store, pulled: &Pulled) -> String {
+    let record = laid_out(store, pulled);
+    crate::apply::apply(store, &record.id, None).await.unwrap();
+    record.id
 }

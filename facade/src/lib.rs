@@ -22,7 +22,8 @@
 //! - [`proxy`] and [`body`]: streaming with verification; [`meta`]: `/meta/<file>`.
 //! - [`respond`]: the one place errors become HTTP statuses and OCI error JSON.
 //! - [`metrics`] and [`operator`]: Prometheus metrics and `/healthz` on their own listener.
-//! - [`notify`]: `READY=1` and `STOPPING=1` for systemd's `Type=notify`.
+//! - `READY=1` and `STOPPING=1` for systemd's `Type=notify` come from
+//!   [`meshanics_shared::notify`], the implementation the agent uses too.
 //!
 //! The operator's half, which `meshctl` drives:
 //!
@@ -51,7 +52,6 @@ pub mod identity;
 pub mod layout_registry;
 pub mod meta;
 pub mod metrics;
-pub mod notify;
 pub mod operator;
 pub mod providers;
 pub mod proxy;

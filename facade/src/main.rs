@@ -10,9 +10,9 @@ use clap::Parser;
 use meshanics_facade::admin::{self, AdminState};
 use meshanics_facade::cloud::ecr::AwsCredentials;
 use meshanics_facade::connections::{ADMIN_SOCKET, Connections};
-use meshanics_facade::notify::Notifier;
 use meshanics_facade::seal::MasterKey;
 use meshanics_facade::{Config, ConfiguredUpstreams, Upstreams};
+use meshanics_shared::notify::Notifier;
 use tokio::signal::unix::{SignalKind, signal};
 
 /// The Meshanics registry facade: serves manifests and blobs by digest only, over mutual TLS,
@@ -50,7 +50,7 @@ fn main() -> ExitCode {
     // its notification socket, and the AWS SDKs' variables for the base credentials ECR
     // roles are assumed with.
     let credentials_dir = std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from);
-    let notifier = Notifier::new(std::env::var_os("NOTIFY_SOCKET"));
+    let notifier = Notifier::new(std::env::var_os("NOTIFY_SOCKET").as_deref());
     let aws = AwsCredentials::from_vars(|name| std::env::var(name).ok());
     let connections = if config.master_key_file.is_some() || credentials_dir.is_some() {
         let key = match MasterKey::load(
@@ -121,12 +121,12 @@ fn run(
             None => configured,
         };
         let running = meshanics_facade::start(&config, upstreams).await?;
-        notifier.ready();
+        notifier.ready("serving");
         tokio::select! {
             _ = terminate.recv() => tracing::info!("SIGTERM: shutting down"),
             _ = interrupt.recv() => tracing::info!("SIGINT: shutting down"),
         }
-        notifier.stopping();
+        notifier.stopping("draining");
         let _ = stop_admin.send(true);
         running.shutdown().await;
         Ok(())

@@ -136,6 +136,26 @@ struct Probe {
     config: Option<IgnoredAny>,
 }
 
+// === impl ImageIndex ===
+
+impl ImageIndex {
+    /// The manifest a device of `platform` runs: the one whose platform comes earliest in
+    /// [`Platform::compatible`] (its own platform, then what its CPU also runs); among equals,
+    /// the first listed. Entries with no platform or another OS (attestation manifests say
+    /// `unknown/unknown`) never match.
+    pub fn manifest_for(&self, platform: &Platform) -> Option<&Descriptor> {
+        let compatible = platform.compatible();
+        self.manifests
+            .iter()
+            .filter_map(|d| {
+                let p = d.platform.as_ref()?;
+                compatible.iter().position(|c| c == p).map(|rank| (rank, d))
+            })
+            .min_by_key(|(rank, _)| *rank)
+            .map(|(_, d)| d)
+    }
+}
+
 // === impl Manifest ===
 
 impl Manifest {

@@ -1,5 +1,6 @@
-//! Platforms (`os/arch[/variant]`) normalized as containerd normalizes them, and the matcher
-//! that picks the best manifest for a device out of an index.
+//! Platforms (`os/arch[/variant]`) normalized as containerd normalizes them, and what each
+//! can run, best first. A leaf: the manifest module uses it to pick the manifest for a device
+//! out of an index (`ImageIndex::manifest_for`), and it knows nothing of manifests.
 //!
 //! Normalization (containerd `platforms.Normalize`): `aarch64` is `arm64`, and `arm64/v8` is
 //! plain `arm64`; `armhf` is `arm/v7`, `armel` is `arm/v6`, `arm` alone is `arm/v7`;
@@ -7,9 +8,10 @@
 //!
 //! Matching (containerd `platforms.Only`): a device runs its own platform first, then what
 //! its CPU also runs: `arm/v7` also runs `arm/v6` and `arm/v5`; `arm64` also runs 32-bit
-//! `arm/v8` down to `arm/v5`; `amd64/v3` runs `amd64/v2`, `amd64`, then `386`. Among the
-//! manifests of an index, the one whose platform comes earliest in that list wins; entries
-//! with no platform or another OS (attestation manifests say `unknown/unknown`) never match.
+//! `arm/v8` down to `arm/v5`; `amd64/v3` runs `amd64/v2`, `amd64`, then `386`
+//! ([`Platform::compatible`]). Among the manifests of an index, the one whose platform comes
+//! earliest in that list wins; entries with no platform or another OS (attestation manifests
+//! say `unknown/unknown`) never match.
 
 use std::fmt;
 use std::str::FromStr;
@@ -17,7 +19,6 @@ use std::str::FromStr;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::digest::echo;
-use crate::manifest::Descriptor;
 
 /// The highest amd64 microarchitecture level (x86-64-v4).
 const AMD64_MAX_LEVEL: u32 = 4;
@@ -180,20 +181,6 @@ impl Platform {
     /// worse fallback, `None` cannot run here.
     pub fn rank(&self, candidate: &Platform) -> Option<usize> {
         self.compatible().iter().position(|p| p == candidate)
-    }
-
-    /// The best descriptor for this platform among an index's manifests (see the module
-    /// documentation); among equals, the first listed.
-    pub fn select<'a>(&self, manifests: &'a [Descriptor]) -> Option<&'a Descriptor> {
-        let compatible = self.compatible();
-        manifests
-            .iter()
-            .filter_map(|d| {
-                let p = d.platform.as_ref()?;
-                compatible.iter().position(|c| c == p).map(|rank| (rank, d))
-            })
-            .min_by_key(|(rank, _)| *rank)
-            .map(|(_, d)| d)
     }
 }
 

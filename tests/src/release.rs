@@ -8,12 +8,13 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use meshanics_shared::Descriptor;
+use meshanics_shared::fs::write_atomic;
 use meshanics_shared::metadata::{
     RoleKeys, Roles, Root, Selectors, SigningKey, TIMESTAMP_FILE, TargetEntry, TargetName, Targets,
     TargetsMeta, Timestamp, UnixTime, UpstreamRepository, root_file, sign, targets_file,
 };
 
-use crate::{FixtureError, io_err};
+use crate::FixtureError;
 
 const DAY: Duration = Duration::from_secs(86_400);
 
@@ -112,11 +113,12 @@ impl Release {
     }
 
     fn write(&self, name: &str, bytes: &[u8]) -> Result<(), FixtureError> {
-        let path = self.dir.join(name);
         // Renamed into place so the facade never serves half a file.
-        let tmp = self.dir.join(format!(".{name}.tmp"));
-        std::fs::write(&tmp, bytes).map_err(io_err("writing", &tmp))?;
-        std::fs::rename(&tmp, &path).map_err(io_err("renaming", &path))
+        write_atomic(&self.dir.join(name), bytes).map_err(|e| FixtureError::Io {
+            action: e.step.as_str(),
+            path: e.path,
+            source: e.source,
+        })
     }
 }
 
@@ -129,8 +131,9 @@ pub fn entry(
     hardware_class: Option<&str>,
 ) -> Result<TargetEntry, FixtureError> {
     Ok(TargetEntry {
-        name: TargetName::parse(name).map_err(FixtureError::Invalid)?,
-        repository: UpstreamRepository::parse(upstream).map_err(FixtureError::Invalid)?,
+        name: TargetName::parse(name).map_err(|e| FixtureError::Invalid(e.to_string()))?,
+        repository: UpstreamRepository::parse(upstream)
+            .map_err(|e| FixtureError::Invalid(e.to_string()))?,
         digest: descriptor.digest.clone(),
         size: descriptor.size,
         media_type: descriptor.media_type.clone(),

@@ -11,11 +11,10 @@
 
 use std::time::Duration;
 
-use meshanics_agent::apply::Pointers;
 use meshanics_agent::metadata::MetadataSource;
 use meshanics_agent::progress::Silent;
 use meshanics_agent::service::{Agent, CycleOutcome};
-use meshanics_agent::store::StoreOptions;
+use meshanics_agent::store::{Pointers, StoreOptions};
 use meshanics_agent::{Error, status};
 use meshanics_shared::Digest;
 use meshanics_shared::metadata::{MetadataError, UnixTime};

@@ -13,11 +13,11 @@ use std::path::Path;
 use std::time::Duration;
 
 use meshanics_agent::Error;
-use meshanics_agent::apply::{self, Pointers};
+use meshanics_agent::apply;
 use meshanics_agent::client::{Client, ClientOptions};
 use meshanics_agent::progress::Silent;
 use meshanics_agent::pull::{PullTarget, Pulled, Puller};
-use meshanics_agent::store::{FreeSpace, Store, StoreOptions};
+use meshanics_agent::store::{FreeSpace, Pointers, Store, StoreOptions};
 use meshanics_shared::{Descriptor, Platform, Repository, VerifyError, tls};
 use meshanics_tests::oci_layout::{BuiltImage, SampleImage};
 use meshanics_tests::skopeo;

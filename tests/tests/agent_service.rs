@@ -14,14 +14,13 @@ use std::path::Path;
 use std::time::Duration;
 
 use meshanics_agent::Result;
-use meshanics_agent::apply::Pointers;
 use meshanics_agent::client::{Client, ClientOptions};
 use meshanics_agent::config::Environment;
-use meshanics_agent::notify::Notifier;
+use meshanics_agent::notify::{self, Notifier};
 use meshanics_agent::progress::Silent;
 use meshanics_agent::pull::PullTarget;
 use meshanics_agent::service::{self, Agent, CycleOutcome, TargetSource};
-use meshanics_agent::store::{Store, StoreOptions};
+use meshanics_agent::store::{Pointers, Store, StoreOptions};
 use meshanics_shared::{Descriptor, Platform, Repository, tls};
 use meshanics_tests::oci_layout::{BuiltImage, SampleImage};
 use meshanics_tests::tcp_proxy::{Fault, TcpProxy};
@@ -154,7 +153,7 @@ async fn the_loop_tells_systemd_it_is_ready_what_it_did_and_that_it_stops() {
     );
     let socket_path = work.path().join("notify.sock");
     let socket = UnixDatagram::bind(&socket_path).unwrap();
-    let notifier = Notifier::from_env(&Environment {
+    let notifier = notify::from_env(&Environment {
         notify_socket: Some(socket_path.into_os_string()),
         ..Environment::default()
     });

@@ -33,9 +33,8 @@ fn skopeo_round_trips_a_sample_image_through_the_registry_byte_for_byte() {
     let Manifest::Index(index) = Manifest::parse(raw.as_bytes(), None).unwrap() else {
         panic!("the registry did not serve an index");
     };
-    let arm64 = Platform::parse("linux/arm64")
-        .unwrap()
-        .select(&index.manifests)
+    let arm64 = index
+        .manifest_for(&Platform::parse("linux/arm64").unwrap())
         .unwrap();
     assert_eq!(Some(arm64), built.manifest_for("linux/arm64"));
 

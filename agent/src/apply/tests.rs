@@ -2,6 +2,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::time::Duration;
 
 use super::*;
+use crate::store::artifacts::REF_NAME;
 use crate::testing::{pulled, store};
 
 fn hook(dir: &Path, script: &str) -> Hook {
@@ -32,8 +33,7 @@ fn lays_out_an_oci_layout_hard_linked_into_the_cache() {
     );
     assert_eq!(index["manifests"][0]["annotations"][REF_NAME], "app");
     for blob in pulled.blobs.iter().chain([&pulled.manifest]) {
-        let in_layout =
-            fs_err::metadata(layout_blob_path(&store, &record.id, &blob.digest)).unwrap();
+        let in_layout = fs_err::metadata(store.layout_blob_path(&record.id, &blob.digest)).unwrap();
         let in_cache = fs_err::metadata(store.blob_path(&blob.digest)).unwrap();
         assert_eq!(
             in_layout.ino(),
@@ -142,11 +142,13 @@ async fn an_apply_killed_during_its_hook_is_finished_with_the_hook_run_again() {
     apply(&store, &one.id, None).await.unwrap();
     let two = lay_out(&store, &pulled(&store, "two", &[b"2"])).unwrap();
     // What a SIGKILL during the hook leaves: the links switched, the record never marked.
-    Pointers {
-        current: Some(two.id.clone()),
-        previous: Some(one.id.clone()),
-    }
-    .write(&store)
+    switch(
+        &store,
+        &Pointers {
+            current: Some(two.id.clone()),
+            previous: Some(one.id.clone()),
+        },
+    )
     .unwrap();
     let ran = dir.path().join("hook.ran");
 
@@ -185,11 +187,13 @@ async fn an_interrupted_apply_whose_hook_now_fails_rolls_back_to_previous() {
     let one = lay_out(&store, &pulled(&store, "one", &[b"1"])).unwrap();
     apply(&store, &one.id, None).await.unwrap();
     let two = lay_out(&store, &pulled(&store, "two", &[b"2"])).unwrap();
-    Pointers {
-        current: Some(two.id.clone()),
-        previous: Some(one.id.clone()),
-    }
-    .write(&store)
+    switch(
+        &store,
+        &Pointers {
+            current: Some(two.id.clone()),
+            previous: Some(one.id.clone()),
+        },
+    )
     .unwrap();
 
     let err = apply(&store, &two.id, Some(&hook(dir.path(), "exit 4")))
@@ -219,7 +223,9 @@ fn scanning_a_layout_recovers_its_record() {
     let (_dir, store) = store();
     let pulled = pulled(&store, "app", &[b"a"]);
     let record = lay_out(&store, &pulled).unwrap();
-    let mut scanned = scan_layout(&store, &record.id, ArtifactState::Pulled).unwrap();
+    let mut scanned = store
+        .scan_layout(&record.id, ArtifactState::Pulled)
+        .unwrap();
     let mut expected = record;
     scanned.blobs.sort();
     expected.blobs.sort();

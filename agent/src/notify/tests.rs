@@ -1,86 +1,48 @@
-use std::ffi::OsString;
+//! How the agent's environment becomes a notifier; what the notifier sends is tested with it,
+//! in meshanics_shared::notify (and end to end by the service loop's tests).
+
+use std::time::Duration;
 
 use super::*;
 
-fn listen() -> (tempfile::TempDir, UnixDatagram, OsString) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("notify.sock");
-    let socket = UnixDatagram::bind(&path).unwrap();
-    (dir, socket, path.into_os_string())
-}
-
-fn receive(socket: &UnixDatagram) -> String {
-    let mut buf = [0u8; 512];
-    let n = socket.recv(&mut buf).unwrap();
-    String::from_utf8_lossy(&buf[..n]).into_owned()
-}
-
-#[test]
-fn sends_ready_status_and_stopping_to_the_notify_socket() {
-    let (_dir, socket, path) = listen();
-    let notifier = Notifier::from_env(&Environment {
-        notify_socket: Some(path),
-        ..Environment::default()
-    });
-    assert!(notifier.is_enabled());
-    notifier.ready();
-    notifier.status("pulling app\nsecond line");
-    notifier.watchdog();
-    notifier.stopping();
-    assert_eq!(receive(&socket), "READY=1\nSTATUS=started");
-    assert_eq!(receive(&socket), "STATUS=pulling app second line");
-    assert_eq!(receive(&socket), "WATCHDOG=1");
-    assert_eq!(receive(&socket), "STOPPING=1\nSTATUS=stopping");
-}
-
-#[test]
-fn reaches_an_abstract_socket() {
-    use std::os::linux::net::SocketAddrExt;
-    let name = format!(
-        "meshanics-notify-test-{}-{}",
-        std::process::id(),
-        fastrand::u64(..)
-    );
-    let socket =
-        UnixDatagram::bind_addr(&SocketAddr::from_abstract_name(name.as_bytes()).unwrap()).unwrap();
-    let notifier = Notifier::from_env(&Environment {
-        notify_socket: Some(format!("@{name}").into()),
-        ..Environment::default()
-    });
-    notifier.ready();
-    assert_eq!(receive(&socket), "READY=1\nSTATUS=started");
-}
-
-#[test]
-fn pings_the_watchdog_at_half_its_timeout_only_for_this_process() {
-    let (_dir, _socket, path) = listen();
-    let env = |pid: Option<String>| Environment {
-        notify_socket: Some(path.clone()),
-        watchdog_usec: Some("20000000".into()),
+fn env(socket: Option<&str>, usec: Option<&str>, pid: Option<String>) -> Environment {
+    Environment {
+        notify_socket: socket.map(Into::into),
+        watchdog_usec: usec.map(str::to_owned),
         watchdog_pid: pid,
         ..Environment::default()
-    };
+    }
+}
+
+#[test]
+fn takes_the_socket_and_the_watchdog_from_the_environment() {
+    let notifier = from_env(&env(Some("/run/notify.sock"), Some("20000000"), None));
+    assert!(notifier.is_enabled());
+    assert_eq!(notifier.watchdog_interval(), Some(Duration::from_secs(10)));
+
+    let abstract_socket = from_env(&env(Some("@meshanics-notify"), None, None));
+    assert!(abstract_socket.is_enabled());
+    assert_eq!(abstract_socket.watchdog_interval(), None);
+}
+
+#[test]
+fn pings_the_watchdog_only_when_it_is_for_this_process() {
+    let ours = Some(std::process::id().to_string());
+    let socket = Some("/run/notify.sock");
     assert_eq!(
-        Notifier::from_env(&env(None)).watchdog_interval(),
+        from_env(&env(socket, Some("20000000"), ours)).watchdog_interval(),
         Some(Duration::from_secs(10))
     );
     assert_eq!(
-        Notifier::from_env(&env(Some(std::process::id().to_string()))).watchdog_interval(),
-        Some(Duration::from_secs(10))
-    );
-    assert_eq!(
-        Notifier::from_env(&env(Some("1".into()))).watchdog_interval(),
+        from_env(&env(socket, Some("20000000"), Some("1".into()))).watchdog_interval(),
         None
     );
 }
 
 #[test]
 fn without_a_socket_nothing_is_sent_and_nothing_fails() {
-    let notifier = Notifier::from_env(&Environment {
-        watchdog_usec: Some("1000".into()),
-        ..Environment::default()
-    });
+    let notifier = from_env(&env(None, Some("1000"), None));
     assert!(!notifier.is_enabled());
     assert_eq!(notifier.watchdog_interval(), None);
-    notifier.ready();
+    notifier.ready("started");
 }

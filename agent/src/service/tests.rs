@@ -81,7 +81,7 @@ async fn keeps_pinging_the_watchdog_while_cycles_fail_faster_than_the_ping_inter
     });
     // WatchdogSec=8s: a ping every 4 s. Each failed cycle is followed by a backoff of 1-2 s
     // (the poll interval caps it), so no cycle-plus-wait ever lasts a whole ping interval.
-    let notifier = Notifier::from_env(&Environment {
+    let notifier = crate::notify::from_env(&Environment {
         notify_socket: Some(socket_path.into_os_string()),
         watchdog_usec: Some("8000000".into()),
         ..Environment::default()

@@ -4,11 +4,12 @@ use std::collections::BTreeSet;
 use std::io::Read;
 
 use meshanics_shared::Digest;
+use meshanics_shared::fs::sync_dir;
 use serde::Serialize;
 use tracing::{info, warn};
 
-use super::{ArtifactState, Store, sync_dir};
-use crate::apply;
+use super::artifacts::{BUILDING_PREFIX, Pointers};
+use super::{ArtifactState, Store};
 use crate::error::{Error, Result};
 
 /// What `fsck` found (and, with repair, fixed).
@@ -98,7 +99,7 @@ impl Store {
                 fs_err::remove_file(&path).map_err(Error::io("removing", &path))?;
                 self.index().remove_blob(digest)?;
                 for artifact in artifacts.iter().filter(|a| a.blobs.contains(digest)) {
-                    let link = apply::layout_blob_path(self, &artifact.id, digest);
+                    let link = self.layout_blob_path(&artifact.id, digest);
                     match fs_err::remove_file(&link) {
                         Ok(()) => {}
                         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -128,13 +129,13 @@ impl Store {
     /// Removes every blob and artifact layout that neither `current` nor `previous`
     /// references. Partial downloads are kept: they are what the next cycle resumes.
     pub fn gc(&self) -> Result<GcReport> {
-        let pointers = apply::Pointers::read(self)?;
+        let pointers = Pointers::read(self)?;
         let kept: BTreeSet<String> = pointers.ids().map(str::to_owned).collect();
         let mut keep_blobs = BTreeSet::new();
         for id in &kept {
             let record = match self.index().artifact(id)? {
                 Some(record) => record,
-                None => apply::scan_layout(self, id, ArtifactState::Current)?,
+                None => self.scan_layout(id, ArtifactState::Current)?,
             };
             keep_blobs.extend(record.blobs);
         }
@@ -142,9 +143,9 @@ impl Store {
             kept_artifacts: kept.iter().cloned().collect(),
             ..GcReport::default()
         };
-        for id in apply::layout_ids(self)? {
+        for id in self.layout_ids()? {
             if !kept.contains(&id) {
-                let dir = self.artifacts_dir().join(&id);
+                let dir = self.layout_dir(&id);
                 fs_err::remove_dir_all(&dir).map_err(Error::io("removing", &dir))?;
                 report.removed_artifacts.push(id);
             }
@@ -156,7 +157,7 @@ impl Store {
         {
             let entry = entry.map_err(Error::io("listing", &artifacts_dir))?;
             if let Some(name) = entry.file_name().to_str()
-                && name.starts_with(".tmp-")
+                && name.starts_with(BUILDING_PREFIX)
             {
                 let dir = entry.path();
                 fs_err::remove_dir_all(&dir).map_err(Error::io("removing", &dir))?;

@@ -13,10 +13,11 @@ use std::io::{Read, Seek, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 
+use meshanics_shared::fs::sync_dir;
 use meshanics_shared::{Digest, Verifier, VerifyError};
 use tracing::debug;
 
-use super::{Store, sync_dir};
+use super::Store;
 use crate::error::{Error, Result};
 use crate::failpoint;
 

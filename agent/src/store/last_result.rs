@@ -2,14 +2,13 @@
 //!
 //! It is a file rather than an index record so that `status` can read it while the service
 //! holds the state directory (sled admits one process), and it is written like trusted
-//! state: temporary file, fsync, rename, fsync of the folder.
+//! state, with [`meshanics_shared::fs::write_atomic`].
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use meshanics_shared::fs::write_atomic;
 use serde::{Deserialize, Serialize};
 
-use super::sync_dir;
 use crate::error::{Error, Result};
 
 /// The file's name in the state directory.
@@ -31,17 +30,11 @@ pub struct LastResult {
 /// Writes `result` atomically into `state_dir`.
 pub fn write(state_dir: &Path, result: &LastResult) -> Result<()> {
     let path = state_dir.join(FILE);
-    let tmp = state_dir.join(format!(".{FILE}.tmp"));
     let bytes = serde_json::to_vec_pretty(result).map_err(|source| Error::IndexRecord {
         key: path.display().to_string(),
         source,
     })?;
-    let mut file = fs_err::File::create(&tmp).map_err(Error::io("creating", &tmp))?;
-    file.write_all(&bytes)
-        .and_then(|()| file.sync_all())
-        .map_err(Error::io("writing", &tmp))?;
-    fs_err::rename(&tmp, &path).map_err(Error::io("renaming", &path))?;
-    sync_dir(state_dir)
+    Ok(write_atomic(&path, &bytes)?)
 }
 
 /// Reads the last result from `state_dir`, if one was recorded.

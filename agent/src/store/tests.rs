@@ -3,8 +3,7 @@ use std::os::unix::fs::PermissionsExt;
 use meshanics_shared::{Digest, VerifyError};
 
 use super::*;
-use crate::apply;
-use crate::testing::{pulled, store, store_with_space};
+use crate::testing::{applied, laid_out, pulled, store, store_with_space};
 
 fn writable(path: &Path) {
     fs_err::set_permissions(path, std::fs::Permissions::from_mode(0o644)).unwrap();
@@ -165,7 +164,7 @@ fn rebuilds_a_missing_index_with_its_artifacts() {
     let id = {
         let (store, _) = Store::open(dir.path(), StoreOptions::default()).unwrap();
         let pulled = pulled(&store, "app", &[b"layer one"]);
-        apply::lay_out(&store, &pulled).unwrap().id
+        laid_out(&store, &pulled).id
     };
     fs_err::remove_dir_all(dir.path().join("cache/index")).unwrap();
 
@@ -206,7 +205,7 @@ fn fsck_finds_a_corrupt_blob_and_repair_removes_it() {
 fn fsck_reports_artifacts_that_link_a_corrupt_blob() {
     let (_dir, store) = store();
     let pulled = pulled(&store, "app", &[b"precious layer"]);
-    let record = apply::lay_out(&store, &pulled).unwrap();
+    let record = laid_out(&store, &pulled);
     let layer = &pulled.blobs[1].digest;
     let path = store.blob_path(layer);
     writable(&path);
@@ -214,7 +213,7 @@ fn fsck_reports_artifacts_that_link_a_corrupt_blob() {
 
     let report = store.fsck(true).unwrap();
     assert_eq!(report.damaged_artifacts, vec![record.id.clone()]);
-    assert!(!apply::layout_blob_path(&store, &record.id, layer).exists());
+    assert!(!store.layout_blob_path(&record.id, layer).exists());
 }
 
 #[test]
@@ -245,9 +244,7 @@ async fn gc_keeps_current_and_previous_and_removes_the_rest() {
     store.put(&stray, b"referenced by nothing").unwrap();
     let mut ids = Vec::new();
     for p in [&one, &two, &three] {
-        let record = apply::lay_out(&store, p).unwrap();
-        apply::apply(&store, &record.id, None).await.unwrap();
-        ids.push(record.id);
+        ids.push(applied(&store, p).await);
     }
 
     let report = store.gc().unwrap();

@@ -1,11 +1,11 @@
 //! The connection store: one JSON file per connection in `<state>/connections/`.
 
 use std::collections::BTreeMap;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use meshanics_shared::fs::{FsError, sync_dir, write_atomic_with_mode};
 use meshanics_shared::reference::{ReferenceError, Registry};
 
 use super::record::{
@@ -223,7 +223,7 @@ impl Store {
         let record = records.get(&registry).ok_or_else(|| not_found(&registry))?;
         let path = self.path_for(&registry);
         std::fs::remove_file(&path).map_err(io("removing", &path))?;
-        sync_dir(&self.dir)?;
+        sync_dir(&self.dir).map_err(fs_error)?;
         let view = record.view();
         records.remove(&registry);
         Ok(view)
@@ -295,25 +295,11 @@ impl Store {
     /// Writes a record atomically: a private temp file, fsync, rename, fsync the folder.
     fn write(&self, registry: &Registry, record: &StoredRecord) -> Result<(), ConnectionError> {
         let path = self.path_for(registry);
-        let tmp = path.with_extension("json.tmp");
         let bytes = serde_json::to_vec_pretty(record).map_err(|e| ConnectionError::Corrupt {
             path: path.clone(),
             reason: e.to_string(),
         })?;
-        {
-            use std::os::unix::fs::OpenOptionsExt as _;
-            let mut file = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)
-                .map_err(io("creating", &tmp))?;
-            file.write_all(&bytes).map_err(io("writing", &tmp))?;
-            file.sync_all().map_err(io("syncing", &tmp))?;
-        }
-        std::fs::rename(&tmp, &path).map_err(io("renaming into place", &path))?;
-        sync_dir(&self.dir)
+        write_atomic_with_mode(&path, &bytes, 0o600).map_err(fs_error)
     }
 }
 
@@ -356,8 +342,10 @@ fn create_private_dir(dir: &Path) -> Result<(), ConnectionError> {
         .map_err(io("creating", dir))
 }
 
-fn sync_dir(dir: &Path) -> Result<(), ConnectionError> {
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io("syncing", dir))
+fn fs_error(err: FsError) -> ConnectionError {
+    ConnectionError::Io {
+        action: err.step.as_str(),
+        path: err.path,
+        source: err.source,
+    }
 }

@@ -22,7 +22,7 @@ fuzz_target!(|data: &[u8]| {
         if let Manifest::Index(index) = &manifest {
             for p in ["linux/arm64", "linux/arm/v7", "linux/amd64"] {
                 let platform = Platform::parse(p).expect("fixed platform");
-                let _ = platform.select(&index.manifests);
+                let _ = index.manifest_for(&platform);
             }
         }
     }

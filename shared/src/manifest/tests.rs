@@ -55,10 +55,7 @@ fn parses_an_index_and_picks_a_platform() {
         panic!("not an index")
     };
     assert_eq!(index.manifests.len(), 3);
-    let chosen = Platform::parse("linux/arm64")
-        .unwrap()
-        .select(&index.manifests)
-        .unwrap();
+    let chosen = index.manifest_for(&p("linux/arm64")).unwrap();
     assert_eq!(chosen.digest.as_str(), D2);
     assert!(m.blobs().is_empty());
 }
@@ -141,4 +138,90 @@ fn refuses_malformed_json_and_bad_digests() {
         Manifest::parse(negative.as_bytes(), None).unwrap_err(),
         ManifestError::Json(_)
     ));
+}
+
+fn p(s: &str) -> Platform {
+    Platform::parse(s).unwrap()
+}
+
+fn index_of(manifests: Vec<Descriptor>) -> ImageIndex {
+    ImageIndex {
+        schema_version: 2,
+        media_type: Some(OCI_INDEX.to_owned()),
+        manifests,
+        annotations: None,
+    }
+}
+
+fn descriptor(platform: Option<&str>, n: u8) -> Descriptor {
+    Descriptor {
+        media_type: crate::media_type::OCI_MANIFEST.into(),
+        digest: crate::Digest::sha256_of(&[n]),
+        size: 100 + u64::from(n),
+        platform: platform.map(p),
+        annotations: None,
+        artifact_type: None,
+    }
+}
+
+#[test]
+fn selects_the_exact_platform_from_an_index() {
+    let index = index_of(vec![
+        descriptor(Some("linux/amd64"), 1),
+        descriptor(Some("linux/arm/v7"), 2),
+        descriptor(Some("linux/arm64"), 3),
+        descriptor(Some("unknown/unknown"), 4),
+    ]);
+    assert_eq!(
+        index.manifest_for(&p("linux/arm64")),
+        Some(&index.manifests[2])
+    );
+    assert_eq!(
+        index.manifest_for(&p("linux/aarch64")),
+        Some(&index.manifests[2])
+    );
+    assert_eq!(
+        index.manifest_for(&p("linux/amd64")),
+        Some(&index.manifests[0])
+    );
+    assert_eq!(
+        index.manifest_for(&p("linux/armhf")),
+        Some(&index.manifests[1])
+    );
+}
+
+#[test]
+fn falls_back_to_the_best_compatible_platform() {
+    let index = index_of(vec![
+        descriptor(Some("linux/arm/v5"), 1),
+        descriptor(Some("linux/arm/v6"), 2),
+        descriptor(Some("linux/386"), 3),
+    ]);
+    assert_eq!(
+        index.manifest_for(&p("linux/arm/v7")),
+        Some(&index.manifests[1])
+    );
+    assert_eq!(
+        index.manifest_for(&p("linux/arm64")),
+        Some(&index.manifests[1])
+    );
+    assert_eq!(
+        index.manifest_for(&p("linux/amd64")),
+        Some(&index.manifests[2])
+    );
+}
+
+#[test]
+fn never_selects_another_os_an_unrunnable_arch_or_an_entry_without_platform() {
+    let index = index_of(vec![
+        descriptor(None, 1),
+        descriptor(Some("unknown/unknown"), 2),
+        descriptor(Some("windows/arm64"), 3),
+        descriptor(Some("linux/amd64"), 4),
+    ]);
+    assert_eq!(index.manifest_for(&p("linux/arm64")), None);
+    assert_eq!(
+        index_of(vec![descriptor(Some("linux/arm/v7"), 9)]).manifest_for(&p("linux/arm/v6")),
+        None
+    );
 }

@@ -5,7 +5,9 @@ use std::path::PathBuf;
 
 use super::fetch::FetchError;
 use super::role::RoleType;
+use super::targets::TargetError;
 use super::time::UnixTime;
+use crate::fs::FsError;
 
 /// Any error from signing, decoding, verifying, fetching or storing update metadata.
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +70,17 @@ pub enum MetadataError {
         role: RoleType,
         /// The rule broken.
         reason: String,
+    },
+    /// A target entry breaks a rule of the format (its media type, size, selectors).
+    #[error("{file}: invalid targets metadata: target {name}: {source}")]
+    InvalidTarget {
+        /// The targets file.
+        file: String,
+        /// The target's name.
+        name: String,
+        /// The rule broken (boxed: it is large, and rare).
+        #[source]
+        source: Box<TargetError>,
     },
     /// Fewer distinct authorized keys signed the file than the role's threshold.
     #[error(
@@ -194,4 +207,17 @@ pub enum MetadataError {
         /// Why.
         reason: String,
     },
+}
+
+// === impl MetadataError ===
+
+/// A failed durable write of the trusted state: the step is the operation.
+impl From<FsError> for MetadataError {
+    fn from(err: FsError) -> Self {
+        MetadataError::Store {
+            operation: err.step.as_str(),
+            path: err.path,
+            source: err.source,
+        }
+    }
 }

@@ -22,9 +22,19 @@ pub enum FetchError {
         /// The limit.
         limit: u64,
     },
-    /// Anything else (I/O, HTTP status, TLS), with the source's own words.
-    #[error("{0}")]
-    Other(String),
+    /// Reading a file failed.
+    #[error("reading {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The source's own error (an HTTP status, a TLS failure, a refused name), kept whole so
+    /// its chain of causes survives.
+    #[error(transparent)]
+    Other(Box<dyn std::error::Error + Send + Sync>),
 }
 
 /// A source of metadata files and target manifests.
@@ -93,12 +103,20 @@ pub fn read_capped(path: &Path, limit: u64) -> Result<Vec<u8>, FetchError> {
     let file = match fs_err::File::open(path) {
         Ok(file) => file,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(FetchError::NotFound),
-        Err(e) => return Err(FetchError::Other(e.to_string())),
+        Err(source) => {
+            return Err(FetchError::Io {
+                path: path.to_owned(),
+                source,
+            });
+        }
     };
     let mut bytes = Vec::new();
     file.take(limit.saturating_add(1))
         .read_to_end(&mut bytes)
-        .map_err(|e| FetchError::Other(e.to_string()))?;
+        .map_err(|source| FetchError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
     if u64::try_from(bytes.len()).unwrap_or(u64::MAX) > limit {
         return Err(FetchError::TooLarge { limit });
     }

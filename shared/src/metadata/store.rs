@@ -1,13 +1,14 @@
 //! The trusted metadata a device keeps between updates: plain files in a folder, each
-//! replaced atomically (write a temporary file, fsync it, rename it over the old one, fsync
-//! the folder), so a power cut leaves either the old or the new file and never half of one.
-//! Rollback protection rests on these files alone, not on any database.
+//! replaced atomically with [`crate::fs::write_atomic`] (write a temporary file, fsync it,
+//! rename it over the old one, fsync the folder), so a power cut leaves either the old or the
+//! new file and never half of one. Rollback protection rests on these files alone, not on any
+//! database.
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use super::error::MetadataError;
 use super::time::UnixTime;
+use crate::fs::{sync_dir, write_atomic};
 
 /// The trusted root file in the store.
 pub const ROOT_FILE: &str = "root.cose";
@@ -121,14 +122,14 @@ impl TrustedStore {
 
     /// Replaces one file atomically and durably.
     pub fn write(&self, name: &str, bytes: &[u8]) -> Result<(), MetadataError> {
-        write_atomic(&self.dir.join(name), bytes)
+        Ok(write_atomic(&self.dir.join(name), bytes)?)
     }
 
     /// Removes one file (and makes the removal durable); a missing file is not an error.
     pub fn remove(&self, name: &str) -> Result<(), MetadataError> {
         let path = self.dir.join(name);
         match std::fs::remove_file(&path) {
-            Ok(()) => sync_dir(&self.dir),
+            Ok(()) => Ok(sync_dir(&self.dir)?),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(source) => Err(MetadataError::Store {
                 operation: "removing",
@@ -155,44 +156,4 @@ impl TrustedStore {
         )?;
         self.remove(LATEST_KNOWN_TIME_FILE)
     }
-}
-
-/// Writes `bytes` to `path` so that `path` holds either its old content or all of the new:
-/// a sibling temporary file, fsync, rename, fsync of the folder.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), MetadataError> {
-    let store_error = |operation, path: &Path| {
-        let path = path.to_owned();
-        move |source| MetadataError::Store {
-            operation,
-            path,
-            source,
-        }
-    };
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp_name = path.file_name().unwrap_or_default().to_owned();
-    tmp_name.push(format!(".tmp.{}", std::process::id()));
-    let tmp = dir.join(tmp_name);
-    let mut file = std::fs::File::create(&tmp).map_err(store_error("creating", &tmp))?;
-    file.write_all(bytes)
-        .and_then(|()| file.sync_all())
-        .map_err(store_error("writing", &tmp))?;
-    drop(file);
-    std::fs::rename(&tmp, path).map_err(store_error("renaming into place", path))?;
-    sync_dir(dir)
-}
-
-fn sync_dir(dir: &Path) -> Result<(), MetadataError> {
-    // A rename is durable only once the folder entry is: fsync the folder (Unix only; on
-    // other systems opening a folder as a file fails and there is nothing to sync).
-    #[cfg(unix)]
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|source| MetadataError::Store {
-            operation: "syncing",
-            path: dir.to_owned(),
-            source,
-        })?;
-    #[cfg(not(unix))]
-    let _ = dir;
-    Ok(())
 }

@@ -16,7 +16,7 @@ use crate::digest::Digest;
 use crate::manifest::MAX_MANIFEST_SIZE;
 use crate::media_type::manifest_kind;
 use crate::platform::Platform;
-use crate::reference::{Reference, Registry, Repository};
+use crate::reference::{Reference, ReferenceError, Registry, Repository};
 use crate::verify::Verifier;
 
 /// The longest target name and hardware class.
@@ -89,6 +89,72 @@ pub struct UpstreamRepository {
     repository: Repository,
 }
 
+/// Why a target entry, a target name or an upstream repository was refused. Each variant
+/// carries the input it refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TargetError {
+    /// A target name that is not 1 to [`NAME_MAX`] of `[A-Za-z0-9._-]` starting with a
+    /// letter or digit.
+    #[error(
+        "target name {name:?} must be 1 to {NAME_MAX} of [A-Za-z0-9._-] starting with a letter or digit"
+    )]
+    Name {
+        /// The name (shortened if long).
+        name: String,
+    },
+    /// A repository that is not a reference at all.
+    #[error(transparent)]
+    Reference(#[from] ReferenceError),
+    /// A repository with a tag or digest.
+    #[error("repository {input:?} must not carry a tag or digest")]
+    RepositoryPinned {
+        /// The repository as written (shortened if long).
+        input: String,
+    },
+    /// A repository in a short or otherwise unnormalized form (`nginx`).
+    #[error("repository {input:?} is not in normalized form; write {normalized:?}")]
+    RepositoryNotNormalized {
+        /// The repository as written (shortened if long).
+        input: String,
+        /// How it must be written.
+        normalized: String,
+    },
+    /// A media type that is not one of the four manifest and index types.
+    #[error("media type {media_type:?} is not a manifest or index type")]
+    MediaType {
+        /// The media type.
+        media_type: String,
+    },
+    /// A manifest size of zero or over [`MAX_MANIFEST_SIZE`].
+    #[error("size {size} is not between 1 and {max} bytes")]
+    Size {
+        /// The size.
+        size: u64,
+        /// The largest size allowed.
+        max: u64,
+    },
+    /// A hardware class selector with the wrong characters or length.
+    #[error(
+        "hardware class {class:?} must be 1 to {NAME_MAX} of [A-Za-z0-9._-] starting with a letter or digit"
+    )]
+    HardwareClass {
+        /// The hardware class.
+        class: String,
+    },
+    /// More custom fields than allowed.
+    #[error("more than {max} custom fields")]
+    CustomFields {
+        /// How many there are.
+        count: usize,
+        /// The most allowed.
+        max: usize,
+    },
+}
+
+/// The most custom fields a target entry may have.
+pub const CUSTOM_FIELDS_MAX: usize = 64;
+
 // === impl Targets ===
 
 impl Targets {
@@ -154,11 +220,13 @@ impl Role for Targets {
         check_common(self, file)?;
         let mut names = std::collections::HashSet::with_capacity(self.targets.len());
         for entry in &self.targets {
-            entry.check().map_err(|reason| MetadataError::Invalid {
-                file: file.to_owned(),
-                role: RoleType::Targets,
-                reason: format!("target {}: {reason}", entry.name),
-            })?;
+            entry
+                .check()
+                .map_err(|source| MetadataError::InvalidTarget {
+                    file: file.to_owned(),
+                    name: entry.name.to_string(),
+                    source: Box::new(source),
+                })?;
             if !names.insert(entry.name.as_str()) {
                 return Err(MetadataError::Invalid {
                     file: file.to_owned(),
@@ -175,28 +243,30 @@ impl Role for Targets {
 
 impl TargetEntry {
     /// The rules decoding alone does not enforce.
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), TargetError> {
         if manifest_kind(&self.media_type).is_none() {
-            return Err(format!(
-                "media type {:?} is not a manifest or index type",
-                self.media_type
-            ));
+            return Err(TargetError::MediaType {
+                media_type: self.media_type.clone(),
+            });
         }
         if self.size == 0 || self.size > MAX_MANIFEST_SIZE {
-            return Err(format!(
-                "size {} is not between 1 and {MAX_MANIFEST_SIZE} bytes",
-                self.size
-            ));
+            return Err(TargetError::Size {
+                size: self.size,
+                max: MAX_MANIFEST_SIZE,
+            });
         }
         if let Some(class) = &self.selectors.hardware_class
             && !is_name(class)
         {
-            return Err(format!(
-                "hardware class {class:?} must be 1 to {NAME_MAX} of [A-Za-z0-9._-] starting with a letter or digit"
-            ));
+            return Err(TargetError::HardwareClass {
+                class: class.clone(),
+            });
         }
-        if self.custom.len() > 64 {
-            return Err("more than 64 custom fields".to_owned());
+        if self.custom.len() > CUSTOM_FIELDS_MAX {
+            return Err(TargetError::CustomFields {
+                count: self.custom.len(),
+                max: CUSTOM_FIELDS_MAX,
+            });
         }
         Ok(())
     }
@@ -238,14 +308,13 @@ impl Selectors {
 
 impl TargetName {
     /// Parses a target name.
-    pub fn parse(input: &str) -> Result<Self, String> {
+    pub fn parse(input: &str) -> Result<Self, TargetError> {
         if is_name(input) {
             Ok(TargetName(input.to_owned()))
         } else {
-            Err(format!(
-                "target name {:?} must be 1 to {NAME_MAX} of [A-Za-z0-9._-] starting with a letter or digit",
-                crate::digest::echo(input)
-            ))
+            Err(TargetError::Name {
+                name: crate::digest::echo(input),
+            })
         }
     }
 
@@ -256,7 +325,7 @@ impl TargetName {
 }
 
 impl TryFrom<String> for TargetName {
-    type Error = String;
+    type Error = TargetError;
 
     fn try_from(value: String) -> Result<Self, Self::Error> {
         TargetName::parse(&value)
@@ -297,20 +366,18 @@ fn is_name(input: &str) -> bool {
 impl UpstreamRepository {
     /// Parses `registry/repository` in normalized form: `ghcr.io/org/app`. Short forms
     /// (`nginx`), tags and digests are refused, so one repository has one spelling.
-    pub fn parse(input: &str) -> Result<Self, String> {
-        let reference = Reference::parse(input).map_err(|e| e.to_string())?;
+    pub fn parse(input: &str) -> Result<Self, TargetError> {
+        let reference = Reference::parse(input)?;
         if reference.tag().is_some() || reference.digest().is_some() {
-            return Err(format!(
-                "repository {:?} must not carry a tag or digest",
-                crate::digest::echo(input)
-            ));
+            return Err(TargetError::RepositoryPinned {
+                input: crate::digest::echo(input),
+            });
         }
         if reference.name() != input {
-            return Err(format!(
-                "repository {:?} is not in normalized form; write {:?}",
-                crate::digest::echo(input),
-                reference.name()
-            ));
+            return Err(TargetError::RepositoryNotNormalized {
+                input: crate::digest::echo(input),
+                normalized: reference.name(),
+            });
         }
         Ok(UpstreamRepository {
             registry: reference.registry().clone(),
@@ -330,7 +397,7 @@ impl UpstreamRepository {
 }
 
 impl TryFrom<String> for UpstreamRepository {
-    type Error = String;
+    type Error = TargetError;
 
     fn try_from(value: String) -> Result<Self, Self::Error> {
         UpstreamRepository::parse(&value)

@@ -7,6 +7,10 @@ use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+/// 400 Gregorian years (146,097 days) in seconds: the calendar repeats after them.
+const GREGORIAN_CYCLE_SECS: u64 = 146_097 * 86_400;
 
 /// A point in time: seconds since 1970-01-01T00:00:00Z (leap seconds ignored, as POSIX does).
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -57,17 +61,30 @@ impl UnixTime {
 }
 
 impl fmt::Display for UnixTime {
-    /// RFC 3339 in UTC: `2026-11-22T07:19:32Z`.
+    /// RFC 3339 in UTC: `2026-11-22T07:19:32Z`, for every `u64` of seconds (years past 9999
+    /// are written with more digits).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let days = self.0 / 86_400;
-        let rem = self.0 % 86_400;
-        let (year, month, day) = civil_from_days(days);
+        // `time` covers years up to 9999, and the Gregorian calendar repeats exactly every 400
+        // years: whole cycles are counted apart and added to the year, the rest is `time`'s.
+        let cycles = self.0 / GREGORIAN_CYCLE_SECS;
+        let within = i64::try_from(self.0 % GREGORIAN_CYCLE_SECS)
+            .ok()
+            .and_then(|secs| OffsetDateTime::from_unix_timestamp(secs).ok());
+        let Some(t) = within else {
+            // Unreachable: under 400 years after 1970 is within `time`'s range.
+            return write!(f, "{} s after 1970-01-01T00:00:00Z", self.0);
+        };
+        let year = u64::try_from(t.year())
+            .unwrap_or_default()
+            .saturating_add(cycles.saturating_mul(400));
         write!(
             f,
-            "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-            rem / 3600,
-            (rem % 3600) / 60,
-            rem % 60
+            "{year:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+            u8::from(t.month()),
+            t.day(),
+            t.hour(),
+            t.minute(),
+            t.second()
         )
     }
 }
@@ -76,21 +93,6 @@ impl fmt::Debug for UnixTime {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{self} ({})", self.0)
     }
-}
-
-/// Days since the epoch to a proleptic Gregorian (year, month, day), after Howard Hinnant's
-/// `civil_from_days`, restricted to non-negative day counts.
-fn civil_from_days(days: u64) -> (u64, u64, u64) {
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + u64::from(month <= 2);
-    (year, month, day)
 }
 
 #[cfg(test)]
@@ -108,6 +110,20 @@ mod tests {
             UnixTime::from_secs(951_782_400).to_string(),
             "2000-02-29T00:00:00Z"
         );
+    }
+
+    #[test]
+    fn displays_years_past_9999_and_the_largest_time() {
+        let rows = [
+            (253_402_300_799, "9999-12-31T23:59:59Z"),
+            (253_402_300_800, "10000-01-01T00:00:00Z"),
+            // Five whole 400-year cycles and 59 days after the epoch: 1 March 3970.
+            (63_119_001_600, "3970-03-01T00:00:00Z"),
+            (u64::MAX, "584554051223-11-09T07:00:15Z"),
+        ];
+        for (secs, want) in rows {
+            assert_eq!(UnixTime::from_secs(secs).to_string(), want, "{secs}");
+        }
     }
 
     #[test]

@@ -79,59 +79,6 @@ fn lists_what_a_platform_can_run_best_first() {
     assert_eq!(names("linux/s390x"), ["linux/s390x"]);
 }
 
-fn descriptor(platform: Option<&str>, n: u8) -> Descriptor {
-    Descriptor {
-        media_type: crate::media_type::OCI_MANIFEST.into(),
-        digest: crate::Digest::sha256_of(&[n]),
-        size: 100 + u64::from(n),
-        platform: platform.map(p),
-        annotations: None,
-        artifact_type: None,
-    }
-}
-
-#[test]
-fn selects_the_exact_platform_from_an_index() {
-    let index = [
-        descriptor(Some("linux/amd64"), 1),
-        descriptor(Some("linux/arm/v7"), 2),
-        descriptor(Some("linux/arm64"), 3),
-        descriptor(Some("unknown/unknown"), 4),
-    ];
-    assert_eq!(p("linux/arm64").select(&index), Some(&index[2]));
-    assert_eq!(p("linux/aarch64").select(&index), Some(&index[2]));
-    assert_eq!(p("linux/amd64").select(&index), Some(&index[0]));
-    assert_eq!(p("linux/armhf").select(&index), Some(&index[1]));
-}
-
-#[test]
-fn falls_back_to_the_best_compatible_platform() {
-    let index = [
-        descriptor(Some("linux/arm/v5"), 1),
-        descriptor(Some("linux/arm/v6"), 2),
-        descriptor(Some("linux/386"), 3),
-    ];
-    assert_eq!(p("linux/arm/v7").select(&index), Some(&index[1]));
-    assert_eq!(p("linux/arm64").select(&index), Some(&index[1]));
-    assert_eq!(p("linux/amd64").select(&index), Some(&index[2]));
-}
-
-#[test]
-fn never_selects_another_os_an_unrunnable_arch_or_an_entry_without_platform() {
-    let index = [
-        descriptor(None, 1),
-        descriptor(Some("unknown/unknown"), 2),
-        descriptor(Some("windows/arm64"), 3),
-        descriptor(Some("linux/amd64"), 4),
-    ];
-    assert_eq!(p("linux/arm64").select(&index), None);
-    assert_eq!(p("linux/arm/v6").select(&descriptors_v7()), None);
-}
-
-fn descriptors_v7() -> [Descriptor; 1] {
-    [descriptor(Some("linux/arm/v7"), 9)]
-}
-
 #[test]
 fn ranks_candidates() {
     assert_eq!(p("linux/arm64").rank(&p("linux/arm64")), Some(0));

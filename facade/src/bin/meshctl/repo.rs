@@ -5,8 +5,8 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
+use meshanics_shared::fs::write_atomic;
 use meshanics_shared::metadata::envelope::Envelope;
-use meshanics_shared::metadata::store::write_atomic;
 use meshanics_shared::metadata::{
     Role, Root, TIMESTAMP_FILE, Timestamp, UnixTime, open_root, root_file,
 };

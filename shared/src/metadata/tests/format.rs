@@ -6,8 +6,8 @@ use super::simulator::{DAY, Simulator, T0};
 use crate::metadata::envelope::{Envelope, sign_payload};
 use crate::metadata::fetch::{FetchError, read_capped};
 use crate::metadata::{
-    KeyId, MetadataError, PublicKey, Role, RoleType, Selectors, SigningKey, TargetName,
-    TargetsMeta, Timestamp, TrustedStore, UnixTime, UpstreamRepository, open, sign,
+    KeyId, MetadataError, PublicKey, Role, RoleType, Selectors, SigningKey, TargetError,
+    TargetName, TargetsMeta, Timestamp, TrustedStore, UnixTime, UpstreamRepository, open, sign,
 };
 use crate::platform::Platform;
 
@@ -204,6 +204,91 @@ fn upstream_repositories_must_be_in_normalized_form() {
 }
 
 #[test]
+fn refused_names_and_repositories_say_what_was_refused_and_why() {
+    assert_eq!(
+        TargetName::parse("../etc").unwrap_err(),
+        TargetError::Name {
+            name: "../etc".into()
+        }
+    );
+    assert_eq!(
+        UpstreamRepository::parse("ghcr.io/org/app:v1").unwrap_err(),
+        TargetError::RepositoryPinned {
+            input: "ghcr.io/org/app:v1".into()
+        }
+    );
+    let err = UpstreamRepository::parse("nginx").unwrap_err();
+    assert_eq!(
+        err,
+        TargetError::RepositoryNotNormalized {
+            input: "nginx".into(),
+            normalized: "docker.io/library/nginx".into()
+        }
+    );
+    assert_eq!(
+        err.to_string(),
+        r#"repository "nginx" is not in normalized form; write "docker.io/library/nginx""#
+    );
+    let err = UpstreamRepository::parse("GHCR.io/Org/app").unwrap_err();
+    assert!(
+        matches!(&err, TargetError::Reference(e) if e.input == "GHCR.io/Org/app"),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn a_target_entry_that_breaks_a_rule_is_refused_with_the_rule() {
+    let mut sim = Simulator::new();
+    let good = sim.entry("app", b"1");
+    assert_eq!(good.check(), Ok(()));
+
+    let mut entry = good.clone();
+    entry.media_type = "text/plain".into();
+    assert_eq!(
+        entry.check(),
+        Err(TargetError::MediaType {
+            media_type: "text/plain".into()
+        })
+    );
+    let mut entry = good.clone();
+    entry.size = 0;
+    assert!(matches!(
+        entry.check(),
+        Err(TargetError::Size { size: 0, .. })
+    ));
+    let mut entry = good.clone();
+    entry.selectors.hardware_class = Some("a/b".into());
+    assert_eq!(
+        entry.check(),
+        Err(TargetError::HardwareClass {
+            class: "a/b".into()
+        })
+    );
+    let mut entry = good;
+    entry.custom = (0..65).map(|i| (format!("k{i}"), String::new())).collect();
+    assert_eq!(
+        entry.check(),
+        Err(TargetError::CustomFields { count: 65, max: 64 })
+    );
+    assert_eq!(
+        entry.check().unwrap_err().to_string(),
+        "more than 64 custom fields"
+    );
+
+    let targets = crate::metadata::Targets::new(1, T0, T0.saturating_add(DAY), vec![entry]);
+    let err = targets.check("7.targets.cose").unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "7.targets.cose: invalid targets metadata: target app: more than 64 custom fields"
+    );
+    assert!(
+        matches!(&err, MetadataError::InvalidTarget { name, source, .. }
+            if name == "app" && matches!(**source, TargetError::CustomFields { .. })),
+        "{err:?}"
+    );
+}
+
+#[test]
 fn selects_the_entries_for_a_device_class_and_platform() {
     let mut sim = Simulator::new();
     let arm64 = Platform::parse("linux/arm64").unwrap();
@@ -360,6 +445,11 @@ fn directory_fetch_refuses_files_over_the_limit() {
         read_capped(&dir.path().join("missing"), 99),
         Err(FetchError::NotFound)
     ));
+    // A folder cannot be read as a file: the error names the path.
+    match read_capped(dir.path(), 99) {
+        Err(FetchError::Io { path, .. }) => assert_eq!(path, dir.path()),
+        other => panic!("expected an I/O error naming the path, got {other:?}"),
+    }
 }
 
 #[tokio::test]
