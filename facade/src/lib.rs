@@ -21,7 +21,8 @@
 //!   carry `Authorization` off the upstream's origin).
 //! - [`proxy`] and [`body`]: streaming with verification; [`meta`]: `/meta/<file>`.
 //! - [`respond`]: the one place errors become HTTP statuses and OCI error JSON.
-//! - [`metrics`] and [`operator`]: Prometheus metrics and `/healthz` on their own listener.
+//! - [`metrics`] and [`metrics_listener`]: Prometheus metrics, and `/healthz` and `/metrics`
+//!   on their own plain-HTTP listener (config key `operator_listen`).
 //! - [`notify`]: `READY=1` and `STOPPING=1` for systemd's `Type=notify`.
 //!
 //! The operator's half, which `meshctl` drives:
@@ -34,7 +35,8 @@
 //! - [`tags`]: tag listing with `Link` pagination, and the newest-likely-first ordering.
 //! - [`http_client`]: the outbound HTTP client on the ring TLS provider.
 //!
-//! Beside it, [`layout_registry`] (the `meshanics-layout-registry` binary): a read-only
+//! Beside it, in crates of their own: `meshanics-http` (the serve loop every listener runs
+//! on, the OCI error body, `Range` parsing) and `meshanics-layout-registry`, a read-only
 //! registry over a folder of OCI layouts, the upstream for air-gapped sites.
 //!
 //! What it does not do: store content, accept pushes, resolve tags for devices, or decide
@@ -48,11 +50,10 @@ pub mod connections;
 pub mod error;
 pub mod http_client;
 pub mod identity;
-pub mod layout_registry;
 pub mod meta;
 pub mod metrics;
+pub mod metrics_listener;
 pub mod notify;
-pub mod operator;
 pub mod providers;
 pub mod proxy;
 pub mod respond;

@@ -17,7 +17,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::operator;
+use crate::metrics_listener;
 use crate::service::Shared;
 use crate::upstreams::Upstreams;
 
@@ -89,7 +89,7 @@ pub async fn start(config: &Config, upstreams: Arc<dyn Upstreams>) -> Result<Run
     tracing::info!(%device_addr, %operator_addr, "facade listening");
     let device_task = tokio::spawn(accept_loop(devices, acceptor, shared, signal.clone()));
     let (stop_operator, operator_signal) = watch::channel(false);
-    let operator_task = tokio::spawn(operator::serve(
+    let operator_task = tokio::spawn(metrics_listener::serve(
         operators,
         metrics.clone(),
         signal,
