@@ -1,54 +1,53 @@
-//! The operator listener: `GET /healthz` and `GET /metrics` (Prometheus text format), plain
-//! HTTP on its own address, never on the device port. It stops with the facade.
+//! The metrics listener: `GET /healthz` and `GET /metrics` (Prometheus text format), plain
+//! HTTP on its own address (config key `operator_listen`), never on the device port. It runs
+//! on the shared serve loop and stops after the device listener has drained. (The operator
+//! API, which `meshctl` drives, is [`admin`](crate::admin), on a Unix socket.)
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::CONTENT_TYPE;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
+use meshanics_http::{Connection, ServeConfig};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
-use tokio::task::JoinSet;
 
 use crate::metrics::Metrics;
 
-/// Serves operator requests until `stop` turns true; `/healthz` answers 503 once `draining`
-/// turns true (the device listener is shutting down).
+/// How long a client may take to send a request's headers.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a scrape in flight may take to finish once the listener stops (answers are
+/// small; idle connections close at once).
+const GRACE: Duration = Duration::from_secs(1);
+
+/// Serves `/healthz` and `/metrics` until `stop` turns true; `/healthz` answers 503 once
+/// `draining` turns true (the device listener is shutting down).
 pub async fn serve(
     listener: TcpListener,
     metrics: Arc<Metrics>,
     draining: watch::Receiver<bool>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut connections = JoinSet::new();
-    loop {
-        tokio::select! {
-            _ = stop.changed() => break,
-            accepted = listener.accept() => {
-                let Ok((tcp, _)) = accepted else { continue };
-                let metrics = metrics.clone();
-                let draining = draining.clone();
-                connections.spawn(async move {
-                    let service = service_fn(move |request| {
-                        let response = answer(&request, &metrics, *draining.borrow());
-                        async move { Ok::<_, Infallible>(response) }
-                    });
-                    let _ = http1::Builder::new()
-                        .timer(TokioTimer::new())
-                        .header_read_timeout(std::time::Duration::from_secs(10))
-                        .serve_connection(TokioIo::new(tcp), service)
-                        .await;
-                });
-            }
-        }
-        while connections.try_join_next().is_some() {}
-    }
-    connections.abort_all();
+    let config = ServeConfig::new("metrics")
+        .with_header_timeout(HEADER_TIMEOUT)
+        .with_grace(GRACE);
+    let stop = async move {
+        let _ = stop.wait_for(|stop| *stop).await;
+    };
+    let handler = move |connection: Connection<TcpStream, SocketAddr>| {
+        let metrics = metrics.clone();
+        let draining = draining.clone();
+        connection.serve_http1(service_fn(move |request| {
+            let response = answer(&request, &metrics, *draining.borrow());
+            async move { Ok::<_, Infallible>(response) }
+        }))
+    };
+    meshanics_http::serve(listener, config, stop, handler).await;
 }
 
 fn answer<B>(request: &Request<B>, metrics: &Metrics, draining: bool) -> Response<Full<Bytes>> {

@@ -7,6 +7,11 @@
 //! descriptors are free again, the client that waited in the backlog is served, and so is a
 //! new one.
 
+#![expect(
+    clippy::unwrap_used,
+    reason = "test helpers fail the test on anything unexpected"
+)]
+
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
@@ -43,7 +48,7 @@ struct Restore(Rlimit);
 
 impl Drop for Restore {
     fn drop(&mut self) {
-        let _ = setrlimit(Resource::Nofile, self.0.clone());
+        let _ = setrlimit(Resource::Nofile, self.0);
     }
 }
 
@@ -80,11 +85,15 @@ async fn keeps_serving_without_spinning_after_running_out_of_file_descriptors() 
             }))
         },
     ));
-    assert!(get(TcpStream::connect(addr).await.unwrap()).await.ends_with("ok"));
+    assert!(
+        get(TcpStream::connect(addr).await.unwrap())
+            .await
+            .ends_with("ok")
+    );
 
     // A limit a little above what is open now, then every free descriptor taken but one.
     let original = getrlimit(Resource::Nofile);
-    let restore = Restore(original.clone());
+    let restore = Restore(original);
     let open = std::fs::read_dir("/proc/self/fd").unwrap().count() as u64;
     setrlimit(
         Resource::Nofile,
@@ -122,7 +131,10 @@ async fn keeps_serving_without_spinning_after_running_out_of_file_descriptors() 
     let answer = tokio::time::timeout(Duration::from_secs(5), get(waiting))
         .await
         .expect("the client that waited in the backlog was not served once descriptors were free");
-    assert!(answer.starts_with("HTTP/1.1 200") && answer.ends_with("ok"), "{answer}");
+    assert!(
+        answer.starts_with("HTTP/1.1 200") && answer.ends_with("ok"),
+        "{answer}"
+    );
     let answer = tokio::time::timeout(
         Duration::from_secs(5),
         get(TcpStream::connect(addr).await.unwrap()),

@@ -62,7 +62,9 @@ fn backs_off_with_a_doubling_capped_delay_and_starts_over_after_a_success() {
 
 #[test]
 fn skips_clients_that_left_but_backs_off_on_resource_errors() {
-    assert!(one_connection_failed(&io::ErrorKind::ConnectionAborted.into()));
+    assert!(one_connection_failed(
+        &io::ErrorKind::ConnectionAborted.into()
+    ));
     for errno in [24, 23, 105, 12] {
         // EMFILE, ENFILE, ENOBUFS, ENOMEM
         assert!(!one_connection_failed(&io::Error::from_raw_os_error(errno)));
@@ -125,7 +127,10 @@ async fn holds_new_clients_in_the_backlog_at_the_connection_limit() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     let second = tokio::spawn(get(TcpStream::connect(addr).await.unwrap()));
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(!second.is_finished(), "a second connection was served at the limit");
+    assert!(
+        !second.is_finished(),
+        "a second connection was served at the limit"
+    );
     drop(first);
     let answer = tokio::time::timeout(Duration::from_secs(5), second)
         .await
