@@ -151,11 +151,8 @@ async fn serve_devices(
     let stop = async move {
         let _ = shutdown.wait_for(|stop| *stop).await;
     };
-    let handler = {
-        let shared = shared.clone();
-        move |accepted: Connection<TcpStream, SocketAddr>| {
-            connection::serve(accepted, acceptor.clone(), shared.clone())
-        }
+    let handler = move |accepted: Connection<TcpStream, SocketAddr>| {
+        connection::serve(accepted, acceptor.clone(), shared.clone())
     };
     meshanics_http::serve(listener, config, stop, handler).await;
     tracing::info!("facade stopped");
