@@ -21,7 +21,8 @@
 //!   carry `Authorization` off the upstream's origin).
 //! - [`proxy`] and [`body`]: streaming with verification; [`meta`]: `/meta/<file>`.
 //! - [`respond`]: the one place errors become HTTP statuses and OCI error JSON.
-//! - [`metrics`] and [`operator`]: Prometheus metrics and `/healthz` on their own listener.
+//! - [`metrics`] and [`metrics_listener`]: Prometheus metrics, and `/healthz` and `/metrics`
+//!   on their own plain-HTTP listener (config key `operator_listen`).
 //! - `READY=1` and `STOPPING=1` for systemd's `Type=notify` come from
 //!   [`meshanics_shared::notify`], the implementation the agent uses too.
 //!
@@ -35,7 +36,8 @@
 //! - [`tags`]: tag listing with `Link` pagination, and the newest-likely-first ordering.
 //! - [`http_client`]: the outbound HTTP client on the ring TLS provider.
 //!
-//! Beside it, [`layout_registry`] (the `meshanics-layout-registry` binary): a read-only
+//! Beside it, in crates of their own: `meshanics-http` (the serve loop every listener runs
+//! on, the OCI error body, `Range` parsing) and `meshanics-layout-registry`, a read-only
 //! registry over a folder of OCI layouts, the upstream for air-gapped sites.
 //!
 //! What it does not do: store content, accept pushes, resolve tags for devices, or decide
@@ -49,10 +51,9 @@ pub mod connections;
 pub mod error;
 pub mod http_client;
 pub mod identity;
-pub mod layout_registry;
 pub mod meta;
 pub mod metrics;
-pub mod operator;
+pub mod metrics_listener;
 pub mod providers;
 pub mod proxy;
 pub mod respond;
@@ -68,17 +69,3 @@ pub use config::{Config, ConfigError};
 pub use error::Error;
 pub use server::{Running, StartError, start};
 pub use upstreams::{ConfiguredUpstreams, Upstreams};
-
-/// Logging for the facade's binaries: `RUST_LOG` or `info`, no module targets, colours only
-/// when stdout is a terminal (journald and log files get plain text).
-pub fn init_logging() {
-    use std::io::IsTerminal as _;
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_target(false)
-        .with_ansi(std::io::stdout().is_terminal())
-        .init();
-}

@@ -30,7 +30,7 @@ const EXIT_CONFIG: u8 = 64;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    meshanics_facade::init_logging();
+    meshanics_http::init_logging();
     let config = match Config::load(&cli.config) {
         Ok(config) => config,
         Err(error) => {
@@ -102,7 +102,8 @@ fn run(
         let mut terminate = signal(SignalKind::terminate()).context("watching SIGTERM")?;
         let mut interrupt = signal(SignalKind::interrupt()).context("watching SIGINT")?;
         let (stop_admin, admin_stopped) = tokio::sync::watch::channel(false);
-        let upstreams: Arc<dyn Upstreams> = match &connections {
+        // The operator API's task is kept, so its connections drain before the runtime ends.
+        let (upstreams, admin_task): (Arc<dyn Upstreams>, _) = match &connections {
             Some(connections) => {
                 let socket = config.state_dir.join(ADMIN_SOCKET);
                 let listener = admin::bind(&socket)
@@ -112,13 +113,13 @@ fn run(
                     browser: connections.browser.clone(),
                 });
                 let mut stopped = admin_stopped.clone();
-                tokio::spawn(admin::serve(listener, state, async move {
+                let task = tokio::spawn(admin::serve(listener, state, async move {
                     let _ = stopped.wait_for(|stop| *stop).await;
                 }));
                 tracing::info!(socket = %socket.display(), connections = connections.store.list().len(), "operator API listening");
-                connections.upstreams.clone()
+                (connections.upstreams.clone(), Some(task))
             }
-            None => configured,
+            None => (configured, None),
         };
         let running = meshanics_facade::start(&config, upstreams).await?;
         notifier.ready("serving");
@@ -129,6 +130,9 @@ fn run(
         notifier.stopping("draining");
         let _ = stop_admin.send(true);
         running.shutdown().await;
+        if let Some(task) = admin_task {
+            let _ = task.await;
+        }
         Ok(())
     })
 }

@@ -1,5 +1,6 @@
 //! The one place errors become HTTP responses: a status, an OCI error code and a message
-//! (`{"errors":[{"code":"...","message":"..."}]}`, the distribution spec's error body).
+//! (`{"errors":[{"code":"...","message":"..."}]}`, the distribution spec's error body, built
+//! by [`meshanics_http::oci_error`]).
 //!
 //! Messages to devices say what the device did wrong, or that the upstream side failed; they
 //! never name which upstream hosts exist or echo upstream error bodies.
@@ -8,7 +9,7 @@ use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderValue, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
-use serde_json::json;
+use meshanics_http::oci_error;
 
 use crate::body::Body;
 use crate::error::Error;
@@ -121,12 +122,15 @@ pub fn classify(error: &Error) -> (StatusCode, &'static str, String) {
 /// The response for an error.
 pub fn error_response(error: &Error) -> Response<Body> {
     let (status, code, message) = classify(error);
-    let json = json!({"errors": [{"code": code, "message": message}]}).to_string();
+    let json = oci_error::body(code, &message);
     let length = json.len();
-    let mut response = Response::new(full(Bytes::from(json)));
+    let mut response = Response::new(full(json));
     *response.status_mut() = status;
     let headers = response.headers_mut();
-    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static(oci_error::CONTENT_TYPE),
+    );
     headers.insert(CONTENT_LENGTH, HeaderValue::from(length));
     if let Error::Upstream(UpstreamError::Credentials(provider)) = error {
         let seconds = provider

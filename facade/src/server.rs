@@ -1,6 +1,8 @@
-//! The facade server: binds the device listener (mutual TLS) and the operator listener, runs
-//! the accept loop under a connection limit, and shuts down gracefully: stop accepting, let
-//! streams in flight finish up to the grace period, then close what is left.
+//! The facade server: binds the device listener (mutual TLS) and the metrics listener
+//! (`operator_listen`), runs both on the shared serve loop ([`meshanics_http::serve`]: the
+//! device side under the connection limit and header timeout of `[limits]`), and shuts down
+//! gracefully: stop accepting, let streams in flight finish up to the grace period, then
+//! close what is left.
 //!
 //! [`start`] returns once both listeners are bound, with their addresses (port 0 works, which
 //! is how tests run it) and a [`Running`] handle to shut it down.
@@ -8,16 +10,16 @@
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
-use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
-use tokio::task::{JoinHandle, JoinSet};
+use meshanics_http::{Connection, ServeConfig};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::operator;
+use crate::metrics_listener;
 use crate::service::Shared;
 use crate::upstreams::Upstreams;
 
@@ -33,9 +35,9 @@ pub struct Running {
     operator_addr: SocketAddr,
     metrics: Arc<Metrics>,
     shutdown: watch::Sender<bool>,
-    stop_operator: watch::Sender<bool>,
+    stop_metrics: watch::Sender<bool>,
     devices: JoinHandle<()>,
-    operator: JoinHandle<()>,
+    metrics_listener: JoinHandle<()>,
 }
 
 /// Why the facade could not start.
@@ -87,22 +89,22 @@ pub async fn start(config: &Config, upstreams: Arc<dyn Upstreams>) -> Result<Run
     let (shutdown, signal) = watch::channel(false);
     let acceptor = TlsAcceptor::from(config.tls.clone());
     tracing::info!(%device_addr, %operator_addr, "facade listening");
-    let device_task = tokio::spawn(accept_loop(devices, acceptor, shared, signal.clone()));
-    let (stop_operator, operator_signal) = watch::channel(false);
-    let operator_task = tokio::spawn(operator::serve(
+    let device_task = tokio::spawn(serve_devices(devices, acceptor, shared, signal.clone()));
+    let (stop_metrics, metrics_signal) = watch::channel(false);
+    let metrics_task = tokio::spawn(metrics_listener::serve(
         operators,
         metrics.clone(),
         signal,
-        operator_signal,
+        metrics_signal,
     ));
     Ok(Running {
         device_addr,
         operator_addr,
         metrics,
         shutdown,
-        stop_operator,
+        stop_metrics,
         devices: device_task,
-        operator: operator_task,
+        metrics_listener: metrics_task,
     })
 }
 
@@ -128,67 +130,30 @@ impl Running {
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
         let _ = self.devices.await;
-        // The operator side stays up while devices drain, so health checks see "draining".
-        let _ = self.stop_operator.send(true);
-        let _ = self.operator.await;
+        // The metrics listener stays up while devices drain, so health checks see "draining".
+        let _ = self.stop_metrics.send(true);
+        let _ = self.metrics_listener.await;
     }
 }
 
-async fn accept_loop(
+/// Serves devices until `shutdown` turns true, then drains within the grace period.
+async fn serve_devices(
     listener: TcpListener,
     acceptor: TlsAcceptor,
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let limit = Arc::new(Semaphore::new(shared.limits.max_connections));
-    let mut connections = JoinSet::new();
-    loop {
-        // Waiting for a permit before accepting leaves extra clients in the kernel's queue.
-        let next = async {
-            let permit = limit.clone().acquire_owned().await;
-            (permit, listener.accept().await)
-        };
-        tokio::select! {
-            _ = shutdown.changed() => break,
-            (permit, accepted) = next => {
-                let Ok(permit) = permit else { break };
-                let (tcp, peer) = match accepted {
-                    Ok(accepted) => accepted,
-                    Err(error) => {
-                        // Out of file descriptors and the like: back off instead of spinning.
-                        tracing::warn!(%error, "accepting a connection failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                };
-                let _ = tcp.set_nodelay(true);
-                let task = connection::serve(tcp, peer, acceptor.clone(), shared.clone(), shutdown.clone());
-                connections.spawn(async move {
-                    task.await;
-                    drop(permit);
-                });
-            }
-        }
-        while connections.try_join_next().is_some() {}
-    }
-    drop(listener);
-    let open = connections.len();
-    tracing::info!(
-        open,
-        "shutting down: no new connections, letting streams finish"
-    );
-    let drain = async { while connections.join_next().await.is_some() {} };
-    if tokio::time::timeout(shared.limits.grace(), drain)
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            left = connections.len(),
-            grace_seconds = shared.limits.shutdown_grace,
-            "grace period over: closing the remaining connections"
-        );
-        connections.abort_all();
-        while connections.join_next().await.is_some() {}
-    }
+    let limits = &shared.limits;
+    let config = ServeConfig::new("device")
+        .with_max_connections(limits.max_connections)
+        .with_header_timeout(limits.header())
+        .with_grace(limits.grace());
+    let stop = async move {
+        let _ = shutdown.wait_for(|stop| *stop).await;
+    };
+    let handler = move |accepted: Connection<TcpStream, SocketAddr>| {
+        connection::serve(accepted, acceptor.clone(), shared.clone())
+    };
+    meshanics_http::serve(listener, config, stop, handler).await;
     tracing::info!("facade stopped");
 }

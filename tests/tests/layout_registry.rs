@@ -16,7 +16,8 @@ fn skopeo_copies_every_platform_out_of_a_layout_folder_byte_for_byte() {
     let built = image
         .write_layout(&work.path().join("images/team/app"), "v1")
         .unwrap();
-    let binary = workspace_binary("meshanics-facade", "meshanics-layout-registry").unwrap();
+    let binary =
+        workspace_binary("meshanics-layout-registry", "meshanics-layout-registry").unwrap();
     let mut child = Command::new(binary)
         .arg("--dir")
         .arg(work.path().join("images"))

@@ -1,4 +1,5 @@
-//! The operator API server on a Unix socket.
+//! The operator API server on a Unix socket, run by the shared serve loop
+//! ([`meshanics_http::serve`]: accept backoff, header timeout, tracked connections, drain).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -11,10 +12,10 @@ use futures_util::StreamExt as _;
 use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use meshanics_http::{Connection, ServeConfig};
 use meshanics_shared::Reference;
 use serde::Serialize;
-use tokio::net::UnixListener;
+use tokio::net::{UnixListener, UnixStream, unix};
 
 use super::api::{
     AddRegistry, ErrorBody, ErrorEntry, ImportRequest, ImportResponse, ImportResult, Outcome,
@@ -62,31 +63,27 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
     Ok(listener)
 }
 
-/// Serves the operator API on `listener` until `shutdown` completes.
+/// Serves the operator API on `listener` until `shutdown` completes, then lets requests in
+/// flight finish (an import resolving many tags included) for up to 10 seconds.
 pub async fn serve(
     listener: UnixListener,
     state: Arc<AdminState>,
     shutdown: impl Future<Output = ()>,
 ) {
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            () = &mut shutdown => break,
-            accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
-                let state = state.clone();
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |req| {
-                        let state = state.clone();
-                        async move { Ok::<_, Infallible>(handle(&state, req).await) }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        }
-    }
+    let handler = move |connection: Connection<UnixStream, unix::SocketAddr>| {
+        let state = state.clone();
+        connection.serve_http1(hyper::service::service_fn(move |req| {
+            let state = state.clone();
+            async move { Ok::<_, Infallible>(handle(&state, req).await) }
+        }))
+    };
+    meshanics_http::serve(
+        listener,
+        ServeConfig::new("operator API"),
+        shutdown,
+        handler,
+    )
+    .await;
 }
 
 type Reply = Response<Full<Bytes>>;

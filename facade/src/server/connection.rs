@@ -1,6 +1,7 @@
 //! One device connection: the TLS handshake (refusals logged with their reason and counted),
 //! the device's identity, then HTTP/1.1 or HTTP/2 until the client leaves, the connection
-//! idles out, or shutdown asks it to finish its streams and close.
+//! idles out, or the drain asks it to finish its streams and close. The serve loop
+//! ([`meshanics_http::serve`]) accepted it and tracks this task.
 
 use std::io;
 use std::net::SocketAddr;
@@ -9,9 +10,9 @@ use std::sync::Arc;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use meshanics_http::Connection;
 use rustls::{CertificateError, Error as TlsError};
 use tokio::net::TcpStream;
-use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use tracing::Instrument;
 
@@ -21,12 +22,17 @@ use crate::service::{self, Shared};
 
 /// Serves one accepted TCP connection to its end.
 pub async fn serve(
-    tcp: TcpStream,
-    peer: SocketAddr,
+    accepted: Connection<TcpStream, SocketAddr>,
     acceptor: TlsAcceptor,
     shared: Arc<Shared>,
-    mut shutdown: watch::Receiver<bool>,
 ) {
+    let Connection {
+        io: tcp,
+        peer,
+        drain,
+        header_timeout,
+    } = accepted;
+    let _ = tcp.set_nodelay(true);
     let limits = shared.limits.clone();
     let activity = Activity::new();
     let tcp = Tracked::new(tcp, activity.clone());
@@ -62,7 +68,7 @@ pub async fn serve(
         builder
             .http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(limits.header());
+            .header_read_timeout(header_timeout);
         builder
             .http2()
             .timer(TokioTimer::new())
@@ -78,7 +84,7 @@ pub async fn serve(
         });
         let connection = builder.serve_connection(TokioIo::new(tls), service);
         tokio::pin!(connection);
-        let mut draining = *shutdown.borrow();
+        let mut draining = drain.is_draining();
         if draining {
             connection.as_mut().graceful_shutdown();
         }
@@ -90,11 +96,9 @@ pub async fn serve(
                     }
                     break;
                 }
-                changed = shutdown.changed(), if !draining => {
+                () = drain.signaled(), if !draining => {
                     draining = true;
-                    if changed.is_ok() {
-                        connection.as_mut().graceful_shutdown();
-                    }
+                    connection.as_mut().graceful_shutdown();
                 }
                 () = activity.idle_for(limits.idle()) => {
                     tracing::info!(idle_seconds = limits.idle_timeout, "closing an idle connection");

@@ -1,3 +1,5 @@
+//! # meshanics-layout-registry
+//!
 //! A read-only registry that serves OCI image layouts from a folder.
 //!
 //! It is the upstream for sites that receive images as files rather than from a registry
@@ -14,10 +16,15 @@
 //! Plain HTTP, for loopback or a trusted link beside the facade. Manifests are checked
 //! against their digest before they are served (they are small); blobs are streamed as they
 //! are on disk, because every byte is verified downstream by the facade and the device.
+//!
+//! [`LayoutRegistry`] finds layouts and answers requests; [`serve`] runs it on a listener
+//! through the shared serve loop ([`meshanics_http::serve`]). The `meshanics-layout-registry`
+//! binary (src/main.rs) wraps both with a command line. It shares no code with the facade.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,17 +36,15 @@ use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt as _, Empty, Full, StreamBody};
 use hyper::body::Frame;
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use meshanics_http::{Connection, ServeConfig, oci_error, range};
 use meshanics_shared::Digest;
 use meshanics_shared::manifest::MAX_MANIFEST_SIZE;
 use meshanics_shared::media_type::{OCI_INDEX, OCI_MANIFEST};
 use meshanics_shared::reference::Repository;
 use serde::Deserialize;
 use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
-use tokio::net::TcpListener;
-use tokio::task::JoinSet;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::io::ReaderStream;
 
 /// The annotation that names a tag in an OCI layout's `index.json`.
@@ -372,7 +377,7 @@ impl Layout {
         };
         let len = file.metadata().await.map_err(read_error)?.len();
         let mut answer = Answer::new(StatusCode::OK);
-        let (start, end) = match range.map(|r| parse_range(r, len)) {
+        let (start, end) = match range.map(|r| range::parse(r, len)) {
             None => (0, len),
             Some(Some((start, end))) => {
                 answer.status = StatusCode::PARTIAL_CONTENT;
@@ -457,8 +462,7 @@ impl Answer {
 
     /// The distribution spec's error body.
     fn error(status: StatusCode, code: &str, message: &str) -> Self {
-        let body = serde_json::json!({ "errors": [{ "code": code, "message": message }] });
-        let mut answer = Answer::json(Bytes::from(body.to_string()));
+        let mut answer = Answer::bytes(oci_error::body(code, message), oci_error::CONTENT_TYPE);
         answer.status = status;
         answer
     }
@@ -565,75 +569,44 @@ fn parse_path(path: &str) -> Option<Ask<'_>> {
     None
 }
 
-/// A single `bytes=` range as `[start, end)` within `len`; `None` when not satisfiable or
-/// not understood (several ranges, suffix ranges are answered with the whole range they
-/// name).
-fn parse_range(value: &HeaderValue, len: u64) -> Option<(u64, u64)> {
-    let spec = value.to_str().ok()?.trim().strip_prefix("bytes=")?;
-    if spec.contains(',') {
-        return None;
-    }
-    let (first, last) = spec.split_once('-')?;
-    let (start, end) = if first.is_empty() {
-        let suffix: u64 = last.parse().ok()?;
-        (len.saturating_sub(suffix), len)
-    } else {
-        let start: u64 = first.parse().ok()?;
-        let end = if last.is_empty() {
-            len
-        } else {
-            last.parse::<u64>().ok()?.saturating_add(1).min(len)
-        };
-        (start, end)
-    };
-    (start < end && start < len).then_some((start, end))
-}
+/// How long a client may take to send a request's headers.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long requests in flight may take to finish once shutdown starts.
+const GRACE: Duration = Duration::from_secs(10);
 
-/// Serves `registry` on `listener` until `shutdown` completes; open connections are then
-/// closed.
+/// Serves `registry` on `listener` until `shutdown` completes; requests in flight then get
+/// a grace period to finish.
 pub async fn serve(
     listener: TcpListener,
     registry: Arc<LayoutRegistry>,
     shutdown: impl Future<Output = ()>,
 ) {
-    let mut connections = JoinSet::new();
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            () = &mut shutdown => break,
-            accepted = listener.accept() => {
-                let (tcp, peer) = match accepted {
-                    Ok(accepted) => accepted,
-                    Err(error) => {
-                        tracing::warn!(%error, "accepting a connection");
-                        continue;
-                    }
-                };
+    let config = ServeConfig::new("layout registry")
+        .with_header_timeout(HEADER_TIMEOUT)
+        .with_grace(GRACE);
+    meshanics_http::serve(
+        listener,
+        config,
+        shutdown,
+        move |connection: Connection<TcpStream, SocketAddr>| {
+            let registry = registry.clone();
+            let peer = connection.peer;
+            let service = service_fn(move |request: Request<hyper::body::Incoming>| {
                 let registry = registry.clone();
-                connections.spawn(async move {
-                    let service = service_fn(move |request: Request<hyper::body::Incoming>| {
-                        let registry = registry.clone();
-                        async move {
-                            let method = request.method().clone();
-                            let path = request.uri().path().to_owned();
-                            let answer = registry
-                                .answer(&method, &path, request.uri().query(), request.headers())
-                                .await;
-                            tracing::info!(%peer, %method, path, status = answer.status.as_u16(), "request");
-                            Ok::<_, Infallible>(answer.into_response(method == Method::HEAD))
-                        }
-                    });
-                    let _ = http1::Builder::new()
-                        .timer(TokioTimer::new())
-                        .header_read_timeout(Duration::from_secs(30))
-                        .serve_connection(TokioIo::new(tcp), service)
+                async move {
+                    let method = request.method().clone();
+                    let path = request.uri().path().to_owned();
+                    let answer = registry
+                        .answer(&method, &path, request.uri().query(), request.headers())
                         .await;
-                });
-            }
-        }
-        while connections.try_join_next().is_some() {}
-    }
-    connections.abort_all();
+                    tracing::info!(%peer, %method, path, status = answer.status.as_u16(), "request");
+                    Ok::<_, Infallible>(answer.into_response(method == Method::HEAD))
+                }
+            });
+            connection.serve_http1(service)
+        },
+    )
+    .await;
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::Parser;
-use meshanics_facade::layout_registry::{self, LayoutRegistry};
+use meshanics_layout_registry::LayoutRegistry;
 use tokio::signal::unix::{SignalKind, signal};
 
 /// Serves the OCI image layouts under a folder as a read-only registry (plain HTTP, GET and
@@ -36,7 +36,7 @@ struct Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    meshanics_facade::init_logging();
+    meshanics_http::init_logging();
     let registry = match LayoutRegistry::open(&cli.dir) {
         Ok(registry) => registry,
         Err(error) => {
@@ -75,7 +75,7 @@ fn run(listen: SocketAddr, registry: LayoutRegistry) -> anyhow::Result<()> {
             tracing::warn!(%address, "plain HTTP on a non-loopback address: use a trusted link only");
         }
         tracing::info!("listening on {address}");
-        layout_registry::serve(listener, Arc::new(registry), async move {
+        meshanics_layout_registry::serve(listener, Arc::new(registry), async move {
             tokio::select! {
                 _ = terminate.recv() => tracing::info!("SIGTERM: stopping"),
                 _ = interrupt.recv() => tracing::info!("SIGINT: stopping"),

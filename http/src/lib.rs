@@ -1,0 +1,25 @@
+//! # meshanics-http
+//!
+//! The HTTP server pieces every Meshanics listener shares, so that each exists once:
+//!
+//! - [`serve`]: the one accept loop. The facade's device listener, its `/healthz` and
+//!   `/metrics` listener, the operator API's Unix socket and the layout registry all run
+//!   through it: accept failures (out of file descriptors) are backed off instead of spun on,
+//!   connections are counted against an optional limit and tracked, and shutdown drains them
+//!   within a grace period. What a connection does (a TLS handshake, HTTP/1 or HTTP/2) is the
+//!   caller's handler.
+//! - [`oci_error`]: the distribution spec's error body, `{"errors":[{"code","message"}]}`.
+//! - [`range`]: the single `Range: bytes=` parser.
+//! - [`init_logging`]: the log set-up the server binaries share.
+//!
+//! What it does not do: route requests, map errors to statuses (each server keeps its own
+//! mapping and calls [`oci_error`] for the body), or speak TLS.
+
+pub mod oci_error;
+pub mod range;
+pub mod serve;
+
+mod logging;
+
+pub use logging::init_logging;
+pub use serve::{Connection, Drain, Listener, ServeConfig, serve};
