@@ -2,12 +2,16 @@
 //! distribution API by digest, and the signed metadata files.
 //!
 //! Connections: TCP plus TLS (ALPN `h2`, then `http/1.1`) within the connect timeout. An
-//! HTTP/2 connection is kept and multiplexed; HTTP/1.1 gets a connection per request (the
-//! facade speaks HTTP/2, so that path is a fallback, not the norm).
+//! HTTP/2 connection is kept and multiplexed, with keep-alive pings while a request is in
+//! flight; HTTP/1.1 gets a connection per request (the facade speaks HTTP/2, so that path is
+//! a fallback, not the norm).
 //!
-//! Transfers: a stream that stays under the configured bytes-per-second floor for a whole
-//! window is cut and retried. Every request is retried with exponential backoff and full
-//! jitter on network trouble and 5xx/429, never on a refusal. Blob downloads are resumed
+//! Deadlines: no wait is unbounded. A response head must arrive within the header timeout
+//! of sending the request; a body that stays under the configured bytes-per-second floor
+//! for a whole window (or sends nothing for that long) is cut.
+//!
+//! Every request is retried with exponential backoff and full jitter on network trouble
+//! (those deadlines included) and 5xx/429, never on a refusal. Blob downloads are resumed
 //! with `Range` from what the ingest file holds (see [`blob`]), and no response may put a
 //! byte more than the expected size on disk: every body goes through a verifier.
 
@@ -40,6 +44,13 @@ use connection::Connector;
 pub struct ClientOptions {
     /// Limit on TCP connect plus TLS handshake.
     pub connect_timeout: Duration,
+    /// The longest wait for a response's status and headers once the request is sent (the
+    /// body has the stall window instead).
+    pub header_timeout: Duration,
+    /// How often an HTTP/2 connection with a request in flight pings a silent peer.
+    pub keep_alive_interval: Duration,
+    /// How long a ping may go unanswered before the connection counts as dead.
+    pub keep_alive_timeout: Duration,
     /// The bytes-per-second floor under which a transfer counts as stalled.
     pub stall_floor: u64,
     /// The window the floor is measured over (and the longest wait for any bytes).
@@ -60,6 +71,9 @@ impl Default for ClientOptions {
     fn default() -> Self {
         ClientOptions {
             connect_timeout: Duration::from_secs(10),
+            header_timeout: Duration::from_secs(30),
+            keep_alive_interval: Duration::from_secs(20),
+            keep_alive_timeout: Duration::from_secs(20),
             stall_floor: 1024,
             stall_window: Duration::from_secs(30),
             attempts: 5,
@@ -91,7 +105,7 @@ impl Client {
         options: ClientOptions,
     ) -> Result<Client> {
         Ok(Client {
-            connector: Connector::new(base, tls, options.connect_timeout, options.http1_only)?,
+            connector: Connector::new(base, tls, &options)?,
             limiter: options
                 .bandwidth_limit
                 .map(|rate| Mutex::new(RateLimiter::new(rate))),
@@ -113,6 +127,7 @@ impl Client {
                 connect_timeout: config.network.connect_timeout,
                 stall_floor: config.network.stall_floor,
                 stall_window: config.network.stall_window,
+                header_timeout: config.network.header_timeout,
                 attempts: config.network.attempts,
                 bandwidth_limit: config.bandwidth_limit,
                 http1_only: config.network.http1_only,
@@ -238,7 +253,18 @@ impl Client {
                 reason: e.to_string(),
             })?;
         debug!(path, "GET");
-        sender.send(request, &self.connector.url(path)).await
+        let url = self.connector.url(path);
+        // The deadline covers waiting for a free HTTP/2 stream and for the response head; a
+        // facade that takes the request and never answers ends the attempt here (dropping
+        // the future resets the stream, or closes an HTTP/1.1 connection), and the retry
+        // reconnects.
+        let after = self.options.header_timeout;
+        tokio::time::timeout(after, sender.send(request, &url))
+            .await
+            .map_err(|_| Error::ResponseTimeout {
+                url: url.clone(),
+                after,
+            })?
     }
 
     /// Runs `attempt` until it succeeds, fails for good, or the attempts run out.

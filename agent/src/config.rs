@@ -24,6 +24,7 @@
 //!
 //! [network]                               # optional
 //! connect_timeout = "10s"
+//! header_timeout = "30s"                  # request sent -> response head
 //! stall_floor = "1KiB"                    # per second
 //! stall_window = "30s"
 //! attempts = 5
@@ -94,6 +95,8 @@ pub struct Device {
 pub struct Network {
     /// Limit on TCP connect plus TLS handshake.
     pub connect_timeout: Duration,
+    /// Limit on the wait for a response's status and headers once a request is sent.
+    pub header_timeout: Duration,
     /// A transfer slower than this (bytes per second) over `stall_window` is cut and retried.
     pub stall_floor: u64,
     /// The window the floor is measured over.
@@ -214,6 +217,7 @@ struct RawAgent {
 #[serde(deny_unknown_fields)]
 struct RawNetwork {
     connect_timeout: Option<String>,
+    header_timeout: Option<String>,
     stall_floor: Option<String>,
     stall_window: Option<String>,
     attempts: Option<i64>,
@@ -364,6 +368,11 @@ impl Config {
             raw.network.connect_timeout,
             "10s",
         );
+        let header_timeout =
+            c.duration("network.header_timeout", raw.network.header_timeout, "30s");
+        if header_timeout.is_some_and(|d| d < Duration::from_secs(1)) {
+            c.problem("network.header_timeout", "must be at least 1s");
+        }
         let stall_floor = match raw.network.stall_floor {
             Some(text) => c.check("network.stall_floor", parse_size(&text)),
             None => Some(1024),
@@ -391,6 +400,7 @@ impl Config {
             concurrency,
             bandwidth_limit,
             connect_timeout,
+            header_timeout,
             stall_floor,
             stall_window,
             attempts,
@@ -410,6 +420,7 @@ impl Config {
                 Some(concurrency),
                 Some(bandwidth_limit),
                 Some(connect_timeout),
+                Some(header_timeout),
                 Some(stall_floor),
                 Some(stall_window),
                 Some(attempts),
@@ -430,6 +441,7 @@ impl Config {
                 bandwidth_limit,
                 network: Network {
                     connect_timeout,
+                    header_timeout,
                     stall_floor,
                     stall_window,
                     attempts: u32::try_from(attempts).unwrap_or(1),

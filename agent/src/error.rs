@@ -126,6 +126,15 @@ pub enum Error {
         /// The HTTP status.
         status: u16,
     },
+    /// No response head arrived within the deadline (a facade that accepts the request and
+    /// never answers): the attempt is abandoned and retried.
+    #[error("no response from {url} within {after:?}")]
+    ResponseTimeout {
+        /// The URL.
+        url: String,
+        /// The deadline (`network.header_timeout`).
+        after: Duration,
+    },
     /// A transfer fell below the configured speed floor.
     #[error("transfer from {url} stalled: under {floor} bytes/s for {window:?}")]
     Stalled {
@@ -250,6 +259,7 @@ impl Error {
             Error::Connect { .. }
             | Error::ConnectTimeout { .. }
             | Error::Http { .. }
+            | Error::ResponseTimeout { .. }
             | Error::Stalled { .. }
             | Error::ShortBody { .. }
             | Error::RangeRefused { .. } => true,
