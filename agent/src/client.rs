@@ -15,6 +15,7 @@
 //! with `Range` from what the ingest file holds (see [`blob`]), and no response may put a
 //! byte more than the expected size on disk: every body goes through a verifier.
 
+mod activity;
 mod blob;
 mod connection;
 mod transfer;
@@ -35,6 +36,7 @@ use tracing::debug;
 use crate::config::Config;
 use crate::error::{Error, Result};
 
+pub use activity::Activity;
 pub use transfer::RateLimiter;
 
 use connection::Connector;
@@ -92,6 +94,7 @@ pub struct Client {
     options: ClientOptions,
     limiter: Option<Mutex<RateLimiter>>,
     downloaded: AtomicU64,
+    activity: Activity,
 }
 
 // === impl Client ===
@@ -111,6 +114,7 @@ impl Client {
                 .map(|rate| Mutex::new(RateLimiter::new(rate))),
             options,
             downloaded: AtomicU64::new(0),
+            activity: Activity::new(),
         })
     }
 
@@ -141,6 +145,11 @@ impl Client {
         self.downloaded.load(Ordering::Relaxed)
     }
 
+    /// When the next sign of life from this client's requests is due (for the watchdog).
+    pub fn activity(&self) -> &Activity {
+        &self.activity
+    }
+
     /// The options in force.
     pub fn options(&self) -> &ClientOptions {
         &self.options
@@ -168,7 +177,7 @@ impl Client {
                 .map(str::to_owned);
             let mut verifier = Verifier::new(digest.clone(), size);
             let mut bytes = Vec::new();
-            let mut body = transfer::Body::new(response.into_body(), &self.options, url.clone());
+            let mut body = transfer::Body::new(response.into_body(), self, url.clone());
             while let Some(chunk) = body.next_chunk().await? {
                 self.count(chunk.len());
                 verifier.update(&chunk).map_err(|source| Error::Verify {
@@ -221,7 +230,7 @@ impl Client {
                 return Err(Error::TooLarge { url, limit: cap });
             }
             let mut bytes = Vec::new();
-            let mut body = transfer::Body::new(response.into_body(), &self.options, url.clone());
+            let mut body = transfer::Body::new(response.into_body(), self, url.clone());
             while let Some(chunk) = body.next_chunk().await? {
                 self.count(chunk.len());
                 if bytes.len() as u64 + chunk.len() as u64 > cap {
@@ -240,6 +249,12 @@ impl Client {
         path: &str,
         headers: &[(http::HeaderName, HeaderValue)],
     ) -> Result<Response<Incoming>> {
+        // The next sign of life: a response head, within the connect plus header timeouts.
+        self.activity.expect_within(
+            self.options
+                .connect_timeout
+                .saturating_add(self.options.header_timeout),
+        );
         let mut sender = self.connector.sender().await?;
         let mut request = Request::get(sender.uri_for(&self.connector, path)?);
         for (name, value) in headers {
@@ -283,6 +298,7 @@ impl Client {
                     let wait = self.backoff(n);
                     debug!(path, attempt = n, error = %err, ?wait, "retrying");
                     self.connector.forget();
+                    self.activity.expect_within(wait);
                     tokio::time::sleep(wait).await;
                 }
                 Err(err) if err.is_retryable() => {
@@ -308,6 +324,12 @@ impl Client {
         Duration::from_millis(fastrand::u64(0..=millis))
     }
 
+    /// The longest a healthy body goes between two chunks: the stall check fails a silent
+    /// one within a window, or two when bytes came late in the previous window.
+    fn chunk_allowance(&self) -> Duration {
+        self.options.stall_window.saturating_mul(2)
+    }
+
     fn count(&self, n: usize) {
         self.downloaded.fetch_add(n as u64, Ordering::Relaxed);
     }
@@ -322,6 +344,8 @@ impl Client {
             None => Duration::ZERO,
         };
         if !wait.is_zero() {
+            self.activity
+                .expect_within(wait.saturating_add(self.chunk_allowance()));
             tokio::time::sleep(wait).await;
         }
     }

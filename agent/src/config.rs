@@ -19,6 +19,7 @@
 //! [agent]
 //! state_dir = "/var/lib/meshanics-agent"
 //! poll_interval = "5m"
+//! cycle_deadline = "6h"                   # a cycle still running then is abandoned
 //! concurrency = 4
 //! bandwidth_limit = "2MiB"               # per second; optional
 //!
@@ -58,6 +59,8 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// How often to look for updates.
     pub poll_interval: Duration,
+    /// How long one update cycle may run before the service abandons it.
+    pub cycle_deadline: Duration,
     /// How many blobs to download at once.
     pub concurrency: usize,
     /// A cap on download speed in bytes per second, if any.
@@ -209,6 +212,7 @@ struct RawTrust {
 struct RawAgent {
     state_dir: Option<PathBuf>,
     poll_interval: Option<String>,
+    cycle_deadline: Option<String>,
     concurrency: Option<i64>,
     bandwidth_limit: Option<String>,
 }
@@ -349,6 +353,15 @@ impl Config {
         if poll_interval.is_some_and(|d| d < Duration::from_secs(1)) {
             c.problem("agent.poll_interval", "must be at least 1s");
         }
+        // Generous on purpose: the deadline is a backstop against a cycle that never ends,
+        // not a download budget. Hangs are caught sooner (the header timeout, the stall
+        // window, the watchdog), so what reaches it is a transfer that keeps crawling above
+        // the stall floor. Abandoning a cycle costs little (the next one resumes the
+        // downloads with Range), and 6 h still moves about 2.7 GB at 1 Mbit/s per cycle.
+        let cycle_deadline = c.duration("agent.cycle_deadline", raw.agent.cycle_deadline, "6h");
+        if cycle_deadline.is_some_and(|d| d < Duration::from_secs(60)) {
+            c.problem("agent.cycle_deadline", "must be at least 1m");
+        }
         let concurrency = c.range("agent.concurrency", raw.agent.concurrency, 4, 1, 64);
         let bandwidth_limit = match raw.agent.bandwidth_limit {
             Some(text) => c
@@ -397,6 +410,7 @@ impl Config {
             trust_anchor,
             state_dir,
             poll_interval,
+            cycle_deadline,
             concurrency,
             bandwidth_limit,
             connect_timeout,
@@ -417,6 +431,7 @@ impl Config {
                 Some(trust_anchor),
                 Some(state_dir),
                 Some(poll_interval),
+                Some(cycle_deadline),
                 Some(concurrency),
                 Some(bandwidth_limit),
                 Some(connect_timeout),
@@ -437,6 +452,7 @@ impl Config {
                 trust_anchor,
                 state_dir,
                 poll_interval,
+                cycle_deadline,
                 concurrency: usize::try_from(concurrency).unwrap_or(1),
                 bandwidth_limit,
                 network: Network {

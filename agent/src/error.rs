@@ -227,6 +227,15 @@ pub enum Error {
         #[source]
         source: MetadataError,
     },
+    /// An update cycle ran past its deadline and was abandoned; its downloads resume at the
+    /// next cycle from what their ingest files hold.
+    #[error(
+        "the update cycle was abandoned after {after:?} (agent.cycle_deadline); interrupted downloads resume at the next cycle"
+    )]
+    CycleDeadline {
+        /// The deadline.
+        after: Duration,
+    },
     /// The apply hook could not be run.
     #[error("running the apply hook {path}: {source}")]
     HookSpawn {
