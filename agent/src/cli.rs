@@ -241,7 +241,7 @@ fn run(config: &Config, env: &Environment) -> anyhow::Result<ExitCode> {
         &agent,
         &mut source,
         &notifier,
-        config.poll_interval,
+        service::Schedule::from_config(config),
         &LogLines,
         service::shutdown_signal(),
     ));

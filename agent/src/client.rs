@@ -2,15 +2,20 @@
 //! distribution API by digest, and the signed metadata files.
 //!
 //! Connections: TCP plus TLS (ALPN `h2`, then `http/1.1`) within the connect timeout. An
-//! HTTP/2 connection is kept and multiplexed; HTTP/1.1 gets a connection per request (the
-//! facade speaks HTTP/2, so that path is a fallback, not the norm).
+//! HTTP/2 connection is kept and multiplexed, with keep-alive pings while a request is in
+//! flight; HTTP/1.1 gets a connection per request (the facade speaks HTTP/2, so that path is
+//! a fallback, not the norm).
 //!
-//! Transfers: a stream that stays under the configured bytes-per-second floor for a whole
-//! window is cut and retried. Every request is retried with exponential backoff and full
-//! jitter on network trouble and 5xx/429, never on a refusal. Blob downloads are resumed
+//! Deadlines: no wait is unbounded. A response head must arrive within the header timeout
+//! of sending the request; a body that stays under the configured bytes-per-second floor
+//! for a whole window (or sends nothing for that long) is cut.
+//!
+//! Every request is retried with exponential backoff and full jitter on network trouble
+//! (those deadlines included) and 5xx/429, never on a refusal. Blob downloads are resumed
 //! with `Range` from what the ingest file holds (see [`blob`]), and no response may put a
 //! byte more than the expected size on disk: every body goes through a verifier.
 
+mod activity;
 mod blob;
 mod connection;
 mod transfer;
@@ -31,6 +36,7 @@ use tracing::debug;
 use crate::config::Config;
 use crate::error::{Error, Result};
 
+pub use activity::Activity;
 pub use transfer::RateLimiter;
 
 use connection::Connector;
@@ -40,6 +46,13 @@ use connection::Connector;
 pub struct ClientOptions {
     /// Limit on TCP connect plus TLS handshake.
     pub connect_timeout: Duration,
+    /// The longest wait for a response's status and headers once the request is sent (the
+    /// body has the stall window instead).
+    pub header_timeout: Duration,
+    /// How often an HTTP/2 connection with a request in flight pings a silent peer.
+    pub keep_alive_interval: Duration,
+    /// How long a ping may go unanswered before the connection counts as dead.
+    pub keep_alive_timeout: Duration,
     /// The bytes-per-second floor under which a transfer counts as stalled.
     pub stall_floor: u64,
     /// The window the floor is measured over (and the longest wait for any bytes).
@@ -60,6 +73,9 @@ impl Default for ClientOptions {
     fn default() -> Self {
         ClientOptions {
             connect_timeout: Duration::from_secs(10),
+            header_timeout: Duration::from_secs(30),
+            keep_alive_interval: Duration::from_secs(20),
+            keep_alive_timeout: Duration::from_secs(20),
             stall_floor: 1024,
             stall_window: Duration::from_secs(30),
             attempts: 5,
@@ -78,6 +94,7 @@ pub struct Client {
     options: ClientOptions,
     limiter: Option<Mutex<RateLimiter>>,
     downloaded: AtomicU64,
+    activity: Activity,
 }
 
 // === impl Client ===
@@ -91,12 +108,13 @@ impl Client {
         options: ClientOptions,
     ) -> Result<Client> {
         Ok(Client {
-            connector: Connector::new(base, tls, options.connect_timeout, options.http1_only)?,
+            connector: Connector::new(base, tls, &options)?,
             limiter: options
                 .bandwidth_limit
                 .map(|rate| Mutex::new(RateLimiter::new(rate))),
             options,
             downloaded: AtomicU64::new(0),
+            activity: Activity::new(),
         })
     }
 
@@ -113,6 +131,7 @@ impl Client {
                 connect_timeout: config.network.connect_timeout,
                 stall_floor: config.network.stall_floor,
                 stall_window: config.network.stall_window,
+                header_timeout: config.network.header_timeout,
                 attempts: config.network.attempts,
                 bandwidth_limit: config.bandwidth_limit,
                 http1_only: config.network.http1_only,
@@ -124,6 +143,11 @@ impl Client {
     /// Bytes of response bodies received so far (manifests, blobs, metadata).
     pub fn downloaded_bytes(&self) -> u64 {
         self.downloaded.load(Ordering::Relaxed)
+    }
+
+    /// When the next sign of life from this client's requests is due (for the watchdog).
+    pub fn activity(&self) -> &Activity {
+        &self.activity
     }
 
     /// The options in force.
@@ -153,7 +177,7 @@ impl Client {
                 .map(str::to_owned);
             let mut verifier = Verifier::new(digest.clone(), size);
             let mut bytes = Vec::new();
-            let mut body = transfer::Body::new(response.into_body(), &self.options, url.clone());
+            let mut body = transfer::Body::new(response.into_body(), self, url.clone());
             while let Some(chunk) = body.next_chunk().await? {
                 self.count(chunk.len());
                 verifier.update(&chunk).map_err(|source| Error::Verify {
@@ -206,7 +230,7 @@ impl Client {
                 return Err(Error::TooLarge { url, limit: cap });
             }
             let mut bytes = Vec::new();
-            let mut body = transfer::Body::new(response.into_body(), &self.options, url.clone());
+            let mut body = transfer::Body::new(response.into_body(), self, url.clone());
             while let Some(chunk) = body.next_chunk().await? {
                 self.count(chunk.len());
                 if bytes.len() as u64 + chunk.len() as u64 > cap {
@@ -225,6 +249,12 @@ impl Client {
         path: &str,
         headers: &[(http::HeaderName, HeaderValue)],
     ) -> Result<Response<Incoming>> {
+        // The next sign of life: a response head, within the connect plus header timeouts.
+        self.activity.expect_within(
+            self.options
+                .connect_timeout
+                .saturating_add(self.options.header_timeout),
+        );
         let mut sender = self.connector.sender().await?;
         let mut request = Request::get(sender.uri_for(&self.connector, path)?);
         for (name, value) in headers {
@@ -238,7 +268,18 @@ impl Client {
                 reason: e.to_string(),
             })?;
         debug!(path, "GET");
-        sender.send(request, &self.connector.url(path)).await
+        let url = self.connector.url(path);
+        // The deadline covers waiting for a free HTTP/2 stream and for the response head; a
+        // facade that takes the request and never answers ends the attempt here (dropping
+        // the future resets the stream, or closes an HTTP/1.1 connection), and the retry
+        // reconnects.
+        let after = self.options.header_timeout;
+        tokio::time::timeout(after, sender.send(request, &url))
+            .await
+            .map_err(|_| Error::ResponseTimeout {
+                url: url.clone(),
+                after,
+            })?
     }
 
     /// Runs `attempt` until it succeeds, fails for good, or the attempts run out.
@@ -257,6 +298,7 @@ impl Client {
                     let wait = self.backoff(n);
                     debug!(path, attempt = n, error = %err, ?wait, "retrying");
                     self.connector.forget();
+                    self.activity.expect_within(wait);
                     tokio::time::sleep(wait).await;
                 }
                 Err(err) if err.is_retryable() => {
@@ -282,6 +324,12 @@ impl Client {
         Duration::from_millis(fastrand::u64(0..=millis))
     }
 
+    /// The longest a healthy body goes between two chunks: the stall check fails a silent
+    /// one within a window, or two when bytes came late in the previous window.
+    fn chunk_allowance(&self) -> Duration {
+        self.options.stall_window.saturating_mul(2)
+    }
+
     fn count(&self, n: usize) {
         self.downloaded.fetch_add(n as u64, Ordering::Relaxed);
     }
@@ -296,6 +344,8 @@ impl Client {
             None => Duration::ZERO,
         };
         if !wait.is_zero() {
+            self.activity
+                .expect_within(wait.saturating_add(self.chunk_allowance()));
             tokio::time::sleep(wait).await;
         }
     }

@@ -19,11 +19,13 @@
 //! [agent]
 //! state_dir = "/var/lib/meshanics-agent"
 //! poll_interval = "5m"
+//! cycle_deadline = "6h"                   # a cycle still running then is abandoned
 //! concurrency = 4
 //! bandwidth_limit = "2MiB"               # per second; optional
 //!
 //! [network]                               # optional
 //! connect_timeout = "10s"
+//! header_timeout = "30s"                  # request sent -> response head
 //! stall_floor = "1KiB"                    # per second
 //! stall_window = "30s"
 //! attempts = 5
@@ -57,6 +59,8 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// How often to look for updates.
     pub poll_interval: Duration,
+    /// How long one update cycle may run before the service abandons it.
+    pub cycle_deadline: Duration,
     /// How many blobs to download at once.
     pub concurrency: usize,
     /// A cap on download speed in bytes per second, if any.
@@ -94,6 +98,8 @@ pub struct Device {
 pub struct Network {
     /// Limit on TCP connect plus TLS handshake.
     pub connect_timeout: Duration,
+    /// Limit on the wait for a response's status and headers once a request is sent.
+    pub header_timeout: Duration,
     /// A transfer slower than this (bytes per second) over `stall_window` is cut and retried.
     pub stall_floor: u64,
     /// The window the floor is measured over.
@@ -206,6 +212,7 @@ struct RawTrust {
 struct RawAgent {
     state_dir: Option<PathBuf>,
     poll_interval: Option<String>,
+    cycle_deadline: Option<String>,
     concurrency: Option<i64>,
     bandwidth_limit: Option<String>,
 }
@@ -214,6 +221,7 @@ struct RawAgent {
 #[serde(deny_unknown_fields)]
 struct RawNetwork {
     connect_timeout: Option<String>,
+    header_timeout: Option<String>,
     stall_floor: Option<String>,
     stall_window: Option<String>,
     attempts: Option<i64>,
@@ -345,6 +353,15 @@ impl Config {
         if poll_interval.is_some_and(|d| d < Duration::from_secs(1)) {
             c.problem("agent.poll_interval", "must be at least 1s");
         }
+        // Generous on purpose: the deadline is a backstop against a cycle that never ends,
+        // not a download budget. Hangs are caught sooner (the header timeout, the stall
+        // window, the watchdog), so what reaches it is a transfer that keeps crawling above
+        // the stall floor. Abandoning a cycle costs little (the next one resumes the
+        // downloads with Range), and 6 h still moves about 2.7 GB at 1 Mbit/s per cycle.
+        let cycle_deadline = c.duration("agent.cycle_deadline", raw.agent.cycle_deadline, "6h");
+        if cycle_deadline.is_some_and(|d| d < Duration::from_secs(60)) {
+            c.problem("agent.cycle_deadline", "must be at least 1m");
+        }
         let concurrency = c.range("agent.concurrency", raw.agent.concurrency, 4, 1, 64);
         let bandwidth_limit = match raw.agent.bandwidth_limit {
             Some(text) => c
@@ -364,6 +381,11 @@ impl Config {
             raw.network.connect_timeout,
             "10s",
         );
+        let header_timeout =
+            c.duration("network.header_timeout", raw.network.header_timeout, "30s");
+        if header_timeout.is_some_and(|d| d < Duration::from_secs(1)) {
+            c.problem("network.header_timeout", "must be at least 1s");
+        }
         let stall_floor = match raw.network.stall_floor {
             Some(text) => c.check("network.stall_floor", parse_size(&text)),
             None => Some(1024),
@@ -388,9 +410,11 @@ impl Config {
             trust_anchor,
             state_dir,
             poll_interval,
+            cycle_deadline,
             concurrency,
             bandwidth_limit,
             connect_timeout,
+            header_timeout,
             stall_floor,
             stall_window,
             attempts,
@@ -407,9 +431,11 @@ impl Config {
                 Some(trust_anchor),
                 Some(state_dir),
                 Some(poll_interval),
+                Some(cycle_deadline),
                 Some(concurrency),
                 Some(bandwidth_limit),
                 Some(connect_timeout),
+                Some(header_timeout),
                 Some(stall_floor),
                 Some(stall_window),
                 Some(attempts),
@@ -426,10 +452,12 @@ impl Config {
                 trust_anchor,
                 state_dir,
                 poll_interval,
+                cycle_deadline,
                 concurrency: usize::try_from(concurrency).unwrap_or(1),
                 bandwidth_limit,
                 network: Network {
                     connect_timeout,
+                    header_timeout,
                     stall_floor,
                     stall_window,
                     attempts: u32::try_from(attempts).unwrap_or(1),

@@ -127,6 +127,15 @@ pub enum Error {
         /// The HTTP status.
         status: u16,
     },
+    /// No response head arrived within the deadline (a facade that accepts the request and
+    /// never answers): the attempt is abandoned and retried.
+    #[error("no response from {url} within {after:?}")]
+    ResponseTimeout {
+        /// The URL.
+        url: String,
+        /// The deadline (`network.header_timeout`).
+        after: Duration,
+    },
     /// A transfer fell below the configured speed floor.
     #[error("transfer from {url} stalled: under {floor} bytes/s for {window:?}")]
     Stalled {
@@ -219,6 +228,15 @@ pub enum Error {
         #[source]
         source: MetadataError,
     },
+    /// An update cycle ran past its deadline and was abandoned; its downloads resume at the
+    /// next cycle from what their ingest files hold.
+    #[error(
+        "the update cycle was abandoned after {after:?} (agent.cycle_deadline); interrupted downloads resume at the next cycle"
+    )]
+    CycleDeadline {
+        /// The deadline.
+        after: Duration,
+    },
     /// The apply hook could not be run.
     #[error("running the apply hook {path}: {source}")]
     HookSpawn {
@@ -251,6 +269,7 @@ impl Error {
             Error::Connect { .. }
             | Error::ConnectTimeout { .. }
             | Error::Http { .. }
+            | Error::ResponseTimeout { .. }
             | Error::Stalled { .. }
             | Error::ShortBody { .. }
             | Error::RangeRefused { .. } => true,

@@ -7,6 +7,11 @@
 //! jitter, backs off after failures, keeps systemd informed (`READY`, `STATUS`, `WATCHDOG`),
 //! and returns as soon as `shutdown` fires, even mid-download: dropping a download leaves
 //! its ingest file, which the next start resumes.
+//!
+//! Two limits keep a cycle from holding the agent for good: a cycle that runs past
+//! [`Schedule::cycle_deadline`] is abandoned (its downloads resume next cycle), and the
+//! watchdog is fed during a cycle only while it shows progress, so systemd restarts an agent
+//! whose cycle is stuck.
 
 use std::future::Future;
 use std::time::Duration;
@@ -47,6 +52,18 @@ pub struct Agent {
     pub hook: Option<Hook>,
 }
 
+/// How the service loop paces cycles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Schedule {
+    /// How often to look for updates (±10 % jitter).
+    pub poll_interval: Duration,
+    /// How long one cycle may run before it is abandoned (`agent.cycle_deadline`).
+    pub cycle_deadline: Duration,
+}
+
+/// The cycle deadline when the configuration sets none (`agent.cycle_deadline`'s default).
+pub const DEFAULT_CYCLE_DEADLINE: Duration = Duration::from_secs(6 * 3600);
+
 /// What a cycle did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CycleOutcome {
@@ -66,6 +83,28 @@ pub enum CycleOutcome {
         /// Bytes received for the cycle's pulls.
         received_bytes: u64,
     },
+}
+
+// === impl Schedule ===
+
+impl Schedule {
+    /// The schedule the configuration asks for.
+    pub fn from_config(config: &Config) -> Self {
+        Schedule {
+            poll_interval: config.poll_interval,
+            cycle_deadline: config.cycle_deadline,
+        }
+    }
+}
+
+impl From<Duration> for Schedule {
+    /// A poll interval with the default cycle deadline.
+    fn from(poll_interval: Duration) -> Self {
+        Schedule {
+            poll_interval,
+            cycle_deadline: DEFAULT_CYCLE_DEADLINE,
+        }
+    }
 }
 
 // === impl Agent ===
@@ -151,6 +190,7 @@ impl Agent {
             // would make it its own `previous`.
             Some(_) => {
                 if let Some(id) = Pointers::read(&self.store)?.current {
+                    self.expect_hook();
                     apply::apply(&self.store, &id, self.hook.as_ref()).await?;
                     return Ok(CycleOutcome::Applied {
                         target: first.name.clone(),
@@ -172,6 +212,7 @@ impl Agent {
             return Ok(CycleOutcome::NothingToDo);
         };
         let record = apply::lay_out(&self.store, main)?;
+        self.expect_hook();
         match apply::apply(&self.store, &record.id, self.hook.as_ref()).await? {
             Applied::AlreadyCurrent => Ok(CycleOutcome::UpToDate {
                 target: main.target.name.clone(),
@@ -181,6 +222,16 @@ impl Agent {
                 layout: current,
                 received_bytes: received,
             }),
+        }
+    }
+
+    /// The apply hook runs next: no sign of life comes from it, but its own timeout bounds
+    /// it (plus a little for killing it and rolling back), so the watchdog waits that long.
+    fn expect_hook(&self) {
+        if let Some(hook) = &self.hook {
+            self.client
+                .activity()
+                .expect_within(hook.timeout.saturating_add(Duration::from_secs(30)));
         }
     }
 
@@ -203,42 +254,98 @@ impl Agent {
     }
 }
 
-/// Runs cycles until `shutdown` completes: every `poll_interval` (±10 % jitter, so a fleet
-/// does not poll in step), sooner with exponential backoff after a failure.
+/// Runs cycles until `shutdown` completes: every poll interval (±10 % jitter, so a fleet
+/// does not poll in step), sooner with exponential backoff after a failure. A cycle that
+/// runs past the schedule's deadline is abandoned and counts as a failure; a cycle that
+/// shows no progress stops the watchdog pings. A bare [`Duration`] is a poll interval with
+/// the default deadline.
 pub async fn run<S: TargetSource>(
     agent: &Agent,
     source: &mut S,
     notifier: &Notifier,
-    poll_interval: Duration,
+    schedule: impl Into<Schedule>,
     progress: &dyn Progress,
     shutdown: impl Future<Output = ()>,
 ) {
+    let Schedule {
+        poll_interval,
+        cycle_deadline,
+    } = schedule.into();
     let mut shutdown = std::pin::pin!(shutdown);
     // Pings are sent from this task's own select loops, so they stop if the loop wedges (a
     // separate pinger task would keep a stuck agent looking alive). One interval for the
     // whole run: a timer made afresh in each select would restart whenever a cycle or a
     // backoff ends first, and fast failures (a facade that refuses connections) would then
     // starve the watchdog until systemd kills a healthy agent.
+    //
+    // During a cycle a tick pings only while the cycle shows signs of life (see
+    // `client::Activity`): every wait in a cycle is bounded and announces its bound, so a
+    // cycle whose next sign of life is overdue by more than a ping interval is stuck where
+    // nothing bounds it. Pings then stop and systemd restarts the agent a watchdog timeout
+    // later; the restart resumes the downloads. Between cycles the loop itself is the
+    // progress, and every tick pings.
     let watchdog = notifier.watchdog_interval();
     let mut pings = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
     pings.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let grace = watchdog.unwrap_or(Duration::from_secs(3600));
+    let activity = agent.client.activity();
     notifier.ready("started");
     let mut failures = 0u32;
     loop {
         notifier.status("checking for updates");
+        activity.reset();
         // Boxed: a cycle's future holds a whole pull's state, too big to keep inline.
         let mut cycle = Box::pin(agent.cycle(source, progress));
+        let mut deadline = std::pin::pin!(tokio::time::sleep(cycle_deadline));
+        let mut stuck = false;
         let outcome = loop {
             tokio::select! {
                 outcome = &mut cycle => break Some(outcome),
+                () = &mut deadline => break Some(Err(Error::CycleDeadline {
+                    after: cycle_deadline,
+                })),
                 () = &mut shutdown => break None,
-                _ = pings.tick(), if watchdog.is_some() => notifier.watchdog(),
+                _ = pings.tick(), if watchdog.is_some() => {
+                    let overdue = activity.overdue();
+                    if overdue <= grace {
+                        if stuck {
+                            stuck = false;
+                            info!("the update cycle shows progress again; watchdog pings resume");
+                        }
+                        notifier.watchdog();
+                    } else if !stuck {
+                        stuck = true;
+                        error!(
+                            ?overdue,
+                            "the update cycle shows no progress; withholding watchdog pings so that systemd restarts the agent"
+                        );
+                        notifier.status("stuck: the update cycle shows no progress");
+                    }
+                }
             }
         };
+        // Dropping an abandoned cycle leaves its ingest files (resumed with Range) and ends
+        // a running hook (`kill_on_drop`); an apply it interrupted is finished next cycle.
+        drop(cycle);
         let Some(outcome) = outcome else {
             info!("stopping mid-cycle; an interrupted download resumes at the next start");
             break;
         };
+        if let Err(err @ Error::CycleDeadline { .. }) = &outcome {
+            error!(
+                deadline = ?cycle_deadline,
+                "update cycle abandoned: it ran past agent.cycle_deadline; interrupted downloads resume at the next cycle"
+            );
+            let recorded = agent.store.set_last_result(&LastResult {
+                time: now(),
+                target: None,
+                ok: false,
+                message: err.to_string(),
+            });
+            if let Err(err) = recorded {
+                warn!(error = %err, "recording the abandoned cycle for status failed");
+            }
+        }
         let wait = match outcome {
             Ok(outcome) => {
                 failures = 0;

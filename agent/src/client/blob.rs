@@ -42,6 +42,7 @@ impl Client {
                     let wait = self.backoff(n);
                     debug!(%path, attempt = n, offset = ingest.offset(), error = %err, ?wait, "blob download interrupted; resuming");
                     self.connector.forget();
+                    self.activity.expect_within(wait);
                     tokio::time::sleep(wait).await;
                 }
                 Err(err) if err.is_retryable() => {
@@ -112,7 +113,7 @@ impl Client {
             }
         }
         refuse_declared_length(&url, &response, size - ingest.offset())?;
-        let mut body = transfer::Body::new(response.into_body(), &self.options, url.clone());
+        let mut body = transfer::Body::new(response.into_body(), self, url.clone());
         while let Some(chunk) = body.next_chunk().await? {
             self.count(chunk.len());
             *received += chunk.len() as u64;

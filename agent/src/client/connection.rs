@@ -1,5 +1,5 @@
-//! Connections to the facade: TCP + TLS within a timeout, HTTP/2 kept and shared, HTTP/1.1
-//! one per request.
+//! Connections to the facade: TCP + TLS within a timeout, HTTP/2 kept and shared (with
+//! keep-alive pings while a request is in flight), HTTP/1.1 one per request.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -9,12 +9,13 @@ use http::{Request, Response, Uri};
 use http_body_util::Empty;
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tracing::debug;
 
+use super::ClientOptions;
 use crate::error::{Error, Result};
 
 type Body = Empty<Bytes>;
@@ -33,6 +34,8 @@ pub(super) struct Connector {
     server_name: ServerName<'static>,
     tls: TlsConnector,
     timeout: Duration,
+    keep_alive_interval: Duration,
+    keep_alive_timeout: Duration,
     h2: Mutex<Option<http2::SendRequest<Body>>>,
 }
 
@@ -48,8 +51,7 @@ impl Connector {
     pub(super) fn new(
         base: &Uri,
         mut tls: rustls::ClientConfig,
-        timeout: Duration,
-        http1_only: bool,
+        options: &ClientOptions,
     ) -> Result<Self> {
         let bad = |reason: &str| Error::Url {
             url: base.to_string(),
@@ -70,7 +72,7 @@ impl Connector {
             .authority()
             .map(|a| a.as_str().to_owned())
             .ok_or_else(|| bad("no host"))?;
-        tls.alpn_protocols = if http1_only {
+        tls.alpn_protocols = if options.http1_only {
             vec![b"http/1.1".to_vec()]
         } else {
             vec![b"h2".to_vec(), b"http/1.1".to_vec()]
@@ -82,7 +84,9 @@ impl Connector {
             port,
             server_name,
             tls: TlsConnector::from(Arc::new(tls)),
-            timeout,
+            timeout: options.connect_timeout,
+            keep_alive_interval: options.keep_alive_interval,
+            keep_alive_timeout: options.keep_alive_timeout,
             h2: Mutex::new(None),
         })
     }
@@ -151,9 +155,21 @@ impl Connector {
             // agent has written: memory on a small device, and bytes lost (and fetched
             // again) when the agent is killed mid-download. 512 KiB per stream still fills a
             // LAN link; hyper's defaults are several MiB.
+            //
+            // Keep-alive: while a request is in flight and the peer has sent nothing for the
+            // interval, a PING goes out; no answer within the timeout closes the connection
+            // and fails its requests, so a facade that vanished (a dead NAT mapping, a
+            // powered-off host) is noticed instead of waited on. An idle kept connection is
+            // not pinged (no traffic on metered links between cycles); its first request
+            // after a long pause sends a PING at once, since nothing was read for longer than
+            // the interval.
             let (sender, connection) = http2::Builder::new(TokioExecutor::new())
                 .initial_stream_window_size(STREAM_WINDOW)
                 .initial_connection_window_size(CONNECTION_WINDOW)
+                .timer(TokioTimer::new())
+                .keep_alive_interval(self.keep_alive_interval)
+                .keep_alive_timeout(self.keep_alive_timeout)
+                .keep_alive_while_idle(false)
                 .handshake(io)
                 .await
                 .map_err(http)?;

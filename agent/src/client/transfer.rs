@@ -6,13 +6,16 @@ use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
-use super::ClientOptions;
+use super::{Activity, Client};
 use crate::error::{Error, Result};
 
 /// A response body read chunk by chunk, cut when it stays under the speed floor for a whole
-/// window (which includes sending nothing at all for that long).
-pub(super) struct Body {
+/// window (which includes sending nothing at all for that long). Each chunk is a sign of
+/// life for the client's [`Activity`].
+pub(super) struct Body<'a> {
     inner: Incoming,
+    activity: &'a Activity,
+    allowance: Duration,
     url: String,
     floor: u64,
     window: Duration,
@@ -30,13 +33,17 @@ pub struct RateLimiter {
 
 // === impl Body ===
 
-impl Body {
-    pub(super) fn new(inner: Incoming, options: &ClientOptions, url: String) -> Self {
+impl<'a> Body<'a> {
+    pub(super) fn new(inner: Incoming, client: &'a Client, url: String) -> Self {
+        let allowance = client.chunk_allowance();
+        client.activity.expect_within(allowance);
         Body {
             inner,
+            activity: &client.activity,
+            allowance,
             url,
-            floor: options.stall_floor,
-            window: options.stall_window.max(Duration::from_millis(10)),
+            floor: client.options.stall_floor,
+            window: client.options.stall_window.max(Duration::from_millis(10)),
             window_start: Instant::now(),
             window_bytes: 0,
         }
@@ -61,6 +68,7 @@ impl Body {
                 Ok(Some(Ok(frame))) => frame,
             };
             if let Ok(data) = frame.into_data() {
+                self.activity.expect_within(self.allowance);
                 self.window_bytes += data.len() as u64;
                 self.check_floor(false)?;
                 return Ok(Some(data));
