@@ -10,9 +10,10 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
-use meshanics_facade::admin::api::{AddRegistry, ImportResult, Outcome};
-use meshanics_facade::admin::{AdminClient, ClientError};
-use meshanics_facade::connections::{ConnectionView, ProviderKind};
+use meshanics_operator_api::{
+    AddRegistry, ConnectionView, ImportResult, OperatorClient, OperatorClientError, Outcome,
+    ProviderKind,
+};
 use meshanics_shared::metadata::UnixTime;
 use serde_json::json;
 
@@ -126,7 +127,7 @@ pub struct ImportArgs {
 
 /// Runs a `meshctl registry` command.
 pub fn registry(command: &RegistryCommand, socket: &SocketArgs, out: &Output) -> ExitCode {
-    let client = AdminClient::new(&socket.socket);
+    let client = OperatorClient::new(&socket.socket);
     let result = runtime().and_then(|rt| {
         rt.block_on(async {
             match command {
@@ -186,7 +187,7 @@ pub fn registry(command: &RegistryCommand, socket: &SocketArgs, out: &Output) ->
 
 /// Runs `meshctl tags`.
 pub fn tags(args: &TagsArgs, socket: &SocketArgs, out: &Output) -> ExitCode {
-    let client = AdminClient::new(&socket.socket);
+    let client = OperatorClient::new(&socket.socket);
     let result = runtime().and_then(|rt| {
         rt.block_on(async {
             let list = client
@@ -209,7 +210,7 @@ pub fn tags(args: &TagsArgs, socket: &SocketArgs, out: &Output) -> ExitCode {
 
 /// Runs `meshctl import`.
 pub fn import(args: &ImportArgs, socket: &SocketArgs, out: &Output) -> ExitCode {
-    let client = AdminClient::new(&socket.socket);
+    let client = OperatorClient::new(&socket.socket);
     let result = runtime().and_then(|rt| {
         rt.block_on(async { client.import(args.references.clone()).await.map_err(api) })
     });
@@ -362,9 +363,9 @@ fn describe(view: &ConnectionView) -> String {
 
 type Failure = (u8, anyhow::Error);
 
-fn api(e: ClientError) -> Failure {
+fn api(e: OperatorClientError) -> Failure {
     let code = match &e {
-        ClientError::Connect { .. } => EX_UNAVAILABLE,
+        OperatorClientError::Connect { .. } => EX_UNAVAILABLE,
         _ => 1,
     };
     (code, anyhow::Error::new(e))

@@ -15,10 +15,10 @@ use meshanics_shared::metadata::{
 };
 use serde_json::json;
 
+use super::keys;
+use super::repo::{Repo, now};
 use crate::durations;
-use crate::keys;
 use crate::output::Output;
-use crate::repo::{Repo, now};
 
 /// `meshctl release`.
 #[derive(Debug, Args)]

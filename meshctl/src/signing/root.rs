@@ -11,10 +11,10 @@ use meshanics_shared::metadata::{
 };
 use serde_json::json;
 
+use super::keys::{self, KeyFile};
+use super::repo::{Repo, now};
 use crate::durations;
-use crate::keys::{self, KeyFile};
 use crate::output::Output;
-use crate::repo::{Repo, now};
 
 /// `meshctl root init`.
 #[derive(Debug, Args)]
