@@ -20,7 +20,7 @@ use serde_json::json;
 use crate::output::Output;
 
 /// Where the facade's operator socket is unless `--socket` says otherwise.
-pub const DEFAULT_SOCKET: &str = "/var/lib/meshanics-facade/admin.sock";
+pub(crate) const DEFAULT_SOCKET: &str = "/var/lib/meshanics-facade/admin.sock";
 
 /// sysexits(3) codes used here.
 const EX_CONFIG: u8 = 64;
@@ -28,7 +28,7 @@ const EX_UNAVAILABLE: u8 = 69;
 
 /// How to reach the facade.
 #[derive(Debug, Args)]
-pub struct SocketArgs {
+pub(crate) struct SocketArgs {
     /// The facade's operator socket.
     #[arg(long, global = true, env = "MESHANICS_SOCKET", default_value = DEFAULT_SOCKET)]
     socket: PathBuf,
@@ -36,7 +36,7 @@ pub struct SocketArgs {
 
 /// `meshctl registry`.
 #[derive(Debug, Subcommand)]
-pub enum RegistryCommand {
+pub(crate) enum RegistryCommand {
     /// Connect a registry: static credentials, anonymous (needs approval), a Google service
     /// account, or an AWS role for ECR. HOST may be a host, a pasted browser URL or an image
     /// reference; Docker Hub's names are one registry.
@@ -63,7 +63,7 @@ pub enum RegistryCommand {
 /// `meshctl registry add`.
 #[derive(Debug, Args)]
 #[command(group(clap::ArgGroup::new("provider").required(true).args(["token_file", "anonymous", "gcp_key_file", "ecr_role_arn"])))]
-pub struct AddArgs {
+pub(crate) struct AddArgs {
     /// The registry (host, URL or image reference).
     host: String,
     /// Static: the username.
@@ -106,7 +106,7 @@ heuristic: semantic versions (highest first; a release before its pre-releases a
 date-like tags (newest first), then moving names (latest, stable, main, ...), then the rest \
 alphabetically. When the walk stops at --limit, the output says the list was clipped."
 )]
-pub struct TagsArgs {
+pub(crate) struct TagsArgs {
     /// The repository (`ghcr.io/org/app`, `nginx`, or a pasted URL).
     repository: String,
     /// Stop after this many tags (default 10,000).
@@ -116,7 +116,7 @@ pub struct TagsArgs {
 
 /// `meshctl import`.
 #[derive(Debug, Args)]
-pub struct ImportArgs {
+pub(crate) struct ImportArgs {
     /// References with tags: `ghcr.io/org/app:1.2 ...`.
     #[arg(required = true, value_name = "REPOSITORY:TAG")]
     references: Vec<String>,
@@ -126,7 +126,7 @@ pub struct ImportArgs {
 }
 
 /// Runs a `meshctl registry` command.
-pub fn registry(command: &RegistryCommand, socket: &SocketArgs, out: &Output) -> ExitCode {
+pub(crate) fn registry(command: &RegistryCommand, socket: &SocketArgs, out: &Output) -> ExitCode {
     let client = OperatorClient::new(&socket.socket);
     let result = runtime().and_then(|rt| {
         rt.block_on(async {
@@ -186,7 +186,7 @@ pub fn registry(command: &RegistryCommand, socket: &SocketArgs, out: &Output) ->
 }
 
 /// Runs `meshctl tags`.
-pub fn tags(args: &TagsArgs, socket: &SocketArgs, out: &Output) -> ExitCode {
+pub(crate) fn tags(args: &TagsArgs, socket: &SocketArgs, out: &Output) -> ExitCode {
     let client = OperatorClient::new(&socket.socket);
     let result = runtime().and_then(|rt| {
         rt.block_on(async {
@@ -209,7 +209,7 @@ pub fn tags(args: &TagsArgs, socket: &SocketArgs, out: &Output) -> ExitCode {
 }
 
 /// Runs `meshctl import`.
-pub fn import(args: &ImportArgs, socket: &SocketArgs, out: &Output) -> ExitCode {
+pub(crate) fn import(args: &ImportArgs, socket: &SocketArgs, out: &Output) -> ExitCode {
     let client = OperatorClient::new(&socket.socket);
     let result = runtime().and_then(|rt| {
         rt.block_on(async { client.import(args.references.clone()).await.map_err(api) })
