@@ -6,7 +6,8 @@
 //! Each connection is one JSON file in `<state>/connections/`, written atomically; its secret
 //! (a token, a service-account key, a role configuration) is sealed under the master key with
 //! the host as associated data (see [`crate::seal`]). Nothing here returns a secret to a
-//! caller outside the facade: [`ConnectionView`] is what lists and shows are made of.
+//! caller outside the facade: a [`ConnectionView`](meshanics_operator_api::ConnectionView)
+//! (the operator API's type) is what lists and shows are made of.
 //!
 //! An anonymous connection needs an operator's approval before the facade proxies it; static
 //! and cloud connections are usable at once. Removing a connection stops proxying at once,
@@ -18,7 +19,7 @@ mod store;
 mod upstreams;
 
 pub use browser::StoreBrowser;
-pub use record::{ConnectionView, Credentials, EcrRole, NewConnection, ProviderKind};
+pub use record::{Credentials, EcrRole, NewConnection};
 pub use store::{Connection, ConnectionError, Store};
 pub use upstreams::{BuildError, CloudSettings, StoreUpstreams};
 

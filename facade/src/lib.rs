@@ -26,9 +26,11 @@
 //! - `READY=1` and `STOPPING=1` for systemd's `Type=notify` come from
 //!   [`meshanics_shared::notify`], the implementation the agent uses too.
 //!
-//! The operator's half, which `meshctl` drives:
+//! The operator's half, which `meshctl` (its own crate) drives:
 //!
-//! - [`admin`]: the operator API on a Unix socket, and its client for `meshctl`.
+//! - [`admin`]: the operator API's server on a Unix socket. The API's bodies, the
+//!   [`Browser`](meshanics_operator_api::Browser) seam and the client live in the
+//!   `meshanics-operator-api` crate, shared with `meshctl`.
 //! - [`connections`]: the registries operators connected, with credentials [`seal`]ed at
 //!   rest under the operator's master key.
 //! - [`cloud`]: cloud credentials (Google service accounts, AWS roles for ECR) exchanged for

@@ -83,7 +83,7 @@ fn assert_nowhere(secret: &str, facade: &FacadeFixture, outputs: &[&str]) {
 
 /// Runs meshctl against the facade's socket; returns (exit code, stdout, stderr).
 fn meshctl(facade: &FacadeFixture, args: &[&str]) -> (i32, String, String) {
-    let bin = workspace_binary("meshanics-facade", "meshctl").unwrap();
+    let bin = workspace_binary("meshctl", "meshctl").unwrap();
     let out = Command::new(bin)
         .arg("--socket")
         .arg(facade.admin_socket().unwrap())

@@ -10,9 +10,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use meshanics_facade::admin::AdminClient;
-use meshanics_facade::admin::api::{AddRegistry, Outcome};
-use meshanics_facade::connections::ProviderKind;
+use meshanics_operator_api::{AddRegistry, OperatorClient, Outcome, ProviderKind};
 use meshanics_tests::facade::{FacadeFixture, FacadeOptions};
 use meshanics_tests::http_server::{TestRequest, TestResponse, TestServer, respond};
 
@@ -79,8 +77,8 @@ fn ecr(req: &TestRequest, base: &str, pages: &AtomicU64) -> TestResponse {
     page_response(&page, link)
 }
 
-fn connect(facade: &FacadeFixture, host: &str) -> AdminClient {
-    let client = AdminClient::new(facade.admin_socket().unwrap());
+fn connect(facade: &FacadeFixture, host: &str) -> OperatorClient {
+    let client = OperatorClient::new(facade.admin_socket().unwrap());
     let request = AddRegistry {
         registry: host.into(),
         provider: ProviderKind::Anonymous,

@@ -13,17 +13,16 @@ use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use meshanics_http::{Connection, ServeConfig};
+use meshanics_operator_api::percent::decode;
+use meshanics_operator_api::{
+    AddRegistry, BrowseError, Browser, ConnectionView, ErrorBody, ErrorEntry, ImportRequest,
+    ImportResponse, ImportResult, Outcome, ProviderKind,
+};
 use meshanics_shared::Reference;
 use serde::Serialize;
 use tokio::net::{UnixListener, UnixStream, unix};
 
-use super::api::{
-    AddRegistry, ErrorBody, ErrorEntry, ImportRequest, ImportResponse, ImportResult, Outcome,
-};
-use super::browse::{BrowseError, Browser};
-use crate::connections::{
-    ConnectionError, Credentials, EcrRole, NewConnection, ProviderKind, Store,
-};
+use crate::connections::{ConnectionError, Credentials, EcrRole, NewConnection, Store};
 
 /// The largest request body accepted (a service-account key is a few KiB).
 const MAX_BODY: usize = 1024 * 1024;
@@ -315,7 +314,7 @@ async fn import_one(state: &AdminState, input: String) -> ImportResult {
     result
 }
 
-fn store_reply(result: Result<crate::connections::ConnectionView, ConnectionError>) -> Reply {
+fn store_reply(result: Result<ConnectionView, ConnectionError>) -> Reply {
     match result {
         Ok(view) => json(StatusCode::OK, &view),
         Err(e) => store_error(&e),
@@ -385,38 +384,4 @@ fn error(status: StatusCode, code: &str, message: &str) -> Reply {
             }],
         },
     )
-}
-
-/// Percent-decodes a path segment or query value.
-pub(crate) fn decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while let Some(&b) = bytes.get(i) {
-        if b == b'%'
-            && let Some(v) = bytes
-                .get(i + 1..i + 3)
-                .and_then(|h| std::str::from_utf8(h).ok())
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-        {
-            out.push(v);
-            i += 3;
-            continue;
-        }
-        out.push(if b == b'+' { b' ' } else { b });
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// Percent-encodes a path segment or query value.
-pub(crate) fn encode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                char::from(b).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }

@@ -4,12 +4,14 @@ use std::os::unix::fs::PermissionsExt as _;
 use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
+use meshanics_operator_api::{
+    AddRegistry, BrowseError, Browser, OperatorClient, OperatorClientError, Outcome, ProviderKind,
+    Resolved, TagList,
+};
 use meshanics_shared::Reference;
 
-use super::api::{AddRegistry, Outcome, TagList};
-use super::browse::{BrowseError, Browser, Resolved};
 use super::*;
-use crate::connections::{ProviderKind, Store};
+use crate::connections::Store;
 use crate::seal::MasterKey;
 
 /// Registry traffic is not what these tests are about: this browser answers that it has no
@@ -35,7 +37,7 @@ impl Browser for Offline {
 
 struct Fixture {
     _dir: tempfile::TempDir,
-    client: AdminClient,
+    client: OperatorClient,
     socket: std::path::PathBuf,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
@@ -63,7 +65,7 @@ async fn start() -> Fixture {
         let _ = stopped.await;
     }));
     Fixture {
-        client: AdminClient::new(&socket),
+        client: OperatorClient::new(&socket),
         socket,
         _dir: dir,
         stop: Some(stop),
@@ -128,14 +130,14 @@ async fn refusals_carry_a_code_and_name_the_input() {
     f.client.add(&add_static("ghcr.io")).await.unwrap();
     let exists = f.client.add(&add_static("ghcr.io")).await.unwrap_err();
     assert!(
-        matches!(&exists, ClientError::Api { status: 409, code, .. } if code == "EXISTS"),
+        matches!(&exists, OperatorClientError::Api { status: 409, code, .. } if code == "EXISTS"),
         "{exists}"
     );
     let mut no_token = add_static("quay.io");
     no_token.token = None;
     let invalid = f.client.add(&no_token).await.unwrap_err();
     assert!(
-        matches!(&invalid, ClientError::Api { status: 400, code, .. } if code == "INVALID"),
+        matches!(&invalid, OperatorClientError::Api { status: 400, code, .. } if code == "INVALID"),
         "{invalid}"
     );
     let bad_host = f.client.add(&add_static("bad host")).await.unwrap_err();
@@ -180,7 +182,7 @@ async fn tags_of_an_unconnected_registry_are_refused_before_any_upstream_request
     let f = start().await;
     let err = f.client.tags("quay.io/org/app", None).await.unwrap_err();
     assert!(
-        matches!(&err, ClientError::Api { status: 404, code, .. } if code == "NOT_CONNECTED"),
+        matches!(&err, OperatorClientError::Api { status: 404, code, .. } if code == "NOT_CONNECTED"),
         "{err}"
     );
 }
@@ -188,8 +190,8 @@ async fn tags_of_an_unconnected_registry_are_refused_before_any_upstream_request
 #[tokio::test]
 async fn a_stopped_facade_is_reported_with_the_socket_path() {
     let dir = tempfile::tempdir().unwrap();
-    let client = AdminClient::new(&dir.path().join("admin.sock"));
+    let client = OperatorClient::new(&dir.path().join("admin.sock"));
     let err = client.list().await.unwrap_err();
-    assert!(matches!(err, ClientError::Connect { .. }));
+    assert!(matches!(err, OperatorClientError::Connect { .. }));
     assert!(err.to_string().contains("admin.sock"));
 }

@@ -12,14 +12,13 @@ use std::sync::Arc;
 use futures_util::future::BoxFuture;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, LINK, RETRY_AFTER};
 use http::{Method, StatusCode};
+use meshanics_operator_api::{BrowseError, Browser, Resolved, TagList};
 use meshanics_shared::manifest::MAX_MANIFEST_SIZE;
 use meshanics_shared::media_type::{MANIFEST_ACCEPT, manifest_kind};
 use meshanics_shared::{Digest, Reference};
 use serde::Deserialize;
 
 use super::upstreams::StoreUpstreams;
-use crate::admin::api::TagList;
-use crate::admin::browse::{BrowseError, Browser, Resolved};
 use crate::tags;
 use crate::upstream::{Upstream, UpstreamError, read_capped};
 

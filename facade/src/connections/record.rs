@@ -1,33 +1,10 @@
-//! The connection record as stored, as opened, and as shown.
+//! The connection record as stored and as opened (as shown, it is the operator API's
+//! [`ConnectionView`]).
 
 use std::fmt;
 
+use meshanics_operator_api::{ConnectionView, ProviderKind};
 use serde::{Deserialize, Serialize};
-
-/// How the facade obtains credentials for a registry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ProviderKind {
-    /// A stored username and token, sent as Basic or exchanged in the token flow.
-    Static,
-    /// No credentials: a public registry.
-    Anonymous,
-    /// A Google service-account key, exchanged for short-lived access tokens.
-    Gcp,
-    /// An AWS role, assumed and exchanged for short-lived ECR authorization tokens.
-    Ecr,
-}
-
-impl fmt::Display for ProviderKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            ProviderKind::Static => "static",
-            ProviderKind::Anonymous => "anonymous",
-            ProviderKind::Gcp => "gcp",
-            ProviderKind::Ecr => "ecr",
-        })
-    }
-}
 
 /// An AWS role the facade assumes for an ECR registry.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -114,28 +91,6 @@ pub struct NewConnection {
     pub ca_pem: Option<String>,
     /// Who connects it (the operator's name).
     pub connected_by: String,
-}
-
-/// What lists and shows reveal about a connection: never a secret.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ConnectionView {
-    /// The registry host.
-    pub host: String,
-    /// The provider kind.
-    pub provider: ProviderKind,
-    /// The username (static), service-account email (gcp) or role ARN (ecr), if any.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub username: Option<String>,
-    /// Who connected it.
-    pub connected_by: String,
-    /// When, in seconds since the Unix epoch.
-    pub connected_at: u64,
-    /// Whether the facade proxies it.
-    pub approved: bool,
-    /// Plain HTTP upstream.
-    pub plain_http: bool,
-    /// Whether it carries its own CA bundle.
-    pub private_ca: bool,
 }
 
 /// The record on disk: public fields in the clear, the secret sealed.

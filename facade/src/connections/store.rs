@@ -6,11 +6,10 @@ use std::sync::RwLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use meshanics_shared::fs::{FsError, sync_dir, write_atomic_with_mode};
+use meshanics_operator_api::{ConnectionView, ProviderKind};
 use meshanics_shared::reference::{ReferenceError, Registry};
 
-use super::record::{
-    ConnectionView, Credentials, EcrRole, NewConnection, ProviderKind, StoredRecord,
-};
+use super::record::{Credentials, EcrRole, NewConnection, StoredRecord};
 use crate::cloud::gcp::ServiceAccountKey;
 use crate::seal::{MasterKey, SealError};
 

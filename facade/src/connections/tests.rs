@@ -1,5 +1,6 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use meshanics_operator_api::ProviderKind;
 use meshanics_shared::reference::Registry;
 
 use super::*;

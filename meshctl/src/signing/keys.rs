@@ -12,7 +12,7 @@ use crate::output::Output;
 
 /// A key named on the command line: a private key file, or only the public half.
 #[derive(Debug, Clone)]
-pub enum KeyFile {
+pub(crate) enum KeyFile {
     /// A `PRIVATE KEY` file: can sign.
     Private(SigningKey),
     /// A `PUBLIC KEY` file: can be listed in a root, cannot sign.
@@ -20,7 +20,7 @@ pub enum KeyFile {
 }
 
 impl KeyFile {
-    pub fn public(&self) -> PublicKey {
+    pub(crate) fn public(&self) -> PublicKey {
         match self {
             KeyFile::Private(key) => key.public(),
             KeyFile::Public(key) => *key,
@@ -29,7 +29,7 @@ impl KeyFile {
 }
 
 /// `meshctl key generate --out DIR/NAME`.
-pub fn generate(out: &Path, output: &Output) -> anyhow::Result<()> {
+pub(crate) fn generate(out: &Path, output: &Output) -> anyhow::Result<()> {
     let private_path = with_suffix(out, ".key");
     let public_path = with_suffix(out, ".pub");
     if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -56,7 +56,7 @@ pub fn generate(out: &Path, output: &Output) -> anyhow::Result<()> {
 }
 
 /// Reads a private or public key file.
-pub fn load(path: &Path) -> anyhow::Result<KeyFile> {
+pub(crate) fn load(path: &Path) -> anyhow::Result<KeyFile> {
     let text = fs_err::read_to_string(path)?;
     let what = path.display().to_string();
     if text.contains("-----BEGIN PRIVATE KEY-----") {
@@ -69,7 +69,7 @@ pub fn load(path: &Path) -> anyhow::Result<KeyFile> {
 }
 
 /// Reads private key files, which signing needs.
-pub fn load_signing(paths: &[PathBuf]) -> anyhow::Result<Vec<SigningKey>> {
+pub(crate) fn load_signing(paths: &[PathBuf]) -> anyhow::Result<Vec<SigningKey>> {
     paths
         .iter()
         .map(|path| match load(path)? {
@@ -83,7 +83,7 @@ pub fn load_signing(paths: &[PathBuf]) -> anyhow::Result<Vec<SigningKey>> {
 }
 
 /// Reads key files of either kind.
-pub fn load_any(paths: &[PathBuf]) -> anyhow::Result<Vec<KeyFile>> {
+pub(crate) fn load_any(paths: &[PathBuf]) -> anyhow::Result<Vec<KeyFile>> {
     paths.iter().map(|p| load(p)).collect()
 }
 

@@ -15,14 +15,14 @@ use meshanics_shared::metadata::{
 };
 use serde_json::json;
 
+use super::keys;
+use super::repo::{Repo, now};
 use crate::durations;
-use crate::keys;
 use crate::output::Output;
-use crate::repo::{Repo, now};
 
 /// `meshctl release`.
 #[derive(Debug, Args)]
-pub struct ReleaseArgs {
+pub(crate) struct ReleaseArgs {
     /// The metadata folder.
     #[arg(long, default_value = ".")]
     dir: PathBuf,
@@ -45,7 +45,7 @@ pub struct ReleaseArgs {
 
 /// `meshctl timestamp refresh`.
 #[derive(Debug, Args)]
-pub struct RefreshArgs {
+pub(crate) struct RefreshArgs {
     /// The metadata folder.
     #[arg(long, default_value = ".")]
     dir: PathBuf,
@@ -57,7 +57,7 @@ pub struct RefreshArgs {
     expires: Duration,
 }
 
-pub fn release(args: &ReleaseArgs, out: &Output) -> anyhow::Result<()> {
+pub(crate) fn release(args: &ReleaseArgs, out: &Output) -> anyhow::Result<()> {
     let repo = Repo::new(&args.dir);
     let root = repo.latest_root()?;
     let entries = read_pins(&args.pins)?;
@@ -115,7 +115,7 @@ pub fn release(args: &ReleaseArgs, out: &Output) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn refresh(args: &RefreshArgs, out: &Output) -> anyhow::Result<()> {
+pub(crate) fn refresh(args: &RefreshArgs, out: &Output) -> anyhow::Result<()> {
     let repo = Repo::new(&args.dir);
     let root = repo.latest_root()?;
     let Some(current) = repo.current_timestamp()? else {

@@ -1,6 +1,9 @@
-//! The operator API's request and response bodies (shared by the server and `meshctl`).
+//! The operator API's request and response bodies (shared by the facade's admin server and
+//! `meshctl`).
 
 use serde::{Deserialize, Serialize};
+
+use crate::connection::ProviderKind;
 
 /// `POST /v1/registries`: connect a registry.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -8,7 +11,7 @@ pub struct AddRegistry {
     /// The registry as typed or pasted (host, URL or image reference).
     pub registry: String,
     /// `static`, `anonymous`, `gcp` or `ecr`.
-    pub provider: crate::connections::ProviderKind,
+    pub provider: ProviderKind,
     /// Static: the username.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub username: Option<String>,

@@ -10,16 +10,17 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
-use meshanics_facade::admin::api::{AddRegistry, ImportResult, Outcome};
-use meshanics_facade::admin::{AdminClient, ClientError};
-use meshanics_facade::connections::{ConnectionView, ProviderKind};
+use meshanics_operator_api::{
+    AddRegistry, ConnectionView, ImportResult, OperatorClient, OperatorClientError, Outcome,
+    ProviderKind,
+};
 use meshanics_shared::metadata::UnixTime;
 use serde_json::json;
 
 use crate::output::Output;
 
 /// Where the facade's operator socket is unless `--socket` says otherwise.
-pub const DEFAULT_SOCKET: &str = "/var/lib/meshanics-facade/admin.sock";
+pub(crate) const DEFAULT_SOCKET: &str = "/var/lib/meshanics-facade/admin.sock";
 
 /// sysexits(3) codes used here.
 const EX_CONFIG: u8 = 64;
@@ -27,7 +28,7 @@ const EX_UNAVAILABLE: u8 = 69;
 
 /// How to reach the facade.
 #[derive(Debug, Args)]
-pub struct SocketArgs {
+pub(crate) struct SocketArgs {
     /// The facade's operator socket.
     #[arg(long, global = true, env = "MESHANICS_SOCKET", default_value = DEFAULT_SOCKET)]
     socket: PathBuf,
@@ -35,7 +36,7 @@ pub struct SocketArgs {
 
 /// `meshctl registry`.
 #[derive(Debug, Subcommand)]
-pub enum RegistryCommand {
+pub(crate) enum RegistryCommand {
     /// Connect a registry: static credentials, anonymous (needs approval), a Google service
     /// account, or an AWS role for ECR. HOST may be a host, a pasted browser URL or an image
     /// reference; Docker Hub's names are one registry.
@@ -62,7 +63,7 @@ pub enum RegistryCommand {
 /// `meshctl registry add`.
 #[derive(Debug, Args)]
 #[command(group(clap::ArgGroup::new("provider").required(true).args(["token_file", "anonymous", "gcp_key_file", "ecr_role_arn"])))]
-pub struct AddArgs {
+pub(crate) struct AddArgs {
     /// The registry (host, URL or image reference).
     host: String,
     /// Static: the username.
@@ -105,7 +106,7 @@ heuristic: semantic versions (highest first; a release before its pre-releases a
 date-like tags (newest first), then moving names (latest, stable, main, ...), then the rest \
 alphabetically. When the walk stops at --limit, the output says the list was clipped."
 )]
-pub struct TagsArgs {
+pub(crate) struct TagsArgs {
     /// The repository (`ghcr.io/org/app`, `nginx`, or a pasted URL).
     repository: String,
     /// Stop after this many tags (default 10,000).
@@ -115,7 +116,7 @@ pub struct TagsArgs {
 
 /// `meshctl import`.
 #[derive(Debug, Args)]
-pub struct ImportArgs {
+pub(crate) struct ImportArgs {
     /// References with tags: `ghcr.io/org/app:1.2 ...`.
     #[arg(required = true, value_name = "REPOSITORY:TAG")]
     references: Vec<String>,
@@ -125,8 +126,8 @@ pub struct ImportArgs {
 }
 
 /// Runs a `meshctl registry` command.
-pub fn registry(command: &RegistryCommand, socket: &SocketArgs, out: &Output) -> ExitCode {
-    let client = AdminClient::new(&socket.socket);
+pub(crate) fn registry(command: &RegistryCommand, socket: &SocketArgs, out: &Output) -> ExitCode {
+    let client = OperatorClient::new(&socket.socket);
     let result = runtime().and_then(|rt| {
         rt.block_on(async {
             match command {
@@ -185,8 +186,8 @@ pub fn registry(command: &RegistryCommand, socket: &SocketArgs, out: &Output) ->
 }
 
 /// Runs `meshctl tags`.
-pub fn tags(args: &TagsArgs, socket: &SocketArgs, out: &Output) -> ExitCode {
-    let client = AdminClient::new(&socket.socket);
+pub(crate) fn tags(args: &TagsArgs, socket: &SocketArgs, out: &Output) -> ExitCode {
+    let client = OperatorClient::new(&socket.socket);
     let result = runtime().and_then(|rt| {
         rt.block_on(async {
             let list = client
@@ -208,8 +209,8 @@ pub fn tags(args: &TagsArgs, socket: &SocketArgs, out: &Output) -> ExitCode {
 }
 
 /// Runs `meshctl import`.
-pub fn import(args: &ImportArgs, socket: &SocketArgs, out: &Output) -> ExitCode {
-    let client = AdminClient::new(&socket.socket);
+pub(crate) fn import(args: &ImportArgs, socket: &SocketArgs, out: &Output) -> ExitCode {
+    let client = OperatorClient::new(&socket.socket);
     let result = runtime().and_then(|rt| {
         rt.block_on(async { client.import(args.references.clone()).await.map_err(api) })
     });
@@ -362,9 +363,9 @@ fn describe(view: &ConnectionView) -> String {
 
 type Failure = (u8, anyhow::Error);
 
-fn api(e: ClientError) -> Failure {
+fn api(e: OperatorClientError) -> Failure {
     let code = match &e {
-        ClientError::Connect { .. } => EX_UNAVAILABLE,
+        OperatorClientError::Connect { .. } => EX_UNAVAILABLE,
         _ => 1,
     };
     (code, anyhow::Error::new(e))

@@ -7,7 +7,7 @@ use std::fmt;
 use futures_util::future::BoxFuture;
 use meshanics_shared::{Digest, Reference};
 
-use super::api::TagList;
+use crate::wire::TagList;
 
 /// A manifest a tag resolved to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,8 +21,10 @@ pub struct Resolved {
 }
 
 /// Why browsing or resolving failed.
+///
+/// Exhaustive on purpose: the admin server maps each variant to a status and an import
+/// [`Outcome`](crate::Outcome), so a new one must be handled there.
 #[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
 pub enum BrowseError {
     /// The registry is not connected.
     #[error("registry {0} is not connected (meshctl registry add)")]

@@ -1,33 +1,21 @@
 //! `meshctl`: the operator's CLI.
 //!
-//! Commands that talk to a running facade over its operator socket: `registry add|list|show|
-//! approve|remove`, `tags`, `import` (see `meshctl/registry.rs` for their exit codes).
-//!
-//! This binary also holds the offline signing commands of the update metadata (see
-//! docs/metadata.md): `key generate`, `root init`, `root rotate`, `release`,
-//! `timestamp refresh`, and `verify`, which runs the device's verification workflow on a
-//! metadata folder. None of them talks to the facade: signing keys stay on the operator's
-//! machine. Output is for people by default and JSON with `--json`; every error names the
-//! file it is about.
+//! - `registry.rs`: the commands that talk to a running facade over its operator socket,
+//!   with the `meshanics-operator-api` client: `registry add|list|show|approve|remove`,
+//!   `tags`, `import` (tag import: tags resolved to digests and written as pins). It lists
+//!   their exit codes.
+//! - `signing.rs` and `signing/`: the offline signing of the update metadata (see
+//!   docs/metadata.md): `key generate`, `root init`, `root rotate`, `release`,
+//!   `timestamp refresh`, and `verify`, which runs the device's verification workflow on a
+//!   metadata folder. None of them talks to the facade: signing keys stay on the operator's
+//!   machine.
+//! - `output.rs`: text for people by default and JSON with `--json`; every error names the
+//!   file it is about. `durations.rs`: lifetimes such as `30d` on the command line.
 
-// A binary's root at src/bin/meshctl.rs resolves `mod` paths in src/bin/, which is shared with
-// the facade's other binaries: meshctl's modules live in src/bin/meshctl/ and are named by path.
-#[path = "meshctl/durations.rs"]
 mod durations;
-#[path = "meshctl/keys.rs"]
-mod keys;
-#[path = "meshctl/output.rs"]
 mod output;
-#[path = "meshctl/registry.rs"]
 mod registry;
-#[path = "meshctl/release.rs"]
-mod release;
-#[path = "meshctl/repo.rs"]
-mod repo;
-#[path = "meshctl/root.rs"]
-mod root;
-#[path = "meshctl/verify.rs"]
-mod verify;
+mod signing;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -35,6 +23,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use output::Output;
+use signing::{keys, release, root, verify};
 
 /// The Meshanics operator CLI: connect registries, browse tags, import tags as digests, sign
 /// release metadata offline.

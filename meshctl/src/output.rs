@@ -5,17 +5,17 @@ use serde_json::Value;
 
 /// The output mode chosen on the command line.
 #[derive(Debug, Clone, Copy)]
-pub struct Output {
+pub(crate) struct Output {
     json: bool,
 }
 
 impl Output {
-    pub fn new(json: bool) -> Self {
+    pub(crate) fn new(json: bool) -> Self {
         Output { json }
     }
 
     /// Prints a result: `text` for people, `json` for scripts.
-    pub fn result(&self, text: &str, json: &Value) {
+    pub(crate) fn result(&self, text: &str, json: &Value) {
         if self.json {
             println!("{json}");
         } else {
@@ -24,7 +24,7 @@ impl Output {
     }
 
     /// Prints an error and its causes.
-    pub fn error(&self, error: &anyhow::Error) {
+    pub(crate) fn error(&self, error: &anyhow::Error) {
         let message = format!("{error:#}");
         if self.json {
             eprintln!("{}", serde_json::json!({ "error": message }));

@@ -10,23 +10,23 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::net::UnixStream;
 
-use super::api::{AddRegistry, ErrorBody, ImportRequest, ImportResponse, TagList};
-use super::server::encode;
-use crate::connections::ConnectionView;
+use crate::connection::ConnectionView;
+use crate::percent::encode;
+use crate::wire::{AddRegistry, ErrorBody, ImportRequest, ImportResponse, TagList};
 
 /// The largest answer read (a 10,000-tag list is well under this).
 const MAX_RESPONSE: usize = 64 * 1024 * 1024;
 
 /// A client of one facade's operator socket.
 #[derive(Debug, Clone)]
-pub struct AdminClient {
+pub struct OperatorClient {
     socket: PathBuf,
 }
 
 /// Why an operator API call failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum ClientError {
+pub enum OperatorClientError {
     /// The socket could not be reached.
     #[error(
         "cannot reach the facade's operator socket {socket}: {source} (is the facade running, and may you read its state dir?)"
@@ -58,27 +58,27 @@ pub enum ClientError {
     },
 }
 
-impl AdminClient {
+impl OperatorClient {
     /// A client for the socket at `socket`.
     pub fn new(socket: &Path) -> Self {
-        AdminClient {
+        OperatorClient {
             socket: socket.to_owned(),
         }
     }
 
     /// Every connection.
-    pub async fn list(&self) -> Result<Vec<ConnectionView>, ClientError> {
+    pub async fn list(&self) -> Result<Vec<ConnectionView>, OperatorClientError> {
         self.call(Method::GET, "/v1/registries", None::<&()>).await
     }
 
     /// Connects a registry.
-    pub async fn add(&self, request: &AddRegistry) -> Result<ConnectionView, ClientError> {
+    pub async fn add(&self, request: &AddRegistry) -> Result<ConnectionView, OperatorClientError> {
         self.call(Method::POST, "/v1/registries", Some(request))
             .await
     }
 
     /// One connection.
-    pub async fn show(&self, host: &str) -> Result<ConnectionView, ClientError> {
+    pub async fn show(&self, host: &str) -> Result<ConnectionView, OperatorClientError> {
         self.call(
             Method::GET,
             &format!("/v1/registries/{}", encode(host)),
@@ -88,7 +88,7 @@ impl AdminClient {
     }
 
     /// Approves a connection.
-    pub async fn approve(&self, host: &str) -> Result<ConnectionView, ClientError> {
+    pub async fn approve(&self, host: &str) -> Result<ConnectionView, OperatorClientError> {
         self.call(
             Method::POST,
             &format!("/v1/registries/{}/approve", encode(host)),
@@ -98,7 +98,7 @@ impl AdminClient {
     }
 
     /// Removes a connection.
-    pub async fn remove(&self, host: &str) -> Result<ConnectionView, ClientError> {
+    pub async fn remove(&self, host: &str) -> Result<ConnectionView, OperatorClientError> {
         self.call(
             Method::DELETE,
             &format!("/v1/registries/{}", encode(host)),
@@ -112,7 +112,7 @@ impl AdminClient {
         &self,
         repository: &str,
         limit: Option<usize>,
-    ) -> Result<TagList, ClientError> {
+    ) -> Result<TagList, OperatorClientError> {
         let mut path = format!("/v1/tags?repository={}", encode(repository));
         if let Some(limit) = limit {
             path.push_str(&format!("&limit={limit}"));
@@ -121,7 +121,10 @@ impl AdminClient {
     }
 
     /// Resolves tags to digests.
-    pub async fn import(&self, references: Vec<String>) -> Result<ImportResponse, ClientError> {
+    pub async fn import(
+        &self,
+        references: Vec<String>,
+    ) -> Result<ImportResponse, OperatorClientError> {
         self.call(
             Method::POST,
             "/v1/import",
@@ -135,18 +138,17 @@ impl AdminClient {
         method: Method,
         path: &str,
         body: Option<&B>,
-    ) -> Result<T, ClientError> {
-        let http = |reason: String| ClientError::Http {
+    ) -> Result<T, OperatorClientError> {
+        let http = |reason: String| OperatorClientError::Http {
             socket: self.socket.clone(),
             reason,
         };
-        let stream =
-            UnixStream::connect(&self.socket)
-                .await
-                .map_err(|source| ClientError::Connect {
-                    socket: self.socket.clone(),
-                    source,
-                })?;
+        let stream = UnixStream::connect(&self.socket).await.map_err(|source| {
+            OperatorClientError::Connect {
+                socket: self.socket.clone(),
+                source,
+            }
+        })?;
         let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| http(e.to_string()))?;
@@ -183,7 +185,7 @@ impl AdminClient {
             }
             _ => ("HTTP".to_owned(), format!("the facade answered {status}")),
         };
-        Err(ClientError::Api {
+        Err(OperatorClientError::Api {
             status: status.as_u16(),
             code,
             message,
@@ -191,9 +193,9 @@ impl AdminClient {
     }
 }
 
-impl ClientError {
+impl OperatorClientError {
     /// Whether the facade said the thing asked for does not exist.
     pub fn is_not_found(&self) -> bool {
-        matches!(self, ClientError::Api { status, .. } if *status == StatusCode::NOT_FOUND.as_u16())
+        matches!(self, OperatorClientError::Api { status, .. } if *status == StatusCode::NOT_FOUND.as_u16())
     }
 }

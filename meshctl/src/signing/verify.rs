@@ -14,7 +14,7 @@ use crate::output::Output;
 
 /// `meshctl verify`.
 #[derive(Debug, Args)]
-pub struct VerifyArgs {
+pub(crate) struct VerifyArgs {
     /// The metadata folder.
     dir: PathBuf,
     /// The root a device pins (its trust anchor), e.g. DIR/1.root.cose.
@@ -31,7 +31,7 @@ pub struct VerifyArgs {
     at: Option<u64>,
 }
 
-pub fn verify(args: &VerifyArgs, out: &Output) -> anyhow::Result<()> {
+pub(crate) fn verify(args: &VerifyArgs, out: &Output) -> anyhow::Result<()> {
     let anchor = fs_err::read(&args.root)?;
     let trusted = TrustedSet::from_anchor(&anchor)
         .with_context(|| format!("{}: not a usable trust anchor", args.root.display()))?;

@@ -13,23 +13,23 @@ use meshanics_shared::metadata::{
 
 /// A metadata folder.
 #[derive(Debug)]
-pub struct Repo {
+pub(crate) struct Repo {
     dir: PathBuf,
 }
 
 impl Repo {
-    pub fn new(dir: &Path) -> Self {
+    pub(crate) fn new(dir: &Path) -> Self {
         Repo {
             dir: dir.to_owned(),
         }
     }
 
-    pub fn path(&self, file: &str) -> PathBuf {
+    pub(crate) fn path(&self, file: &str) -> PathBuf {
         self.dir.join(file)
     }
 
     /// The highest `N` among files named `N.<role>.cose`.
-    pub fn latest_version(&self, role: &str) -> anyhow::Result<Option<u64>> {
+    pub(crate) fn latest_version(&self, role: &str) -> anyhow::Result<Option<u64>> {
         let suffix = format!(".{role}.cose");
         let mut latest = None;
         let entries = match fs_err::read_dir(&self.dir) {
@@ -52,7 +52,7 @@ impl Repo {
     }
 
     /// The newest root, which must be signed by a threshold of its own root keys.
-    pub fn latest_root(&self) -> anyhow::Result<Root> {
+    pub(crate) fn latest_root(&self) -> anyhow::Result<Root> {
         let Some(version) = self.latest_version("root")? else {
             bail!(
                 "{}: no N.root.cose file; run `meshctl root init` first",
@@ -74,7 +74,7 @@ impl Repo {
 
     /// The current timestamp as written (its signatures are not checked: it may have been
     /// signed with keys rotated away since).
-    pub fn current_timestamp(&self) -> anyhow::Result<Option<Timestamp>> {
+    pub(crate) fn current_timestamp(&self) -> anyhow::Result<Option<Timestamp>> {
         let path = self.path(TIMESTAMP_FILE);
         let bytes = match fs_err::read(&path) {
             Ok(bytes) => bytes,
@@ -88,7 +88,7 @@ impl Repo {
     }
 
     /// Writes a file atomically, creating the folder if needed.
-    pub fn write(&self, file: &str, bytes: &[u8]) -> anyhow::Result<PathBuf> {
+    pub(crate) fn write(&self, file: &str, bytes: &[u8]) -> anyhow::Result<PathBuf> {
         fs_err::create_dir_all(&self.dir)?;
         let path = self.path(file);
         write_atomic(&path, bytes)?;
@@ -97,6 +97,6 @@ impl Repo {
 }
 
 /// Now, as metadata records time.
-pub fn now() -> UnixTime {
+pub(crate) fn now() -> UnixTime {
     UnixTime::now()
 }

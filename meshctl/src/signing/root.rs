@@ -11,14 +11,14 @@ use meshanics_shared::metadata::{
 };
 use serde_json::json;
 
+use super::keys::{self, KeyFile};
+use super::repo::{Repo, now};
 use crate::durations;
-use crate::keys::{self, KeyFile};
 use crate::output::Output;
-use crate::repo::{Repo, now};
 
 /// `meshctl root init`.
 #[derive(Debug, Args)]
-pub struct InitArgs {
+pub(crate) struct InitArgs {
     /// The metadata folder.
     #[arg(long, default_value = ".")]
     dir: PathBuf,
@@ -41,7 +41,7 @@ pub struct InitArgs {
 
 /// `meshctl root rotate`.
 #[derive(Debug, Args)]
-pub struct RotateArgs {
+pub(crate) struct RotateArgs {
     /// The metadata folder.
     #[arg(long, default_value = ".")]
     dir: PathBuf,
@@ -65,7 +65,7 @@ pub struct RotateArgs {
     expires: Duration,
 }
 
-pub fn init(args: &InitArgs, out: &Output) -> anyhow::Result<()> {
+pub(crate) fn init(args: &InitArgs, out: &Output) -> anyhow::Result<()> {
     let repo = Repo::new(&args.dir);
     if let Some(version) = repo.latest_version("root")? {
         bail!(
@@ -94,7 +94,7 @@ pub fn init(args: &InitArgs, out: &Output) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn rotate(args: &RotateArgs, out: &Output) -> anyhow::Result<()> {
+pub(crate) fn rotate(args: &RotateArgs, out: &Output) -> anyhow::Result<()> {
     let repo = Repo::new(&args.dir);
     let old = repo.latest_root()?;
     let old_keys = keys::load_signing(&args.old_root_keys)?;
