@@ -3,6 +3,9 @@
 //! removing the connection stops it; anonymous connections wait for approval; Google and AWS
 //! connections exchange their configuration for tokens at local servers that speak the real
 //! protocols. Every facade log line (at trace level) is captured and searched for secrets.
+//!
+//! Its own test binary, not a module of `system`: the capture is a process-wide log subscriber
+//! (installed once, at trace level), which would swallow the other tests' logs and slow them.
 #![expect(
     clippy::unwrap_used,
     clippy::panic,

@@ -126,12 +126,14 @@ attempts = 3
     let mut on_disk = vec![0u64; blobs.len()];
     let mut kills = 0;
     for _ in 0..KILLS {
-        let mut child = binaries::command(env!("CARGO_BIN_EXE_meshanics-agent"))
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child = binaries::command(
+            binaries::workspace_binary("meshanics-agent", "meshanics-agent").unwrap(),
+        )
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
         tokio::time::sleep(Duration::from_millis(rng.u64(20..300))).await;
         match child.try_wait().unwrap() {
             Some(status) => assert!(status.success(), "the agent failed: {status}"),
@@ -153,10 +155,12 @@ attempts = 3
         }
     }
 
-    let last = binaries::command(env!("CARGO_BIN_EXE_meshanics-agent"))
-        .args(args)
-        .output()
-        .unwrap();
+    let last = binaries::command(
+        binaries::workspace_binary("meshanics-agent", "meshanics-agent").unwrap(),
+    )
+    .args(args)
+    .output()
+    .unwrap();
     assert!(
         last.status.success(),
         "{}",

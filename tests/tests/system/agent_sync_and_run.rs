@@ -60,7 +60,7 @@ fn setup() -> Setup {
 }
 
 fn agent(device: &AgentDevice, args: &[&str]) -> Output {
-    binaries::command(env!("CARGO_BIN_EXE_meshanics-agent"))
+    binaries::command(binaries::workspace_binary("meshanics-agent", "meshanics-agent").unwrap())
         .arg("--config")
         .arg(device.config_path())
         .args(args)
@@ -152,10 +152,12 @@ fn sync_once_with_an_expired_timestamp_fails_and_status_says_why() {
 #[test]
 fn sync_without_once_is_a_usage_error() {
     // Arguments are checked before the configuration is read.
-    let out = binaries::command(env!("CARGO_BIN_EXE_meshanics-agent"))
-        .args(["--config", "/nonexistent/agent.toml", "sync"])
-        .output()
-        .unwrap();
+    let out = binaries::command(
+        binaries::workspace_binary("meshanics-agent", "meshanics-agent").unwrap(),
+    )
+    .args(["--config", "/nonexistent/agent.toml", "sync"])
+    .output()
+    .unwrap();
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
     assert!(
         text(&out.stderr).contains("--once"),
@@ -168,16 +170,18 @@ fn sync_without_once_is_a_usage_error() {
 fn run_applies_the_signed_release_and_stops_cleanly_on_sigterm() {
     let s = setup();
     let device = AgentDevice::new(&s.facade, s.release.anchor(), "gateway", "linux/amd64").unwrap();
-    let mut child = binaries::command(env!("CARGO_BIN_EXE_meshanics-agent"))
-        .arg("--config")
-        .arg(device.config_path())
-        .arg("run")
-        .env_remove("RUST_LOG")
-        .env_remove("NOTIFY_SOCKET")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = binaries::command(
+        binaries::workspace_binary("meshanics-agent", "meshanics-agent").unwrap(),
+    )
+    .arg("--config")
+    .arg(device.config_path())
+    .arg("run")
+    .env_remove("RUST_LOG")
+    .env_remove("NOTIFY_SOCKET")
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
     let last_result = device.state_dir().join("last-result.json");
     let mut polls = 0;
     while !last_result.exists() {
