@@ -27,6 +27,8 @@
 //!   facade's metadata folder, with test-chosen expiries.
 //! - [`agent_device`]: an agent configuration (TOML, certificates, trust anchor, state dir)
 //!   for a device talking to the facade fixture.
+//! - [`update_chain`]: registry, facade and release together, the start of every end-to-end
+//!   test of the agent.
 //! - [`tcp_proxy`]: a TCP proxy that cuts or stalls a connection after some bytes.
 //! - [`proc_stats`]: a process's open file descriptors and resident memory, from `/proc`.
 //!
@@ -49,6 +51,7 @@ pub mod skopeo;
 pub mod tcp_proxy;
 pub mod tls_registry;
 pub mod token_server;
+pub mod update_chain;
 
 /// Why a fixture could not be set up.
 #[derive(Debug, thiserror::Error)]

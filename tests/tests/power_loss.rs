@@ -51,17 +51,15 @@ impl Rig {
     fn start() -> Rig {
         let work = tempfile::tempdir().unwrap();
         let registry = TlsRegistry::start().unwrap();
-        let old = SampleImage::multi_arch(&["linux/amd64"], 128 * 1024, 64 * 1024)
-            .unwrap()
-            .write_layout(&work.path().join("old"), "old")
+        let old = SampleImage::multi_arch(&["linux/amd64"], 128 * 1024, 64 * 1024).unwrap();
+        let old = registry
+            .push_image(&old, work.path(), "old", "team/app")
             .unwrap();
         // Other sizes, so other content: every blob of the new release is new.
-        let new = SampleImage::multi_arch(&["linux/amd64"], 1024 * 1024, 768 * 1024)
-            .unwrap()
-            .write_layout(&work.path().join("new"), "new")
+        let new = SampleImage::multi_arch(&["linux/amd64"], 1024 * 1024, 768 * 1024).unwrap();
+        let new = registry
+            .push_image(&new, work.path(), "new", "team/app")
             .unwrap();
-        registry.push(&old.dir, "old", "team/app").unwrap();
-        registry.push(&new.dir, "new", "team/app").unwrap();
         Rig {
             agent: workspace_binary_with("meshanics-agent", "meshanics-agent", &["failpoints"])
                 .unwrap(),
@@ -76,34 +74,8 @@ impl Rig {
     fn device(&self, name: &str) -> PathBuf {
         let state = self.work.path().join(name);
         let config = self.work.path().join(format!("{name}.toml"));
-        std::fs::write(
-            &config,
-            format!(
-                r#"
-[facade]
-url = "{url}"
-ca = "{ca}"
-[device]
-certificate = "{cert}"
-key = "{key}"
-class = "test-rig"
-platform = "linux/amd64"
-[trust]
-anchor = "{ca}"
-[agent]
-state_dir = "{state}"
-concurrency = 2
-[network]
-attempts = 2
-"#,
-                url = self.registry.base_url(),
-                ca = self.registry.ca.display(),
-                cert = self.registry.device_cert.display(),
-                key = self.registry.device_key.display(),
-                state = state.display(),
-            ),
-        )
-        .unwrap();
+        let url = self.registry.base_url();
+        std::fs::write(&config, self.registry.agent_config(&url, &state, "", 2)).unwrap();
         let out = self.pull(&config, &self.old, None);
         assert!(
             out.status.success(),
