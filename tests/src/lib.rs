@@ -53,6 +53,25 @@ pub mod tls_registry;
 pub mod token_server;
 pub mod update_chain;
 
+/// The `main` of a bench (or any program on these fixtures): runs `run`, and on failure prints
+/// `NAME: error` and each cause under it (the path or program it failed on, not an OS error
+/// code alone), and exits 1.
+pub fn run_main(
+    name: &str,
+    run: impl FnOnce() -> Result<(), Box<dyn std::error::Error + Send + Sync>>,
+) -> std::process::ExitCode {
+    let Err(error) = run() else {
+        return std::process::ExitCode::SUCCESS;
+    };
+    eprintln!("{name}: {error}");
+    let mut source = error.source();
+    while let Some(cause) = source {
+        eprintln!("  caused by: {cause}");
+        source = cause.source();
+    }
+    std::process::ExitCode::FAILURE
+}
+
 /// Why a fixture could not be set up.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
