@@ -34,6 +34,12 @@
 //!
 //! Everything a fixture starts is stopped, and every folder it makes is removed, when the
 //! fixture is dropped.
+//!
+//! The tests are one binary, `tests/system/` (a module per former file: `cargo test -p
+//! meshanics-tests --test system -- agent_pull::`), so the facade, the agent and these fixtures
+//! are linked once. Two keep a binary of their own: `tests/connections_e2e.rs` installs a
+//! process-wide log subscriber, and `tests/power_loss.rs` needs `--features failpoints`. The
+//! agent's own `agent/tests` need none of this crate, so they never build the facade.
 
 pub mod agent_device;
 pub mod aws_server;
