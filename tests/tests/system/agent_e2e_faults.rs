@@ -51,13 +51,17 @@ fn assert_failed_keeping(device: &AgentDevice, why: &[&str], kept: &BuiltImage) 
     status
 }
 
-/// One platform, 64 KiB shared with every other release, `own` bytes of its own.
-fn push(s: &UpdateChain, tag: &str, own: usize) -> BuiltImage {
-    s.push(tag, &["linux/amd64"], 64 * 1024, own).unwrap()
+/// Release 1 applied on a device, release 2 pushed but not yet published.
+struct TwoReleases {
+    s: UpdateChain,
+    device: AgentDevice,
+    v1: BuiltImage,
+    v2: BuiltImage,
+    /// The device's `current` and `previous` with release 1 applied.
+    before: Pointers,
 }
 
-#[test]
-fn a_blob_tampered_with_upstream_is_refused_and_current_is_unchanged() {
+fn v1_applied() -> TwoReleases {
     let mut s = setup();
     let v1 = push(&s, "v1", 16 * 1024);
     let v2 = push(&s, "v2", 24 * 1024);
@@ -65,6 +69,29 @@ fn a_blob_tampered_with_upstream_is_refused_and_current_is_unchanged() {
     let device = s.device("gateway", "linux/amd64").unwrap();
     s.sync(&device).unwrap();
     let before = Pointers::read_in(device.state_dir()).unwrap();
+    TwoReleases {
+        s,
+        device,
+        v1,
+        v2,
+        before,
+    }
+}
+
+/// One platform, 64 KiB shared with every other release, `own` bytes of its own.
+fn push(s: &UpdateChain, tag: &str, own: usize) -> BuiltImage {
+    s.push(tag, &["linux/amd64"], 64 * 1024, own).unwrap()
+}
+
+#[test]
+fn a_blob_tampered_with_upstream_is_refused_and_current_is_unchanged() {
+    let TwoReleases {
+        mut s,
+        device,
+        v1,
+        v2,
+        before,
+    } = v1_applied();
     assert!(before.current.is_some());
     let evil = &v2.blobs[0][2];
     let stored = s.registry.blob_data_path(&evil.digest);
@@ -87,13 +114,13 @@ fn a_blob_tampered_with_upstream_is_refused_and_current_is_unchanged() {
 
 #[test]
 fn an_expired_timestamp_applies_nothing_and_status_says_why() {
-    let mut s = setup();
-    let v1 = push(&s, "v1", 16 * 1024);
-    let v2 = push(&s, "v2", 24 * 1024);
-    s.publish(&v1, None).unwrap();
-    let device = s.device("gateway", "linux/amd64").unwrap();
-    s.sync(&device).unwrap();
-    let before = Pointers::read_in(device.state_dir()).unwrap();
+    let TwoReleases {
+        mut s,
+        device,
+        v1,
+        v2,
+        before,
+    } = v1_applied();
     s.publish(&v2, None).unwrap();
     // The operator's timestamp went stale before the device saw the release.
     s.release.stale_timestamp().unwrap();

@@ -132,20 +132,32 @@ fn assert_blobs_equal_source(device: &Device, pulled: &Pulled, built: &BuiltImag
     }
 }
 
+/// A device of `platform` pulls and applies `built`'s index: it gets the manifest of that
+/// platform and its blobs (the image's `nth` platform), each equal to the source.
+async fn assert_applies_platform(
+    registry: &TlsRegistry,
+    built: &BuiltImage,
+    platform: &str,
+    nth: usize,
+) -> Device {
+    let device = Device::new(registry, platform);
+    let pulled = device
+        .pull_and_apply(&target(registry, "app", &built.index))
+        .await
+        .unwrap();
+    let manifest = built.manifest_for(platform).unwrap();
+    assert_eq!(pulled.manifest.digest, manifest.digest);
+    assert_eq!(Some(&pulled.blobs), built.blobs.get(nth));
+    assert_blobs_equal_source(&device, &pulled, built);
+    device
+}
+
 #[tokio::test]
 async fn pulls_an_index_by_digest_and_applies_a_layout_skopeo_accepts() {
     let (work, registry, built) = start(&["linux/amd64", "linux/arm64"], 96 * 1024, 32 * 1024);
-    let device = Device::new(&registry, "linux/amd64");
-
-    let pulled = device
-        .pull_and_apply(&target(&registry, "app", &built.index))
-        .await
-        .unwrap();
+    let device = assert_applies_platform(&registry, &built, "linux/amd64", 0).await;
 
     let amd64 = built.manifest_for("linux/amd64").unwrap();
-    assert_eq!(pulled.manifest.digest, amd64.digest);
-    assert_eq!(pulled.blobs, built.blobs[0]);
-    assert_blobs_equal_source(&device, &pulled, &built);
     let inspected: serde_json::Value = serde_json::from_str(
         &skopeo::run(&["inspect", &format!("oci:{}", device.current().display())]).unwrap(),
     )
@@ -171,17 +183,8 @@ async fn an_arm64_device_gets_the_arm64_manifest_of_a_multi_arch_index() {
         32 * 1024,
         8 * 1024,
     );
-    let device = Device::new(&registry, "linux/arm64");
+    let device = assert_applies_platform(&registry, &built, "linux/arm64", 1).await;
 
-    let pulled = device
-        .pull_and_apply(&target(&registry, "app", &built.index))
-        .await
-        .unwrap();
-
-    let arm64 = built.manifest_for("linux/arm64").unwrap();
-    assert_eq!(pulled.manifest.digest, arm64.digest);
-    assert_eq!(pulled.blobs, built.blobs[1]);
-    assert_blobs_equal_source(&device, &pulled, &built);
     let amd64_layer = &built.blobs[0][2].digest;
     assert!(
         !device.store.blob_path(amd64_layer).exists(),
