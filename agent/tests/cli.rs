@@ -8,12 +8,11 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Output;
+use std::process::{Command, Output};
 
 use meshanics_agent::store::{Store, StoreOptions};
 use meshanics_shared::Digest;
 use meshanics_shared::devpki::DevCa;
-use meshanics_tests::binaries;
 
 /// A device's files: PKI, trust anchor, a state dir, and the config naming them.
 struct Device {
@@ -68,13 +67,28 @@ state_dir = "{}"
     }
 
     fn run(&self, args: &[&str]) -> Output {
-        binaries::command(env!("CARGO_BIN_EXE_meshanics-agent"))
+        agent()
             .arg("--config")
             .arg(self.config())
             .args(args)
             .env_remove("RUST_LOG")
             .output()
             .unwrap()
+    }
+}
+
+/// The agent binary, through the emulator `MESHANICS_TEST_RUNNER` names when the tests run
+/// for another architecture (scripts/test-aarch64: no binfmt_misc to start it otherwise).
+fn agent() -> Command {
+    let binary = env!("CARGO_BIN_EXE_meshanics-agent");
+    let runner = std::env::var("MESHANICS_TEST_RUNNER").unwrap_or_default();
+    match runner.split_whitespace().collect::<Vec<_>>().split_first() {
+        Some((emulator, emulator_args)) => {
+            let mut command = Command::new(emulator);
+            command.args(emulator_args).arg(binary);
+            command
+        }
+        None => Command::new(binary),
     }
 }
 

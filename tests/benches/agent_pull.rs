@@ -13,19 +13,29 @@
 //! Run it with `scripts/bench-agent`, which builds the release binary and prints its size.
 
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, ExitCode};
 use std::time::Instant;
 
 use meshanics_shared::Platform;
-use meshanics_tests::facade::{FacadeFixture, FacadeOptions, UpstreamEntry, Who};
+use meshanics_tests::binaries;
+use meshanics_tests::facade::{
+    FacadeFixture, FacadeOptions, UpstreamEntry, Who, device_repository,
+};
 use meshanics_tests::oci_layout::{Layer, LayerFile, SampleImage, pseudo_random};
 use meshanics_tests::registry::{Options, RegistryServer};
 
 const LAYERS: usize = 8;
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let agent = std::env::var("MESHANICS_AGENT_BIN").map_err(
-        |_| "set MESHANICS_AGENT_BIN to a release meshanics-agent (scripts/bench-agent)",
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+fn main() -> ExitCode {
+    meshanics_tests::run_main("agent_pull", run)
+}
+
+fn run() -> Result<(), BoxError> {
+    let agent = binaries::from_env(
+        "MESHANICS_AGENT_BIN",
+        "a release meshanics-agent, e.g. target/release/meshanics-agent (scripts/bench-agent sets it)",
     )?;
     let mib: usize = std::env::var("MESHANICS_BENCH_MIB")
         .ok()
@@ -58,7 +68,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .ok_or("no amd64 manifest")?
         .clone();
     let total: u64 = built.blobs.iter().flatten().map(|d| d.size).sum::<u64>() + manifest.size;
-    let repository = format!("{}/bench/app", registry.host().replace(':', "_"));
+    let repository = device_repository(&registry.host(), "bench/app");
     println!(
         "image: {LAYERS} layers, {:.1} MiB to pull",
         total as f64 / 1048576.0
@@ -68,7 +78,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let state = work.path().join("state");
     let config = work.path().join("agent.toml");
     let facade_url = format!("https://{}", facade.host());
-    std::fs::write(
+    fs_err::write(
         &config,
         format!(
             "[facade]\nurl = \"{url}\"\nca = \"{ca}\"\n[device]\ncertificate = \"{cert}\"\n\
@@ -94,17 +104,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .args(["--size", &manifest.size.to_string(), "--media-type"])
         .arg(&manifest.media_type)
         .env("RUST_LOG", "warn")
-        .status()?;
+        .status()
+        .map_err(|e| format!("/usr/bin/time (GNU time, to measure the agent's RSS): {e}"))?;
     let agent_secs = start.elapsed().as_secs_f64();
     if !status.success() {
         return Err(format!("the agent failed: {status}").into());
     }
-    let rss_kib: f64 = std::fs::read_to_string(&rss_file)?
+    let rss_text = fs_err::read_to_string(&rss_file)?;
+    let rss_kib: f64 = rss_text
         .lines()
         .last()
         .unwrap_or_default()
         .trim()
-        .parse()?;
+        .parse()
+        .map_err(|e| format!("{}: no peak RSS in {rss_text:?}: {e}", rss_file.display()))?;
     report("meshanics-agent pull", total, agent_secs);
     println!("meshanics-agent peak RSS: {:.1} MiB", rss_kib / 1024.0);
 

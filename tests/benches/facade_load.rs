@@ -28,7 +28,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use meshanics_shared::Digest;
-use meshanics_tests::facade::{FacadeFixture, FacadeOptions, UpstreamEntry, Who};
+use meshanics_tests::facade::{
+    FacadeFixture, FacadeOptions, UpstreamEntry, Who, device_repository,
+};
 use meshanics_tests::facade_process::FacadeProcess;
 use meshanics_tests::oci_layout::SampleImage;
 use meshanics_tests::registry::{Options, RegistryServer};
@@ -306,7 +308,7 @@ fn main() {
     .unwrap();
     let facade = FacadeProcess::start(&fixture.config_path(), "error").unwrap();
     let targets = Arc::new(Targets {
-        base: format!("/v2/{}/team/app", registry.host().replace(':', "_")),
+        base: format!("/v2/{}", device_repository(&registry.host(), "team/app")),
         blob: built.blobs[0][1].digest.clone(),
         manifest: built.manifests[0].digest.clone(),
     });

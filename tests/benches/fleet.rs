@@ -11,13 +11,12 @@
 //!
 //! Printed: handshakes (the facade's counter) per second, peak and mean; errors; metadata
 //! and pull time percentiles (arrival to applied-ready); the facade's peak RSS and peak open
-//! file descriptors. Run it with `bench/run fleet` or
+//! file descriptors. Run it with `bench/run fleet` or, from the repository root (a relative
+//! `MESHANICS_FACADE_BIN` is taken from there),
 //! `MESHANICS_FACADE_BIN=target/release/meshanics-facade cargo bench -p meshanics-tests --bench fleet`.
 
-use std::io::{Read as _, Write as _};
-use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -30,7 +29,10 @@ use meshanics_agent::store::{Store, StoreOptions};
 use meshanics_shared::devpki::DevCa;
 use meshanics_shared::metadata::{TrustedStore, UnixTime, Updater};
 use meshanics_shared::{Platform, tls};
+use meshanics_tests::binaries;
+use meshanics_tests::facade_process::FacadeProcess;
 use meshanics_tests::oci_layout::{Layer, LayerFile, SampleImage, pseudo_random};
+use meshanics_tests::proc_stats::ProcStats;
 use meshanics_tests::registry::{Options, RegistryServer};
 use meshanics_tests::release::{Release, entry};
 use rustls_pki_types::pem::PemObject as _;
@@ -52,9 +54,14 @@ struct Outcome {
     bytes: u64,
 }
 
-fn main() -> Result<(), BoxError> {
-    let facade_bin = std::env::var("MESHANICS_FACADE_BIN").map_err(
-        |_| "set MESHANICS_FACADE_BIN to a release meshanics-facade (bench/run fleet does)",
+fn main() -> ExitCode {
+    meshanics_tests::run_main("fleet", run)
+}
+
+fn run() -> Result<(), BoxError> {
+    let facade_bin = binaries::from_env(
+        "MESHANICS_FACADE_BIN",
+        "a release meshanics-facade, e.g. target/release/meshanics-facade (bench/run fleet sets it)",
     )?;
     let devices = env_number("FLEET_DEVICES", 1000) as usize;
     let window = Duration::from_secs(env_number("FLEET_SECONDS", 60));
@@ -93,7 +100,7 @@ fn main() -> Result<(), BoxError> {
 
     // The signed release.
     let metadata_dir = work.path().join("metadata");
-    std::fs::create_dir_all(&metadata_dir)?;
+    fs_err::create_dir_all(&metadata_dir)?;
     let mut release = Release::init(&metadata_dir)?;
     let upstream = format!("{}/fleet/app", registry.host());
     release.publish(vec![entry("app", &upstream, &manifest, Some("fleet"))?])?;
@@ -104,10 +111,10 @@ fn main() -> Result<(), BoxError> {
     let mut ca = DevCa::new("fleet CA")?;
     let server = ca.issue_server(&["127.0.0.1"])?;
     let pki = work.path().join("pki");
-    std::fs::create_dir_all(&pki)?;
-    std::fs::write(pki.join("ca.crt"), ca.cert_pem())?;
-    std::fs::write(pki.join("facade.crt"), &server.cert_pem)?;
-    std::fs::write(pki.join("facade.key"), &server.key_pem)?;
+    fs_err::create_dir_all(&pki)?;
+    fs_err::write(pki.join("ca.crt"), ca.cert_pem())?;
+    fs_err::write(pki.join("facade.crt"), &server.cert_pem)?;
+    fs_err::write(pki.join("facade.key"), &server.key_pem)?;
     let mut identities = Vec::with_capacity(devices);
     for i in 0..devices {
         let issued = ca.issue_device(&format!("fleet-device-{i:04}"))?;
@@ -123,31 +130,24 @@ fn main() -> Result<(), BoxError> {
         built.blobs.iter().flatten().count() + 1
     );
 
-    let facade = Facade::start(
-        Path::new(&facade_bin),
-        work.path(),
-        &pki,
-        &metadata_dir,
-        &registry.host(),
-    )?;
+    let config = facade_config(work.path(), &pki, &metadata_dir, &registry.host())?;
+    let facade = Arc::new(FacadeProcess::start_binary(&facade_bin, &config, "warn")?);
     let roots = tls::load_ca_bundle(&pki.join("ca.crt"))?;
-    let base: http::Uri = format!("https://127.0.0.1:{}", facade.port).parse()?;
+    let base: http::Uri = facade.url("").parse()?;
 
     // Samples of the facade: RSS, open fds, handshakes counter, once every 250 ms.
     let stop = Arc::new(AtomicBool::new(false));
     let sampler = {
         let stop = stop.clone();
-        let pid = facade.child.id();
-        let operator = facade.operator_port;
+        let facade = facade.clone();
         std::thread::spawn(move || {
             let mut samples = Vec::new();
             let start = Instant::now();
             while !stop.load(Ordering::Relaxed) {
-                let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
-                    .map(|d| d.count())
-                    .unwrap_or(0);
-                let rss = proc_status_kib(pid, "VmRSS").unwrap_or(0);
-                let handshakes = metric(operator, "facade_handshakes_total").unwrap_or(0.0);
+                let stats = facade.stats().ok();
+                let fds = stats.map_or(0, |s| s.fds);
+                let rss = stats.map_or(0, |s| s.rss_kib);
+                let handshakes = facade.metric("facade_handshakes_total").unwrap_or(0) as f64;
                 samples.push((start.elapsed(), fds, rss, handshakes));
                 std::thread::sleep(Duration::from_millis(250));
             }
@@ -203,7 +203,7 @@ fn main() -> Result<(), BoxError> {
         .last()
         .map(|s| s.3)
         .unwrap_or(0.0)
-        .max(metric(facade.operator_port, "facade_handshakes_total").unwrap_or(0.0));
+        .max(facade.metric("facade_handshakes_total").unwrap_or(0) as f64);
     let peak_rate = samples
         .windows(5)
         .filter_map(|w| {
@@ -213,7 +213,7 @@ fn main() -> Result<(), BoxError> {
         })
         .fold(0.0_f64, f64::max);
     let peak_fds = samples.iter().map(|s| s.1).max().unwrap_or(0);
-    let hwm = proc_status_kib(facade.child.id(), "VmHWM").unwrap_or(0);
+    let hwm = facade.stats().map_or(0, |s: ProcStats| s.peak_rss_kib);
     println!(
         "fleet: seed {seed}, {devices} devices over {} s, run took {:.1} s",
         window.as_secs(),
@@ -248,7 +248,6 @@ fn main() -> Result<(), BoxError> {
         "facade: peak RSS {:.1} MiB, peak open fds {peak_fds}",
         hwm as f64 / 1024.0
     );
-    drop(facade);
     Ok(())
 }
 
@@ -343,101 +342,31 @@ async fn device(
     })
 }
 
-/// The facade binary, running until dropped.
-struct Facade {
-    child: Child,
-    port: u16,
-    operator_port: u16,
-}
-
-impl Facade {
-    fn start(
-        bin: &Path,
-        work: &Path,
-        pki: &Path,
-        metadata: &Path,
-        upstream: &str,
-    ) -> Result<Facade, BoxError> {
-        let port = free_port()?;
-        let operator_port = free_port()?;
-        let state = work.join("facade-state");
-        std::fs::create_dir_all(&state)?;
-        let config = work.join("facade.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "listen = \"127.0.0.1:{port}\"\noperator_listen = \"127.0.0.1:{operator_port}\"\n\
-                 state_dir = \"{state}\"\nmetadata_dir = \"{metadata}\"\n\n[tls]\n\
-                 certificate = \"{pki}/facade.crt\"\nprivate_key = \"{pki}/facade.key\"\n\
-                 device_ca = \"{pki}/ca.crt\"\n\n[limits]\nmax_connections = 2048\n\n\
-                 [[upstreams]]\nhost = \"{upstream}\"\nplain_http = true\n",
-                state = state.display(),
-                metadata = metadata.display(),
-                pki = pki.display(),
-            ),
-        )?;
-        let log = std::fs::File::create(work.join("facade.log"))?;
-        let child = Command::new(bin)
-            .arg("--config")
-            .arg(&config)
-            .env("RUST_LOG", "warn")
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .stdin(Stdio::null())
-            .spawn()?;
-        let facade = Facade {
-            child,
-            port,
-            operator_port,
-        };
-        for _ in 0..200 {
-            if metric(operator_port, "facade_open_connections").is_some() {
-                return Ok(facade);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Err(format!(
-            "the facade did not start; its log: {}",
-            std::fs::read_to_string(work.join("facade.log")).unwrap_or_default()
-        )
-        .into())
-    }
-}
-
-impl Drop for Facade {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> Result<u16, BoxError> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-/// A value from the facade's /metrics (plain HTTP on the operator port).
-fn metric(port: u16, name: &str) -> Option<f64> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    stream
-        .write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
-        .ok()?;
-    let mut text = String::new();
-    stream.read_to_string(&mut text).ok()?;
-    text.lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
-        .and_then(|v| v.trim().parse().ok())
-}
-
-fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
-    let text = std::fs::read_to_string(PathBuf::from(format!("/proc/{pid}/status"))).ok()?;
-    text.lines()
-        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+/// The facade's configuration for the fleet: its listeners on port 0 (read back from its log
+/// by [`FacadeProcess`]), the fleet CA for devices, room for every device's connection.
+fn facade_config(
+    work: &Path,
+    pki: &Path,
+    metadata: &Path,
+    upstream: &str,
+) -> Result<std::path::PathBuf, BoxError> {
+    let state = work.join("facade-state");
+    fs_err::create_dir_all(&state)?;
+    let config = work.join("facade.toml");
+    fs_err::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:0\"\noperator_listen = \"127.0.0.1:0\"\n\
+             state_dir = \"{state}\"\nmetadata_dir = \"{metadata}\"\n\n[tls]\n\
+             certificate = \"{pki}/facade.crt\"\nprivate_key = \"{pki}/facade.key\"\n\
+             device_ca = \"{pki}/ca.crt\"\n\n[limits]\nmax_connections = 2048\n\n\
+             [[upstreams]]\nhost = \"{upstream}\"\nplain_http = true\n",
+            state = state.display(),
+            metadata = metadata.display(),
+            pki = pki.display(),
+        ),
+    )?;
+    Ok(config)
 }
 
 fn percentile(values: &mut [f64], p: f64) -> f64 {

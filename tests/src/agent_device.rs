@@ -3,9 +3,11 @@
 //! directory. Network timeouts and retries are short so fault tests stay fast.
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use meshanics_agent::config::{Config, Environment};
 
+use crate::binaries;
 use crate::facade::{FacadeFixture, Who};
 use crate::{FixtureError, io_err};
 
@@ -85,6 +87,15 @@ attempts = {attempts}
     /// The configuration file.
     pub fn config_path(&self) -> PathBuf {
         self.dir.path().join("agent.toml")
+    }
+
+    /// `meshanics-agent --config <this device's file>` (through the test runner, if one is
+    /// set: [`binaries::command`]), for the test to add a subcommand to.
+    pub fn command(&self) -> Result<Command, FixtureError> {
+        let agent = binaries::workspace_binary("meshanics-agent", "meshanics-agent")?;
+        let mut command = binaries::command(agent);
+        command.arg("--config").arg(self.config_path());
+        Ok(command)
     }
 
     /// The state directory.

@@ -455,12 +455,41 @@ impl FacadeFixture {
         }
     }
 
+    /// `skopeo copy --all --preserve-digests` of `repository@digest` (a repository the facade
+    /// serves: [`device_repository`]) through the facade with `who`'s certificate, into the OCI
+    /// layout `out` as tag `pulled`. Returns skopeo's output.
+    pub fn skopeo_pull(
+        &self,
+        who: Who,
+        repository: &str,
+        digest: &str,
+        out: &Path,
+    ) -> Result<String, FixtureError> {
+        let cert_dir = self.cert_dir(who)?;
+        let cert_dir = cert_dir.display().to_string();
+        crate::skopeo::run(&[
+            "copy",
+            "--all",
+            "--preserve-digests",
+            "--src-cert-dir",
+            &cert_dir,
+            &format!("docker://{}/{repository}@{digest}", self.host()),
+            &format!("oci:{}:pulled", out.display()),
+        ])
+    }
+
     fn issued(&self, who: Who) -> Option<&Issued> {
         self.devices
             .iter()
             .find(|(w, _)| *w == who)
             .map(|(_, issued)| issued)
     }
+}
+
+/// The name devices pull `repository` of upstream `host` (`127.0.0.1:PORT`) by:
+/// `127.0.0.1_PORT/<repository>`.
+pub fn device_repository(host: &str, repository: &str) -> String {
+    format!("{}/{repository}", host.replace(':', "_"))
 }
 
 fn facade_runtime() -> Result<tokio::runtime::Runtime, FixtureError> {

@@ -36,10 +36,20 @@ impl FacadeProcess {
     /// stay at info).
     pub fn start(config: &Path, log_filter: &str) -> Result<Self, FixtureError> {
         let binary = workspace_binary("meshanics-facade", "meshanics-facade")?;
+        FacadeProcess::start_binary(&binary, config, log_filter)
+    }
+
+    /// [`FacadeProcess::start`] of another build of the facade (a release binary, for
+    /// benches), on any config whose listeners bind port 0.
+    pub fn start_binary(
+        binary: &Path,
+        config: &Path,
+        log_filter: &str,
+    ) -> Result<Self, FixtureError> {
         let log = tempfile::NamedTempFile::new()
             .map_err(io_err("creating a log file in", Path::new("/tmp")))?;
         let stderr = log.reopen().map_err(io_err("opening", log.path()))?;
-        let mut child = Command::new(&binary)
+        let mut child = Command::new(binary)
             .arg("--config")
             .arg(config)
             .env(
@@ -50,7 +60,7 @@ impl FacadeProcess {
             .stdout(Stdio::piped())
             .stderr(stderr)
             .spawn()
-            .map_err(io_err("starting", &binary))?;
+            .map_err(io_err("starting", binary))?;
         let Some(stdout) = child.stdout.take() else {
             let _ = child.kill();
             return Err(FixtureError::Invalid("no stdout pipe".into()));

@@ -27,11 +27,19 @@
 //!   facade's metadata folder, with test-chosen expiries.
 //! - [`agent_device`]: an agent configuration (TOML, certificates, trust anchor, state dir)
 //!   for a device talking to the facade fixture.
+//! - [`update_chain`]: registry, facade and release together, the start of every end-to-end
+//!   test of the agent.
 //! - [`tcp_proxy`]: a TCP proxy that cuts or stalls a connection after some bytes.
 //! - [`proc_stats`]: a process's open file descriptors and resident memory, from `/proc`.
 //!
 //! Everything a fixture starts is stopped, and every folder it makes is removed, when the
 //! fixture is dropped.
+//!
+//! The tests are one binary, `tests/system/` (a module per former file: `cargo test -p
+//! meshanics-tests --test system -- agent_pull::`), so the facade, the agent and these fixtures
+//! are linked once. Two keep a binary of their own: `tests/connections_e2e.rs` installs a
+//! process-wide log subscriber, and `tests/power_loss.rs` needs `--features failpoints`. The
+//! agent's own `agent/tests` need none of this crate, so they never build the facade.
 
 pub mod agent_device;
 pub mod aws_server;
@@ -49,6 +57,26 @@ pub mod skopeo;
 pub mod tcp_proxy;
 pub mod tls_registry;
 pub mod token_server;
+pub mod update_chain;
+
+/// The `main` of a bench (or any program on these fixtures): runs `run`, and on failure prints
+/// `NAME: error` and each cause under it (the path or program it failed on, not an OS error
+/// code alone), and exits 1.
+pub fn run_main(
+    name: &str,
+    run: impl FnOnce() -> Result<(), Box<dyn std::error::Error + Send + Sync>>,
+) -> std::process::ExitCode {
+    let Err(error) = run() else {
+        return std::process::ExitCode::SUCCESS;
+    };
+    eprintln!("{name}: {error}");
+    let mut source = error.source();
+    while let Some(cause) = source {
+        eprintln!("  caused by: {cause}");
+        source = cause.source();
+    }
+    std::process::ExitCode::FAILURE
+}
 
 /// Why a fixture could not be set up.
 #[derive(Debug, thiserror::Error)]

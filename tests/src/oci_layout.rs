@@ -184,6 +184,16 @@ impl BuiltImage {
         fs::read(&path).map_err(io_err("reading", &path))
     }
 
+    /// The bytes of this image's blobs that `other` does not have: what a device holding
+    /// `other` still has to fetch.
+    pub fn bytes_not_in(&self, other: &BuiltImage) -> u64 {
+        self.all_blobs
+            .iter()
+            .filter(|(digest, _)| !other.all_blobs.contains_key(*digest))
+            .map(|(_, size)| size)
+            .sum()
+    }
+
     /// The manifest descriptor for a platform.
     pub fn manifest_for(&self, platform: &str) -> Option<&Descriptor> {
         let platform = Platform::parse(platform).ok()?;

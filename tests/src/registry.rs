@@ -5,10 +5,13 @@
 //! stops it (and removes the folder) on drop.
 
 use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use meshanics_shared::Digest;
 
 use crate::{FixtureError, io_err};
 
@@ -51,6 +54,21 @@ pub struct Options {
     pub tls: Option<(PathBuf, PathBuf)>,
     /// With TLS: require client certificates chained to these CAs.
     pub client_cas: Vec<PathBuf>,
+}
+
+// === impl Options ===
+
+impl Options {
+    /// A plain-HTTP registry with HTTP Basic auth for one user.
+    pub fn basic_auth(username: &str, password: &str) -> Options {
+        Options {
+            auth: Auth::Htpasswd {
+                username: username.to_owned(),
+                password: password.to_owned(),
+            },
+            ..Options::default()
+        }
+    }
 }
 
 /// A running registry.
@@ -133,6 +151,11 @@ impl RegistryServer {
         self.port
     }
 
+    /// `127.0.0.1:PORT` as a socket address (for a proxy in front of it).
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
     /// `127.0.0.1:PORT`: the registry's host as references name it.
     pub fn host(&self) -> String {
         format!("127.0.0.1:{}", self.port)
@@ -152,6 +175,17 @@ impl RegistryServer {
     /// The folder holding its config and storage.
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// Where the registry stores a blob's bytes (to tamper with them).
+    pub fn blob_data_path(&self, digest: &Digest) -> PathBuf {
+        let hex = digest.hex();
+        self.dir()
+            .join("data/docker/registry/v2/blobs")
+            .join(digest.algorithm().name())
+            .join(hex.get(..2).unwrap_or_default())
+            .join(hex)
+            .join("data")
     }
 }
 

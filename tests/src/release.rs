@@ -112,6 +112,13 @@ impl Release {
         self.write(TIMESTAMP_FILE, &bytes)
     }
 
+    /// Signs a stale timestamp for the current targets: issued two days ago, expired yesterday.
+    pub fn stale_timestamp(&mut self) -> Result<(), FixtureError> {
+        let now = UnixTime::now().as_secs();
+        let days_ago = |days: u64| UnixTime::from_secs(now.saturating_sub(days * DAY.as_secs()));
+        self.timestamp(days_ago(2), days_ago(1))
+    }
+
     fn write(&self, name: &str, bytes: &[u8]) -> Result<(), FixtureError> {
         // Renamed into place so the facade never serves half a file.
         write_atomic(&self.dir.join(name), bytes).map_err(|e| FixtureError::Io {

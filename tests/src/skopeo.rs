@@ -36,15 +36,28 @@ pub fn push_layout(
     host: &str,
     repository: &str,
 ) -> Result<(), FixtureError> {
+    push_layout_as(layout, tag, &format!("{host}/{repository}:{tag}"), None)
+}
+
+/// [`push_layout`] to another reference (`HOST/REPO:TAG`), with `--dest-creds USER:PASSWORD`
+/// when `credentials` are given.
+pub fn push_layout_as(
+    layout: &std::path::Path,
+    tag: &str,
+    reference: &str,
+    credentials: Option<&str>,
+) -> Result<(), FixtureError> {
     let src = format!("oci:{}:{tag}", layout.display());
-    let dst = format!("docker://{host}/{repository}:{tag}");
-    run(&[
+    let dst = format!("docker://{reference}");
+    let mut args = vec![
         "copy",
         "--all",
         "--preserve-digests",
         "--dest-tls-verify=false",
-        &src,
-        &dst,
-    ])
-    .map(|_| ())
+    ];
+    if let Some(credentials) = credentials {
+        args.extend(["--dest-creds", credentials]);
+    }
+    args.extend([src.as_str(), dst.as_str()]);
+    run(&args).map(|_| ())
 }

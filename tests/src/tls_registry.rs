@@ -8,9 +8,11 @@
 
 use std::path::{Path, PathBuf};
 
-use meshanics_shared::Digest;
+use meshanics_agent::pull::PullTarget;
 use meshanics_shared::devpki::DevCa;
+use meshanics_shared::{Descriptor, Repository, tls};
 
+use crate::oci_layout::{BuiltImage, SampleImage};
 use crate::registry::{Options, RegistryServer};
 use crate::{FixtureError, io_err};
 
@@ -83,7 +85,7 @@ impl TlsRegistry {
     /// The repository name the facade would serve `repository` of this registry under:
     /// `127.0.0.1_PORT/<repository>`.
     pub fn facade_repository(&self, repository: &str) -> String {
-        format!("127.0.0.1_{}/{repository}", self.registry.port())
+        crate::facade::device_repository(&self.registry.host(), repository)
     }
 
     /// Pushes every platform of an OCI layout under the facade-style name of `repository`,
@@ -108,16 +110,70 @@ impl TlsRegistry {
         .map(|_| ())
     }
 
-    /// Where the registry stores a blob's bytes (to tamper with them).
-    pub fn blob_data_path(&self, digest: &Digest) -> PathBuf {
-        let hex = digest.hex();
-        self.registry
-            .dir()
-            .join("data/docker/registry/v2/blobs")
-            .join(digest.algorithm().name())
-            .join(hex.get(..2).unwrap_or_default())
-            .join(hex)
-            .join("data")
+    /// The rustls configuration of the device: trusts the CA, presents the device certificate.
+    pub fn device_tls(&self) -> Result<rustls::ClientConfig, FixtureError> {
+        tls::client_config(&self.ca, Some((&self.device_cert, &self.device_key)))
+            .map_err(|e| FixtureError::Invalid(e.to_string()))
+    }
+
+    /// Writes `image` as an OCI layout in `dir/<tag>` and pushes it as `tag` of `repository`.
+    pub fn push_image(
+        &self,
+        image: &SampleImage,
+        dir: &Path,
+        tag: &str,
+        repository: &str,
+    ) -> Result<BuiltImage, FixtureError> {
+        let built = image.write_layout(&dir.join(tag), tag)?;
+        self.push(&built.dir, tag, repository)?;
+        Ok(built)
+    }
+
+    /// What the agent pulls as target `name`: `descriptor` in `repository` of this registry.
+    pub fn pull_target(
+        &self,
+        name: &str,
+        repository: &str,
+        descriptor: &Descriptor,
+    ) -> Result<PullTarget, FixtureError> {
+        Ok(PullTarget {
+            name: name.to_owned(),
+            repository: Repository::parse(&self.facade_repository(repository))
+                .map_err(|e| FixtureError::Invalid(e.to_string()))?,
+            digest: descriptor.digest.clone(),
+            size: descriptor.size,
+            media_type: descriptor.media_type.clone(),
+        })
+    }
+
+    /// An agent configuration (TOML) for the device, talking to `url` (this registry, or a
+    /// proxy in front of it), keeping its state in `state`: platform `linux/amd64`, two
+    /// downloads at once, `agent_keys` added to `[agent]`, `attempts` tries per request.
+    pub fn agent_config(&self, url: &str, state: &Path, agent_keys: &str, attempts: u32) -> String {
+        format!(
+            r#"
+[facade]
+url = "{url}"
+ca = "{ca}"
+[device]
+certificate = "{cert}"
+key = "{key}"
+class = "test-rig"
+platform = "linux/amd64"
+[trust]
+anchor = "{ca}"
+[agent]
+state_dir = "{state}"
+concurrency = 2
+{agent_keys}
+[network]
+attempts = {attempts}
+"#,
+            ca = self.ca.display(),
+            cert = self.device_cert.display(),
+            key = self.device_key.display(),
+            state = state.display(),
+        )
     }
 
     /// The folder holding the PKI files.

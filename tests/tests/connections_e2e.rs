@@ -3,6 +3,9 @@
 //! removing the connection stops it; anonymous connections wait for approval; Google and AWS
 //! connections exchange their configuration for tokens at local servers that speak the real
 //! protocols. Every facade log line (at trace level) is captured and searched for secrets.
+//!
+//! Its own test binary, not a module of `system`: the capture is a process-wide log subscriber
+//! (installed once, at trace level), which would swallow the other tests' logs and slow them.
 #![expect(
     clippy::unwrap_used,
     clippy::panic,
@@ -18,10 +21,10 @@ use std::time::Duration;
 use meshanics_facade::cloud::ecr::AwsCredentials;
 use meshanics_tests::aws_server::{AwsAccount, AwsServer};
 use meshanics_tests::binaries::workspace_binary;
-use meshanics_tests::facade::{FacadeFixture, FacadeOptions, Who};
+use meshanics_tests::facade::{FacadeFixture, FacadeOptions, Who, device_repository};
 use meshanics_tests::gcp_server::{GcpTokenServer, ServiceAccount};
 use meshanics_tests::oci_layout::{BuiltImage, SampleImage};
-use meshanics_tests::registry::{Auth, Options, RegistryServer};
+use meshanics_tests::registry::{Options, RegistryServer};
 use meshanics_tests::skopeo;
 use serde_json::Value;
 
@@ -110,19 +113,8 @@ fn image(dir: &Path) -> BuiltImage {
 }
 
 fn push(built: &BuiltImage, registry: &RegistryServer, tag: &str, creds: Option<&str>) {
-    let src = format!("oci:{}:v1", built.dir.display());
-    let dst = format!("docker://{}/team/app:{tag}", registry.host());
-    let mut args = vec![
-        "copy",
-        "--all",
-        "--preserve-digests",
-        "--dest-tls-verify=false",
-    ];
-    if let Some(creds) = creds {
-        args.extend(["--dest-creds", creds]);
-    }
-    args.extend([src.as_str(), dst.as_str()]);
-    skopeo::run(&args).unwrap();
+    let reference = format!("{}/team/app:{tag}", registry.host());
+    skopeo::push_layout_as(&built.dir, "v1", &reference, creds).unwrap();
 }
 
 /// `skopeo copy --all` of `digest` through the facade with the device certificate.
@@ -132,12 +124,9 @@ fn device_pull(
     digest: &str,
     out: &Path,
 ) -> Result<(), String> {
-    let upstream = registry.host().replace(':', "_");
-    let src = format!("docker://{}/{upstream}/team/app@{digest}", facade.host());
-    let dst = format!("oci:{}:pulled", out.display());
-    let certs = facade.cert_dir(Who::Device).unwrap();
-    let certs = certs.display().to_string();
-    skopeo::run(&["copy", "--all", "--src-cert-dir", &certs, &src, &dst])
+    let repository = device_repository(&registry.host(), "team/app");
+    facade
+        .skopeo_pull(Who::Device, &repository, digest, out)
         .map(|_| ())
         .map_err(|e| e.to_string())
 }
@@ -176,14 +165,7 @@ fn facade_with_connections(cloud: Vec<String>, aws: Option<AwsCredentials>) -> F
 fn an_operator_connects_browses_imports_and_devices_pull_until_the_connection_is_removed() {
     let work = tempfile::tempdir().unwrap();
     let secret = "s3cret-registry-token-42";
-    let registry = RegistryServer::start(&Options {
-        auth: Auth::Htpasswd {
-            username: "robot".into(),
-            password: secret.into(),
-        },
-        ..Options::default()
-    })
-    .unwrap();
+    let registry = RegistryServer::start(&Options::basic_auth("robot", secret)).unwrap();
     let built = image(work.path());
     let creds = format!("robot:{secret}");
     push(&built, &registry, "v1.0", Some(&creds));
@@ -325,14 +307,8 @@ fn an_anonymous_connection_is_not_proxied_until_approved() {
 fn a_gcp_connection_pulls_with_exchanged_tokens_refreshing_once_when_they_expire() {
     let work = tempfile::tempdir().unwrap();
     let access_token = "ya29.fixed-access-token-for-the-registry";
-    let registry = RegistryServer::start(&Options {
-        auth: Auth::Htpasswd {
-            username: "oauth2accesstoken".into(),
-            password: access_token.into(),
-        },
-        ..Options::default()
-    })
-    .unwrap();
+    let registry =
+        RegistryServer::start(&Options::basic_auth("oauth2accesstoken", access_token)).unwrap();
     let built = image(work.path());
     push(
         &built,
@@ -360,8 +336,8 @@ fn a_gcp_connection_pulls_with_exchanged_tokens_refreshing_once_when_they_expire
     // 50 concurrent manifest requests from a device: one token request between them.
     let client = facade.client(Who::Device, false).unwrap();
     let url = facade.url(&format!(
-        "/v2/{}/team/app/manifests/{}",
-        host.replace(':', "_"),
+        "/v2/{}/manifests/{}",
+        device_repository(&host, "team/app"),
         built.index.digest
     ));
     let statuses: Vec<u16> = facade.block_on(async {
@@ -419,8 +395,8 @@ fn a_failed_token_refresh_is_a_503_with_retry_after_and_no_upstream_text() {
     let client = facade.client(Who::Device, false).unwrap();
     let digest = "sha256:2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824";
     let url = facade.url(&format!(
-        "/v2/{}/team/app/manifests/{digest}",
-        host.replace(':', "_")
+        "/v2/{}/manifests/{digest}",
+        device_repository(&host, "team/app")
     ));
     let (status, retry_after, body) = facade.block_on(async {
         let response = client.get(url).send().await.unwrap();
@@ -445,14 +421,7 @@ fn a_failed_token_refresh_is_a_503_with_retry_after_and_no_upstream_text() {
 fn an_ecr_connection_assumes_the_role_and_pulls() {
     let work = tempfile::tempdir().unwrap();
     let password = "ecr-fixed-password-for-the-registry";
-    let registry = RegistryServer::start(&Options {
-        auth: Auth::Htpasswd {
-            username: "AWS".into(),
-            password: password.into(),
-        },
-        ..Options::default()
-    })
-    .unwrap();
+    let registry = RegistryServer::start(&Options::basic_auth("AWS", password)).unwrap();
     let built = image(work.path());
     push(&built, &registry, "v1", Some(&format!("AWS:{password}")));
     let account = AwsAccount {

@@ -8,7 +8,9 @@
 )]
 
 use meshanics_shared::Digest;
-use meshanics_tests::facade::{FacadeFixture, FacadeOptions, UpstreamEntry, Who};
+use meshanics_tests::facade::{
+    FacadeFixture, FacadeOptions, UpstreamEntry, Who, device_repository,
+};
 use meshanics_tests::oci_layout::{BuiltImage, SampleImage};
 use meshanics_tests::registry::{Auth, Options, RegistryServer};
 use meshanics_tests::skopeo;
@@ -24,17 +26,37 @@ fn image(work: &std::path::Path) -> BuiltImage {
         .unwrap()
 }
 
+/// A registry with HTTP Basic auth for [`USER`] and `built` pushed to `team/app:v1`.
+fn basic_auth_registry(built: &BuiltImage) -> RegistryServer {
+    let registry = RegistryServer::start(&Options::basic_auth(USER, TOKEN)).unwrap();
+    push_with_credentials(built, &registry);
+    registry
+}
+
+/// A registry sending clients to `tokens` and `built` pushed to `team/app:v1`.
+fn token_auth_registry(built: &BuiltImage, tokens: &TokenServer) -> RegistryServer {
+    let registry = RegistryServer::start(&Options {
+        auth: Auth::Token {
+            realm: tokens.realm(),
+            service: SERVICE.into(),
+            issuer: ISSUER.into(),
+            root_cert_bundle: tokens.root_cert_bundle(),
+        },
+        ..Options::default()
+    })
+    .unwrap();
+    push_with_credentials(built, &registry);
+    registry
+}
+
 fn push_with_credentials(built: &BuiltImage, registry: &RegistryServer) {
-    skopeo::run(&[
-        "copy",
-        "--all",
-        "--preserve-digests",
-        "--dest-tls-verify=false",
-        "--dest-creds",
-        &format!("{USER}:{TOKEN}"),
-        &format!("oci:{}:v1", built.dir.display()),
-        &format!("docker://{}/team/app:v1", registry.host()),
-    ])
+    let reference = format!("{}/team/app:v1", registry.host());
+    skopeo::push_layout_as(
+        &built.dir,
+        "v1",
+        &reference,
+        Some(&format!("{USER}:{TOKEN}")),
+    )
     .unwrap();
 }
 
@@ -66,21 +88,10 @@ fn skopeo_pull(
     digest: &Digest,
     out: &std::path::Path,
 ) {
-    let cert_dir = facade.cert_dir(Who::Device).unwrap();
-    skopeo::run(&[
-        "copy",
-        "--all",
-        "--preserve-digests",
-        "--src-cert-dir",
-        cert_dir.to_str().unwrap(),
-        &format!(
-            "docker://{}/{}/team/app@{digest}",
-            facade.host(),
-            registry.host().replace(':', "_")
-        ),
-        &format!("oci:{}:pulled", out.display()),
-    ])
-    .unwrap();
+    let repository = device_repository(&registry.host(), "team/app");
+    facade
+        .skopeo_pull(Who::Device, &repository, digest.as_str(), out)
+        .unwrap();
 }
 
 fn assert_identical(built: &BuiltImage, out: &std::path::Path) {
@@ -94,15 +105,7 @@ fn assert_identical(built: &BuiltImage, out: &std::path::Path) {
 fn pulls_from_a_basic_auth_registry_with_the_configured_token() {
     let work = tempfile::tempdir().unwrap();
     let built = image(work.path());
-    let registry = RegistryServer::start(&Options {
-        auth: Auth::Htpasswd {
-            username: USER.into(),
-            password: TOKEN.into(),
-        },
-        ..Options::default()
-    })
-    .unwrap();
-    push_with_credentials(&built, &registry);
+    let registry = basic_auth_registry(&built);
     let facade = facade_for(&registry, true);
     let out = work.path().join("out");
     skopeo_pull(&facade, &registry, &built.index.digest, &out);
@@ -113,19 +116,11 @@ fn pulls_from_a_basic_auth_registry_with_the_configured_token() {
 fn an_upstream_refusing_the_facade_is_a_502_denied_for_the_device() {
     let work = tempfile::tempdir().unwrap();
     let built = image(work.path());
-    let registry = RegistryServer::start(&Options {
-        auth: Auth::Htpasswd {
-            username: USER.into(),
-            password: TOKEN.into(),
-        },
-        ..Options::default()
-    })
-    .unwrap();
-    push_with_credentials(&built, &registry);
+    let registry = basic_auth_registry(&built);
     let facade = facade_for(&registry, false);
     let path = format!(
-        "/v2/{}/team/app/manifests/{}",
-        registry.host().replace(':', "_"),
+        "/v2/{}/manifests/{}",
+        device_repository(&registry.host(), "team/app"),
         built.index.digest
     );
     let (status, body) = get(&facade, &path);
@@ -139,17 +134,7 @@ fn pulls_from_a_token_auth_registry_and_reuses_the_token() {
     let work = tempfile::tempdir().unwrap();
     let built = image(work.path());
     let tokens = TokenServer::start(USER, TOKEN, 300).unwrap();
-    let registry = RegistryServer::start(&Options {
-        auth: Auth::Token {
-            realm: tokens.realm(),
-            service: SERVICE.into(),
-            issuer: ISSUER.into(),
-            root_cert_bundle: tokens.root_cert_bundle(),
-        },
-        ..Options::default()
-    })
-    .unwrap();
-    push_with_credentials(&built, &registry);
+    let registry = token_auth_registry(&built, &tokens);
     let facade = facade_for(&registry, true);
     let out = work.path().join("out");
     skopeo_pull(&facade, &registry, &built.index.digest, &out);
@@ -161,8 +146,8 @@ fn pulls_from_a_token_auth_registry_and_reuses_the_token() {
         let (status, body) = get(
             &facade,
             &format!(
-                "/v2/{}/team/app/blobs/{}",
-                registry.host().replace(':', "_"),
+                "/v2/{}/blobs/{}",
+                device_repository(&registry.host(), "team/app"),
                 layer.digest
             ),
         );
@@ -184,17 +169,7 @@ fn a_token_registry_refuses_a_facade_with_wrong_credentials() {
     let work = tempfile::tempdir().unwrap();
     let built = image(work.path());
     let tokens = TokenServer::start(USER, TOKEN, 300).unwrap();
-    let registry = RegistryServer::start(&Options {
-        auth: Auth::Token {
-            realm: tokens.realm(),
-            service: SERVICE.into(),
-            issuer: ISSUER.into(),
-            root_cert_bundle: tokens.root_cert_bundle(),
-        },
-        ..Options::default()
-    })
-    .unwrap();
-    push_with_credentials(&built, &registry);
+    let registry = token_auth_registry(&built, &tokens);
     let facade = FacadeFixture::start(&FacadeOptions {
         upstreams: vec![UpstreamEntry::with_credentials(
             &registry.host(),
@@ -207,8 +182,8 @@ fn a_token_registry_refuses_a_facade_with_wrong_credentials() {
     let (status, body) = get(
         &facade,
         &format!(
-            "/v2/{}/team/app/manifests/{}",
-            registry.host().replace(':', "_"),
+            "/v2/{}/manifests/{}",
+            device_repository(&registry.host(), "team/app"),
             built.index.digest
         ),
     );

@@ -21,7 +21,7 @@ use meshanics_agent::progress::Silent;
 use meshanics_agent::pull::PullTarget;
 use meshanics_agent::service::{self, Agent, CycleOutcome, TargetSource};
 use meshanics_agent::store::{Pointers, Store, StoreOptions};
-use meshanics_shared::{Descriptor, Platform, Repository, tls};
+use meshanics_shared::{Descriptor, Platform};
 use meshanics_tests::oci_layout::{BuiltImage, SampleImage};
 use meshanics_tests::tcp_proxy::{Fault, TcpProxy};
 use meshanics_tests::tls_registry::TlsRegistry;
@@ -40,11 +40,7 @@ impl TargetSource for Fixed {
 
 fn agent(registry: &TlsRegistry, state: &Path, base: &str, stall_window: Duration) -> Agent {
     let (store, _) = Store::open(state, StoreOptions::default()).unwrap();
-    let tls = tls::client_config(
-        &registry.ca,
-        Some((&registry.device_cert, &registry.device_key)),
-    )
-    .unwrap();
+    let tls = registry.device_tls().unwrap();
     let options = ClientOptions {
         backoff_base: Duration::from_millis(20),
         stall_window,
@@ -59,23 +55,44 @@ fn agent(registry: &TlsRegistry, state: &Path, base: &str, stall_window: Duratio
     }
 }
 
+/// An agent talking to the registry directly, stall window 30 s.
+fn healthy_agent(registry: &TlsRegistry, state: &Path) -> Agent {
+    agent(
+        registry,
+        state,
+        &registry.base_url(),
+        Duration::from_secs(30),
+    )
+}
+
 fn target(registry: &TlsRegistry, descriptor: &Descriptor) -> PullTarget {
-    PullTarget {
-        name: "app".into(),
-        repository: Repository::parse(&registry.facade_repository(REPO)).unwrap(),
-        digest: descriptor.digest.clone(),
-        size: descriptor.size,
-        media_type: descriptor.media_type.clone(),
-    }
+    registry.pull_target("app", REPO, descriptor).unwrap()
 }
 
 fn publish(registry: &TlsRegistry, work: &Path, shared: usize) -> BuiltImage {
-    let built = SampleImage::multi_arch(&["linux/amd64"], shared, 8 * 1024)
-        .unwrap()
-        .write_layout(&work.join("v1"), "v1")
-        .unwrap();
-    registry.push(&built.dir, "v1", REPO).unwrap();
-    built
+    let image = SampleImage::multi_arch(&["linux/amd64"], shared, 8 * 1024).unwrap();
+    registry.push_image(&image, work, "v1", REPO).unwrap()
+}
+
+/// The service loop of `agent` (a cycle an hour) until `stopped` fires.
+async fn serve(
+    agent: &Agent,
+    source: &mut Fixed,
+    notifier: &Notifier,
+    stopped: tokio::sync::oneshot::Receiver<()>,
+) {
+    let stop = async {
+        let _ = stopped.await;
+    };
+    service::run(
+        agent,
+        source,
+        notifier,
+        Duration::from_secs(3600),
+        &Silent,
+        stop,
+    )
+    .await;
 }
 
 async fn next_message(socket: &UnixDatagram) -> String {
@@ -90,12 +107,7 @@ async fn a_cycle_applies_the_target_and_the_next_cycle_finds_it_up_to_date() {
     let registry = TlsRegistry::start().unwrap();
     let built = publish(&registry, work.path(), 64 * 1024);
     let state = tempfile::tempdir().unwrap();
-    let agent = agent(
-        &registry,
-        state.path(),
-        &registry.base_url(),
-        Duration::from_secs(30),
-    );
+    let agent = healthy_agent(&registry, state.path());
     let mut source = Fixed(vec![target(&registry, &built.index)]);
 
     let first = agent.cycle(&mut source, &Silent).await.unwrap();
@@ -128,12 +140,7 @@ async fn a_cycle_applies_the_target_and_the_next_cycle_finds_it_up_to_date() {
 async fn an_empty_target_list_applies_nothing() {
     let registry = TlsRegistry::start().unwrap();
     let state = tempfile::tempdir().unwrap();
-    let agent = agent(
-        &registry,
-        state.path(),
-        &registry.base_url(),
-        Duration::from_secs(30),
-    );
+    let agent = healthy_agent(&registry, state.path());
     let outcome = agent.cycle(&mut Fixed(Vec::new()), &Silent).await.unwrap();
     assert_eq!(outcome, CycleOutcome::NothingToDo);
     assert_eq!(Pointers::read(&agent.store).unwrap(), Pointers::default());
@@ -145,12 +152,7 @@ async fn the_loop_tells_systemd_it_is_ready_what_it_did_and_that_it_stops() {
     let registry = TlsRegistry::start().unwrap();
     let built = publish(&registry, work.path(), 16 * 1024);
     let state = tempfile::tempdir().unwrap();
-    let agent = agent(
-        &registry,
-        state.path(),
-        &registry.base_url(),
-        Duration::from_secs(30),
-    );
+    let agent = healthy_agent(&registry, state.path());
     let socket_path = work.path().join("notify.sock");
     let socket = UnixDatagram::bind(&socket_path).unwrap();
     let notifier = notify::from_env(&Environment {
@@ -160,16 +162,7 @@ async fn the_loop_tells_systemd_it_is_ready_what_it_did_and_that_it_stops() {
     let mut source = Fixed(vec![target(&registry, &built.index)]);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
 
-    let service = service::run(
-        &agent,
-        &mut source,
-        &notifier,
-        Duration::from_secs(3600),
-        &Silent,
-        async {
-            let _ = stopped.await;
-        },
-    );
+    let service = serve(&agent, &mut source, &notifier, stopped);
     let observer = async {
         let mut seen = Vec::new();
         let mut stop = Some(stop);
@@ -202,14 +195,14 @@ async fn stopping_mid_download_keeps_the_partial_blob_for_the_next_start() {
     let registry = TlsRegistry::start().unwrap();
     let built = publish(&registry, work.path(), 1024 * 1024);
     let layer = built.blobs[0][1].clone();
-    let upstream = format!("127.0.0.1:{}", registry.registry.port())
-        .parse()
-        .unwrap();
-    let proxy = TcpProxy::start(upstream, vec![Fault::StallAfter(400 * 1024)])
-        .await
-        .unwrap();
+    let proxy = TcpProxy::start(
+        registry.registry.addr(),
+        vec![Fault::StallAfter(400 * 1024)],
+    )
+    .await
+    .unwrap();
     let state = tempfile::tempdir().unwrap();
-    let stalled_base = format!("https://127.0.0.1:{}", proxy.addr().port());
+    let stalled_base = format!("https://{}", proxy.addr());
 
     // First start: the transfer hangs mid-layer (the floor is not reached within the long
     // window); the service is told to stop while it waits.
@@ -223,16 +216,7 @@ async fn stopping_mid_download_keeps_the_partial_blob_for_the_next_start() {
         let mut source = Fixed(vec![target(&registry, &built.index)]);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let notifier = Notifier::disabled();
-        let service = service::run(
-            &agent,
-            &mut source,
-            &notifier,
-            Duration::from_secs(3600),
-            &Silent,
-            async {
-                let _ = stopped.await;
-            },
-        );
+        let service = serve(&agent, &mut source, &notifier, stopped);
         let store = &agent.store;
         let trigger = async {
             while store.partial_len(&layer.digest) == 0 {
@@ -249,12 +233,7 @@ async fn stopping_mid_download_keeps_the_partial_blob_for_the_next_start() {
     }
 
     // Next start, through a healthy connection: the partial layer is resumed, not refetched.
-    let agent = agent(
-        &registry,
-        state.path(),
-        &registry.base_url(),
-        Duration::from_secs(30),
-    );
+    let agent = healthy_agent(&registry, state.path());
     let partial = agent.store.partial_len(&layer.digest);
     assert!(
         partial > 0 && partial < layer.size,
@@ -306,12 +285,7 @@ async fn a_source_failure_applies_nothing_and_status_says_why() {
     let registry = TlsRegistry::start().unwrap();
     let built = publish(&registry, work.path(), 16 * 1024);
     let state = tempfile::tempdir().unwrap();
-    let agent = agent(
-        &registry,
-        state.path(),
-        &registry.base_url(),
-        Duration::from_secs(30),
-    );
+    let agent = healthy_agent(&registry, state.path());
     agent
         .cycle(&mut Fixed(vec![target(&registry, &built.index)]), &Silent)
         .await
@@ -333,18 +307,10 @@ async fn a_failing_hook_in_a_cycle_keeps_the_previous_artifact_current() {
     let work = tempfile::tempdir().unwrap();
     let registry = TlsRegistry::start().unwrap();
     let v1 = publish(&registry, work.path(), 16 * 1024);
-    let v2 = SampleImage::multi_arch(&["linux/amd64"], 16 * 1024, 9 * 1024)
-        .unwrap()
-        .write_layout(&work.path().join("v2"), "v2")
-        .unwrap();
-    registry.push(&v2.dir, "v2", REPO).unwrap();
+    let v2 = SampleImage::multi_arch(&["linux/amd64"], 16 * 1024, 9 * 1024).unwrap();
+    let v2 = registry.push_image(&v2, work.path(), "v2", REPO).unwrap();
     let state = tempfile::tempdir().unwrap();
-    let mut agent = agent(
-        &registry,
-        state.path(),
-        &registry.base_url(),
-        Duration::from_secs(30),
-    );
+    let mut agent = healthy_agent(&registry, state.path());
     agent
         .cycle(&mut Fixed(vec![target(&registry, &v1.index)]), &Silent)
         .await

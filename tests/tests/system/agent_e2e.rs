@@ -10,69 +10,18 @@
 )]
 
 use meshanics_agent::client::Client;
-use meshanics_agent::metadata::{FacadeFetch, MetadataSource};
-use meshanics_agent::progress::Silent;
-use meshanics_agent::service::{Agent, CycleOutcome};
-use meshanics_agent::store::StoreOptions;
-use meshanics_agent::{Error, status};
+use meshanics_agent::metadata::FacadeFetch;
+use meshanics_agent::service::CycleOutcome;
+use meshanics_agent::status;
 use meshanics_shared::metadata::{TrustedSet, UnixTime, Updater};
 use meshanics_shared::{Descriptor, Digest};
 use meshanics_tests::agent_device::AgentDevice;
-use meshanics_tests::facade::{FacadeFixture, FacadeOptions, UpstreamEntry};
-use meshanics_tests::oci_layout::{BuiltImage, SampleImage};
-use meshanics_tests::registry::{Options, RegistryServer};
-use meshanics_tests::release::{self, Release};
+use meshanics_tests::oci_layout::BuiltImage;
 use meshanics_tests::skopeo;
+use meshanics_tests::update_chain::UpdateChain;
 
-const REPO: &str = "team/app";
-
-struct Setup {
-    work: tempfile::TempDir,
-    registry: RegistryServer,
-    facade: FacadeFixture,
-    release: Release,
-}
-
-fn setup() -> Setup {
-    let registry = RegistryServer::start(&Options::default()).unwrap();
-    let facade = FacadeFixture::start(&FacadeOptions {
-        upstreams: vec![UpstreamEntry::anonymous(&registry.host())],
-        ..FacadeOptions::default()
-    })
-    .unwrap();
-    let release = Release::init(&facade.metadata_dir()).unwrap();
-    Setup {
-        work: tempfile::tempdir().unwrap(),
-        registry,
-        facade,
-        release,
-    }
-}
-
-impl Setup {
-    fn push(&self, tag: &str, platforms: &[&str], shared: usize, own: usize) -> BuiltImage {
-        let built = SampleImage::multi_arch(platforms, shared, own)
-            .unwrap()
-            .write_layout(&self.work.path().join(tag), tag)
-            .unwrap();
-        skopeo::push_layout(&built.dir, tag, &self.registry.host(), REPO).unwrap();
-        built
-    }
-
-    fn upstream(&self) -> String {
-        format!("{}/{REPO}", self.registry.host())
-    }
-
-    fn device(&self, class: &str, platform: &str) -> AgentDevice {
-        AgentDevice::new(&self.facade, self.release.anchor(), class, platform).unwrap()
-    }
-
-    /// One update cycle of `device`, as `sync --once` runs it.
-    fn sync(&self, device: &AgentDevice) -> Result<CycleOutcome, Error> {
-        let (agent, _) = Agent::from_config(&device.config, StoreOptions::default())?;
-        let mut source = MetadataSource::from_config(&device.config)?;
-        self.facade.block_on(agent.cycle(&mut source, &Silent))
-    }
+fn setup() -> UpdateChain {
+    UpdateChain::start().unwrap()
 }
 
 fn inspect(device: &AgentDevice) -> serde_json::Value {
@@ -108,13 +57,11 @@ fn assert_layout_equals_source(device: &AgentDevice, built: &BuiltImage, manifes
 #[test]
 fn a_signed_release_is_pulled_through_the_facade_and_applied_as_a_layout_skopeo_reads() {
     let mut s = setup();
-    let built = s.push("v1", &["linux/amd64", "linux/arm64"], 128 * 1024, 32 * 1024);
-    s.release
-        .publish(vec![
-            release::entry("app", &s.upstream(), &built.index, Some("gateway")).unwrap(),
-        ])
+    let built = s
+        .push("v1", &["linux/amd64", "linux/arm64"], 128 * 1024, 32 * 1024)
         .unwrap();
-    let device = s.device("gateway", "linux/amd64");
+    s.publish(&built, Some("gateway")).unwrap();
+    let device = s.device("gateway", "linux/amd64").unwrap();
 
     let outcome = s.sync(&device).unwrap();
 
@@ -152,15 +99,19 @@ fn a_signed_release_is_pulled_through_the_facade_and_applied_as_a_layout_skopeo_
 #[test]
 fn an_arm64_device_of_its_class_gets_the_arm64_manifest_of_a_multi_arch_index() {
     let mut s = setup();
-    let app = s.push("v1", &["linux/amd64", "linux/arm64"], 96 * 1024, 24 * 1024);
-    let camera = s.push("cam", &["linux/arm64"], 16 * 1024, 8 * 1024);
+    let app = s
+        .push("v1", &["linux/amd64", "linux/arm64"], 96 * 1024, 24 * 1024)
+        .unwrap();
+    let camera = s
+        .push("cam", &["linux/arm64"], 16 * 1024, 8 * 1024)
+        .unwrap();
     s.release
         .publish(vec![
-            release::entry("camera-app", &s.upstream(), &camera.index, Some("camera")).unwrap(),
-            release::entry("app", &s.upstream(), &app.index, Some("gateway")).unwrap(),
+            s.entry("camera-app", &camera, Some("camera")).unwrap(),
+            s.entry("app", &app, Some("gateway")).unwrap(),
         ])
         .unwrap();
-    let device = s.device("gateway", "linux/arm64");
+    let device = s.device("gateway", "linux/arm64").unwrap();
 
     let outcome = s.sync(&device).unwrap();
 
@@ -178,35 +129,26 @@ fn an_arm64_device_of_its_class_gets_the_arm64_manifest_of_a_multi_arch_index() 
 #[test]
 fn a_second_release_sharing_a_layer_fetches_only_the_new_blobs() {
     let mut s = setup();
-    let v1 = s.push("v1", &["linux/amd64"], 256 * 1024, 64 * 1024);
-    let v2 = s.push("v2", &["linux/amd64"], 256 * 1024, 80 * 1024);
+    let v1 = s
+        .push("v1", &["linux/amd64"], 256 * 1024, 64 * 1024)
+        .unwrap();
+    let v2 = s
+        .push("v2", &["linux/amd64"], 256 * 1024, 80 * 1024)
+        .unwrap();
     let shared = &v1.blobs[0][1];
     assert_eq!(shared, &v2.blobs[0][1], "the fixtures share the base layer");
-    s.release
-        .publish(vec![
-            release::entry("app", &s.upstream(), &v1.index, None).unwrap(),
-        ])
-        .unwrap();
-    let device = s.device("gateway", "linux/amd64");
+    s.publish(&v1, None).unwrap();
+    let device = s.device("gateway", "linux/amd64").unwrap();
     let first = s.sync(&device).unwrap();
     assert!(
         matches!(first, CycleOutcome::Applied { received_bytes, .. } if received_bytes == v1.all_blobs.values().sum::<u64>()),
         "{first:?}"
     );
 
-    s.release
-        .publish(vec![
-            release::entry("app", &s.upstream(), &v2.index, None).unwrap(),
-        ])
-        .unwrap();
+    s.publish(&v2, None).unwrap();
     let second = s.sync(&device).unwrap();
 
-    let new_bytes: u64 = v2
-        .all_blobs
-        .iter()
-        .filter(|(digest, _)| !v1.all_blobs.contains_key(*digest))
-        .map(|(_, size)| size)
-        .sum();
+    let new_bytes = v2.bytes_not_in(&v1);
     assert_eq!(new_bytes, v2.all_blobs.values().sum::<u64>() - shared.size);
     assert!(
         matches!(second, CycleOutcome::Applied { received_bytes, .. } if received_bytes == new_bytes),
@@ -226,10 +168,12 @@ fn a_second_release_sharing_a_layer_fetches_only_the_new_blobs() {
 #[test]
 fn the_workflow_over_the_facade_fetches_a_target_manifest_by_digest_and_verifies_it() {
     let mut s = setup();
-    let built = s.push("v1", &["linux/amd64", "linux/arm64"], 16 * 1024, 8 * 1024);
-    let entry = release::entry("app", &s.upstream(), &built.index, None).unwrap();
+    let built = s
+        .push("v1", &["linux/amd64", "linux/arm64"], 16 * 1024, 8 * 1024)
+        .unwrap();
+    let entry = s.entry("app", &built, None).unwrap();
     s.release.publish(vec![entry.clone()]).unwrap();
-    let device = s.device("gateway", "linux/amd64");
+    let device = s.device("gateway", "linux/amd64").unwrap();
     let client = Client::from_config(&device.config).unwrap();
     let mut updater = Updater::new(TrustedSet::from_anchor(s.release.anchor()).unwrap());
     let mut fetch = FacadeFetch::new(&client);

@@ -10,59 +10,32 @@
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use meshanics_shared::metadata::UnixTime;
 use meshanics_tests::agent_device::AgentDevice;
 use meshanics_tests::binaries;
-use meshanics_tests::facade::{FacadeFixture, FacadeOptions, UpstreamEntry};
-use meshanics_tests::oci_layout::{BuiltImage, SampleImage};
-use meshanics_tests::registry::{Options, RegistryServer};
-use meshanics_tests::release::{self, Release};
+use meshanics_tests::oci_layout::BuiltImage;
 use meshanics_tests::skopeo;
-
-const DAY: Duration = Duration::from_secs(86_400);
+use meshanics_tests::update_chain::UpdateChain;
 
 struct Setup {
-    _work: tempfile::TempDir,
-    _registry: RegistryServer,
-    facade: FacadeFixture,
-    release: Release,
+    chain: UpdateChain,
     built: BuiltImage,
 }
 
 /// A two-platform image in the registry and a release of it signed for class `gateway`.
 fn setup() -> Setup {
-    let work = tempfile::tempdir().unwrap();
-    let registry = RegistryServer::start(&Options::default()).unwrap();
-    let facade = FacadeFixture::start(&FacadeOptions {
-        upstreams: vec![UpstreamEntry::anonymous(&registry.host())],
-        ..FacadeOptions::default()
-    })
-    .unwrap();
-    let built = SampleImage::multi_arch(&["linux/amd64", "linux/arm64"], 64 * 1024, 16 * 1024)
-        .unwrap()
-        .write_layout(&work.path().join("v1"), "v1")
+    let mut chain = UpdateChain::start().unwrap();
+    let built = chain
+        .push("v1", &["linux/amd64", "linux/arm64"], 64 * 1024, 16 * 1024)
         .unwrap();
-    skopeo::push_layout(&built.dir, "v1", &registry.host(), "team/app").unwrap();
-    let mut release = Release::init(&facade.metadata_dir()).unwrap();
-    let upstream = format!("{}/team/app", registry.host());
-    release
-        .publish(vec![
-            release::entry("app", &upstream, &built.index, Some("gateway")).unwrap(),
-        ])
-        .unwrap();
-    Setup {
-        _work: work,
-        _registry: registry,
-        facade,
-        release,
-        built,
-    }
+    chain.publish(&built, Some("gateway")).unwrap();
+    Setup { chain, built }
 }
 
+/// `meshanics-agent --config <device> ARGS`, run to its end, without the caller's RUST_LOG.
 fn agent(device: &AgentDevice, args: &[&str]) -> Output {
-    binaries::command(env!("CARGO_BIN_EXE_meshanics-agent"))
-        .arg("--config")
-        .arg(device.config_path())
+    device
+        .command()
+        .unwrap()
         .args(args)
         .env_remove("RUST_LOG")
         .output()
@@ -76,7 +49,7 @@ fn text(bytes: &[u8]) -> String {
 #[test]
 fn sync_once_applies_the_signed_release_and_status_reports_the_trusted_versions() {
     let s = setup();
-    let device = AgentDevice::new(&s.facade, s.release.anchor(), "gateway", "linux/arm64").unwrap();
+    let device = s.chain.device("gateway", "linux/arm64").unwrap();
 
     let out = agent(&device, &["sync", "--once"]);
 
@@ -120,14 +93,8 @@ fn sync_once_applies_the_signed_release_and_status_reports_the_trusted_versions(
 #[test]
 fn sync_once_with_an_expired_timestamp_fails_and_status_says_why() {
     let mut s = setup();
-    let now = UnixTime::now().as_secs();
-    s.release
-        .timestamp(
-            UnixTime::from_secs(now - 2 * DAY.as_secs()),
-            UnixTime::from_secs(now - DAY.as_secs()),
-        )
-        .unwrap();
-    let device = AgentDevice::new(&s.facade, s.release.anchor(), "gateway", "linux/amd64").unwrap();
+    s.chain.release.stale_timestamp().unwrap();
+    let device = s.chain.device("gateway", "linux/amd64").unwrap();
 
     let out = agent(&device, &["sync", "--once"]);
 
@@ -152,10 +119,12 @@ fn sync_once_with_an_expired_timestamp_fails_and_status_says_why() {
 #[test]
 fn sync_without_once_is_a_usage_error() {
     // Arguments are checked before the configuration is read.
-    let out = binaries::command(env!("CARGO_BIN_EXE_meshanics-agent"))
-        .args(["--config", "/nonexistent/agent.toml", "sync"])
-        .output()
-        .unwrap();
+    let out = binaries::command(
+        binaries::workspace_binary("meshanics-agent", "meshanics-agent").unwrap(),
+    )
+    .args(["--config", "/nonexistent/agent.toml", "sync"])
+    .output()
+    .unwrap();
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
     assert!(
         text(&out.stderr).contains("--once"),
@@ -167,10 +136,10 @@ fn sync_without_once_is_a_usage_error() {
 #[test]
 fn run_applies_the_signed_release_and_stops_cleanly_on_sigterm() {
     let s = setup();
-    let device = AgentDevice::new(&s.facade, s.release.anchor(), "gateway", "linux/amd64").unwrap();
-    let mut child = binaries::command(env!("CARGO_BIN_EXE_meshanics-agent"))
-        .arg("--config")
-        .arg(device.config_path())
+    let device = s.chain.device("gateway", "linux/amd64").unwrap();
+    let mut child = device
+        .command()
+        .unwrap()
         .arg("run")
         .env_remove("RUST_LOG")
         .env_remove("NOTIFY_SOCKET")

@@ -10,7 +10,9 @@
 use std::fs;
 
 use meshanics_shared::Digest;
-use meshanics_tests::facade::{FacadeFixture, FacadeOptions, UpstreamEntry, Who};
+use meshanics_tests::facade::{
+    FacadeFixture, FacadeOptions, UpstreamEntry, Who, device_repository,
+};
 use meshanics_tests::oci_layout::{BuiltImage, SampleImage};
 use meshanics_tests::registry::{Options, RegistryServer};
 use meshanics_tests::skopeo;
@@ -48,20 +50,12 @@ fn setup() -> Setup {
 }
 
 fn upstream_path(s: &Setup) -> String {
-    format!("{}/team/app", s.registry.host().replace(':', "_"))
+    device_repository(&s.registry.host(), "team/app")
 }
 
 fn pull(s: &Setup, who: Who, digest: &Digest) -> Result<String, meshanics_tests::FixtureError> {
-    let cert_dir = s.facade.cert_dir(who).unwrap();
-    skopeo::run(&[
-        "copy",
-        "--all",
-        "--preserve-digests",
-        "--src-cert-dir",
-        cert_dir.to_str().unwrap(),
-        &format!("docker://{}/{}@{digest}", s.facade.host(), upstream_path(s)),
-        &format!("oci:{}:pulled", s.out.display()),
-    ])
+    s.facade
+        .skopeo_pull(who, &upstream_path(s), digest.as_str(), &s.out)
 }
 
 #[test]

@@ -6,6 +6,10 @@
 //! have lost that was never fsynced: ingest files cut to a random length (sometimes with a
 //! zeroed tail, as unwritten blocks read back), a blob rename or a link switch undone.
 //!
+//! Its own test binary: it runs only with the `failpoints` feature (`cargo test -p
+//! meshanics-tests --features failpoints --test power_loss`), and builds the agent binary with
+//! that feature, which the other tests must not run.
+//!
 //! `abort()` itself loses nothing the kernel holds (the page cache survives it), so the
 //! emulation of lost writes is this test's, not the kernel's: it covers what the agent's
 //! fsync discipline promises, not a file system's own behaviour (sled's log included).
@@ -28,10 +32,13 @@ use std::process::{Command, Output};
 
 use meshanics_agent::failpoint::POINTS;
 use meshanics_shared::Digest;
+use meshanics_tests::binaries::workspace_binary_with;
 use meshanics_tests::oci_layout::{BuiltImage, SampleImage};
 use meshanics_tests::tls_registry::TlsRegistry;
 
 struct Rig {
+    /// The agent binary built with its crash points.
+    agent: PathBuf,
     work: tempfile::TempDir,
     registry: TlsRegistry,
     old: BuiltImage,
@@ -44,18 +51,18 @@ impl Rig {
     fn start() -> Rig {
         let work = tempfile::tempdir().unwrap();
         let registry = TlsRegistry::start().unwrap();
-        let old = SampleImage::multi_arch(&["linux/amd64"], 128 * 1024, 64 * 1024)
-            .unwrap()
-            .write_layout(&work.path().join("old"), "old")
+        let old = SampleImage::multi_arch(&["linux/amd64"], 128 * 1024, 64 * 1024).unwrap();
+        let old = registry
+            .push_image(&old, work.path(), "old", "team/app")
             .unwrap();
         // Other sizes, so other content: every blob of the new release is new.
-        let new = SampleImage::multi_arch(&["linux/amd64"], 1024 * 1024, 768 * 1024)
-            .unwrap()
-            .write_layout(&work.path().join("new"), "new")
+        let new = SampleImage::multi_arch(&["linux/amd64"], 1024 * 1024, 768 * 1024).unwrap();
+        let new = registry
+            .push_image(&new, work.path(), "new", "team/app")
             .unwrap();
-        registry.push(&old.dir, "old", "team/app").unwrap();
-        registry.push(&new.dir, "new", "team/app").unwrap();
         Rig {
+            agent: workspace_binary_with("meshanics-agent", "meshanics-agent", &["failpoints"])
+                .unwrap(),
             work,
             registry,
             old,
@@ -67,34 +74,8 @@ impl Rig {
     fn device(&self, name: &str) -> PathBuf {
         let state = self.work.path().join(name);
         let config = self.work.path().join(format!("{name}.toml"));
-        std::fs::write(
-            &config,
-            format!(
-                r#"
-[facade]
-url = "{url}"
-ca = "{ca}"
-[device]
-certificate = "{cert}"
-key = "{key}"
-class = "test-rig"
-platform = "linux/amd64"
-[trust]
-anchor = "{ca}"
-[agent]
-state_dir = "{state}"
-concurrency = 2
-[network]
-attempts = 2
-"#,
-                url = self.registry.base_url(),
-                ca = self.registry.ca.display(),
-                cert = self.registry.device_cert.display(),
-                key = self.registry.device_key.display(),
-                state = state.display(),
-            ),
-        )
-        .unwrap();
+        let url = self.registry.base_url();
+        std::fs::write(&config, self.registry.agent_config(&url, &state, "", 2)).unwrap();
         let out = self.pull(&config, &self.old, None);
         assert!(
             out.status.success(),
@@ -105,7 +86,7 @@ attempts = 2
     }
 
     fn pull(&self, config: &Path, image: &BuiltImage, failpoint: Option<&str>) -> Output {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_meshanics-agent"));
+        let mut command = Command::new(&self.agent);
         command
             .arg("--config")
             .arg(config)
@@ -124,7 +105,7 @@ attempts = 2
     }
 
     fn fsck_is_clean(&self, config: &Path) -> Result<(), String> {
-        let out = Command::new(env!("CARGO_BIN_EXE_meshanics-agent"))
+        let out = Command::new(&self.agent)
             .arg("--config")
             .arg(config)
             .args(["fsck", "--json"])

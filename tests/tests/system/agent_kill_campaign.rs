@@ -20,31 +20,22 @@
 )]
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use meshanics_shared::{Digest, Platform};
 use meshanics_tests::agent_device::AgentDevice;
-use meshanics_tests::binaries::workspace_binary;
-use meshanics_tests::facade::{FacadeFixture, FacadeOptions, UpstreamEntry};
 use meshanics_tests::facade_process::metric_value;
 use meshanics_tests::oci_layout::{BuiltImage, Layer, LayerFile, SampleImage, pseudo_random};
-use meshanics_tests::registry::{Options, RegistryServer};
-use meshanics_tests::release::{self, Release};
-use meshanics_tests::skopeo;
+use meshanics_tests::update_chain::UpdateChain;
 
-const REPO: &str = "team/app";
 /// Each release: two layers of this many bytes, of content no other release shares.
 const LAYER_BYTES: usize = 4 * 1024 * 1024;
 
 struct Campaign {
-    work: tempfile::TempDir,
-    registry: RegistryServer,
-    facade: FacadeFixture,
-    release: Release,
+    chain: UpdateChain,
     device: AgentDevice,
-    agent: PathBuf,
     releases: Vec<BuiltImage>,
 }
 
@@ -66,14 +57,9 @@ enum Phase {
 // === impl Campaign ===
 
 impl Campaign {
-    fn start(work: tempfile::TempDir) -> Campaign {
-        let registry = RegistryServer::start(&Options::default()).unwrap();
-        let facade = FacadeFixture::start(&FacadeOptions {
-            upstreams: vec![UpstreamEntry::anonymous(&registry.host())],
-            ..FacadeOptions::default()
-        })
-        .unwrap();
-        let release = Release::init(&facade.metadata_dir()).unwrap();
+    fn start() -> Campaign {
+        let chain = UpdateChain::start().unwrap();
+        let work = &chain.work;
         let hook = work.path().join("hook.sh");
         // The hook sleeps so that kills land in it; it records that it began and that it
         // finished, per manifest. A hook whose agent was killed meanwhile (an orphan: its
@@ -92,8 +78,8 @@ impl Campaign {
         use std::os::unix::fs::PermissionsExt as _;
         std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
         let device = AgentDevice::with_settings(
-            &facade,
-            release.anchor(),
+            &chain.facade,
+            chain.release.anchor(),
             "gateway",
             "linux/amd64",
             &format!(
@@ -104,12 +90,8 @@ impl Campaign {
         )
         .unwrap();
         Campaign {
-            work,
-            registry,
-            facade,
-            release,
+            chain,
             device,
-            agent: workspace_binary("meshanics-agent", "meshanics-agent").unwrap(),
             releases: Vec::new(),
         }
     }
@@ -133,17 +115,13 @@ impl Campaign {
             )],
         };
         let tag = format!("r{n}");
-        let built = image
-            .write_layout(&self.work.path().join(&tag), &tag)
-            .unwrap();
-        skopeo::push_layout(&built.dir, &tag, &self.registry.host(), REPO).unwrap();
-        let upstream = format!("{}/{REPO}", self.registry.host());
-        self.release
-            .publish(vec![
-                release::entry("app", &upstream, &built.index, None).unwrap(),
-            ])
-            .unwrap();
+        let built = self.chain.push_image(&tag, &image).unwrap();
+        self.chain.publish(&built, None).unwrap();
         self.releases.push(built);
+    }
+
+    fn work(&self) -> &Path {
+        self.chain.work.path()
     }
 
     fn newest(&self) -> &BuiltImage {
@@ -151,10 +129,10 @@ impl Campaign {
     }
 
     fn spawn_sync(&self) -> std::process::Child {
-        let log = std::fs::File::create(self.work.path().join("agent.log")).unwrap();
-        Command::new(&self.agent)
-            .arg("--config")
-            .arg(self.device.config_path())
+        let log = std::fs::File::create(self.work().join("agent.log")).unwrap();
+        self.device
+            .command()
+            .unwrap()
             .args(["sync", "--once"])
             .stdout(Stdio::null())
             .stderr(log)
@@ -163,15 +141,15 @@ impl Campaign {
     }
 
     fn agent_log(&self) -> String {
-        std::fs::read_to_string(self.work.path().join("agent.log")).unwrap_or_default()
+        std::fs::read_to_string(self.work().join("agent.log")).unwrap_or_default()
     }
 
     fn streamed(&self) -> i64 {
-        metric_value(&self.facade.metrics(), "facade_bytes_streamed_total").unwrap()
+        metric_value(&self.chain.facade.metrics(), "facade_bytes_streamed_total").unwrap()
     }
 
     fn hook_lines(&self, file: &str) -> Vec<String> {
-        std::fs::read_to_string(self.work.path().join(file))
+        std::fs::read_to_string(self.work().join(file))
             .unwrap_or_default()
             .lines()
             .map(str::to_owned)
@@ -215,9 +193,10 @@ impl Campaign {
 
     /// `fsck` is clean without repair.
     fn assert_fsck_clean(&self, when: &str) {
-        let out = Command::new(&self.agent)
-            .arg("--config")
-            .arg(self.device.config_path())
+        let out = self
+            .device
+            .command()
+            .unwrap()
             .args(["fsck", "--json"])
             .output()
             .unwrap();
@@ -292,7 +271,7 @@ fn sigkills_at_random_moments_of_sync_never_leave_a_mixed_or_unverified_state() 
     let seed = env_number("MESHANICS_FAULT_SEED", fastrand::u64(..));
     println!("agent kill campaign: {kills_wanted} kills, seed {seed}");
     let mut rng = fastrand::Rng::with_seed(seed);
-    let mut c = Campaign::start(tempfile::tempdir().unwrap());
+    let mut c = Campaign::start();
 
     // Release 1, applied without faults: the old artifact. Its time sets the kill window.
     c.publish_next();
@@ -334,12 +313,7 @@ fn sigkills_at_random_moments_of_sync_never_leave_a_mixed_or_unverified_state() 
                 c.assert_fsck_clean(&when);
                 assert_eq!(c.assert_pointers(&[newest], &when), Some(newest));
                 // Keeps the cache (and each fsck) to the current and previous releases.
-                let gc = Command::new(&c.agent)
-                    .arg("--config")
-                    .arg(c.device.config_path())
-                    .arg("gc")
-                    .output()
-                    .unwrap();
+                let gc = c.device.command().unwrap().arg("gc").output().unwrap();
                 assert!(
                     gc.status.success(),
                     "{}",

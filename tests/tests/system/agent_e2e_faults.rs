@@ -16,93 +16,88 @@ use meshanics_agent::progress::Silent;
 use meshanics_agent::service::{Agent, CycleOutcome};
 use meshanics_agent::store::{Pointers, StoreOptions};
 use meshanics_agent::{Error, status};
-use meshanics_shared::Digest;
-use meshanics_shared::metadata::{MetadataError, UnixTime};
+use meshanics_shared::metadata::MetadataError;
 use meshanics_tests::agent_device::AgentDevice;
-use meshanics_tests::facade::{FacadeFixture, FacadeOptions, UpstreamEntry};
-use meshanics_tests::oci_layout::{BuiltImage, SampleImage};
-use meshanics_tests::registry::{Options, RegistryServer};
-use meshanics_tests::release::{self, Release};
+use meshanics_tests::oci_layout::BuiltImage;
 use meshanics_tests::skopeo;
+use meshanics_tests::update_chain::UpdateChain;
 
-const REPO: &str = "team/app";
-const DAY: Duration = Duration::from_secs(86_400);
-
-struct Setup {
-    work: tempfile::TempDir,
-    registry: RegistryServer,
-    facade: FacadeFixture,
-    release: Release,
+fn setup() -> UpdateChain {
+    UpdateChain::start().unwrap()
 }
 
-fn setup() -> Setup {
-    let registry = RegistryServer::start(&Options::default()).unwrap();
-    let facade = FacadeFixture::start(&FacadeOptions {
-        upstreams: vec![UpstreamEntry::anonymous(&registry.host())],
-        ..FacadeOptions::default()
-    })
-    .unwrap();
-    let release = Release::init(&facade.metadata_dir()).unwrap();
-    Setup {
-        work: tempfile::tempdir().unwrap(),
-        registry,
-        facade,
-        release,
-    }
-}
-
-impl Setup {
-    fn push(&self, tag: &str, own: usize) -> BuiltImage {
-        let built = SampleImage::multi_arch(&["linux/amd64"], 64 * 1024, own)
+/// `status` after a failed cycle: the last result failed with a message holding every one of
+/// `why`, and `current` is still `kept`'s manifest. Returns the status for more checks.
+fn assert_failed_keeping(device: &AgentDevice, why: &[&str], kept: &BuiltImage) -> status::Status {
+    let status = status::read(&device.config).unwrap();
+    let last = status.last_result.clone().unwrap();
+    assert!(!last.ok);
+    assert!(
+        why.iter().all(|w| last.message.contains(w)),
+        "{}",
+        last.message
+    );
+    assert_eq!(
+        status
+            .current
+            .as_ref()
             .unwrap()
-            .write_layout(&self.work.path().join(tag), tag)
-            .unwrap();
-        skopeo::push_layout(&built.dir, tag, &self.registry.host(), REPO).unwrap();
-        built
-    }
+            .manifest_digest
+            .as_ref()
+            .unwrap(),
+        &kept.manifests.first().unwrap().digest
+    );
+    status
+}
 
-    fn publish(&mut self, built: &BuiltImage) {
-        let upstream = format!("{}/{REPO}", self.registry.host());
-        self.release
-            .publish(vec![
-                release::entry("app", &upstream, &built.index, None).unwrap(),
-            ])
-            .unwrap();
-    }
+/// Release 1 applied on a device, release 2 pushed but not yet published.
+struct TwoReleases {
+    s: UpdateChain,
+    device: AgentDevice,
+    v1: BuiltImage,
+    v2: BuiltImage,
+    /// The device's `current` and `previous` with release 1 applied.
+    before: Pointers,
+}
 
-    fn sync(&self, device: &AgentDevice) -> Result<CycleOutcome, Error> {
-        let (agent, _) = Agent::from_config(&device.config, StoreOptions::default())?;
-        let mut source = MetadataSource::from_config(&device.config)?;
-        self.facade.block_on(agent.cycle(&mut source, &Silent))
+fn v1_applied() -> TwoReleases {
+    let mut s = setup();
+    let v1 = push(&s, "v1", 16 * 1024);
+    let v2 = push(&s, "v2", 24 * 1024);
+    s.publish(&v1, None).unwrap();
+    let device = s.device("gateway", "linux/amd64").unwrap();
+    s.sync(&device).unwrap();
+    let before = Pointers::read_in(device.state_dir()).unwrap();
+    TwoReleases {
+        s,
+        device,
+        v1,
+        v2,
+        before,
     }
+}
 
-    fn blob_data_path(&self, digest: &Digest) -> std::path::PathBuf {
-        let hex = digest.hex();
-        self.registry
-            .dir()
-            .join("data/docker/registry/v2/blobs/sha256")
-            .join(hex.get(..2).unwrap())
-            .join(hex)
-            .join("data")
-    }
+/// One platform, 64 KiB shared with every other release, `own` bytes of its own.
+fn push(s: &UpdateChain, tag: &str, own: usize) -> BuiltImage {
+    s.push(tag, &["linux/amd64"], 64 * 1024, own).unwrap()
 }
 
 #[test]
 fn a_blob_tampered_with_upstream_is_refused_and_current_is_unchanged() {
-    let mut s = setup();
-    let v1 = s.push("v1", 16 * 1024);
-    let v2 = s.push("v2", 24 * 1024);
-    s.publish(&v1);
-    let device = AgentDevice::new(&s.facade, s.release.anchor(), "gateway", "linux/amd64").unwrap();
-    s.sync(&device).unwrap();
-    let before = Pointers::read_in(device.state_dir()).unwrap();
+    let TwoReleases {
+        mut s,
+        device,
+        v1,
+        v2,
+        before,
+    } = v1_applied();
     assert!(before.current.is_some());
     let evil = &v2.blobs[0][2];
-    let stored = s.blob_data_path(&evil.digest);
+    let stored = s.registry.blob_data_path(&evil.digest);
     let mut bytes = std::fs::read(&stored).unwrap();
     bytes[1000] ^= 0xff;
     std::fs::write(&stored, &bytes).unwrap();
-    s.publish(&v2);
+    s.publish(&v2, None).unwrap();
 
     let err = s.sync(&device).unwrap_err();
 
@@ -113,31 +108,21 @@ fn a_blob_tampered_with_upstream_is_refused_and_current_is_unchanged() {
         .join("cache/blobs/sha256")
         .join(evil.digest.hex());
     assert!(!blob.exists(), "a tampered blob entered the cache");
-    let status = status::read(&device.config).unwrap();
-    let last = status.last_result.unwrap();
-    assert!(!last.ok);
-    assert!(last.message.contains(evil.digest.hex()), "{}", last.message);
-    assert_eq!(
-        status.current.unwrap().manifest_digest.unwrap(),
-        v1.manifests[0].digest
-    );
+    assert_failed_keeping(&device, &[evil.digest.hex()], &v1);
 }
 
 #[test]
 fn an_expired_timestamp_applies_nothing_and_status_says_why() {
-    let mut s = setup();
-    let v1 = s.push("v1", 16 * 1024);
-    let v2 = s.push("v2", 24 * 1024);
-    s.publish(&v1);
-    let device = AgentDevice::new(&s.facade, s.release.anchor(), "gateway", "linux/amd64").unwrap();
-    s.sync(&device).unwrap();
-    let before = Pointers::read_in(device.state_dir()).unwrap();
-    s.publish(&v2);
+    let TwoReleases {
+        mut s,
+        device,
+        v1,
+        v2,
+        before,
+    } = v1_applied();
+    s.publish(&v2, None).unwrap();
     // The operator's timestamp went stale before the device saw the release.
-    let now = UnixTime::now();
-    let two_days_ago = UnixTime::from_secs(now.as_secs() - 2 * DAY.as_secs());
-    let yesterday = UnixTime::from_secs(now.as_secs() - DAY.as_secs());
-    s.release.timestamp(two_days_ago, yesterday).unwrap();
+    s.release.stale_timestamp().unwrap();
 
     let err = s.sync(&device).unwrap_err();
 
@@ -152,34 +137,20 @@ fn an_expired_timestamp_applies_nothing_and_status_says_why() {
         "{err}"
     );
     assert_eq!(Pointers::read_in(device.state_dir()).unwrap(), before);
-    let status = status::read(&device.config).unwrap();
-    let last = status.last_result.unwrap();
-    assert!(!last.ok);
-    assert!(
-        last.message.contains("timestamp") && last.message.contains("expired"),
-        "{}",
-        last.message
-    );
+    let status = assert_failed_keeping(&device, &["timestamp", "expired"], &v1);
     // The stale timestamp was not trusted: the device still holds release 1's.
     let metadata = status.metadata.unwrap();
     assert_eq!(metadata.timestamp.unwrap().version, 1);
     assert_eq!(metadata.targets.unwrap().version, 1);
-    assert_eq!(
-        status.current.unwrap().manifest_digest.unwrap(),
-        v1.manifests[0].digest
-    );
 }
 
 #[test]
 fn a_device_that_never_saw_a_fresh_timestamp_applies_nothing() {
     let mut s = setup();
-    let v1 = s.push("v1", 16 * 1024);
-    s.publish(&v1);
-    let now = UnixTime::now();
-    let two_days_ago = UnixTime::from_secs(now.as_secs() - 2 * DAY.as_secs());
-    let yesterday = UnixTime::from_secs(now.as_secs() - DAY.as_secs());
-    s.release.timestamp(two_days_ago, yesterday).unwrap();
-    let device = AgentDevice::new(&s.facade, s.release.anchor(), "gateway", "linux/amd64").unwrap();
+    let v1 = push(&s, "v1", 16 * 1024);
+    s.publish(&v1, None).unwrap();
+    s.release.stale_timestamp().unwrap();
+    let device = s.device("gateway", "linux/amd64").unwrap();
 
     let err = s.sync(&device).unwrap_err();
 
@@ -212,12 +183,10 @@ fn partial_bytes(device: &AgentDevice) -> u64 {
 #[test]
 fn the_facade_restarted_mid_stream_is_resumed_without_downloading_a_byte_twice() {
     let mut s = setup();
-    let built = SampleImage::multi_arch(&["linux/amd64"], 1536 * 1024, 8 * 1024)
-        .unwrap()
-        .write_layout(&s.work.path().join("v1"), "v1")
+    let built = s
+        .push("v1", &["linux/amd64"], 1536 * 1024, 8 * 1024)
         .unwrap();
-    skopeo::push_layout(&built.dir, "v1", &s.registry.host(), REPO).unwrap();
-    s.publish(&built);
+    s.publish(&built, None).unwrap();
     // Slow enough to be caught mid-stream, with retries enough to outlast the restart. The
     // agent's HTTP/2 window lets the facade send up to 512 KiB of a blob ahead of what is
     // written, so the restart must come while more than that is still to be sent.

@@ -62,44 +62,20 @@ fn progress(state: &Path, digest: &Digest) -> u64 {
 async fn converges_after_twenty_sigkills_mid_download_without_refetching_blobs() {
     let work = tempfile::tempdir().unwrap();
     let registry = TlsRegistry::start().unwrap();
-    let built = SampleImage::multi_arch(&["linux/amd64"], 8 * 1024 * 1024, 8 * 1024 * 1024)
-        .unwrap()
-        .write_layout(&work.path().join("v1"), "v1")
+    let image =
+        SampleImage::multi_arch(&["linux/amd64"], 8 * 1024 * 1024, 8 * 1024 * 1024).unwrap();
+    let built = registry
+        .push_image(&image, work.path(), "v1", "team/app")
         .unwrap();
-    registry.push(&built.dir, "v1", "team/app").unwrap();
-    let upstream = format!("127.0.0.1:{}", registry.registry.port())
-        .parse()
+    let proxy = TcpProxy::start(registry.registry.addr(), Vec::new())
+        .await
         .unwrap();
-    let proxy = TcpProxy::start(upstream, Vec::new()).await.unwrap();
     let state = work.path().join("state");
     let config = work.path().join("agent.toml");
+    let url = format!("https://{}", proxy.addr());
     std::fs::write(
         &config,
-        format!(
-            r#"
-[facade]
-url = "https://127.0.0.1:{port}"
-ca = "{ca}"
-[device]
-certificate = "{cert}"
-key = "{key}"
-class = "test-rig"
-platform = "linux/amd64"
-[trust]
-anchor = "{ca}"
-[agent]
-state_dir = "{state}"
-concurrency = 2
-bandwidth_limit = "4MiB"
-[network]
-attempts = 3
-"#,
-            port = proxy.addr().port(),
-            ca = registry.ca.display(),
-            cert = registry.device_cert.display(),
-            key = registry.device_key.display(),
-            state = state.display(),
-        ),
+        registry.agent_config(&url, &state, "bandwidth_limit = \"4MiB\"", 3),
     )
     .unwrap();
     let digest = built.index.digest.to_string();
@@ -126,12 +102,14 @@ attempts = 3
     let mut on_disk = vec![0u64; blobs.len()];
     let mut kills = 0;
     for _ in 0..KILLS {
-        let mut child = binaries::command(env!("CARGO_BIN_EXE_meshanics-agent"))
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child = binaries::command(
+            binaries::workspace_binary("meshanics-agent", "meshanics-agent").unwrap(),
+        )
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
         tokio::time::sleep(Duration::from_millis(rng.u64(20..300))).await;
         match child.try_wait().unwrap() {
             Some(status) => assert!(status.success(), "the agent failed: {status}"),
@@ -153,10 +131,12 @@ attempts = 3
         }
     }
 
-    let last = binaries::command(env!("CARGO_BIN_EXE_meshanics-agent"))
-        .args(args)
-        .output()
-        .unwrap();
+    let last = binaries::command(
+        binaries::workspace_binary("meshanics-agent", "meshanics-agent").unwrap(),
+    )
+    .args(args)
+    .output()
+    .unwrap();
     assert!(
         last.status.success(),
         "{}",

@@ -18,7 +18,7 @@ use meshanics_agent::client::{Client, ClientOptions};
 use meshanics_agent::progress::Silent;
 use meshanics_agent::pull::{PullTarget, Pulled, Puller};
 use meshanics_agent::store::{FreeSpace, Pointers, Store, StoreOptions};
-use meshanics_shared::{Descriptor, Platform, Repository, VerifyError, tls};
+use meshanics_shared::{Descriptor, Platform, VerifyError, tls};
 use meshanics_tests::oci_layout::{BuiltImage, SampleImage};
 use meshanics_tests::skopeo;
 use meshanics_tests::tcp_proxy::{Fault, TcpProxy};
@@ -47,12 +47,12 @@ impl Device {
     fn with(registry: &TlsRegistry, base: &str, platform: &str, options: StoreOptions) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let (store, _) = Store::open(dir.path(), options).unwrap();
-        let tls = tls::client_config(
-            &registry.ca,
-            Some((&registry.device_cert, &registry.device_key)),
+        let client = Client::new(
+            &base.parse().unwrap(),
+            registry.device_tls().unwrap(),
+            test_options(),
         )
         .unwrap();
-        let client = Client::new(&base.parse().unwrap(), tls, test_options()).unwrap();
         Device {
             dir,
             store,
@@ -97,13 +97,7 @@ fn test_options() -> ClientOptions {
 }
 
 fn target(registry: &TlsRegistry, name: &str, descriptor: &Descriptor) -> PullTarget {
-    PullTarget {
-        name: name.to_owned(),
-        repository: Repository::parse(&registry.facade_repository(REPO)).unwrap(),
-        digest: descriptor.digest.clone(),
-        size: descriptor.size,
-        media_type: descriptor.media_type.clone(),
-    }
+    registry.pull_target(name, REPO, descriptor).unwrap()
 }
 
 fn publish(
@@ -114,12 +108,20 @@ fn publish(
     shared: usize,
     own: usize,
 ) -> BuiltImage {
-    let built = SampleImage::multi_arch(platforms, shared, own)
-        .unwrap()
-        .write_layout(&work.join(tag), tag)
-        .unwrap();
-    registry.push(&built.dir, tag, REPO).unwrap();
-    built
+    let image = SampleImage::multi_arch(platforms, shared, own).unwrap();
+    registry.push_image(&image, work, tag, REPO).unwrap()
+}
+
+/// A registry with release `v1` published: the start of most tests here.
+fn start(
+    platforms: &[&str],
+    shared: usize,
+    own: usize,
+) -> (tempfile::TempDir, TlsRegistry, BuiltImage) {
+    let work = tempfile::tempdir().unwrap();
+    let registry = TlsRegistry::start().unwrap();
+    let built = publish(&registry, work.path(), "v1", platforms, shared, own);
+    (work, registry, built)
 }
 
 /// Asserts every blob the pull names is cached, byte for byte equal to the source.
@@ -130,29 +132,32 @@ fn assert_blobs_equal_source(device: &Device, pulled: &Pulled, built: &BuiltImag
     }
 }
 
-#[tokio::test]
-async fn pulls_an_index_by_digest_and_applies_a_layout_skopeo_accepts() {
-    let work = tempfile::tempdir().unwrap();
-    let registry = TlsRegistry::start().unwrap();
-    let built = publish(
-        &registry,
-        work.path(),
-        "v1",
-        &["linux/amd64", "linux/arm64"],
-        96 * 1024,
-        32 * 1024,
-    );
-    let device = Device::new(&registry, "linux/amd64");
-
+/// A device of `platform` pulls and applies `built`'s index: it gets the manifest of that
+/// platform and its blobs (the image's `nth` platform), each equal to the source.
+async fn assert_applies_platform(
+    registry: &TlsRegistry,
+    built: &BuiltImage,
+    platform: &str,
+    nth: usize,
+) -> Device {
+    let device = Device::new(registry, platform);
     let pulled = device
-        .pull_and_apply(&target(&registry, "app", &built.index))
+        .pull_and_apply(&target(registry, "app", &built.index))
         .await
         .unwrap();
+    let manifest = built.manifest_for(platform).unwrap();
+    assert_eq!(pulled.manifest.digest, manifest.digest);
+    assert_eq!(Some(&pulled.blobs), built.blobs.get(nth));
+    assert_blobs_equal_source(&device, &pulled, built);
+    device
+}
+
+#[tokio::test]
+async fn pulls_an_index_by_digest_and_applies_a_layout_skopeo_accepts() {
+    let (work, registry, built) = start(&["linux/amd64", "linux/arm64"], 96 * 1024, 32 * 1024);
+    let device = assert_applies_platform(&registry, &built, "linux/amd64", 0).await;
 
     let amd64 = built.manifest_for("linux/amd64").unwrap();
-    assert_eq!(pulled.manifest.digest, amd64.digest);
-    assert_eq!(pulled.blobs, built.blobs[0]);
-    assert_blobs_equal_source(&device, &pulled, &built);
     let inspected: serde_json::Value = serde_json::from_str(
         &skopeo::run(&["inspect", &format!("oci:{}", device.current().display())]).unwrap(),
     )
@@ -173,27 +178,13 @@ async fn pulls_an_index_by_digest_and_applies_a_layout_skopeo_accepts() {
 
 #[tokio::test]
 async fn an_arm64_device_gets_the_arm64_manifest_of_a_multi_arch_index() {
-    let work = tempfile::tempdir().unwrap();
-    let registry = TlsRegistry::start().unwrap();
-    let built = publish(
-        &registry,
-        work.path(),
-        "v1",
+    let (_work, registry, built) = start(
         &["linux/amd64", "linux/arm64", "linux/arm/v7"],
         32 * 1024,
         8 * 1024,
     );
-    let device = Device::new(&registry, "linux/arm64");
+    let device = assert_applies_platform(&registry, &built, "linux/arm64", 1).await;
 
-    let pulled = device
-        .pull_and_apply(&target(&registry, "app", &built.index))
-        .await
-        .unwrap();
-
-    let arm64 = built.manifest_for("linux/arm64").unwrap();
-    assert_eq!(pulled.manifest.digest, arm64.digest);
-    assert_eq!(pulled.blobs, built.blobs[1]);
-    assert_blobs_equal_source(&device, &pulled, &built);
     let amd64_layer = &built.blobs[0][2].digest;
     assert!(
         !device.store.blob_path(amd64_layer).exists(),
@@ -251,12 +242,7 @@ async fn a_second_release_sharing_layers_fetches_only_the_new_blobs() {
         .await
         .unwrap();
 
-    let new_bytes: u64 = v2
-        .all_blobs
-        .iter()
-        .filter(|(digest, _)| !v1.all_blobs.contains_key(*digest))
-        .map(|(_, size)| size)
-        .sum();
+    let new_bytes = v2.bytes_not_in(&v1);
     assert_eq!(new_bytes, v2.all_blobs.values().sum::<u64>() - shared.size);
     assert_eq!(second.received_bytes, new_bytes);
     assert_eq!(device.client.downloaded_bytes() - before, new_bytes);
@@ -274,16 +260,7 @@ async fn a_second_release_sharing_layers_fetches_only_the_new_blobs() {
 
 #[tokio::test]
 async fn a_pre_seeded_partial_download_is_resumed_with_range() {
-    let work = tempfile::tempdir().unwrap();
-    let registry = TlsRegistry::start().unwrap();
-    let built = publish(
-        &registry,
-        work.path(),
-        "v1",
-        &["linux/amd64"],
-        512 * 1024,
-        16 * 1024,
-    );
+    let (_work, registry, built) = start(&["linux/amd64"], 512 * 1024, 16 * 1024);
     let device = Device::new(&registry, "linux/amd64");
     let layer = &built.blobs[0][1];
     let bytes = built.blob(&layer.digest).unwrap();
@@ -303,16 +280,7 @@ async fn a_pre_seeded_partial_download_is_resumed_with_range() {
 
 #[tokio::test]
 async fn a_partial_download_that_is_not_a_prefix_is_fetched_again_from_zero() {
-    let work = tempfile::tempdir().unwrap();
-    let registry = TlsRegistry::start().unwrap();
-    let built = publish(
-        &registry,
-        work.path(),
-        "v1",
-        &["linux/amd64"],
-        128 * 1024,
-        16 * 1024,
-    );
+    let (_work, registry, built) = start(&["linux/amd64"], 128 * 1024, 16 * 1024);
     let device = Device::new(&registry, "linux/amd64");
     let layer = &built.blobs[0][1];
     std::fs::write(device.store.ingest_path(&layer.digest), vec![0xAA; 1000]).unwrap();
@@ -327,28 +295,14 @@ async fn a_partial_download_that_is_not_a_prefix_is_fetched_again_from_zero() {
     assert_blobs_equal_source(&device, &pulled, &built);
 }
 
-#[tokio::test]
-async fn a_connection_cut_mid_blob_resumes_where_it_stopped() {
-    let work = tempfile::tempdir().unwrap();
-    let registry = TlsRegistry::start().unwrap();
-    let built = publish(
-        &registry,
-        work.path(),
-        "v1",
-        &["linux/amd64"],
-        2 * 1024 * 1024,
-        16 * 1024,
-    );
-    let upstream = format!("127.0.0.1:{}", registry.registry.port())
-        .parse()
+/// Pulls `v1` (a base layer of `layer` bytes) through a proxy applying `faults`: over at least
+/// `connections` connections, and every byte received was kept (nothing downloaded twice).
+async fn assert_pull_resumes_through(faults: Vec<Fault>, layer: usize, connections: usize) {
+    let (_work, registry, built) = start(&["linux/amd64"], layer, 16 * 1024);
+    let proxy = TcpProxy::start(registry.registry.addr(), faults)
+        .await
         .unwrap();
-    let proxy = TcpProxy::start(
-        upstream,
-        vec![Fault::CutAfter(600 * 1024), Fault::CutAfter(1200 * 1024)],
-    )
-    .await
-    .unwrap();
-    let base = format!("https://127.0.0.1:{}", proxy.addr().port());
+    let base = format!("https://{}", proxy.addr());
     let device = Device::with(&registry, &base, "linux/amd64", StoreOptions::default());
 
     let pulled = device
@@ -357,50 +311,25 @@ async fn a_connection_cut_mid_blob_resumes_where_it_stopped() {
         .unwrap();
 
     assert!(
-        proxy.connections() >= 3,
+        proxy.connections() >= connections,
         "{} connections",
         proxy.connections()
     );
-    // Every byte received was kept: nothing was downloaded twice.
     assert_eq!(pulled.received_bytes, built.all_blobs.values().sum::<u64>());
     assert_blobs_equal_source(&device, &pulled, &built);
 }
 
 #[tokio::test]
+async fn a_connection_cut_mid_blob_resumes_where_it_stopped() {
+    let cuts = vec![Fault::CutAfter(600 * 1024), Fault::CutAfter(1200 * 1024)];
+    assert_pull_resumes_through(cuts, 2 * 1024 * 1024, 3).await;
+}
+
+#[tokio::test]
 async fn a_stalled_transfer_is_cut_and_resumed() {
-    let work = tempfile::tempdir().unwrap();
-    let registry = TlsRegistry::start().unwrap();
-    let built = publish(
-        &registry,
-        work.path(),
-        "v1",
-        &["linux/amd64"],
-        1024 * 1024,
-        16 * 1024,
-    );
-    let upstream = format!("127.0.0.1:{}", registry.registry.port())
-        .parse()
-        .unwrap();
-    let proxy = TcpProxy::start(upstream, vec![Fault::StallAfter(300 * 1024)])
-        .await
-        .unwrap();
-    let base = format!("https://127.0.0.1:{}", proxy.addr().port());
-    let device = Device::with(&registry, &base, "linux/amd64", StoreOptions::default());
-
-    let pulled = device
-        .pull(&target(&registry, "app", &built.index))
-        .await
-        .unwrap();
-
     // One stalled connection, then at least one more (a loaded machine may add a spurious
     // stall, which costs a reconnection but no byte).
-    assert!(
-        proxy.connections() >= 2,
-        "{} connections",
-        proxy.connections()
-    );
-    assert_eq!(pulled.received_bytes, built.all_blobs.values().sum::<u64>());
-    assert_blobs_equal_source(&device, &pulled, &built);
+    assert_pull_resumes_through(vec![Fault::StallAfter(300 * 1024)], 1024 * 1024, 2).await;
 }
 
 #[tokio::test]
@@ -430,7 +359,7 @@ async fn a_blob_tampered_with_upstream_is_refused_and_current_is_unchanged() {
         .unwrap();
     let before = Pointers::read(&device.store).unwrap();
     let evil = &v2.blobs[0][2];
-    let stored = registry.blob_data_path(&evil.digest);
+    let stored = registry.registry.blob_data_path(&evil.digest);
     let mut bytes = std::fs::read(&stored).unwrap();
     bytes[1000] ^= 0xff;
     std::fs::write(&stored, &bytes).unwrap();
@@ -452,16 +381,7 @@ async fn a_blob_tampered_with_upstream_is_refused_and_current_is_unchanged() {
 
 #[tokio::test]
 async fn a_disk_too_small_is_a_clear_error_before_any_download() {
-    let work = tempfile::tempdir().unwrap();
-    let registry = TlsRegistry::start().unwrap();
-    let built = publish(
-        &registry,
-        work.path(),
-        "v1",
-        &["linux/amd64"],
-        256 * 1024,
-        16 * 1024,
-    );
+    let (_work, registry, built) = start(&["linux/amd64"], 256 * 1024, 16 * 1024);
     let device = Device::with(
         &registry,
         &registry.base_url(),
@@ -495,9 +415,7 @@ async fn a_disk_too_small_is_a_clear_error_before_any_download() {
 
 #[tokio::test]
 async fn the_registry_refuses_a_device_without_a_certificate() {
-    let work = tempfile::tempdir().unwrap();
-    let registry = TlsRegistry::start().unwrap();
-    let built = publish(&registry, work.path(), "v1", &["linux/amd64"], 4096, 1024);
+    let (_work, registry, built) = start(&["linux/amd64"], 4096, 1024);
     let dir = tempfile::tempdir().unwrap();
     let (store, _) = Store::open(dir.path(), StoreOptions::default()).unwrap();
     let anonymous = Client::new(
@@ -528,25 +446,11 @@ async fn the_registry_refuses_a_device_without_a_certificate() {
 
 #[tokio::test]
 async fn pulls_over_http1_when_http2_is_not_offered() {
-    let work = tempfile::tempdir().unwrap();
-    let registry = TlsRegistry::start().unwrap();
-    let built = publish(
-        &registry,
-        work.path(),
-        "v1",
-        &["linux/amd64"],
-        512 * 1024,
-        16 * 1024,
-    );
+    let (_work, registry, built) = start(&["linux/amd64"], 512 * 1024, 16 * 1024);
     let mut device = Device::new(&registry, "linux/amd64");
-    let tls = tls::client_config(
-        &registry.ca,
-        Some((&registry.device_cert, &registry.device_key)),
-    )
-    .unwrap();
     device.client = Client::new(
         &registry.base_url().parse().unwrap(),
-        tls,
+        registry.device_tls().unwrap(),
         ClientOptions {
             http1_only: true,
             ..test_options()
