@@ -15,7 +15,9 @@
 //! What it does not do: route requests, map errors to statuses (each server keeps its own
 //! mapping and calls [`oci_error`] for the body), or speak TLS.
 
-pub mod oci_error;
+/// The OCI error body lives in the runtime-free shared crate (the operator API's client reads
+/// it too); servers reach it here beside the serve loop.
+pub use meshanics_shared::oci_error;
 pub mod range;
 pub mod serve;
 

@@ -119,18 +119,6 @@ pub struct ImportResponse {
     pub results: Vec<ImportResult>,
 }
 
-/// An error body: `{"errors":[{"code","message"}]}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ErrorBody {
-    /// The errors.
-    pub errors: Vec<ErrorEntry>,
-}
-
-/// One error.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ErrorEntry {
-    /// A machine-readable code (`NOT_FOUND`, `INVALID`, `EXISTS`, `UNAVAILABLE`, ...).
-    pub code: String,
-    /// What happened, for people.
-    pub message: String,
-}
+/// An error body: `{"errors":[{"code","message"}]}`, the same OCI-style body every server of
+/// the project writes.
+pub use meshanics_shared::oci_error::{ErrorBody, ErrorEntry};

@@ -29,6 +29,8 @@
 //!   configurations (mutual TLS, CRLs) both sides use, all on the `ring` provider.
 //! - [`fs`]: the one atomic write (temporary file, fsync, rename, fsync of the folder) and the
 //!   folder fsync, with errors that name the step and the path.
+//! - [`oci_error`]: the OCI distribution spec's error body, the one builder every server of
+//!   the project (the facade, its operator API, the layout registry) writes it with.
 //! - [`notify`]: systemd's `sd_notify` protocol (`READY`, `STATUS`, `WATCHDOG`, `STOPPING`)
 //!   for both programs' `Type=notify` units.
 //!
@@ -44,6 +46,7 @@ pub mod manifest;
 pub mod media_type;
 pub mod metadata;
 pub mod notify;
+pub mod oci_error;
 pub mod platform;
 pub mod reference;
 pub mod tls;

@@ -15,8 +15,8 @@ use hyper::{Method, Request, Response, StatusCode};
 use meshanics_http::{Connection, ServeConfig};
 use meshanics_operator_api::percent::decode;
 use meshanics_operator_api::{
-    AddRegistry, BrowseError, Browser, ConnectionView, ErrorBody, ErrorEntry, ImportRequest,
-    ImportResponse, ImportResult, Outcome, ProviderKind,
+    AddRegistry, BrowseError, Browser, ConnectionView, ErrorBody, ImportRequest, ImportResponse,
+    ImportResult, Outcome, ProviderKind,
 };
 use meshanics_shared::Reference;
 use serde::Serialize;
@@ -375,13 +375,5 @@ fn json<T: Serialize>(status: StatusCode, value: &T) -> Reply {
 }
 
 fn error(status: StatusCode, code: &str, message: &str) -> Reply {
-    json(
-        status,
-        &ErrorBody {
-            errors: vec![ErrorEntry {
-                code: code.to_owned(),
-                message: message.to_owned(),
-            }],
-        },
-    )
+    json(status, &ErrorBody::new(code, message))
 }

@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use meshanics_shared::fs::{FsError, sync_dir, write_atomic_with_mode};
 use meshanics_operator_api::{ConnectionView, ProviderKind};
+use meshanics_shared::fs::{FsError, sync_dir, write_atomic_with_mode};
 use meshanics_shared::reference::{ReferenceError, Registry};
 
 use super::record::{Credentials, EcrRole, NewConnection, StoredRecord};
