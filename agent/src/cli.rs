@@ -115,7 +115,7 @@ enum ConfigCommand {
 }
 
 /// Runs the command line.
-pub fn main() -> ExitCode {
+pub(crate) fn main() -> ExitCode {
     let cli = Cli::parse();
     let works = matches!(
         cli.command,

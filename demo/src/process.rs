@@ -13,7 +13,7 @@ use rustix::process::{Pid, Signal, kill_process};
 /// A program running in the background, its output going to a log file. Stopped (SIGTERM,
 /// then SIGKILL after 10 s) when dropped.
 #[derive(Debug)]
-pub struct Service {
+pub(crate) struct Service {
     name: String,
     child: Option<Child>,
     log: PathBuf,
@@ -24,7 +24,7 @@ pub struct Service {
 impl Service {
     /// Starts `command`, and waits (up to `timeout`) until a line of its output contains
     /// `marker`; returns the service and that line.
-    pub fn start(
+    pub(crate) fn start(
         name: &str,
         mut command: Command,
         log: &Path,
@@ -74,7 +74,7 @@ impl Service {
     }
 
     /// Stops it: SIGTERM, then SIGKILL if it has not exited after 10 s. Returns how it ended.
-    pub fn stop(&mut self) -> Option<ExitStatus> {
+    pub(crate) fn stop(&mut self) -> Option<ExitStatus> {
         let mut child = self.child.take()?;
         if let Ok(Some(status)) = child.try_wait() {
             return Some(status);
@@ -98,7 +98,7 @@ impl Service {
     }
 
     /// Its log file.
-    pub fn log(&self) -> &Path {
+    pub(crate) fn log(&self) -> &Path {
         &self.log
     }
 }
@@ -111,7 +111,7 @@ impl Drop for Service {
 
 /// How commands are shown: the demo's folder as `$DEMO`, the programs by name.
 #[derive(Debug, Clone)]
-pub struct Shown {
+pub(crate) struct Shown {
     /// The demo's folder.
     pub dir: PathBuf,
 }
@@ -120,7 +120,7 @@ pub struct Shown {
 
 impl Shown {
     /// The command line as a reader would type it.
-    pub fn line(&self, command: &Command) -> String {
+    pub(crate) fn line(&self, command: &Command) -> String {
         let dir = self.dir.display().to_string();
         let program = Path::new(command.get_program())
             .file_name()
@@ -136,7 +136,7 @@ impl Shown {
 
     /// Runs `command` to the end, showing its line and its output indented; fails naming it
     /// when it exits non-zero.
-    pub fn run(&self, mut command: Command) -> anyhow::Result<String> {
+    pub(crate) fn run(&self, mut command: Command) -> anyhow::Result<String> {
         let line = self.line(&command);
         println!("    $ {line}");
         let output = command
@@ -156,7 +156,7 @@ impl Shown {
 
     /// Runs `command` to the end on the demo's terminal (so progress bars show), after
     /// showing its line.
-    pub fn run_attached(&self, mut command: Command) -> anyhow::Result<()> {
+    pub(crate) fn run_attached(&self, mut command: Command) -> anyhow::Result<()> {
         let line = self.line(&command);
         println!("    $ {line}");
         let status = command

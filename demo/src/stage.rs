@@ -16,17 +16,17 @@ use meshanics_tests::skopeo;
 use crate::process::{Service, Shown};
 
 /// The sample image's repository and tag.
-pub const REPOSITORY: &str = "demo/app";
+pub(crate) const REPOSITORY: &str = "demo/app";
 /// The sample image's tag.
-pub const TAG: &str = "1.0";
+pub(crate) const TAG: &str = "1.0";
 /// The platforms of the sample image.
-pub const PLATFORMS: [&str; 2] = ["linux/amd64", "linux/arm64"];
+pub(crate) const PLATFORMS: [&str; 2] = ["linux/amd64", "linux/arm64"];
 /// The hardware class the release is signed for and the devices are in.
-pub const CLASS: &str = "demo";
+pub(crate) const CLASS: &str = "demo";
 
 /// One simulated device: its certificate, its agent config and its platform.
 #[derive(Debug)]
-pub struct Device {
+pub(crate) struct Device {
     /// Its name (the certificate's common name).
     pub name: String,
     /// The platform it pulls for.
@@ -39,13 +39,13 @@ pub struct Device {
 
 impl Device {
     /// Its agent configuration file.
-    pub fn config(&self) -> PathBuf {
+    pub(crate) fn config(&self) -> PathBuf {
         self.dir.join("agent.toml")
     }
 }
 
 /// Where the programs are: beside this one (`target/release/`).
-pub fn bin_dir() -> anyhow::Result<PathBuf> {
+pub(crate) fn bin_dir() -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe().context("finding the demo's own path")?;
     let dir = exe
         .parent()
@@ -83,7 +83,7 @@ fn write_private(path: &Path, contents: impl AsRef<[u8]>) -> anyhow::Result<()> 
 
 /// Makes the dev PKI: a CA, the facade's server certificate (for localhost, 127.0.0.1 and
 /// `extra_names`), and one certificate per device. Writes `pki/` and returns the devices.
-pub fn pki(
+pub(crate) fn pki(
     dir: &Path,
     extra_names: &[String],
     devices: &[(&str, &str)],
@@ -118,7 +118,7 @@ pub fn pki(
 
 /// Builds the sample image as an OCI layout in `images/demo/app`, with a shared layer of
 /// `layer_bytes` pseudo-random bytes.
-pub fn image(dir: &Path, layer_bytes: usize) -> anyhow::Result<BuiltImage> {
+pub(crate) fn image(dir: &Path, layer_bytes: usize) -> anyhow::Result<BuiltImage> {
     let layout = dir.join("images").join(REPOSITORY);
     SampleImage::multi_arch(&PLATFORMS, layer_bytes, 64 * 1024)
         .and_then(|image| image.write_layout(&layout, TAG))
@@ -127,7 +127,7 @@ pub fn image(dir: &Path, layer_bytes: usize) -> anyhow::Result<BuiltImage> {
 
 /// Which upstream the demo starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum UpstreamKind {
+pub(crate) enum UpstreamKind {
     /// The distribution registry when `docker-registry` and `skopeo` are installed, else
     /// the layout registry.
     Auto,
@@ -139,7 +139,7 @@ pub enum UpstreamKind {
 
 /// The running upstream.
 #[derive(Debug)]
-pub enum Upstream {
+pub(crate) enum Upstream {
     /// The distribution registry.
     Registry(RegistryServer),
     /// The layout registry.
@@ -152,7 +152,7 @@ fn installed(program: &str) -> bool {
 }
 
 /// Resolves `auto` to what is installed.
-pub fn pick_upstream(kind: UpstreamKind) -> UpstreamKind {
+pub(crate) fn pick_upstream(kind: UpstreamKind) -> UpstreamKind {
     match kind {
         UpstreamKind::Auto if installed(registry::REGISTRY_BIN) && installed("skopeo") => {
             UpstreamKind::Registry
@@ -163,7 +163,11 @@ pub fn pick_upstream(kind: UpstreamKind) -> UpstreamKind {
 }
 
 /// Starts the upstream and puts the image in it; returns it and its `host:port`.
-pub fn upstream(kind: UpstreamKind, dir: &Path, bins: &Path) -> anyhow::Result<(Upstream, String)> {
+pub(crate) fn upstream(
+    kind: UpstreamKind,
+    dir: &Path,
+    bins: &Path,
+) -> anyhow::Result<(Upstream, String)> {
     if kind == UpstreamKind::Registry {
         let server = RegistryServer::start(&registry::Options::default())
             .context("starting the distribution registry")?;
@@ -198,7 +202,7 @@ pub fn upstream(kind: UpstreamKind, dir: &Path, bins: &Path) -> anyhow::Result<(
 
 /// The facade as started: its device URL and its operator socket.
 #[derive(Debug)]
-pub struct Facade {
+pub(crate) struct Facade {
     /// The process.
     pub service: Service,
     /// `https://127.0.0.1:PORT`.
@@ -213,7 +217,7 @@ pub struct Facade {
 
 /// Writes the facade's config (mutual TLS with the dev PKI, a fresh master key, ports
 /// picked by the system) and starts it.
-pub fn facade(dir: &Path, bins: &Path) -> anyhow::Result<Facade> {
+pub(crate) fn facade(dir: &Path, bins: &Path) -> anyhow::Result<Facade> {
     let base = dir.join("facade");
     let state = base.join("state");
     let metadata_dir = base.join("metadata");
@@ -274,7 +278,7 @@ device_ca = "{pki}/ca.crt"
 }
 
 /// A meshctl command talking to the facade's operator socket.
-pub fn meshctl(bins: &Path, facade: &Facade) -> Command {
+pub(crate) fn meshctl(bins: &Path, facade: &Facade) -> Command {
     let mut command = Command::new(bins.join("meshctl"));
     command.env("MESHANICS_SOCKET", &facade.socket);
     command
@@ -282,7 +286,7 @@ pub fn meshctl(bins: &Path, facade: &Facade) -> Command {
 
 /// Connects the upstream anonymously (approved by the operator, as anonymous connections
 /// must be), lists its tags, and imports the tag as a digest into `release/pins.json`.
-pub fn connect_and_import(
+pub(crate) fn connect_and_import(
     shown: &Shown,
     bins: &Path,
     facade: &Facade,
@@ -338,7 +342,7 @@ pub fn connect_and_import(
 /// Signs the release offline, as an operator does on a machine without network: three key
 /// pairs, the first root, then targets and timestamp from the pins; then publishes the
 /// signed files into the facade's metadata folder. Returns the trust anchor (`1.root.cose`).
-pub fn sign_and_publish(
+pub(crate) fn sign_and_publish(
     shown: &Shown,
     bins: &Path,
     dir: &Path,
@@ -401,7 +405,7 @@ pub fn sign_and_publish(
 
 /// Writes a device's agent configuration: the facade URL, its certificate, the trust
 /// anchor, its class and platform, its state folder.
-pub fn agent_config(device: &Device, facade_url: &str, anchor: &Path) -> anyhow::Result<()> {
+pub(crate) fn agent_config(device: &Device, facade_url: &str, anchor: &Path) -> anyhow::Result<()> {
     let anchor_copy = device.dir.join("root.cose");
     fs::copy(anchor, &anchor_copy)
         .with_context(|| format!("installing the trust anchor {}", anchor_copy.display()))?;

@@ -15,12 +15,12 @@ use crate::metadata::{
 };
 
 /// The simulated "now" of the repository: 2026-11-18.
-pub const T0: UnixTime = UnixTime::from_secs(1_795_000_000);
-pub const DAY: Duration = Duration::from_secs(86_400);
+pub(super) const T0: UnixTime = UnixTime::from_secs(1_795_000_000);
+pub(super) const DAY: Duration = Duration::from_secs(86_400);
 
 /// Keys and thresholds of one root version.
 #[derive(Clone)]
-pub struct RootSpec {
+pub(super) struct RootSpec {
     pub root: Vec<SigningKey>,
     pub root_threshold: u32,
     pub targets: Vec<SigningKey>,
@@ -30,7 +30,7 @@ pub struct RootSpec {
     pub expires: UnixTime,
 }
 
-pub struct Simulator {
+pub(super) struct Simulator {
     pub files: HashMap<String, Vec<u8>>,
     pub blobs: HashMap<String, Vec<u8>>,
     pub requests: Vec<String>,
@@ -46,7 +46,7 @@ pub struct Simulator {
 
 impl Simulator {
     /// A repository with one key per role, root version 1 published, no targets yet.
-    pub fn new() -> Self {
+    pub(super) fn new() -> Self {
         let mut sim = Simulator {
             files: HashMap::new(),
             blobs: HashMap::new(),
@@ -76,7 +76,7 @@ impl Simulator {
     }
 
     /// A repository with root, one target (`app`) and a timestamp published.
-    pub fn with_release() -> Self {
+    pub(super) fn with_release() -> Self {
         let mut sim = Simulator::new();
         let entry = sim.entry("app", b"manifest one");
         sim.publish_release(vec![entry]);
@@ -84,29 +84,29 @@ impl Simulator {
     }
 
     /// A fresh deterministic key.
-    pub fn key(&mut self) -> SigningKey {
+    pub(super) fn key(&mut self) -> SigningKey {
         let seed = [self.next_seed; 32];
         self.next_seed += 1;
         SigningKey::from_seed(&seed)
     }
 
     /// The pinned root a device starts from.
-    pub fn anchor(&self) -> Vec<u8> {
+    pub(super) fn anchor(&self) -> Vec<u8> {
         self.files[&root_file(1)].clone()
     }
 
     /// A device that trusts the anchor and persists nothing.
-    pub fn device(&self) -> Updater {
+    pub(super) fn device(&self) -> Updater {
         Updater::new(TrustedSet::from_anchor(&self.anchor()).unwrap())
     }
 
     /// A device with small limits for rotation tests.
-    pub fn device_with_limits(&self, limits: Limits) -> Updater {
+    pub(super) fn device_with_limits(&self, limits: Limits) -> Updater {
         self.device().with_limits(limits)
     }
 
     /// Builds (does not publish) the root payload for a spec.
-    pub fn root_payload(&self, spec: &RootSpec, version: u64) -> Root {
+    pub(super) fn root_payload(&self, spec: &RootSpec, version: u64) -> Root {
         let mut keys = Vec::new();
         for key in spec.root.iter().chain(&spec.targets).chain(&spec.timestamp) {
             if !keys.contains(&key.public()) {
@@ -128,7 +128,7 @@ impl Simulator {
     }
 
     /// Publishes the next root, signed by the old root keys and the new ones.
-    pub fn publish_root(&mut self, spec: RootSpec) {
+    pub(super) fn publish_root(&mut self, spec: RootSpec) {
         let version = self.root_version + 1;
         let payload = self.root_payload(&spec, version);
         let mut signers: Vec<&SigningKey> = self.spec.root.iter().collect();
@@ -144,7 +144,7 @@ impl Simulator {
     }
 
     /// A target entry for `content`, with the content served by digest.
-    pub fn entry(&mut self, name: &str, content: &[u8]) -> TargetEntry {
+    pub(super) fn entry(&mut self, name: &str, content: &[u8]) -> TargetEntry {
         let digest = Digest::sha256_of(content);
         self.blobs.insert(digest.to_string(), content.to_vec());
         TargetEntry {
@@ -159,7 +159,7 @@ impl Simulator {
     }
 
     /// Signs a targets payload with the current targets keys.
-    pub fn sign_targets(
+    pub(super) fn sign_targets(
         &self,
         version: u64,
         expires: UnixTime,
@@ -170,13 +170,18 @@ impl Simulator {
     }
 
     /// Signs a timestamp with the current timestamp keys.
-    pub fn sign_timestamp(&self, version: u64, expires: UnixTime, targets: TargetsMeta) -> Vec<u8> {
+    pub(super) fn sign_timestamp(
+        &self,
+        version: u64,
+        expires: UnixTime,
+        targets: TargetsMeta,
+    ) -> Vec<u8> {
         let payload = Timestamp::new(version, self.now, expires, targets);
         sign(&payload, &self.spec.timestamp.iter().collect::<Vec<_>>()).unwrap()
     }
 
     /// Publishes new targets (expiring in 30 days) and a timestamp (1 day) naming them.
-    pub fn publish_release(&mut self, entries: Vec<TargetEntry>) {
+    pub(super) fn publish_release(&mut self, entries: Vec<TargetEntry>) {
         self.targets_version += 1;
         let bytes = self.sign_targets(
             self.targets_version,
@@ -190,7 +195,7 @@ impl Simulator {
     }
 
     /// Re-signs a fresh timestamp naming the current targets.
-    pub fn publish_timestamp(&mut self) {
+    pub(super) fn publish_timestamp(&mut self) {
         self.timestamp_version += 1;
         let meta = TargetsMeta::new(self.targets_version, &self.current_targets);
         let bytes = self.sign_timestamp(self.timestamp_version, self.now.saturating_add(DAY), meta);
@@ -198,12 +203,12 @@ impl Simulator {
     }
 
     /// Serves any bytes under any name (the attacker's move).
-    pub fn serve(&mut self, file: &str, bytes: Vec<u8>) {
+    pub(super) fn serve(&mut self, file: &str, bytes: Vec<u8>) {
         self.files.insert(file.to_owned(), bytes);
     }
 
     /// Serves other bytes for a target digest (the attacker's move).
-    pub fn serve_target(&mut self, digest: &Digest, bytes: Vec<u8>) {
+    pub(super) fn serve_target(&mut self, digest: &Digest, bytes: Vec<u8>) {
         self.blobs.insert(digest.to_string(), bytes);
     }
 }
