@@ -15,21 +15,21 @@
 mod browser;
 mod record;
 mod store;
-mod upstreams;
+mod store_upstreams;
 
 pub use browser::StoreBrowser;
 pub use record::{ConnectionView, Credentials, EcrRole, NewConnection, ProviderKind};
 pub use store::{Connection, ConnectionError, Store};
-pub use upstreams::{BuildError, CloudSettings, StoreUpstreams};
+pub use store_upstreams::{BuildError, CloudSettings, StoreUpstreams};
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::approval::Upstreams;
 use crate::cloud::ecr::{AwsCredentials, Endpoints};
 use crate::cloud::token_cache::{MarginPolicy, SystemClock, TokenCache};
 use crate::config::Config;
 use crate::seal::MasterKey;
-use crate::upstreams::Upstreams;
 
 /// The operator socket's file name in the facade's state dir.
 pub const ADMIN_SOCKET: &str = "admin.sock";

@@ -14,11 +14,11 @@
 //! - [`identity`]: the device's certificate subject, logged with each request.
 //! - [`service`] and [`routes`]: a request becomes a [`routes::Route`] or a refusal before any
 //!   upstream is asked.
-//! - [`upstreams`]: the approval seam ("is this upstream approved, how do I reach it?"), fed
+//! - [`approval`]: the approval seam ("is this upstream approved, how do I reach it?"), fed
 //!   by the config file or by the connection store; [`providers`]: the credential seam for
 //!   static, anonymous and cloud credentials.
-//! - [`upstream`]: the registry client (auth challenges, token cache, redirects that never
-//!   carry `Authorization` off the upstream's origin).
+//! - [`registry_client`]: the HTTP client to upstream registries (auth challenges, the bearer
+//!   token cache, redirects that never carry `Authorization` off the upstream's origin).
 //! - [`proxy`] and [`body`]: streaming with verification; [`meta`]: `/meta/<file>`.
 //! - [`respond`]: the one place errors become HTTP statuses and OCI error JSON.
 //! - [`metrics`] and [`operator`]: Prometheus metrics and `/healthz` on their own listener.
@@ -41,6 +41,7 @@
 //! what a device may run. Trust comes from the signed metadata the device verifies.
 
 pub mod admin;
+pub mod approval;
 pub mod body;
 pub mod cloud;
 pub mod config;
@@ -55,19 +56,18 @@ pub mod notify;
 pub mod operator;
 pub mod providers;
 pub mod proxy;
+pub mod registry_client;
 pub mod respond;
 pub mod routes;
 pub mod seal;
 pub mod server;
 pub mod service;
 pub mod tags;
-pub mod upstream;
-pub mod upstreams;
 
+pub use approval::{ConfiguredUpstreams, Upstreams};
 pub use config::{Config, ConfigError};
 pub use error::Error;
 pub use server::{Running, StartError, start};
-pub use upstreams::{ConfiguredUpstreams, Upstreams};
 
 /// Logging for the facade's binaries: `RUST_LOG` or `info`, no module targets, colours only
 /// when stdout is a terminal (journald and log files get plain text).

@@ -20,15 +20,15 @@ use http_body_util::BodyExt;
 use meshanics_shared::manifest::MAX_MANIFEST_SIZE;
 use meshanics_shared::{Digest, Verifier};
 
+use crate::approval::Upstreams;
 use crate::body::{Body, Check, CheckedBody, Origin};
 use crate::config::Limits;
 use crate::error::Error;
 use crate::identity::DeviceIdentity;
 use crate::metrics::Metrics;
+use crate::registry_client::{ContentKind, ContentRequest, UpstreamError, read_capped};
 use crate::respond;
 use crate::routes::ContentTarget;
-use crate::upstream::{ContentKind, ContentRequest, UpstreamError, read_capped};
-use crate::upstreams::Upstreams;
 
 /// The digest header of the distribution API.
 pub static DOCKER_CONTENT_DIGEST: HeaderName = HeaderName::from_static("docker-content-digest");

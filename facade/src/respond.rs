@@ -12,7 +12,7 @@ use serde_json::json;
 
 use crate::body::Body;
 use crate::error::Error;
-use crate::upstream::{ContentKind, UpstreamError};
+use crate::registry_client::{ContentKind, UpstreamError};
 
 /// The `Retry-After` (seconds) sent when upstream credentials could not be obtained and the
 /// provider gave no hint.

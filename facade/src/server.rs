@@ -15,11 +15,11 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_rustls::TlsAcceptor;
 
+use crate::approval::Upstreams;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::operator;
 use crate::service::Shared;
-use crate::upstreams::Upstreams;
 
 mod connection;
 mod idle;

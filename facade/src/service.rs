@@ -8,13 +8,13 @@ use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderName};
 use http::{HeaderValue, Request, Response};
 
+use crate::approval::Upstreams;
 use crate::body::Body;
 use crate::config::Limits;
 use crate::error::Error;
 use crate::identity::DeviceIdentity;
 use crate::metrics::{Metrics, Work};
 use crate::routes::{self, Route};
-use crate::upstreams::Upstreams;
 use crate::{meta, proxy, respond};
 
 /// What every request handler shares.

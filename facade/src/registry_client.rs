@@ -24,17 +24,17 @@ use crate::config::UpstreamTimeouts;
 use crate::providers::CredentialProvider;
 
 mod auth;
+mod bearer_token;
 mod challenge;
 mod error;
 mod redirect;
-mod token;
 
 use auth::Authorization;
 
+pub use bearer_token::{Token, TokenCache, TokenResponse};
 pub use challenge::Challenge;
 pub use error::UpstreamError;
 pub use redirect::{redacted, same_origin};
-pub use token::{Token, TokenCache, TokenResponse};
 
 /// Redirects followed per request (registries send one, to blob storage).
 const MAX_REDIRECTS: usize = 5;

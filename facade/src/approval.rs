@@ -15,7 +15,7 @@ use meshanics_shared::Registry;
 
 use crate::config::{UpstreamConfig, UpstreamTimeouts};
 use crate::providers::{Anonymous, CredentialProvider, StaticCredentials};
-use crate::upstream::{Endpoint, Upstream, UpstreamError};
+use crate::registry_client::{Endpoint, Upstream, UpstreamError};
 
 /// The set of upstreams an operator approved.
 pub trait Upstreams: Send + Sync + fmt::Debug + 'static {

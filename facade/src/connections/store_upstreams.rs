@@ -17,6 +17,7 @@ use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject as _;
 
 use super::{Connection, ConnectionError, Credentials, Store};
+use crate::approval::Upstreams;
 use crate::cloud::ecr::{AwsCredentials, EcrProvider, Endpoints};
 use crate::cloud::gcp::ServiceAccountKey;
 use crate::cloud::token_cache::TokenCache;
@@ -25,8 +26,7 @@ use crate::config::UpstreamTimeouts;
 use crate::providers::{
     Anonymous, CredentialProvider, Credentials as Presented, Secret, StaticCredentials,
 };
-use crate::upstream::{Endpoint, Upstream};
-use crate::upstreams::Upstreams;
+use crate::registry_client::{Endpoint, Upstream};
 
 /// What cloud connections need beyond their record.
 #[derive(Debug, Clone)]
