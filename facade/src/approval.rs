@@ -1,11 +1,11 @@
 //! Which upstreams the facade may proxy: the approval seam.
 //!
-//! The proxy asks one question, [`Upstreams::approved`]: "is this registry approved, and if so,
-//! how do I reach and authenticate to it?" The answer is an [`Upstream`] (a registry client
-//! with its credential provider). Today the approved set comes from the config file
-//! ([`ConfiguredUpstreams`]); the connection store of the connections issue implements the
-//! same trait (sealed records, operator approval, cloud providers) and replaces it without
-//! the proxy changing.
+//! The proxy asks one question, [`ApprovedUpstreams::approved`]: "is this registry approved,
+//! and if so, how do I reach and authenticate to it?" The answer is an [`Upstream`] (a
+//! registry client with its credential provider). Two sets implement it: the config file's
+//! ([`ConfiguredUpstreams`]) and the connection store's
+//! ([`crate::connections::StoreUpstreams`]: sealed records, operator approval, cloud
+//! providers), which falls back to the config file's for registries it does not know.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -18,7 +18,7 @@ use crate::providers::{Anonymous, CredentialProvider, StaticCredentials};
 use crate::registry_client::{Endpoint, Upstream, UpstreamError};
 
 /// The set of upstreams an operator approved.
-pub trait Upstreams: Send + Sync + fmt::Debug + 'static {
+pub trait ApprovedUpstreams: Send + Sync + fmt::Debug + 'static {
     /// The upstream for `registry` if it is approved; `None` for unknown and unapproved
     /// hosts alike (devices must not learn which hosts exist).
     fn approved(&self, registry: &Registry) -> Option<Arc<Upstream>>;
@@ -55,7 +55,7 @@ impl ConfiguredUpstreams {
     }
 }
 
-impl Upstreams for ConfiguredUpstreams {
+impl ApprovedUpstreams for ConfiguredUpstreams {
     fn approved(&self, registry: &Registry) -> Option<Arc<Upstream>> {
         self.by_registry.get(registry).cloned()
     }

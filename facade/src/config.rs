@@ -57,7 +57,7 @@ use meshanics_shared::tls::{self, TlsError};
 use rustls::{RootCertStore, ServerConfig};
 use serde::Deserialize;
 
-use crate::providers::{Credentials, Secret};
+use crate::providers::{PresentedCredentials, Secret};
 
 /// The checked configuration.
 #[derive(Debug, Clone)]
@@ -139,7 +139,7 @@ pub struct UpstreamConfig {
     /// Speak plain HTTP to it (labs and tests only).
     pub plain_http: bool,
     /// Basic credentials (username and token), if any.
-    pub credentials: Option<Credentials>,
+    pub credentials: Option<PresentedCredentials>,
     /// A private CA bundle trusted for this upstream instead of the public roots.
     pub ca: Option<RootCertStore>,
 }
@@ -457,7 +457,10 @@ impl RawUpstream {
                 if token.is_empty() {
                     return Err(err(format!("`token_file` {} is empty", path.display())));
                 }
-                Some(Credentials::basic(username, Secret::new(token.to_owned())))
+                Some(PresentedCredentials::basic(
+                    username,
+                    Secret::new(token.to_owned()),
+                ))
             }
             (Some(_), None) => return Err(err("`username` without `token_file`".into())),
             (None, Some(_)) => return Err(err("`token_file` without `username`".into())),

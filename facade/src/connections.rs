@@ -18,16 +18,16 @@ mod store;
 mod store_upstreams;
 
 pub use browser::StoreBrowser;
-pub use record::{ConnectionView, Credentials, EcrRole, NewConnection, ProviderKind};
+pub use record::{ConnectionCredentials, ConnectionView, NewConnection, ProviderKind};
 pub use store::{Connection, ConnectionError, Store};
 pub use store_upstreams::{BuildError, CloudSettings, StoreUpstreams};
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::approval::Upstreams;
+use crate::approval::ApprovedUpstreams;
 use crate::cloud::ecr::{AwsCredentials, Endpoints};
-use crate::cloud::token_cache::{MarginPolicy, SystemClock, TokenCache};
+use crate::cloud::token_cache::{CloudTokenCache, MarginPolicy, SystemClock};
 use crate::config::Config;
 use crate::seal::MasterKey;
 
@@ -54,7 +54,7 @@ pub enum SetupError {
     Store(#[from] ConnectionError),
     /// The token client could not be built.
     #[error(transparent)]
-    Client(#[from] crate::http_client::ClientError),
+    Client(#[from] crate::http_client::HttpClientError),
 }
 
 impl Connections {
@@ -65,7 +65,7 @@ impl Connections {
         config: &Config,
         key: MasterKey,
         aws: Option<AwsCredentials>,
-        fallback: Option<Arc<dyn Upstreams>>,
+        fallback: Option<Arc<dyn ApprovedUpstreams>>,
     ) -> Result<Self, SetupError> {
         let store = Arc::new(Store::open(&config.state_dir, key)?);
         let timeouts = config.limits.upstream();
@@ -89,7 +89,7 @@ impl Connections {
         };
         let cloud = CloudSettings {
             client,
-            cache: Arc::new(TokenCache::new(policy, Arc::new(SystemClock))),
+            cache: Arc::new(CloudTokenCache::new(policy, Arc::new(SystemClock))),
             aws,
             ecr_endpoints,
         };

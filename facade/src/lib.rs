@@ -64,7 +64,7 @@ pub mod server;
 pub mod service;
 pub mod tags;
 
-pub use approval::{ConfiguredUpstreams, Upstreams};
+pub use approval::{ApprovedUpstreams, ConfiguredUpstreams};
 pub use config::{Config, ConfigError};
 pub use error::Error;
 pub use server::{Running, StartError, start};

@@ -12,7 +12,7 @@ use meshanics_facade::cloud::ecr::AwsCredentials;
 use meshanics_facade::connections::{ADMIN_SOCKET, Connections};
 use meshanics_facade::notify::Notifier;
 use meshanics_facade::seal::MasterKey;
-use meshanics_facade::{Config, ConfiguredUpstreams, Upstreams};
+use meshanics_facade::{ApprovedUpstreams, Config, ConfiguredUpstreams};
 use tokio::signal::unix::{SignalKind, signal};
 
 /// The Meshanics registry facade: serves manifests and blobs by digest only, over mutual TLS,
@@ -38,7 +38,7 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let configured: Arc<dyn Upstreams> =
+    let configured: Arc<dyn ApprovedUpstreams> =
         match ConfiguredUpstreams::new(&config.upstreams, config.limits.upstream()) {
             Ok(upstreams) => Arc::new(upstreams),
             Err(error) => {
@@ -90,7 +90,7 @@ fn main() -> ExitCode {
 
 fn run(
     config: Config,
-    configured: Arc<dyn Upstreams>,
+    configured: Arc<dyn ApprovedUpstreams>,
     connections: Option<Connections>,
     notifier: &Notifier,
 ) -> anyhow::Result<()> {
@@ -102,7 +102,7 @@ fn run(
         let mut terminate = signal(SignalKind::terminate()).context("watching SIGTERM")?;
         let mut interrupt = signal(SignalKind::interrupt()).context("watching SIGINT")?;
         let (stop_admin, admin_stopped) = tokio::sync::watch::channel(false);
-        let upstreams: Arc<dyn Upstreams> = match &connections {
+        let upstreams: Arc<dyn ApprovedUpstreams> = match &connections {
             Some(connections) => {
                 let socket = config.state_dir.join(ADMIN_SOCKET);
                 let listener = admin::bind(&socket)

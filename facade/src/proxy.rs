@@ -20,7 +20,7 @@ use http_body_util::BodyExt;
 use meshanics_shared::manifest::MAX_MANIFEST_SIZE;
 use meshanics_shared::{Digest, Verifier};
 
-use crate::approval::Upstreams;
+use crate::approval::ApprovedUpstreams;
 use crate::body::{Body, Check, CheckedBody, Origin};
 use crate::config::Limits;
 use crate::error::Error;
@@ -35,7 +35,7 @@ pub static DOCKER_CONTENT_DIGEST: HeaderName = HeaderName::from_static("docker-c
 
 /// Serves a manifest or blob from its approved upstream.
 pub async fn content(
-    upstreams: &dyn Upstreams,
+    upstreams: &dyn ApprovedUpstreams,
     metrics: &Arc<Metrics>,
     limits: &Limits,
     device: &DeviceIdentity,

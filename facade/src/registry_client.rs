@@ -21,6 +21,7 @@ use reqwest::Url;
 use rustls::RootCertStore;
 
 use crate::config::UpstreamTimeouts;
+use crate::http_client;
 use crate::providers::CredentialProvider;
 
 mod auth;
@@ -31,7 +32,7 @@ mod redirect;
 
 use auth::Authorization;
 
-pub use bearer_token::{Token, TokenCache, TokenResponse};
+pub use bearer_token::{BearerToken, BearerTokenCache, TokenResponse};
 pub use challenge::Challenge;
 pub use error::UpstreamError;
 pub use redirect::{redacted, same_origin};
@@ -87,7 +88,7 @@ pub struct Upstream {
     plain_http: bool,
     client: reqwest::Client,
     credentials: Arc<dyn CredentialProvider>,
-    tokens: TokenCache,
+    tokens: BearerTokenCache,
     /// Set once the host answered a Basic challenge: later requests send Basic at once.
     wants_basic: AtomicBool,
     timeouts: UpstreamTimeouts,
@@ -114,12 +115,8 @@ impl Upstream {
         let roots = endpoint.ca.unwrap_or_else(|| RootCertStore {
             roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
         });
-        let mut tls = meshanics_shared::tls::client_config_from(roots, None)
-            .map_err(|e| client_err(e.to_string()))?;
-        tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        // Proxies come from HTTPS_PROXY/HTTP_PROXY/NO_PROXY, which reqwest reads by default.
-        let client = reqwest::Client::builder()
-            .use_preconfigured_tls(tls)
+        let client = http_client::builder(roots)
+            .map_err(|e| client_err(e.to_string()))?
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(timeouts.connect)
             .read_timeout(timeouts.read)
@@ -132,7 +129,7 @@ impl Upstream {
             plain_http: endpoint.plain_http,
             client,
             credentials,
-            tokens: TokenCache::default(),
+            tokens: BearerTokenCache::default(),
             wants_basic: AtomicBool::new(false),
             timeouts,
         })

@@ -15,7 +15,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_rustls::TlsAcceptor;
 
-use crate::approval::Upstreams;
+use crate::approval::ApprovedUpstreams;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::operator;
@@ -56,7 +56,10 @@ pub enum StartError {
 }
 
 /// Binds the listeners and starts serving on the current tokio runtime.
-pub async fn start(config: &Config, upstreams: Arc<dyn Upstreams>) -> Result<Running, StartError> {
+pub async fn start(
+    config: &Config,
+    upstreams: Arc<dyn ApprovedUpstreams>,
+) -> Result<Running, StartError> {
     let bind = |which, addr| async move {
         TcpListener::bind(addr)
             .await

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderName};
 use http::{HeaderValue, Request, Response};
 
-use crate::approval::Upstreams;
+use crate::approval::ApprovedUpstreams;
 use crate::body::Body;
 use crate::config::Limits;
 use crate::error::Error;
@@ -21,7 +21,7 @@ use crate::{meta, proxy, respond};
 #[derive(Debug)]
 pub struct Shared {
     /// The approved upstreams.
-    pub upstreams: Arc<dyn Upstreams>,
+    pub upstreams: Arc<dyn ApprovedUpstreams>,
     /// The metrics.
     pub metrics: Arc<Metrics>,
     /// The metadata folder, if any.

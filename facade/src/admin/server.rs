@@ -20,8 +20,9 @@ use super::api::{
     AddRegistry, ErrorBody, ErrorEntry, ImportRequest, ImportResponse, ImportResult, Outcome,
 };
 use super::browse::{BrowseError, Browser};
+use crate::cloud::ecr::EcrRole;
 use crate::connections::{
-    ConnectionError, Credentials, EcrRole, NewConnection, ProviderKind, Store,
+    ConnectionCredentials, ConnectionError, NewConnection, ProviderKind, Store,
 };
 
 /// The largest request body accepted (a service-account key is a few KiB).
@@ -147,22 +148,22 @@ fn add_registry(state: &AdminState, body: &[u8]) -> Reply {
         )
     };
     let credentials = match request.provider {
-        ProviderKind::Anonymous => Credentials::Anonymous,
+        ProviderKind::Anonymous => ConnectionCredentials::Anonymous,
         ProviderKind::Static => match (&request.username, &request.token) {
-            (Some(username), Some(token)) => Credentials::Static {
+            (Some(username), Some(token)) => ConnectionCredentials::Static {
                 username: username.clone(),
                 token: token.clone(),
             },
             _ => return missing("a username and a token"),
         },
         ProviderKind::Gcp => match &request.gcp_key_json {
-            Some(key_json) => Credentials::Gcp {
+            Some(key_json) => ConnectionCredentials::Gcp {
                 key_json: key_json.clone(),
             },
             None => return missing("a service-account key file"),
         },
         ProviderKind::Ecr => match (&request.role_arn, &request.region) {
-            (Some(role_arn), Some(region)) => Credentials::Ecr(EcrRole {
+            (Some(role_arn), Some(region)) => ConnectionCredentials::Ecr(EcrRole {
                 role_arn: role_arn.clone(),
                 external_id: request.external_id.clone(),
                 region: region.clone(),

@@ -16,11 +16,10 @@ use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, si
 use aws_sigv4::sign::v4;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::gcp::form_encode;
 use super::{CloudError, RegistryToken};
-use crate::connections::EcrRole;
 
 /// The session name the facade's assumed-role sessions carry (visible in CloudTrail).
 pub const SESSION_NAME: &str = "meshanics-facade";
@@ -29,6 +28,31 @@ pub const GET_AUTHORIZATION_TOKEN: &str =
     "AmazonEC2ContainerRegistry_V20150921.GetAuthorizationToken";
 const STS_CONTENT_TYPE: &str = "application/x-www-form-urlencoded; charset=utf-8";
 const ECR_CONTENT_TYPE: &str = "application/x-amz-json-1.1";
+
+/// An AWS role the facade assumes for an ECR registry.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EcrRole {
+    /// The role's ARN.
+    pub role_arn: String,
+    /// The external id the role's trust policy requires, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_id: Option<String>,
+    /// The AWS region of the registry.
+    pub region: String,
+}
+
+impl fmt::Debug for EcrRole {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EcrRole")
+            .field("role_arn", &self.role_arn)
+            .field(
+                "external_id",
+                &self.external_id.as_ref().map(|_| "<sealed>"),
+            )
+            .field("region", &self.region)
+            .finish()
+    }
+}
 
 /// AWS credentials: the facade's base ones, or an assumed role's session.
 #[derive(Clone, PartialEq, Eq)]

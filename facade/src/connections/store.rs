@@ -9,8 +9,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use meshanics_shared::reference::{ReferenceError, Registry};
 
 use super::record::{
-    ConnectionView, Credentials, EcrRole, NewConnection, ProviderKind, StoredRecord,
+    ConnectionCredentials, ConnectionView, NewConnection, ProviderKind, StoredRecord,
 };
+use crate::cloud::ecr::EcrRole;
 use crate::cloud::gcp::ServiceAccountKey;
 use crate::seal::{MasterKey, SealError};
 
@@ -31,7 +32,7 @@ pub struct Connection {
     /// The registry.
     pub registry: Registry,
     /// Its credentials.
-    pub credentials: Credentials,
+    pub credentials: ConnectionCredentials,
     /// Plain HTTP upstream.
     pub plain_http: bool,
     /// Its own CA bundle (PEM), if any.
@@ -137,14 +138,14 @@ impl Store {
             reason: reason.to_owned(),
         };
         let (username, secret) = match &new.credentials {
-            Credentials::Anonymous => (None, None),
-            Credentials::Static { username, token } => {
+            ConnectionCredentials::Anonymous => (None, None),
+            ConnectionCredentials::Static { username, token } => {
                 if username.is_empty() || token.is_empty() {
                     return Err(invalid("a static connection needs a username and a token"));
                 }
                 (Some(username.clone()), Some(token.clone().into_bytes()))
             }
-            Credentials::Gcp { key_json } => {
+            ConnectionCredentials::Gcp { key_json } => {
                 let key =
                     ServiceAccountKey::parse(key_json).map_err(|e| invalid(&e.to_string()))?;
                 (
@@ -152,7 +153,7 @@ impl Store {
                     Some(key_json.clone().into_bytes()),
                 )
             }
-            Credentials::Ecr(role) => {
+            ConnectionCredentials::Ecr(role) => {
                 validate_role(role).map_err(&invalid)?;
                 let json = serde_json::to_vec(role).map_err(|e| invalid(&e.to_string()))?;
                 (Some(role.role_arn.clone()), Some(json))
@@ -252,7 +253,7 @@ impl Store {
         Ok(self.connection(registry)?.filter(|c| c.approved))
     }
 
-    fn credentials(&self, record: &StoredRecord) -> Result<Credentials, ConnectionError> {
+    fn credentials(&self, record: &StoredRecord) -> Result<ConnectionCredentials, ConnectionError> {
         let host = &record.host;
         let secret = match &record.sealed {
             Some(sealed) => Some(self.key.open(host, sealed)?),
@@ -269,13 +270,13 @@ impl Store {
                 .ok_or_else(|| corrupt("the sealed secret is missing or not text"))
         };
         Ok(match record.provider {
-            ProviderKind::Anonymous => Credentials::Anonymous,
-            ProviderKind::Static => Credentials::Static {
+            ProviderKind::Anonymous => ConnectionCredentials::Anonymous,
+            ProviderKind::Static => ConnectionCredentials::Static {
                 username: record.username.clone().unwrap_or_default(),
                 token: text()?,
             },
-            ProviderKind::Gcp => Credentials::Gcp { key_json: text()? },
-            ProviderKind::Ecr => Credentials::Ecr(
+            ProviderKind::Gcp => ConnectionCredentials::Gcp { key_json: text()? },
+            ProviderKind::Ecr => ConnectionCredentials::Ecr(
                 serde_json::from_str(&text()?).map_err(|e| corrupt(&e.to_string()))?,
             ),
         })

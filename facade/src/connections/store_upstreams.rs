@@ -16,15 +16,15 @@ use rustls::RootCertStore;
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject as _;
 
-use super::{Connection, ConnectionError, Credentials, Store};
-use crate::approval::Upstreams;
+use super::{Connection, ConnectionCredentials, ConnectionError, Store};
+use crate::approval::ApprovedUpstreams;
 use crate::cloud::ecr::{AwsCredentials, EcrProvider, Endpoints};
 use crate::cloud::gcp::ServiceAccountKey;
-use crate::cloud::token_cache::TokenCache;
+use crate::cloud::token_cache::CloudTokenCache;
 use crate::cloud::{CloudCredentials, CloudSource};
 use crate::config::UpstreamTimeouts;
 use crate::providers::{
-    Anonymous, CredentialProvider, Credentials as Presented, Secret, StaticCredentials,
+    Anonymous, CredentialProvider, PresentedCredentials, Secret, StaticCredentials,
 };
 use crate::registry_client::{Endpoint, Upstream};
 
@@ -34,7 +34,7 @@ pub struct CloudSettings {
     /// The client for token endpoints.
     pub client: reqwest::Client,
     /// The per-host token cache shared by all cloud connections.
-    pub cache: Arc<TokenCache>,
+    pub cache: Arc<CloudTokenCache>,
     /// The facade's base AWS credentials (read once from the environment at start).
     pub aws: Option<AwsCredentials>,
     /// STS and ECR endpoints, when not AWS's regional ones (tests, private endpoints).
@@ -48,7 +48,7 @@ type CachedClient = ([u8; 32], Arc<Upstream>);
 #[derive(Debug)]
 pub struct StoreUpstreams {
     store: Arc<Store>,
-    fallback: Option<Arc<dyn Upstreams>>,
+    fallback: Option<Arc<dyn ApprovedUpstreams>>,
     timeouts: UpstreamTimeouts,
     cloud: CloudSettings,
     clients: Mutex<HashMap<Registry, CachedClient>>,
@@ -77,7 +77,7 @@ impl StoreUpstreams {
     /// Upstreams from `store`; registries it does not know are asked of `fallback`.
     pub fn new(
         store: Arc<Store>,
-        fallback: Option<Arc<dyn Upstreams>>,
+        fallback: Option<Arc<dyn ApprovedUpstreams>>,
         timeouts: UpstreamTimeouts,
         cloud: CloudSettings,
     ) -> Self {
@@ -124,11 +124,11 @@ impl StoreUpstreams {
             reason,
         };
         let credentials: Arc<dyn CredentialProvider> = match &connection.credentials {
-            Credentials::Anonymous => Arc::new(Anonymous),
-            Credentials::Static { username, token } => Arc::new(StaticCredentials::new(
-                Presented::basic(username.clone(), Secret::new(token.clone())),
+            ConnectionCredentials::Anonymous => Arc::new(Anonymous),
+            ConnectionCredentials::Static { username, token } => Arc::new(StaticCredentials::new(
+                PresentedCredentials::basic(username.clone(), Secret::new(token.clone())),
             )),
-            Credentials::Gcp { key_json } => {
+            ConnectionCredentials::Gcp { key_json } => {
                 let key =
                     ServiceAccountKey::parse(key_json).map_err(|e| unusable(e.to_string()))?;
                 Arc::new(CloudCredentials::new(
@@ -138,7 +138,7 @@ impl StoreUpstreams {
                     self.cloud.cache.clone(),
                 ))
             }
-            Credentials::Ecr(role) => {
+            ConnectionCredentials::Ecr(role) => {
                 let base = self.cloud.aws.clone().ok_or_else(|| {
                     unusable("no AWS base credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY for the facade".into())
                 })?;
@@ -185,7 +185,7 @@ impl StoreUpstreams {
     }
 }
 
-impl Upstreams for StoreUpstreams {
+impl ApprovedUpstreams for StoreUpstreams {
     fn approved(&self, registry: &Registry) -> Option<Arc<Upstream>> {
         match self.store.approved(registry) {
             Ok(Some(connection)) => match self.client_for(&connection) {
@@ -208,12 +208,12 @@ impl Upstreams for StoreUpstreams {
 fn fingerprint(connection: &Connection) -> [u8; 32] {
     let mut text = format!("{}\0{}\0", connection.registry, connection.plain_http);
     match &connection.credentials {
-        Credentials::Anonymous => text.push_str("anonymous"),
-        Credentials::Static { username, token } => {
+        ConnectionCredentials::Anonymous => text.push_str("anonymous"),
+        ConnectionCredentials::Static { username, token } => {
             text.push_str(&format!("static\0{username}\0{token}"));
         }
-        Credentials::Gcp { key_json } => text.push_str(&format!("gcp\0{key_json}")),
-        Credentials::Ecr(role) => text.push_str(&format!(
+        ConnectionCredentials::Gcp { key_json } => text.push_str(&format!("gcp\0{key_json}")),
+        ConnectionCredentials::Ecr(role) => text.push_str(&format!(
             "ecr\0{}\0{}\0{}",
             role.role_arn,
             role.external_id.as_deref().unwrap_or(""),

@@ -8,8 +8,10 @@ use base64::Engine as _;
 use http::HeaderValue;
 use reqwest::Url;
 
-use super::{Challenge, Token, TokenResponse, Upstream, UpstreamError, read_capped, redacted};
-use crate::providers::{Credentials, Secret};
+use super::{
+    BearerToken, Challenge, TokenResponse, Upstream, UpstreamError, read_capped, redacted,
+};
+use crate::providers::{PresentedCredentials, Secret};
 
 /// The largest token endpoint response read.
 const MAX_TOKEN_RESPONSE: usize = 64 * 1024;
@@ -17,7 +19,7 @@ const MAX_TOKEN_RESPONSE: usize = 64 * 1024;
 /// An `Authorization` header's content.
 #[derive(Debug, Clone)]
 pub(super) enum Authorization {
-    Basic(Credentials),
+    Basic(PresentedCredentials),
     Bearer(Secret),
 }
 
@@ -51,7 +53,7 @@ impl Upstream {
     pub(super) async fn first_authorization(
         &self,
         scope: &str,
-        credentials: Option<&Credentials>,
+        credentials: Option<&PresentedCredentials>,
     ) -> Option<Authorization> {
         if let Some(token) = self.tokens.cached(scope).await {
             return Some(Authorization::Bearer(token));
@@ -69,7 +71,7 @@ impl Upstream {
         &self,
         challenge: &Challenge,
         scope: &str,
-        credentials: Option<&Credentials>,
+        credentials: Option<&PresentedCredentials>,
         rejected: Option<&Authorization>,
     ) -> Result<Option<Authorization>, UpstreamError> {
         match challenge {
@@ -111,8 +113,8 @@ impl Upstream {
         realm: &str,
         service: Option<&str>,
         scope: &str,
-        credentials: Option<&Credentials>,
-    ) -> Result<Token, UpstreamError> {
+        credentials: Option<&PresentedCredentials>,
+    ) -> Result<BearerToken, UpstreamError> {
         let token_err = |reason: String| UpstreamError::Token {
             host: self.registry.clone(),
             realm: redacted_str(realm),
@@ -164,7 +166,7 @@ mod tests {
 
     #[test]
     fn basic_and_bearer_headers_are_sensitive_and_well_formed() {
-        let basic = Authorization::Basic(Credentials::basic(
+        let basic = Authorization::Basic(PresentedCredentials::basic(
             "bot".into(),
             Secret::new("s3cret".into()),
         ))

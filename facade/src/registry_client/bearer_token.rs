@@ -45,22 +45,22 @@ pub struct TokenResponse {
 
 /// A token and when to stop using it.
 #[derive(Debug, Clone)]
-pub struct Token {
+pub struct BearerToken {
     value: Secret,
     refresh_at: Instant,
 }
 
 /// Tokens per scope, with single-flight refresh.
 #[derive(Debug, Default)]
-pub struct TokenCache {
-    slots: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<Token>>>>>,
+pub struct BearerTokenCache {
+    slots: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<BearerToken>>>>>,
 }
 
 // === impl TokenResponse ===
 
 impl TokenResponse {
     /// Parses a token endpoint's JSON body; `None` if it holds no token.
-    pub fn into_token(self, received: Instant) -> Option<Token> {
+    pub fn into_token(self, received: Instant) -> Option<BearerToken> {
         let value = self.token.or(self.access_token).filter(|t| !t.is_empty())?;
         let mut lifetime = self
             .expires_in
@@ -81,16 +81,16 @@ impl TokenResponse {
         }
         let lifetime = lifetime.min(MAX_LIFETIME);
         let margin = (lifetime / 5).min(MAX_MARGIN);
-        Some(Token {
+        Some(BearerToken {
             value: Secret::new(value),
             refresh_at: received + lifetime.saturating_sub(margin),
         })
     }
 }
 
-// === impl Token ===
+// === impl BearerToken ===
 
-impl Token {
+impl BearerToken {
     /// The token.
     pub fn value(&self) -> &Secret {
         &self.value
@@ -106,9 +106,9 @@ impl Token {
     }
 }
 
-// === impl TokenCache ===
+// === impl BearerTokenCache ===
 
-impl TokenCache {
+impl BearerTokenCache {
     /// A fresh cached token for `scope`, waiting for a refresh in flight.
     pub async fn cached(&self, scope: &str) -> Option<Secret> {
         let slot = self.slots.lock().ok()?.get(scope).cloned()?;
@@ -129,7 +129,7 @@ impl TokenCache {
     ) -> Result<Secret, E>
     where
         F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<Token, E>>,
+        Fut: Future<Output = Result<BearerToken, E>>,
     {
         // A poisoned map only costs the cache, not the request.
         let Some(slot) = self.slot(scope) else {
@@ -148,12 +148,12 @@ impl TokenCache {
         Ok(value)
     }
 
-    fn slot(&self, scope: &str) -> Option<Arc<tokio::sync::Mutex<Option<Token>>>> {
+    fn slot(&self, scope: &str) -> Option<Arc<tokio::sync::Mutex<Option<BearerToken>>>> {
         let mut slots = self.slots.lock().ok()?;
         if !slots.contains_key(scope) && slots.len() >= PRUNE_ABOVE {
             // Keep slots in use (a fetch in flight holds the lock) and fresh tokens.
             slots.retain(|_, slot| match slot.try_lock() {
-                Ok(token) => token.as_ref().is_some_and(Token::fresh),
+                Ok(token) => token.as_ref().is_some_and(BearerToken::fresh),
                 Err(_) => true,
             });
         }
@@ -228,7 +228,7 @@ mod tests {
 
     #[tokio::test]
     async fn fetches_once_and_refetches_a_rejected_token() {
-        let cache = TokenCache::default();
+        let cache = BearerTokenCache::default();
         let mut fetches = 0;
         let mut fetch = |v: &'static str| {
             fetches += 1;
@@ -262,7 +262,7 @@ mod tests {
 
     #[tokio::test]
     async fn drops_stale_scopes_instead_of_growing_without_bound() {
-        let cache = TokenCache::default();
+        let cache = BearerTokenCache::default();
         let stale = || async {
             let mut token = response(r#"{"token":"t"}"#)
                 .into_token(Instant::now())
