@@ -57,6 +57,7 @@ use meshanics_shared::tls::{self, TlsError};
 use rustls::{RootCertStore, ServerConfig};
 use serde::Deserialize;
 
+use crate::connections::pasted;
 use crate::providers::{PresentedCredentials, Secret};
 
 /// The checked configuration.
@@ -447,7 +448,7 @@ impl RawUpstream {
             host: host.clone(),
             reason,
         };
-        let registry = Registry::from_user_input(&self.host).map_err(|e| err(e.to_string()))?;
+        let registry = pasted::registry(&self.host).map_err(|e| err(e.to_string()))?;
         let credentials = match (self.username, self.token_file) {
             (None, None) => None,
             (Some(username), Some(path)) => {

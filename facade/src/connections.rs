@@ -2,7 +2,8 @@
 //! credentials the facade uses for them.
 //!
 //! A connection is keyed by its registry host, normalized with the shared reference rules (a
-//! pasted URL is reduced to its host, Docker Hub's names are one connection, a port is kept).
+//! pasted URL is reduced to its host by [`pasted`], Docker Hub's names are one connection, a
+//! port is kept).
 //! Each connection is one JSON file in `<state>/connections/`, written atomically; its secret
 //! (a token, a service-account key, a role configuration) is sealed under the master key with
 //! the host as associated data (see [`crate::seal`]). Nothing here returns a secret to a
@@ -13,6 +14,7 @@
 //! because the proxy asks the store on every request.
 
 mod browser;
+pub mod pasted;
 mod record;
 mod store;
 mod store_upstreams;

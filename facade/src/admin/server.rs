@@ -12,7 +12,6 @@ use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use meshanics_shared::Reference;
 use serde::Serialize;
 use tokio::net::UnixListener;
 
@@ -21,6 +20,7 @@ use super::api::{
 };
 use super::browse::{BrowseError, Browser};
 use crate::cloud::ecr::EcrRole;
+use crate::connections::pasted;
 use crate::connections::{
     ConnectionCredentials, ConnectionError, NewConnection, ProviderKind, Store,
 };
@@ -212,7 +212,7 @@ async fn tags(state: &AdminState, query: &str) -> Reply {
             );
         }
     };
-    let reference = match Reference::from_user_input(&repository) {
+    let reference = match pasted::reference(&repository) {
         Ok(r) => r,
         Err(e) => return error(StatusCode::BAD_REQUEST, "INVALID", &e.to_string()),
     };
@@ -261,7 +261,7 @@ async fn import_one(state: &AdminState, input: String) -> ImportResult {
         retry_after: None,
         message: None,
     };
-    let reference = match Reference::from_user_input(&input) {
+    let reference = match pasted::reference(&input) {
         Ok(r) => r,
         Err(e) => {
             result.outcome = Outcome::Invalid;

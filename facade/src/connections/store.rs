@@ -8,6 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use meshanics_shared::reference::{ReferenceError, Registry};
 
+use super::pasted;
 use super::record::{
     ConnectionCredentials, ConnectionView, NewConnection, ProviderKind, StoredRecord,
 };
@@ -131,7 +132,7 @@ impl Store {
         new: NewConnection,
         now: SystemTime,
     ) -> Result<ConnectionView, ConnectionError> {
-        let registry = Registry::from_user_input(&new.registry)?;
+        let registry = pasted::registry(&new.registry)?;
         let host = registry.as_str().to_owned();
         let invalid = |reason: &str| ConnectionError::InvalidCredentials {
             host: host.clone(),
@@ -195,7 +196,7 @@ impl Store {
 
     /// One connection, by host or URL.
     pub fn show(&self, registry: &str) -> Result<ConnectionView, ConnectionError> {
-        let registry = Registry::from_user_input(registry)?;
+        let registry = pasted::registry(registry)?;
         let records = self.records.read().unwrap_or_else(|p| p.into_inner());
         records
             .get(&registry)
@@ -205,7 +206,7 @@ impl Store {
 
     /// Approves a connection for device traffic.
     pub fn approve(&self, registry: &str) -> Result<ConnectionView, ConnectionError> {
-        let registry = Registry::from_user_input(registry)?;
+        let registry = pasted::registry(registry)?;
         let mut records = self.records.write().unwrap_or_else(|p| p.into_inner());
         let record = records
             .get_mut(&registry)
@@ -219,7 +220,7 @@ impl Store {
 
     /// Removes a connection; the facade stops proxying it at once.
     pub fn remove(&self, registry: &str) -> Result<ConnectionView, ConnectionError> {
-        let registry = Registry::from_user_input(registry)?;
+        let registry = pasted::registry(registry)?;
         let mut records = self.records.write().unwrap_or_else(|p| p.into_inner());
         let record = records.get(&registry).ok_or_else(|| not_found(&registry))?;
         let path = self.path_for(&registry);

@@ -1,12 +1,14 @@
-//! Shows how Meshanics reads image references, registry names and platforms:
+//! Shows how Meshanics reads what an operator types or pastes (image references, registry
+//! names, browser URLs) and which platform this machine is:
 //!
 //! ```text
-//! cargo run -p meshanics-shared --example normalize -- nginx https://hub.docker.com/r/bitnami/redis/tags
+//! cargo run -p meshanics-facade --example normalize -- nginx https://hub.docker.com/r/bitnami/redis/tags
 //! ```
 //!
 //! With no arguments it explains a few typical inputs.
 
-use meshanics_shared::{Platform, Reference};
+use meshanics_facade::connections::pasted;
+use meshanics_shared::Platform;
 
 fn main() {
     let mut inputs: Vec<String> = std::env::args().skip(1).collect();
@@ -27,7 +29,7 @@ fn main() {
     let here = Platform::detect();
     println!("this machine's platform: {here}");
     for input in inputs {
-        match Reference::from_user_input(&input) {
+        match pasted::reference(&input) {
             Ok(r) => {
                 let path = r.registry().path_form().unwrap_or_else(|| "-".into());
                 println!(
