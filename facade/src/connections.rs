@@ -25,7 +25,6 @@ pub use store::{Connection, ConnectionError, Store};
 pub use store_upstreams::{BuildError, CloudSettings, StoreUpstreams};
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use crate::approval::ApprovedUpstreams;
 use crate::cloud::ecr::{AwsCredentials, Endpoints};
@@ -76,7 +75,7 @@ impl Connections {
         };
         let client = crate::http_client::client(roots, timeouts.connect, timeouts.response)?;
         let policy = MarginPolicy {
-            max: Duration::from_secs(config.cloud.token_margin_seconds),
+            max: config.cloud.token_margin,
             ..MarginPolicy::default()
         };
         let ecr_endpoints = match (

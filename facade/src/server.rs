@@ -187,7 +187,7 @@ async fn accept_loop(
     {
         tracing::warn!(
             left = connections.len(),
-            grace_seconds = shared.limits.shutdown_grace,
+            grace_seconds = shared.limits.grace().as_secs(),
             "grace period over: closing the remaining connections"
         );
         connections.abort_all();
