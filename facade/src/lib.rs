@@ -28,11 +28,13 @@
 //!
 //! - [`admin`]: the operator API on a Unix socket, and its client for `meshctl`.
 //! - [`connections`]: the registries operators connected, with credentials [`seal`]ed at
-//!   rest under the operator's master key.
+//!   rest under the operator's master key; [`connections::pasted`] reduces what an operator
+//!   pastes (a host, a reference, a registry's web page) to the registry it is keyed by.
 //! - [`cloud`]: cloud credentials (Google service accounts, AWS roles for ECR) exchanged for
 //!   short-lived registry tokens, cached per host.
 //! - [`tags`]: tag listing with `Link` pagination, and the newest-likely-first ordering.
-//! - [`http_client`]: the outbound HTTP client on the ring TLS provider.
+//! - [`http_client`]: the one outbound HTTP client set-up (ring TLS provider), shared by the
+//!   registry client and the cloud token client.
 //!
 //! Beside it, [`layout_registry`] (the `meshanics-layout-registry` binary): a read-only
 //! registry over a folder of OCI layouts, the upstream for air-gapped sites.
