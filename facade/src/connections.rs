@@ -70,10 +70,11 @@ impl Connections {
     ) -> Result<Self, SetupError> {
         let store = Arc::new(Store::open(&config.state_dir, key)?);
         let timeouts = config.limits.upstream();
-        let roots = rustls::RootCertStore {
-            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-        };
-        let client = crate::http_client::client(roots, timeouts.connect, timeouts.response)?;
+        let client = crate::http_client::client(
+            crate::http_client::web_roots(),
+            timeouts.connect,
+            timeouts.response,
+        )?;
         let policy = MarginPolicy {
             max: config.cloud.token_margin,
             ..MarginPolicy::default()

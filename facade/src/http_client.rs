@@ -19,6 +19,14 @@ pub enum HttpClientError {
     Build(#[source] reqwest::Error),
 }
 
+/// The public web's roots (Mozilla's, from `webpki-roots`): what an upstream without a
+/// private CA, and a cloud token endpoint, is trusted by.
+pub fn web_roots() -> RootCertStore {
+    RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    }
+}
+
 /// A client builder trusting `roots`, with ALPN for HTTP/2 and HTTP/1.1. Proxies come from
 /// `HTTPS_PROXY`/`HTTP_PROXY`/`NO_PROXY`, which reqwest reads by default.
 pub fn builder(roots: RootCertStore) -> Result<reqwest::ClientBuilder, HttpClientError> {

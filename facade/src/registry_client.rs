@@ -112,9 +112,7 @@ impl Upstream {
         let scheme = if endpoint.plain_http { "http" } else { "https" };
         let base = Url::parse(&format!("{scheme}://{}/", registry.api_host()))
             .map_err(|e| client_err(e.to_string()))?;
-        let roots = endpoint.ca.unwrap_or_else(|| RootCertStore {
-            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-        });
+        let roots = endpoint.ca.unwrap_or_else(http_client::web_roots);
         let client = http_client::builder(roots)
             .map_err(|e| client_err(e.to_string()))?
             .redirect(reqwest::redirect::Policy::none())
