@@ -35,6 +35,9 @@
 //! hook_timeout = "5m"
 //! ```
 //!
+//! Durations are humantime's, as in the facade's config: `"500ms"`, `"30s"`, `"5m"`,
+//! `"1h 30m"`, `"2d"` (see [`meshanics_shared::duration`]).
+//!
 //! `key_credential` names a systemd credential: the key is read from
 //! `$CREDENTIALS_DIRECTORY/<name>` (`LoadCredential=` in the unit), so it never sits in a
 //! world-readable place.
@@ -43,7 +46,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use meshanics_shared::{Platform, tls};
+use meshanics_shared::{Platform, duration, tls};
 use serde::Deserialize;
 
 /// The parsed, checked configuration.
@@ -496,7 +499,7 @@ impl Checker {
 
     fn duration(&mut self, key: &str, value: Option<String>, default: &str) -> Option<Duration> {
         let text = value.unwrap_or_else(|| default.to_owned());
-        self.check(key, parse_duration(&text))
+        self.check(key, duration::parse(&text).map_err(|e| e.to_string()))
     }
 
     fn range(
@@ -583,32 +586,6 @@ fn executable_file(path: &Path) -> Result<(), String> {
         return Err(format!("{} is not an executable file", path.display()));
     }
     Ok(())
-}
-
-/// Parses `500ms`, `30s`, `5m`, `2h` (one number and one unit).
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(|| format!("{text:?} has no unit (ms, s, m or h)"))?;
-    let (number, unit) = text.split_at(split);
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration like 30s or 5m"))?;
-    let seconds = |factor: u64| {
-        n.checked_mul(factor)
-            .map(Duration::from_secs)
-            .ok_or_else(|| format!("{text:?} is too long"))
-    };
-    match unit.trim() {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" => seconds(1),
-        "m" => seconds(60),
-        "h" => seconds(3600),
-        other => Err(format!(
-            "unknown unit {other:?} in {text:?} (use ms, s, m or h)"
-        )),
-    }
 }
 
 /// Parses a byte count: `1048576`, `512KiB`, `10MiB`, `1GiB`, `500kB`, `2MB`.

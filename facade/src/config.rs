@@ -15,15 +15,15 @@
 //! device_ca = "/etc/meshanics/device-ca.crt"
 //! crls = ["/etc/meshanics/devices.crl"]
 //!
-//! [limits]                           # all optional; seconds unless named otherwise
+//! [limits]                           # all optional
 //! max_connections = 1024
-//! handshake_timeout = 10
-//! header_timeout = 10
-//! idle_timeout = 120
-//! upstream_connect_timeout = 10
-//! upstream_response_timeout = 30
-//! upstream_read_timeout = 60
-//! shutdown_grace = 30
+//! handshake_timeout = "10s"
+//! header_timeout = "10s"
+//! idle_timeout = "2m"
+//! upstream_connect_timeout = "10s"
+//! upstream_response_timeout = "30s"
+//! upstream_read_timeout = "1m"
+//! shutdown_grace = "30s"
 //! max_meta_bytes = 16777216
 //! max_unsized_blob_bytes = 17179869184   # a blob sent without Content-Length
 //!
@@ -35,7 +35,7 @@
 //! [cloud]                            # all optional
 //! ecr_sts_endpoint = "https://sts.eu-west-1.amazonaws.com/"   # default: the role's region
 //! ecr_api_endpoint = "https://api.ecr.eu-west-1.amazonaws.com/"
-//! token_margin_seconds = 300         # refresh cloud tokens min(this, 10 % of lifetime) early
+//! token_margin = "5m"                # refresh cloud tokens min(this, 10 % of lifetime) early
 //!
 //! [[upstreams]]                      # upstreams approved in the file (labs, bootstrapping);
 //!                                    # operators connect registries with `meshctl registry add`
@@ -45,6 +45,12 @@
 //! ca_file = "/etc/meshanics/private-ca.crt"   # optional: a private CA for this host only
 //! plain_http = false                          # plain HTTP only for labs and tests
 //! ```
+//!
+//! Durations are written as in the agent's config (humantime, see
+//! [`meshanics_shared::duration`]): `"500ms"`, `"30s"`, `"5m"`, `"1h 30m"`. A bare integer is
+//! a number of seconds, as configs written before durations had units say it
+//! (`idle_timeout = 120`); `token_margin` is also read under its old name,
+//! `token_margin_seconds`.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -52,12 +58,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use meshanics_shared::Registry;
 use meshanics_shared::tls::{self, TlsError};
+use meshanics_shared::{Registry, duration};
 use rustls::{RootCertStore, ServerConfig};
 use serde::Deserialize;
 
-use crate::providers::{Credentials, Secret};
+use crate::connections::pasted;
+use crate::providers::{PresentedCredentials, Secret};
 
 /// The checked configuration.
 #[derive(Debug, Clone)]
@@ -91,7 +98,11 @@ pub struct CloudConfig {
     /// The ECR API endpoint (default: AWS's, in the role's region).
     pub ecr_api_endpoint: Option<String>,
     /// The largest margin before a cloud token's expiry at which it is refreshed.
-    pub token_margin_seconds: u64,
+    #[serde(
+        alias = "token_margin_seconds",
+        deserialize_with = "duration::deserialize"
+    )]
+    pub token_margin: Duration,
 }
 
 impl Default for CloudConfig {
@@ -99,7 +110,7 @@ impl Default for CloudConfig {
         CloudConfig {
             ecr_sts_endpoint: None,
             ecr_api_endpoint: None,
-            token_margin_seconds: 300,
+            token_margin: Duration::from_secs(300),
         }
     }
 }
@@ -110,20 +121,27 @@ impl Default for CloudConfig {
 pub struct Limits {
     /// Concurrent device connections; more wait in the kernel's accept queue.
     pub max_connections: usize,
-    /// Seconds a TLS handshake may take.
-    pub handshake_timeout: u64,
-    /// Seconds a client may take to send a request's headers.
-    pub header_timeout: u64,
-    /// Seconds a connection may stay without a byte read or written before it is closed.
-    pub idle_timeout: u64,
-    /// Seconds to connect to an upstream.
-    pub upstream_connect_timeout: u64,
-    /// Seconds from sending an upstream request to its response headers.
-    pub upstream_response_timeout: u64,
-    /// Seconds an upstream body may stall between two reads.
-    pub upstream_read_timeout: u64,
-    /// Seconds streams may go on finishing after a shutdown signal.
-    pub shutdown_grace: u64,
+    /// How long a TLS handshake may take.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub handshake_timeout: Duration,
+    /// How long a client may take to send a request's headers.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub header_timeout: Duration,
+    /// How long a connection may stay without a byte read or written before it is closed.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub idle_timeout: Duration,
+    /// How long connecting to an upstream may take.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub upstream_connect_timeout: Duration,
+    /// How long from sending an upstream request to its response headers.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub upstream_response_timeout: Duration,
+    /// How long an upstream body may stall between two reads.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub upstream_read_timeout: Duration,
+    /// How long streams may go on finishing after a shutdown signal.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub shutdown_grace: Duration,
     /// The largest file `/meta/` serves, in bytes.
     pub max_meta_bytes: u64,
     /// The most bytes streamed for a blob whose upstream announced no size (an endless body
@@ -139,7 +157,7 @@ pub struct UpstreamConfig {
     /// Speak plain HTTP to it (labs and tests only).
     pub plain_http: bool,
     /// Basic credentials (username and token), if any.
-    pub credentials: Option<Credentials>,
+    pub credentials: Option<PresentedCredentials>,
     /// A private CA bundle trusted for this upstream instead of the public roots.
     pub ca: Option<RootCertStore>,
 }
@@ -348,13 +366,13 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_connections: 1024,
-            handshake_timeout: 10,
-            header_timeout: 10,
-            idle_timeout: 120,
-            upstream_connect_timeout: 10,
-            upstream_response_timeout: 30,
-            upstream_read_timeout: 60,
-            shutdown_grace: 30,
+            handshake_timeout: Duration::from_secs(10),
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(120),
+            upstream_connect_timeout: Duration::from_secs(10),
+            upstream_response_timeout: Duration::from_secs(30),
+            upstream_read_timeout: Duration::from_secs(60),
+            shutdown_grace: Duration::from_secs(30),
             max_meta_bytes: 16 * 1024 * 1024,
             max_unsized_blob_bytes: 16 * 1024 * 1024 * 1024,
         }
@@ -363,59 +381,60 @@ impl Default for Limits {
 
 impl Limits {
     fn check(&self) -> Result<(), ConfigError> {
-        let positive = [
+        let durations = [
             ("handshake_timeout", self.handshake_timeout),
             ("header_timeout", self.header_timeout),
             ("idle_timeout", self.idle_timeout),
             ("upstream_connect_timeout", self.upstream_connect_timeout),
             ("upstream_response_timeout", self.upstream_response_timeout),
             ("upstream_read_timeout", self.upstream_read_timeout),
+        ];
+        let counts = [
             ("max_meta_bytes", self.max_meta_bytes),
             ("max_unsized_blob_bytes", self.max_unsized_blob_bytes),
         ];
-        for (key, value) in positive {
-            if value == 0 {
-                return Err(ConfigError::Limit {
-                    key,
-                    reason: "must be greater than 0",
-                });
-            }
+        let positive = |key| ConfigError::Limit {
+            key,
+            reason: "must be greater than 0",
+        };
+        if let Some((key, _)) = durations.iter().find(|(_, value)| value.is_zero()) {
+            return Err(positive(key));
+        }
+        if let Some((key, _)) = counts.iter().find(|(_, value)| *value == 0) {
+            return Err(positive(key));
         }
         if self.max_connections == 0 {
-            return Err(ConfigError::Limit {
-                key: "max_connections",
-                reason: "must be greater than 0",
-            });
+            return Err(positive("max_connections"));
         }
         Ok(())
     }
 
     /// The TLS handshake deadline.
     pub fn handshake(&self) -> Duration {
-        Duration::from_secs(self.handshake_timeout)
+        self.handshake_timeout
     }
 
     /// The request header deadline.
     pub fn header(&self) -> Duration {
-        Duration::from_secs(self.header_timeout)
+        self.header_timeout
     }
 
     /// The idle connection deadline.
     pub fn idle(&self) -> Duration {
-        Duration::from_secs(self.idle_timeout)
+        self.idle_timeout
     }
 
     /// The shutdown grace period.
     pub fn grace(&self) -> Duration {
-        Duration::from_secs(self.shutdown_grace)
+        self.shutdown_grace
     }
 
     /// The upstream timeouts.
     pub fn upstream(&self) -> UpstreamTimeouts {
         UpstreamTimeouts {
-            connect: Duration::from_secs(self.upstream_connect_timeout),
-            response: Duration::from_secs(self.upstream_response_timeout),
-            read: Duration::from_secs(self.upstream_read_timeout),
+            connect: self.upstream_connect_timeout,
+            response: self.upstream_response_timeout,
+            read: self.upstream_read_timeout,
         }
     }
 }
@@ -447,7 +466,7 @@ impl RawUpstream {
             host: host.clone(),
             reason,
         };
-        let registry = Registry::from_user_input(&self.host).map_err(|e| err(e.to_string()))?;
+        let registry = pasted::registry(&self.host).map_err(|e| err(e.to_string()))?;
         let credentials = match (self.username, self.token_file) {
             (None, None) => None,
             (Some(username), Some(path)) => {
@@ -457,7 +476,10 @@ impl RawUpstream {
                 if token.is_empty() {
                     return Err(err(format!("`token_file` {} is empty", path.display())));
                 }
-                Some(Credentials::basic(username, Secret::new(token.to_owned())))
+                Some(PresentedCredentials::basic(
+                    username,
+                    Secret::new(token.to_owned()),
+                ))
             }
             (Some(_), None) => return Err(err("`username` without `token_file`".into())),
             (None, Some(_)) => return Err(err("`token_file` without `username`".into())),

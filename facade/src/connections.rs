@@ -2,7 +2,8 @@
 //! credentials the facade uses for them.
 //!
 //! A connection is keyed by its registry host, normalized with the shared reference rules (a
-//! pasted URL is reduced to its host, Docker Hub's names are one connection, a port is kept).
+//! pasted URL is reduced to its host by [`pasted`], Docker Hub's names are one connection, a
+//! port is kept).
 //! Each connection is one JSON file in `<state>/connections/`, written atomically; its secret
 //! (a token, a service-account key, a role configuration) is sealed under the master key with
 //! the host as associated data (see [`crate::seal`]). Nothing here returns a secret to a
@@ -14,23 +15,23 @@
 //! because the proxy asks the store on every request.
 
 mod browser;
+pub mod pasted;
 mod record;
 mod store;
-mod upstreams;
+mod store_upstreams;
 
 pub use browser::StoreBrowser;
-pub use record::{Credentials, EcrRole, NewConnection};
+pub use record::{ConnectionCredentials, NewConnection};
 pub use store::{Connection, ConnectionError, Store};
-pub use upstreams::{BuildError, CloudSettings, StoreUpstreams};
+pub use store_upstreams::{BuildError, CloudSettings, StoreUpstreams};
 
 use std::sync::Arc;
-use std::time::Duration;
 
+use crate::approval::ApprovedUpstreams;
 use crate::cloud::ecr::{AwsCredentials, Endpoints};
-use crate::cloud::token_cache::{MarginPolicy, SystemClock, TokenCache};
+use crate::cloud::token_cache::{CloudTokenCache, MarginPolicy, SystemClock};
 use crate::config::Config;
 use crate::seal::MasterKey;
-use crate::upstreams::Upstreams;
 
 /// The operator socket's file name in the facade's state dir.
 pub const ADMIN_SOCKET: &str = "admin.sock";
@@ -55,7 +56,7 @@ pub enum SetupError {
     Store(#[from] ConnectionError),
     /// The token client could not be built.
     #[error(transparent)]
-    Client(#[from] crate::http_client::ClientError),
+    Client(#[from] crate::http_client::HttpClientError),
 }
 
 impl Connections {
@@ -66,16 +67,17 @@ impl Connections {
         config: &Config,
         key: MasterKey,
         aws: Option<AwsCredentials>,
-        fallback: Option<Arc<dyn Upstreams>>,
+        fallback: Option<Arc<dyn ApprovedUpstreams>>,
     ) -> Result<Self, SetupError> {
         let store = Arc::new(Store::open(&config.state_dir, key)?);
         let timeouts = config.limits.upstream();
-        let roots = rustls::RootCertStore {
-            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-        };
-        let client = crate::http_client::client(roots, timeouts.connect, timeouts.response)?;
+        let client = crate::http_client::client(
+            crate::http_client::web_roots(),
+            timeouts.connect,
+            timeouts.response,
+        )?;
         let policy = MarginPolicy {
-            max: Duration::from_secs(config.cloud.token_margin_seconds),
+            max: config.cloud.token_margin,
             ..MarginPolicy::default()
         };
         let ecr_endpoints = match (
@@ -90,7 +92,7 @@ impl Connections {
         };
         let cloud = CloudSettings {
             client,
-            cache: Arc::new(TokenCache::new(policy, Arc::new(SystemClock))),
+            cache: Arc::new(CloudTokenCache::new(policy, Arc::new(SystemClock))),
             aws,
             ecr_endpoints,
         };

@@ -4,7 +4,7 @@
 use http::{HeaderValue, Method, StatusCode};
 use meshanics_shared::{Digest, Registry, VerifyError};
 
-use crate::upstream::{ContentKind, UpstreamError};
+use crate::registry_client::{ContentKind, UpstreamError};
 
 /// Why a device request was refused or failed.
 #[derive(Debug, thiserror::Error)]

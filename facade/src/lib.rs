@@ -14,11 +14,11 @@
 //! - [`identity`]: the device's certificate subject, logged with each request.
 //! - [`service`] and [`routes`]: a request becomes a [`routes::Route`] or a refusal before any
 //!   upstream is asked.
-//! - [`upstreams`]: the approval seam ("is this upstream approved, how do I reach it?"), fed
+//! - [`approval`]: the approval seam ("is this upstream approved, how do I reach it?"), fed
 //!   by the config file or by the connection store; [`providers`]: the credential seam for
 //!   static, anonymous and cloud credentials.
-//! - [`upstream`]: the registry client (auth challenges, token cache, redirects that never
-//!   carry `Authorization` off the upstream's origin).
+//! - [`registry_client`]: the HTTP client to upstream registries (auth challenges, the bearer
+//!   token cache, redirects that never carry `Authorization` off the upstream's origin).
 //! - [`proxy`] and [`body`]: streaming with verification; [`meta`]: `/meta/<file>`.
 //! - [`respond`]: the one place errors become HTTP statuses and OCI error JSON.
 //! - [`metrics`] and [`metrics_listener`]: Prometheus metrics, and `/healthz` and `/metrics`
@@ -32,11 +32,13 @@
 //!   [`Browser`](meshanics_operator_api::Browser) seam and the client live in the
 //!   `meshanics-operator-api` crate, shared with `meshctl`.
 //! - [`connections`]: the registries operators connected, with credentials [`seal`]ed at
-//!   rest under the operator's master key.
+//!   rest under the operator's master key; [`connections::pasted`] reduces what an operator
+//!   pastes (a host, a reference, a registry's web page) to the registry it is keyed by.
 //! - [`cloud`]: cloud credentials (Google service accounts, AWS roles for ECR) exchanged for
 //!   short-lived registry tokens, cached per host.
 //! - [`tags`]: tag listing with `Link` pagination, and the newest-likely-first ordering.
-//! - [`http_client`]: the outbound HTTP client on the ring TLS provider.
+//! - [`http_client`]: the one outbound HTTP client set-up (ring TLS provider), shared by the
+//!   registry client and the cloud token client.
 //!
 //! Beside it, in crates of their own: `meshanics-http` (the serve loop every listener runs
 //! on, the OCI error body, `Range` parsing) and `meshanics-layout-registry`, a read-only
@@ -46,6 +48,7 @@
 //! what a device may run. Trust comes from the signed metadata the device verifies.
 
 pub mod admin;
+pub mod approval;
 pub mod body;
 pub mod cloud;
 pub mod config;
@@ -58,16 +61,15 @@ pub mod metrics;
 pub mod metrics_listener;
 pub mod providers;
 pub mod proxy;
+pub mod registry_client;
 pub mod respond;
 pub mod routes;
 pub mod seal;
 pub mod server;
 pub mod service;
 pub mod tags;
-pub mod upstream;
-pub mod upstreams;
 
+pub use approval::{ApprovedUpstreams, ConfiguredUpstreams};
 pub use config::{Config, ConfigError};
 pub use error::Error;
 pub use server::{Running, StartError, start};
-pub use upstreams::{ConfiguredUpstreams, Upstreams};

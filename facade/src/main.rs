@@ -11,7 +11,7 @@ use meshanics_facade::admin::{self, AdminState};
 use meshanics_facade::cloud::ecr::AwsCredentials;
 use meshanics_facade::connections::{ADMIN_SOCKET, Connections};
 use meshanics_facade::seal::MasterKey;
-use meshanics_facade::{Config, ConfiguredUpstreams, Upstreams};
+use meshanics_facade::{ApprovedUpstreams, Config, ConfiguredUpstreams};
 use meshanics_shared::notify::Notifier;
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -38,7 +38,7 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let configured: Arc<dyn Upstreams> =
+    let configured: Arc<dyn ApprovedUpstreams> =
         match ConfiguredUpstreams::new(&config.upstreams, config.limits.upstream()) {
             Ok(upstreams) => Arc::new(upstreams),
             Err(error) => {
@@ -90,7 +90,7 @@ fn main() -> ExitCode {
 
 fn run(
     config: Config,
-    configured: Arc<dyn Upstreams>,
+    configured: Arc<dyn ApprovedUpstreams>,
     connections: Option<Connections>,
     notifier: &Notifier,
 ) -> anyhow::Result<()> {
@@ -103,7 +103,7 @@ fn run(
         let mut interrupt = signal(SignalKind::interrupt()).context("watching SIGINT")?;
         let (stop_admin, admin_stopped) = tokio::sync::watch::channel(false);
         // The operator API's task is kept, so its connections drain before the runtime ends.
-        let (upstreams, admin_task): (Arc<dyn Upstreams>, _) = match &connections {
+        let (upstreams, admin_task): (Arc<dyn ApprovedUpstreams>, _) = match &connections {
             Some(connections) => {
                 let socket = config.state_dir.join(ADMIN_SOCKET);
                 let listener = admin::bind(&socket)

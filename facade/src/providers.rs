@@ -1,12 +1,12 @@
 //! Credential providers: how the facade gets the credentials it presents to an upstream.
 //!
-//! This is the seam for the cloud providers of the connections issue: a Google service
-//! account exchanges its key for an OAuth2 access token (user `oauth2accesstoken`), an AWS
-//! role becomes an ECR authorization token (user `AWS`, sent as Basic right away). Each is a
-//! [`CredentialProvider`] that answers "what do I present now?", caching and refreshing its own
-//! short-lived token; the registry client (`upstream`) never knows which kind it talks to.
-//! Here: [`Anonymous`] and [`StaticCredentials`] (username and token); the cloud ones are
-//! [`crate::cloud::CloudCredentials`].
+//! Each provider is a [`CredentialProvider`] that answers "what do I present now?" with
+//! [`PresentedCredentials`], caching and refreshing its own short-lived token where it has
+//! one; the registry client ([`crate::registry_client`]) never knows which kind it talks to.
+//! Here: [`Anonymous`] and [`StaticCredentials`] (username and token). The cloud ones are
+//! [`crate::cloud::CloudCredentials`]: a Google service account exchanges its key for an
+//! OAuth2 access token (user `oauth2accesstoken`), an AWS role becomes an ECR authorization
+//! token (user `AWS`, sent as Basic right away).
 
 use std::fmt;
 use std::sync::Arc;
@@ -20,7 +20,7 @@ pub struct Secret(Arc<str>);
 /// What the facade presents to an upstream: a user name and a secret, used for HTTP Basic
 /// and for the Basic-authenticated token request of the bearer flow.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Credentials {
+pub struct PresentedCredentials {
     /// The user name.
     pub username: String,
     /// The password or token.
@@ -47,7 +47,7 @@ pub struct ProviderError {
 /// shortly before it expires, one refresh at a time.
 pub trait CredentialProvider: Send + Sync + fmt::Debug {
     /// The credentials to present now; `None` for anonymous access.
-    fn credentials(&self) -> BoxFuture<'_, Result<Option<Credentials>, ProviderError>>;
+    fn credentials(&self) -> BoxFuture<'_, Result<Option<PresentedCredentials>, ProviderError>>;
 }
 
 /// No credentials: a public registry.
@@ -56,7 +56,7 @@ pub struct Anonymous;
 
 /// A fixed username and token (GHCR, Quay, Harbor, Docker Hub, any standard registry).
 #[derive(Debug, Clone)]
-pub struct StaticCredentials(Credentials);
+pub struct StaticCredentials(PresentedCredentials);
 
 // === impl Secret ===
 
@@ -80,10 +80,10 @@ impl fmt::Debug for Secret {
 
 // === impl Credentials ===
 
-impl Credentials {
+impl PresentedCredentials {
     /// Basic credentials, sent when the upstream asks for them.
     pub fn basic(username: String, password: Secret) -> Self {
-        Credentials {
+        PresentedCredentials {
             username,
             password,
             preemptive_basic: false,
@@ -94,7 +94,7 @@ impl Credentials {
 // === impl Anonymous ===
 
 impl CredentialProvider for Anonymous {
-    fn credentials(&self) -> BoxFuture<'_, Result<Option<Credentials>, ProviderError>> {
+    fn credentials(&self) -> BoxFuture<'_, Result<Option<PresentedCredentials>, ProviderError>> {
         Box::pin(async { Ok(None) })
     }
 }
@@ -103,13 +103,13 @@ impl CredentialProvider for Anonymous {
 
 impl StaticCredentials {
     /// Always presents `credentials`.
-    pub fn new(credentials: Credentials) -> Self {
+    pub fn new(credentials: PresentedCredentials) -> Self {
         StaticCredentials(credentials)
     }
 }
 
 impl CredentialProvider for StaticCredentials {
-    fn credentials(&self) -> BoxFuture<'_, Result<Option<Credentials>, ProviderError>> {
+    fn credentials(&self) -> BoxFuture<'_, Result<Option<PresentedCredentials>, ProviderError>> {
         let credentials = self.0.clone();
         Box::pin(async move { Ok(Some(credentials)) })
     }
@@ -121,7 +121,7 @@ mod tests {
 
     #[test]
     fn secrets_never_show_in_debug_output() {
-        let credentials = Credentials::basic("bot".into(), Secret::new("hunter2".into()));
+        let credentials = PresentedCredentials::basic("bot".into(), Secret::new("hunter2".into()));
         let shown = format!("{credentials:?}");
         assert!(!shown.contains("hunter2"), "{shown}");
         assert!(shown.contains("bot"), "{shown}");

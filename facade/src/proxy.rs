@@ -20,22 +20,22 @@ use http_body_util::BodyExt;
 use meshanics_shared::manifest::MAX_MANIFEST_SIZE;
 use meshanics_shared::{Digest, Verifier};
 
+use crate::approval::ApprovedUpstreams;
 use crate::body::{Body, Check, CheckedBody, Origin};
 use crate::config::Limits;
 use crate::error::Error;
 use crate::identity::DeviceIdentity;
 use crate::metrics::Metrics;
+use crate::registry_client::{ContentKind, ContentRequest, UpstreamError, read_capped};
 use crate::respond;
 use crate::routes::ContentTarget;
-use crate::upstream::{ContentKind, ContentRequest, UpstreamError, read_capped};
-use crate::upstreams::Upstreams;
 
 /// The digest header of the distribution API.
 pub static DOCKER_CONTENT_DIGEST: HeaderName = HeaderName::from_static("docker-content-digest");
 
 /// Serves a manifest or blob from its approved upstream.
 pub async fn content(
-    upstreams: &dyn Upstreams,
+    upstreams: &dyn ApprovedUpstreams,
     metrics: &Arc<Metrics>,
     limits: &Limits,
     device: &DeviceIdentity,

@@ -13,7 +13,7 @@ use meshanics_http::oci_error;
 
 use crate::body::Body;
 use crate::error::Error;
-use crate::upstream::{ContentKind, UpstreamError};
+use crate::registry_client::{ContentKind, UpstreamError};
 
 /// The `Retry-After` (seconds) sent when upstream credentials could not be obtained and the
 /// provider gave no hint.

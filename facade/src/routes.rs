@@ -10,7 +10,7 @@ use http::Method;
 use meshanics_shared::{Digest, Registry, Repository, Tag};
 
 use crate::error::Error;
-use crate::upstream::ContentKind;
+use crate::registry_client::ContentKind;
 
 /// The longest metadata file name served.
 const MAX_META_NAME: usize = 255;

@@ -17,11 +17,11 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
+use crate::approval::ApprovedUpstreams;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::metrics_listener;
 use crate::service::Shared;
-use crate::upstreams::Upstreams;
 
 mod connection;
 mod idle;
@@ -58,7 +58,10 @@ pub enum StartError {
 }
 
 /// Binds the listeners and starts serving on the current tokio runtime.
-pub async fn start(config: &Config, upstreams: Arc<dyn Upstreams>) -> Result<Running, StartError> {
+pub async fn start(
+    config: &Config,
+    upstreams: Arc<dyn ApprovedUpstreams>,
+) -> Result<Running, StartError> {
     let bind = |which, addr| async move {
         TcpListener::bind(addr)
             .await

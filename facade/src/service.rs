@@ -8,20 +8,20 @@ use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderName};
 use http::{HeaderValue, Request, Response};
 
+use crate::approval::ApprovedUpstreams;
 use crate::body::Body;
 use crate::config::Limits;
 use crate::error::Error;
 use crate::identity::DeviceIdentity;
 use crate::metrics::{Metrics, Work};
 use crate::routes::{self, Route};
-use crate::upstreams::Upstreams;
 use crate::{meta, proxy, respond};
 
 /// What every request handler shares.
 #[derive(Debug)]
 pub struct Shared {
     /// The approved upstreams.
-    pub upstreams: Arc<dyn Upstreams>,
+    pub upstreams: Arc<dyn ApprovedUpstreams>,
     /// The metrics.
     pub metrics: Arc<Metrics>,
     /// The metadata folder, if any.

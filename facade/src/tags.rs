@@ -19,7 +19,7 @@ use std::cmp::Ordering;
 
 use reqwest::Url;
 
-use crate::upstream::same_origin;
+use crate::registry_client::same_origin;
 
 /// Tag names that move with every release.
 const MOVING: [&str; 12] = [

@@ -15,7 +15,7 @@
 //!   digest mismatch. They are how "verify while streaming, fail closed" is implemented.
 //! - [`reference`]: OCI image references normalized exactly as the docker CLI does
 //!   (`nginx` is `docker.io/library/nginx`), [`Registry`] (the host a connection is keyed by,
-//!   with Docker Hub's many names folded into one), and reduction of pasted browser URLs.
+//!   with Docker Hub's many names folded into one).
 //! - [`platform`]: `os/arch[/variant]` with containerd's normalization and the platforms a
 //!   device can run, best first (a leaf: it knows nothing of manifests).
 //! - [`media_type`] and [`manifest`]: the OCI and Docker manifest media types and the few
@@ -25,6 +25,7 @@
 //! - [`metadata`]: the signed update metadata (root, targets, timestamp as CBOR in COSE_Sign,
 //!   Ed25519), the signing side `meshctl` uses and the device's TUF-style verification
 //!   workflow with rollback, freeze and mix-and-match protection.
+//! - [`duration`]: durations as both TOML files spell them (`"30s"`, `"1h 30m"`).
 //! - [`tls`]: PEM loading with errors that name the file, and the rustls client and server
 //!   configurations (mutual TLS, CRLs) both sides use, all on the `ring` provider.
 //! - [`fs`]: the one atomic write (temporary file, fsync, rename, fsync of the folder) and the
@@ -41,6 +42,7 @@
 #[cfg(feature = "devpki")]
 pub mod devpki;
 pub mod digest;
+pub mod duration;
 pub mod fs;
 pub mod manifest;
 pub mod media_type;

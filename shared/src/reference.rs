@@ -14,10 +14,9 @@
 //!   tag is `[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`; the whole name (registry, `/`, path) is at
 //!   most 255 characters; a bare 64-hex string is refused (it looks like an image id).
 //!
-//! [`Reference::from_user_input`] and [`Registry::from_user_input`] also accept what an
-//! operator pastes from a browser (`https://hub.docker.com/_/nginx`,
-//! `https://quay.io/repository/org/app`, a GitHub package page, any registry URL with a path
-//! and query) and reduce it to registry and repository.
+//! What an operator pastes from a browser (`https://hub.docker.com/_/nginx`, a Quay or GitHub
+//! package page) is the facade's to reduce (`meshanics_facade::connections::pasted`): only
+//! references are read here.
 //!
 //! A registry with a port is written `host_port` where it must fit into a repository path
 //! (the facade's `/v2/<upstream>/<repository>` routes): see [`Registry::path_form`].
@@ -111,16 +110,19 @@ pub enum ReferenceErrorKind {
     /// The digest is malformed.
     #[error("{0}")]
     InvalidDigest(DigestError),
-    /// A URL that names no repository where one is required.
+    /// A pasted URL that names no repository where one is required.
     #[error("it names a registry but no repository")]
     MissingRepository,
-    /// A URL we cannot reduce (unsupported scheme, or a page that names no image).
+    /// A pasted URL that cannot be reduced (unsupported scheme, or a page that names no
+    /// image).
     #[error("cannot read a registry and repository from this URL: {0}")]
     UnsupportedUrl(&'static str),
 }
 
 impl ReferenceError {
-    fn new(input: &str, kind: ReferenceErrorKind) -> Self {
+    /// An error about `input`, which is shortened if long and loses any URL credentials
+    /// (`user:password@`) so that no message repeats them.
+    pub fn new(input: &str, kind: ReferenceErrorKind) -> Self {
         ReferenceError {
             input: echo(&strip_credentials(input)),
             kind,
@@ -156,26 +158,6 @@ impl Registry {
         Ok(Registry {
             host: input.to_owned(),
         })
-    }
-
-    /// Reduces what an operator typed or pasted to a registry: a host (`ghcr.io`,
-    /// `registry.example.com:5000`), an image reference (`quay.io/org/app:1.0`), or a browser
-    /// URL (`https://hub.docker.com/r/bitnami/redis`). The host is lowercased (DNS names are
-    /// case-insensitive, and a connection must have one spelling).
-    pub fn from_user_input(input: &str) -> Result<Self, ReferenceError> {
-        let trimmed = input.trim();
-        if trimmed.is_empty() {
-            return Err(ReferenceError::new(input, ReferenceErrorKind::Empty));
-        }
-        if let Some(url) = as_url(trimmed) {
-            let (registry, _) = reduce_url(&url, trimmed)?;
-            return Ok(registry);
-        }
-        let lowered = trimmed.to_ascii_lowercase();
-        if !lowered.contains('/') {
-            return Registry::parse(&lowered);
-        }
-        Ok(Reference::parse(&lowered)?.registry)
     }
 
     /// The registry name: `docker.io`, `ghcr.io`, `localhost:5000`.
@@ -394,21 +376,6 @@ impl Reference {
             tag,
             digest,
         })
-    }
-
-    /// Reads what an operator typed or pasted: an image reference as [`Reference::parse`]
-    /// takes it, or a browser URL of a repository page on Docker Hub, Quay, GitHub Packages
-    /// or any registry (`https://registry.example.com:5000/team/app?tab=tags`).
-    pub fn from_user_input(input: &str) -> Result<Self, ReferenceError> {
-        let trimmed = input.trim();
-        let Some(url) = as_url(trimmed) else {
-            return Reference::parse(trimmed);
-        };
-        let (registry, repository) = reduce_url(&url, trimmed)?;
-        let repository = repository
-            .ok_or_else(|| ReferenceError::new(trimmed, ReferenceErrorKind::MissingRepository))?;
-        let text = format!("{}/{}", registry.as_str(), repository);
-        Reference::parse(&text).map_err(|e| ReferenceError::new(trimmed, e.kind))
     }
 
     /// Builds a reference from parts that are already valid.
@@ -655,144 +622,6 @@ fn is_tag(tag: &str) -> bool {
     bytes.len() <= TAG_LENGTH_MAX
         && bytes.first().is_some_and(word)
         && bytes.iter().all(|b| word(b) || *b == b'.' || *b == b'-')
-}
-
-// === browser URLs ===
-
-/// The parts of an `http(s)://` URL that matter here.
-struct Url {
-    host: String,
-    segments: Vec<String>,
-}
-
-/// Recognizes a URL: `scheme://...`, or a schemeless address of a known web UI
-/// (`hub.docker.com/...`, `github.com/...`).
-fn as_url(input: &str) -> Option<Result<Url, &'static str>> {
-    let (scheme, rest) = match input.split_once("://") {
-        Some((scheme, rest)) => (Some(scheme), rest),
-        None => {
-            let first = input
-                .split('/')
-                .next()
-                .unwrap_or_default()
-                .to_ascii_lowercase();
-            if matches!(
-                first.as_str(),
-                "hub.docker.com" | "github.com" | "www.github.com"
-            ) {
-                (None, input)
-            } else {
-                return None;
-            }
-        }
-    };
-    if let Some(scheme) = scheme
-        && !scheme.eq_ignore_ascii_case("https")
-        && !scheme.eq_ignore_ascii_case("http")
-    {
-        return Some(Err("only http and https URLs are understood"));
-    }
-    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(end);
-    // Credentials in a URL are never kept, logged or echoed.
-    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    let path_end = tail.find(['?', '#']).unwrap_or(tail.len());
-    let path = tail.get(..path_end).unwrap_or_default();
-    Some(Ok(Url {
-        host: host.to_ascii_lowercase(),
-        segments: path
-            .split('/')
-            .filter(|s| !s.is_empty())
-            .map(percent_decode)
-            .collect(),
-    }))
-}
-
-/// Reduces a parsed URL to a registry and, where the page names one, a repository path.
-fn reduce_url(
-    url: &Result<Url, &'static str>,
-    input: &str,
-) -> Result<(Registry, Option<String>), ReferenceError> {
-    let unsupported = |why| ReferenceError::new(input, ReferenceErrorKind::UnsupportedUrl(why));
-    let url = url.as_ref().map_err(|why| unsupported(why))?;
-    let seg: Vec<&str> = url.segments.iter().map(String::as_str).collect();
-    match url.host.as_str() {
-        "hub.docker.com" | "www.docker.com" | "docker.com" => {
-            let repository = match seg.as_slice() {
-                [] => None,
-                ["_", name, ..] => Some(format!("library/{name}")),
-                ["r", ns, name, ..] => Some(format!("{ns}/{name}")),
-                ["repository", "docker", ns, name, ..] => Some(format!("{ns}/{name}")),
-                ["layers", ns, name, ..] => Some(format!("{ns}/{name}")),
-                _ => return Err(unsupported("not a Docker Hub repository page")),
-            };
-            Ok((Registry::docker_hub(), repository))
-        }
-        "github.com" | "www.github.com" => {
-            let repository = match seg.as_slice() {
-                [
-                    "orgs" | "users",
-                    owner,
-                    "packages",
-                    "container",
-                    "package",
-                    name,
-                    ..,
-                ]
-                | [owner, _, "pkgs", "container", name, ..] => {
-                    format!("{}/{}", owner.to_ascii_lowercase(), name)
-                }
-                _ => return Err(unsupported("not a GitHub container package page")),
-            };
-            Ok((Registry::parse("ghcr.io")?, Some(repository)))
-        }
-        host => {
-            let registry = Registry::parse(host).map_err(|e| ReferenceError::new(input, e.kind))?;
-            let mut path: &[&str] = &seg;
-            if host == "quay.io" {
-                if let ["repository", rest @ ..] = path {
-                    path = rest;
-                }
-                // Quay's pages go on after the repository: /manifest/<digest>, /tag/<tag>.
-                if let Some(end) = path.iter().position(|s| matches!(*s, "manifest" | "tag")) {
-                    path = path.get(..end).unwrap_or(path);
-                }
-            }
-            // A distribution API URL: /v2/<name>/tags/list, /v2/<name>/manifests/<ref>.
-            if let ["v2", rest @ ..] = path {
-                path = rest;
-                if let Some(end) = path
-                    .iter()
-                    .position(|s| matches!(*s, "tags" | "manifests" | "blobs"))
-                {
-                    path = path.get(..end).unwrap_or(path);
-                }
-            }
-            let repository = (!path.is_empty()).then(|| path.join("/"));
-            Ok((registry, repository))
-        }
-    }
-}
-
-/// Decodes `%XX` escapes (GitHub writes nested package names as `app%2Fsub`); invalid
-/// escapes are kept as they are.
-fn percent_decode(segment: &str) -> String {
-    let bytes = segment.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while let Some(&b) = bytes.get(i) {
-        if b == b'%'
-            && let Some(hex) = bytes.get(i + 1..i + 3)
-            && let Ok(v) = u8::from_str_radix(std::str::from_utf8(hex).unwrap_or("zz"), 16)
-        {
-            out.push(v);
-            i += 3;
-            continue;
-        }
-        out.push(b);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Removes `user:password@` from a URL so that no error message ever repeats it.

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use meshanics_facade::cloud::gcp::ServiceAccountKey;
-use meshanics_facade::cloud::token_cache::{Clock, MarginPolicy, TokenCache};
+use meshanics_facade::cloud::token_cache::{Clock, CloudTokenCache, MarginPolicy};
 use meshanics_facade::http_client;
 use meshanics_tests::gcp_server::{GcpTokenServer, ServiceAccount};
 
@@ -65,7 +65,7 @@ fn main() {
         for window in [Duration::from_secs(600), Duration::from_secs(10 * 3600)] {
             let start = SystemTime::now();
             let clock = Arc::new(SimulatedClock(Mutex::new(start)));
-            let cache = TokenCache::new(MarginPolicy::default(), clock.clone());
+            let cache = CloudTokenCache::new(MarginPolicy::default(), clock.clone());
             let before = server.requests();
             let mut hits = Vec::new();
             let mut refreshes = Vec::new();

@@ -220,10 +220,10 @@ impl FacadeFixture {
             .enable_all()
             .build()
             .map_err(io_err("starting a runtime for", Path::new("facade")))?;
-        let configured: Arc<dyn meshanics_facade::Upstreams> = Arc::new(upstreams);
+        let configured: Arc<dyn meshanics_facade::ApprovedUpstreams> = Arc::new(upstreams);
         let mut admin_socket = None;
         let mut admin_stop = None;
-        let upstreams: Arc<dyn meshanics_facade::Upstreams> = if options.connections {
+        let upstreams: Arc<dyn meshanics_facade::ApprovedUpstreams> = if options.connections {
             let key =
                 meshanics_facade::seal::MasterKey::load(config.master_key_file.as_deref(), None)
                     .map_err(|e| FixtureError::Invalid(e.to_string()))?;

@@ -23,8 +23,11 @@ use hyper_util::rt::TokioIo;
 use ring::rand::SystemRandom;
 use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
 use serde_json::json;
+use time::OffsetDateTime;
+use time::macros::format_description;
 use tokio::net::TcpListener;
 
+use crate::http_server::form_pairs;
 use crate::{FixtureError, io_err};
 
 /// The service name the registry and the tokens agree on.
@@ -163,10 +166,10 @@ impl Issuer {
         recorded: &Mutex<Vec<TokenRequest>>,
     ) -> Response<Full<Bytes>> {
         let query = request.uri().query().unwrap_or_default();
-        let scopes: Vec<String> = query
-            .split('&')
-            .filter_map(|pair| pair.strip_prefix("scope="))
-            .map(percent_decode)
+        let scopes: Vec<String> = form_pairs(query.as_bytes())
+            .into_iter()
+            .filter(|(key, _)| key == "scope")
+            .map(|(_, value)| value)
             .collect();
         let authenticated = request
             .headers()
@@ -254,59 +257,10 @@ fn respond(status: StatusCode, body: &serde_json::Value) -> Response<Full<Bytes>
     response
 }
 
-fn percent_decode(input: &str) -> String {
-    let bytes = input.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while let Some(&b) = bytes.get(i) {
-        let hex = bytes
-            .get(i + 1..i + 3)
-            .and_then(|h| std::str::from_utf8(h).ok())
-            .and_then(|h| u8::from_str_radix(h, 16).ok());
-        match (b, hex) {
-            (b'%', Some(decoded)) => {
-                out.push(decoded);
-                i += 3;
-            }
-            (b'+', _) => {
-                out.push(b' ');
-                i += 1;
-            }
-            _ => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
+/// Now, as a token endpoint writes `issued_at`: `YYYY-MM-DDTHH:MM:SSZ`.
 fn now_rfc3339() -> String {
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or_default();
-    let days = secs / 86_400;
-    let rem = secs % 86_400;
-    let (year, month, day) = civil_from_days(days as i64);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
-/// Days since 1970-01-01 to a (year, month, day) date (Howard Hinnant's algorithm).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
+    let format = format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z");
+    OffsetDateTime::now_utc()
+        .format(&format)
+        .unwrap_or_default()
 }

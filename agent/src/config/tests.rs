@@ -1,6 +1,7 @@
 use std::os::unix::fs::PermissionsExt;
 
 use meshanics_shared::devpki::DevCa;
+use meshanics_shared::duration::parse as parse_duration;
 
 use super::*;
 
@@ -221,10 +222,14 @@ fn reads_the_key_from_the_systemd_credentials_directory() {
 
 #[test]
 fn parses_durations_and_sizes() {
+    // The agent's durations are the shared dialect (humantime): what the agent's own parser
+    // took still reads the same, a bare number and an unknown unit are still refused, and
+    // days, which it refused, are now days.
     assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
     assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
     assert!(parse_duration("5").is_err());
-    assert!(parse_duration("5d").is_err());
+    assert!(parse_duration("5x").is_err());
+    assert_eq!(parse_duration("5d"), Ok(Duration::from_secs(5 * 86_400)));
     assert_eq!(parse_size("512KiB"), Ok(512 * 1024));
     assert_eq!(parse_size("3MB"), Ok(3_000_000));
     assert_eq!(parse_size("77"), Ok(77));

@@ -7,8 +7,8 @@
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
+use meshanics_facade::registry_client::same_origin;
 use meshanics_facade::tags::{next_link, order, resolve_link};
-use meshanics_facade::upstream::same_origin;
 use url::Url;
 
 fn bases() -> &'static [Url] {

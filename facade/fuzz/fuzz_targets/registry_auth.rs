@@ -7,7 +7,7 @@
 use std::time::Instant;
 
 use libfuzzer_sys::fuzz_target;
-use meshanics_facade::upstream::{Challenge, TokenResponse};
+use meshanics_facade::registry_client::{Challenge, TokenResponse};
 
 fn quoted(value: &str) -> String {
     let mut out = String::from("\"");

@@ -6,8 +6,8 @@
 
 use http::Method;
 use libfuzzer_sys::fuzz_target;
+use meshanics_facade::registry_client::ContentKind;
 use meshanics_facade::routes::{Route, route};
-use meshanics_facade::upstream::ContentKind;
 use meshanics_shared::Digest;
 
 const METHODS: [Method; 5] = [

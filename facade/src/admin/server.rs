@@ -18,11 +18,12 @@ use meshanics_operator_api::{
     AddRegistry, BrowseError, Browser, ConnectionView, ErrorBody, ImportRequest, ImportResponse,
     ImportResult, Outcome, ProviderKind,
 };
-use meshanics_shared::Reference;
 use serde::Serialize;
 use tokio::net::{UnixListener, UnixStream, unix};
 
-use crate::connections::{ConnectionError, Credentials, EcrRole, NewConnection, Store};
+use crate::cloud::ecr::EcrRole;
+use crate::connections::pasted;
+use crate::connections::{ConnectionCredentials, ConnectionError, NewConnection, Store};
 
 /// The largest request body accepted (a service-account key is a few KiB).
 const MAX_BODY: usize = 1024 * 1024;
@@ -143,22 +144,22 @@ fn add_registry(state: &AdminState, body: &[u8]) -> Reply {
         )
     };
     let credentials = match request.provider {
-        ProviderKind::Anonymous => Credentials::Anonymous,
+        ProviderKind::Anonymous => ConnectionCredentials::Anonymous,
         ProviderKind::Static => match (&request.username, &request.token) {
-            (Some(username), Some(token)) => Credentials::Static {
+            (Some(username), Some(token)) => ConnectionCredentials::Static {
                 username: username.clone(),
                 token: token.clone(),
             },
             _ => return missing("a username and a token"),
         },
         ProviderKind::Gcp => match &request.gcp_key_json {
-            Some(key_json) => Credentials::Gcp {
+            Some(key_json) => ConnectionCredentials::Gcp {
                 key_json: key_json.clone(),
             },
             None => return missing("a service-account key file"),
         },
         ProviderKind::Ecr => match (&request.role_arn, &request.region) {
-            (Some(role_arn), Some(region)) => Credentials::Ecr(EcrRole {
+            (Some(role_arn), Some(region)) => ConnectionCredentials::Ecr(EcrRole {
                 role_arn: role_arn.clone(),
                 external_id: request.external_id.clone(),
                 region: region.clone(),
@@ -207,7 +208,7 @@ async fn tags(state: &AdminState, query: &str) -> Reply {
             );
         }
     };
-    let reference = match Reference::from_user_input(&repository) {
+    let reference = match pasted::reference(&repository) {
         Ok(r) => r,
         Err(e) => return error(StatusCode::BAD_REQUEST, "INVALID", &e.to_string()),
     };
@@ -256,7 +257,7 @@ async fn import_one(state: &AdminState, input: String) -> ImportResult {
         retry_after: None,
         message: None,
     };
-    let reference = match Reference::from_user_input(&input) {
+    let reference = match pasted::reference(&input) {
         Ok(r) => r,
         Err(e) => {
             result.outcome = Outcome::Invalid;

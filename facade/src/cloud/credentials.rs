@@ -9,8 +9,8 @@ use futures_util::future::BoxFuture;
 use super::CloudError;
 use super::ecr::EcrProvider;
 use super::gcp::ServiceAccountKey;
-use super::token_cache::TokenCache;
-use crate::providers::{CredentialProvider, Credentials, ProviderError, Secret};
+use super::token_cache::CloudTokenCache;
+use crate::providers::{CredentialProvider, PresentedCredentials, ProviderError, Secret};
 
 /// Where a connection's short-lived tokens come from.
 #[derive(Debug, Clone)]
@@ -27,7 +27,7 @@ pub struct CloudCredentials {
     host: String,
     source: CloudSource,
     client: reqwest::Client,
-    cache: Arc<TokenCache>,
+    cache: Arc<CloudTokenCache>,
 }
 
 // === impl CloudCredentials ===
@@ -39,7 +39,7 @@ impl CloudCredentials {
         host: String,
         source: CloudSource,
         client: reqwest::Client,
-        cache: Arc<TokenCache>,
+        cache: Arc<CloudTokenCache>,
     ) -> Self {
         CloudCredentials {
             host,
@@ -58,7 +58,7 @@ impl CloudCredentials {
 }
 
 impl CredentialProvider for CloudCredentials {
-    fn credentials(&self) -> BoxFuture<'_, Result<Option<Credentials>, ProviderError>> {
+    fn credentials(&self) -> BoxFuture<'_, Result<Option<PresentedCredentials>, ProviderError>> {
         Box::pin(async move {
             let token = self
                 .cache
@@ -81,7 +81,7 @@ impl CredentialProvider for CloudCredentials {
                         },
                     }
                 })?;
-            Ok(Some(Credentials {
+            Ok(Some(PresentedCredentials {
                 username: token.username,
                 password: Secret::new(token.password),
                 // ECR wants Basic at once; Google's registries answer the challenge flow.

@@ -16,11 +16,12 @@ use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, si
 use aws_sigv4::sign::v4;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
 
 use super::gcp::form_encode;
 use super::{CloudError, RegistryToken};
-use crate::connections::EcrRole;
 
 /// The session name the facade's assumed-role sessions carry (visible in CloudTrail).
 pub const SESSION_NAME: &str = "meshanics-facade";
@@ -29,6 +30,31 @@ pub const GET_AUTHORIZATION_TOKEN: &str =
     "AmazonEC2ContainerRegistry_V20150921.GetAuthorizationToken";
 const STS_CONTENT_TYPE: &str = "application/x-www-form-urlencoded; charset=utf-8";
 const ECR_CONTENT_TYPE: &str = "application/x-amz-json-1.1";
+
+/// An AWS role the facade assumes for an ECR registry.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EcrRole {
+    /// The role's ARN.
+    pub role_arn: String,
+    /// The external id the role's trust policy requires, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_id: Option<String>,
+    /// The AWS region of the registry.
+    pub region: String,
+}
+
+impl fmt::Debug for EcrRole {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EcrRole")
+            .field("role_arn", &self.role_arn)
+            .field(
+                "external_id",
+                &self.external_id.as_ref().map(|_| "<sealed>"),
+            )
+            .field("region", &self.region)
+            .finish()
+    }
+}
 
 /// AWS credentials: the facade's base ones, or an assumed role's session.
 #[derive(Clone, PartialEq, Eq)]
@@ -357,35 +383,15 @@ fn xml_unescape(text: &str) -> String {
         .replace("&amp;", "&")
 }
 
-/// `YYYY-MM-DDTHH:MM:SS[.fff]Z` as STS writes it.
+/// `YYYY-MM-DDTHH:MM:SS[.fff]Z` as STS writes it: an RFC 3339 time in UTC (`Z`, no other
+/// offset), to the whole second. `None` for anything else, and for times before 1970.
 pub fn parse_iso8601(text: &str) -> Option<SystemTime> {
-    let text = text.strip_suffix('Z')?;
-    let (date, time) = text.split_once('T')?;
-    let mut d = date.split('-').map(|p| p.parse::<i64>().ok());
-    let (year, month, day) = (d.next()??, d.next()??, d.next()??);
-    let time = time.split('.').next()?;
-    let mut t = time.split(':').map(|p| p.parse::<i64>().ok());
-    let (hour, minute, second) = (t.next()??, t.next()??, t.next()??);
-    // Four-digit years keep the day arithmetic below far from overflowing.
-    if !(0..=9999).contains(&year)
-        || !(1..=12).contains(&month)
-        || !(1..=31).contains(&day)
-        || !(0..=23).contains(&hour)
-        || !(0..=59).contains(&minute)
-        || !(0..=60).contains(&second)
-    {
+    if !text.ends_with('Z') {
         return None;
     }
-    // Days from the civil date (Howard Hinnant's algorithm).
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    let secs = days * 86_400 + hour * 3600 + minute * 60 + second;
-    Some(UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).ok()?))
+    let time = OffsetDateTime::parse(text, &Rfc3339).ok()?;
+    let seconds = u64::try_from(time.unix_timestamp()).ok()?;
+    UNIX_EPOCH.checked_add(Duration::from_secs(seconds))
 }
 
 #[cfg(test)]
@@ -461,6 +467,18 @@ mod tests {
             "2023-11-14T-1:13:20Z",
             "2023-11-14T22:13:20",
             "1969-12-31T23:59:59Z",
+        ] {
+            assert_eq!(parse_iso8601(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn refuses_sts_timestamps_off_the_calendar_or_outside_utc() {
+        for bad in [
+            "2023-02-30T00:00:00Z",
+            "2023-11-31T00:00:00Z",
+            "2023-11-14T22:13:20+00:00",
+            "2023-11-14T22:13:20z",
         ] {
             assert_eq!(parse_iso8601(bad), None, "{bad}");
         }

@@ -47,8 +47,9 @@ struct RawKey {
     token_uri: String,
 }
 
+/// Google's OAuth2 token endpoint answer.
 #[derive(Deserialize)]
-struct TokenResponse {
+struct AccessTokenResponse {
     access_token: String,
     #[serde(default)]
     expires_in: Option<u64>,
@@ -193,7 +194,7 @@ pub fn parse_token_response(
     endpoint: &str,
     now: SystemTime,
 ) -> Result<RegistryToken, CloudError> {
-    let response: TokenResponse =
+    let response: AccessTokenResponse =
         serde_json::from_slice(body).map_err(|e| CloudError::Response {
             endpoint: endpoint.to_owned(),
             reason: e.to_string(),

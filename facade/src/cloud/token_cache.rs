@@ -72,7 +72,7 @@ struct Slot {
 
 /// The per-host token cache.
 #[derive(Debug)]
-pub struct TokenCache {
+pub struct CloudTokenCache {
     policy: MarginPolicy,
     clock: Arc<dyn Clock>,
     slots: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Slot>>>>,
@@ -80,12 +80,12 @@ pub struct TokenCache {
     hits: AtomicU64,
 }
 
-// === impl TokenCache ===
+// === impl CloudTokenCache ===
 
-impl TokenCache {
+impl CloudTokenCache {
     /// A cache with `policy`, reading time from `clock`.
     pub fn new(policy: MarginPolicy, clock: Arc<dyn Clock>) -> Self {
-        TokenCache {
+        CloudTokenCache {
             policy,
             clock,
             slots: Mutex::new(HashMap::new()),

@@ -1,4 +1,5 @@
 use std::fs;
+use std::time::Duration;
 
 use meshanics_shared::devpki::DevCa;
 
@@ -132,6 +133,35 @@ fn refuses_unknown_keys_and_bad_limits() {
             .to_string()
             .contains("limits.idle_timeout")
     );
+}
+
+#[test]
+fn reads_durations_in_the_agents_dialect_and_bare_integers_as_seconds() {
+    let files = Files::new();
+    let text = files.toml(
+        "\n[limits]\nidle_timeout = \"2m\"\nheader_timeout = \"1500ms\"\nshutdown_grace = 45\n\n[cloud]\ntoken_margin = \"1h 30m\"\n",
+    );
+    let config = files.parse(&text).unwrap();
+    assert_eq!(config.limits.idle(), Duration::from_secs(120));
+    assert_eq!(config.limits.header(), Duration::from_millis(1500));
+    assert_eq!(config.limits.grace(), Duration::from_secs(45));
+    assert_eq!(config.limits.handshake(), Duration::from_secs(10));
+    assert_eq!(config.cloud.token_margin, Duration::from_secs(5400));
+    let old = files.parse(&files.toml("\n[cloud]\ntoken_margin_seconds = 7\n"));
+    assert_eq!(old.unwrap().cloud.token_margin, Duration::from_secs(7));
+}
+
+#[test]
+fn names_the_key_and_the_text_of_a_bad_duration() {
+    let files = Files::new();
+    for bad in ["\"2 parsecs\"", "-5", "\"0s\""] {
+        let text = files.toml(&format!("\n[limits]\nupstream_read_timeout = {bad}\n"));
+        let error = files.parse(&text).unwrap_err().to_string();
+        assert!(error.contains("upstream_read_timeout"), "{error}");
+    }
+    let text = files.toml("\n[limits]\nupstream_read_timeout = \"2 parsecs\"\n");
+    let error = files.parse(&text).unwrap_err().to_string();
+    assert!(error.contains("\"2 parsecs\" is not a duration"), "{error}");
 }
 
 #[test]

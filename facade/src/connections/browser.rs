@@ -18,9 +18,9 @@ use meshanics_shared::media_type::{MANIFEST_ACCEPT, manifest_kind};
 use meshanics_shared::{Digest, Reference};
 use serde::Deserialize;
 
-use super::upstreams::StoreUpstreams;
+use super::store_upstreams::StoreUpstreams;
+use crate::registry_client::{Upstream, UpstreamError, read_capped};
 use crate::tags;
-use crate::upstream::{Upstream, UpstreamError, read_capped};
 
 /// The most bytes one page of a tag list may have.
 const MAX_TAG_PAGE: usize = 16 * 1024 * 1024;

@@ -6,34 +6,11 @@ use std::fmt;
 use meshanics_operator_api::{ConnectionView, ProviderKind};
 use serde::{Deserialize, Serialize};
 
-/// An AWS role the facade assumes for an ECR registry.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EcrRole {
-    /// The role's ARN.
-    pub role_arn: String,
-    /// The external id the role's trust policy requires, if any.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub external_id: Option<String>,
-    /// The AWS region of the registry.
-    pub region: String,
-}
-
-impl fmt::Debug for EcrRole {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("EcrRole")
-            .field("role_arn", &self.role_arn)
-            .field(
-                "external_id",
-                &self.external_id.as_ref().map(|_| "<sealed>"),
-            )
-            .field("region", &self.region)
-            .finish()
-    }
-}
+use crate::cloud::ecr::EcrRole;
 
 /// The credentials of a connection, opened (in memory only).
 #[derive(Clone, PartialEq, Eq)]
-pub enum Credentials {
+pub enum ConnectionCredentials {
     /// None.
     Anonymous,
     /// A username and token.
@@ -53,27 +30,27 @@ pub enum Credentials {
 }
 
 /// Secrets never reach logs through `Debug`.
-impl fmt::Debug for Credentials {
+impl fmt::Debug for ConnectionCredentials {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Credentials::Anonymous => f.write_str("Anonymous"),
-            Credentials::Static { username, .. } => {
+            ConnectionCredentials::Anonymous => f.write_str("Anonymous"),
+            ConnectionCredentials::Static { username, .. } => {
                 write!(f, "Static {{ username: {username:?}, token: <sealed> }}")
             }
-            Credentials::Gcp { .. } => f.write_str("Gcp { key_json: <sealed> }"),
-            Credentials::Ecr(role) => write!(f, "Ecr({role:?})"),
+            ConnectionCredentials::Gcp { .. } => f.write_str("Gcp { key_json: <sealed> }"),
+            ConnectionCredentials::Ecr(role) => write!(f, "Ecr({role:?})"),
         }
     }
 }
 
-impl Credentials {
+impl ConnectionCredentials {
     /// The provider kind.
     pub fn kind(&self) -> ProviderKind {
         match self {
-            Credentials::Anonymous => ProviderKind::Anonymous,
-            Credentials::Static { .. } => ProviderKind::Static,
-            Credentials::Gcp { .. } => ProviderKind::Gcp,
-            Credentials::Ecr(_) => ProviderKind::Ecr,
+            ConnectionCredentials::Anonymous => ProviderKind::Anonymous,
+            ConnectionCredentials::Static { .. } => ProviderKind::Static,
+            ConnectionCredentials::Gcp { .. } => ProviderKind::Gcp,
+            ConnectionCredentials::Ecr(_) => ProviderKind::Ecr,
         }
     }
 }
@@ -84,7 +61,7 @@ pub struct NewConnection {
     /// The registry as typed or pasted (a host, a URL, an image reference).
     pub registry: String,
     /// The credentials.
-    pub credentials: Credentials,
+    pub credentials: ConnectionCredentials,
     /// Talk plain HTTP to it (labs and tests only).
     pub plain_http: bool,
     /// A CA bundle (PEM) for registries with a private CA.

@@ -9,7 +9,9 @@ use meshanics_operator_api::{ConnectionView, ProviderKind};
 use meshanics_shared::fs::{FsError, sync_dir, write_atomic_with_mode};
 use meshanics_shared::reference::{ReferenceError, Registry};
 
-use super::record::{Credentials, EcrRole, NewConnection, StoredRecord};
+use super::pasted;
+use super::record::{ConnectionCredentials, NewConnection, StoredRecord};
+use crate::cloud::ecr::EcrRole;
 use crate::cloud::gcp::ServiceAccountKey;
 use crate::seal::{MasterKey, SealError};
 
@@ -30,7 +32,7 @@ pub struct Connection {
     /// The registry.
     pub registry: Registry,
     /// Its credentials.
-    pub credentials: Credentials,
+    pub credentials: ConnectionCredentials,
     /// Plain HTTP upstream.
     pub plain_http: bool,
     /// Its own CA bundle (PEM), if any.
@@ -129,21 +131,21 @@ impl Store {
         new: NewConnection,
         now: SystemTime,
     ) -> Result<ConnectionView, ConnectionError> {
-        let registry = Registry::from_user_input(&new.registry)?;
+        let registry = pasted::registry(&new.registry)?;
         let host = registry.as_str().to_owned();
         let invalid = |reason: &str| ConnectionError::InvalidCredentials {
             host: host.clone(),
             reason: reason.to_owned(),
         };
         let (username, secret) = match &new.credentials {
-            Credentials::Anonymous => (None, None),
-            Credentials::Static { username, token } => {
+            ConnectionCredentials::Anonymous => (None, None),
+            ConnectionCredentials::Static { username, token } => {
                 if username.is_empty() || token.is_empty() {
                     return Err(invalid("a static connection needs a username and a token"));
                 }
                 (Some(username.clone()), Some(token.clone().into_bytes()))
             }
-            Credentials::Gcp { key_json } => {
+            ConnectionCredentials::Gcp { key_json } => {
                 let key =
                     ServiceAccountKey::parse(key_json).map_err(|e| invalid(&e.to_string()))?;
                 (
@@ -151,7 +153,7 @@ impl Store {
                     Some(key_json.clone().into_bytes()),
                 )
             }
-            Credentials::Ecr(role) => {
+            ConnectionCredentials::Ecr(role) => {
                 validate_role(role).map_err(&invalid)?;
                 let json = serde_json::to_vec(role).map_err(|e| invalid(&e.to_string()))?;
                 (Some(role.role_arn.clone()), Some(json))
@@ -193,7 +195,7 @@ impl Store {
 
     /// One connection, by host or URL.
     pub fn show(&self, registry: &str) -> Result<ConnectionView, ConnectionError> {
-        let registry = Registry::from_user_input(registry)?;
+        let registry = pasted::registry(registry)?;
         let records = self.records.read().unwrap_or_else(|p| p.into_inner());
         records
             .get(&registry)
@@ -203,7 +205,7 @@ impl Store {
 
     /// Approves a connection for device traffic.
     pub fn approve(&self, registry: &str) -> Result<ConnectionView, ConnectionError> {
-        let registry = Registry::from_user_input(registry)?;
+        let registry = pasted::registry(registry)?;
         let mut records = self.records.write().unwrap_or_else(|p| p.into_inner());
         let record = records
             .get_mut(&registry)
@@ -217,7 +219,7 @@ impl Store {
 
     /// Removes a connection; the facade stops proxying it at once.
     pub fn remove(&self, registry: &str) -> Result<ConnectionView, ConnectionError> {
-        let registry = Registry::from_user_input(registry)?;
+        let registry = pasted::registry(registry)?;
         let mut records = self.records.write().unwrap_or_else(|p| p.into_inner());
         let record = records.get(&registry).ok_or_else(|| not_found(&registry))?;
         let path = self.path_for(&registry);
@@ -251,7 +253,7 @@ impl Store {
         Ok(self.connection(registry)?.filter(|c| c.approved))
     }
 
-    fn credentials(&self, record: &StoredRecord) -> Result<Credentials, ConnectionError> {
+    fn credentials(&self, record: &StoredRecord) -> Result<ConnectionCredentials, ConnectionError> {
         let host = &record.host;
         let secret = match &record.sealed {
             Some(sealed) => Some(self.key.open(host, sealed)?),
@@ -268,13 +270,13 @@ impl Store {
                 .ok_or_else(|| corrupt("the sealed secret is missing or not text"))
         };
         Ok(match record.provider {
-            ProviderKind::Anonymous => Credentials::Anonymous,
-            ProviderKind::Static => Credentials::Static {
+            ProviderKind::Anonymous => ConnectionCredentials::Anonymous,
+            ProviderKind::Static => ConnectionCredentials::Static {
                 username: record.username.clone().unwrap_or_default(),
                 token: text()?,
             },
-            ProviderKind::Gcp => Credentials::Gcp { key_json: text()? },
-            ProviderKind::Ecr => Credentials::Ecr(
+            ProviderKind::Gcp => ConnectionCredentials::Gcp { key_json: text()? },
+            ProviderKind::Ecr => ConnectionCredentials::Ecr(
                 serde_json::from_str(&text()?).map_err(|e| corrupt(&e.to_string()))?,
             ),
         })

@@ -4,6 +4,7 @@ use meshanics_operator_api::ProviderKind;
 use meshanics_shared::reference::Registry;
 
 use super::*;
+use crate::cloud::ecr::EcrRole;
 use crate::seal::MasterKey;
 
 const SECRET: &str = "ghp_SuperSecretToken123";
@@ -20,7 +21,7 @@ fn at(secs: u64) -> SystemTime {
 fn static_conn(registry: &str) -> NewConnection {
     NewConnection {
         registry: registry.into(),
-        credentials: Credentials::Static {
+        credentials: ConnectionCredentials::Static {
             username: "robot".into(),
             token: SECRET.into(),
         },
@@ -32,7 +33,7 @@ fn static_conn(registry: &str) -> NewConnection {
 
 fn anonymous(registry: &str) -> NewConnection {
     NewConnection {
-        credentials: Credentials::Anonymous,
+        credentials: ConnectionCredentials::Anonymous,
         ..static_conn(registry)
     }
 }
@@ -130,7 +131,7 @@ fn anonymous_connections_are_not_proxied_until_approved() {
             .approved
     );
     let connection = store.approved(&registry).unwrap().unwrap();
-    assert_eq!(connection.credentials, Credentials::Anonymous);
+    assert_eq!(connection.credentials, ConnectionCredentials::Anonymous);
 }
 
 #[test]
@@ -163,7 +164,7 @@ fn survives_a_restart_with_credentials_intact() {
         .unwrap();
     assert_eq!(
         connection.credentials,
-        Credentials::Static {
+        ConnectionCredentials::Static {
             username: "robot".into(),
             token: SECRET.into()
         }
@@ -210,7 +211,7 @@ fn refuses_incomplete_or_malformed_credentials() {
     let state = tempfile::tempdir().unwrap();
     let store = Store::open(state.path(), key()).unwrap();
     let mut empty = static_conn("ghcr.io");
-    empty.credentials = Credentials::Static {
+    empty.credentials = ConnectionCredentials::Static {
         username: "robot".into(),
         token: String::new(),
     };
@@ -219,13 +220,13 @@ fn refuses_incomplete_or_malformed_credentials() {
         Err(ConnectionError::InvalidCredentials { .. })
     ));
     let mut gcp = static_conn("europe-docker.pkg.dev");
-    gcp.credentials = Credentials::Gcp {
+    gcp.credentials = ConnectionCredentials::Gcp {
         key_json: r#"{"type":"service_account","client_email":"a@b","private_key":"nope","token_uri":"https://x"}"#.into(),
     };
     let err = store.add(gcp, at(T0)).unwrap_err();
     assert!(err.to_string().contains("private_key"), "{err}");
     let mut ecr = static_conn("123.dkr.ecr.eu-west-1.amazonaws.com");
-    ecr.credentials = Credentials::Ecr(EcrRole {
+    ecr.credentials = ConnectionCredentials::Ecr(EcrRole {
         role_arn: "not-an-arn".into(),
         external_id: None,
         region: "eu-west-1".into(),
@@ -248,13 +249,13 @@ fn seals_an_ecr_role_configuration() {
         region: "eu-west-1".into(),
     };
     let mut new = static_conn("123456789012.dkr.ecr.eu-west-1.amazonaws.com");
-    new.credentials = Credentials::Ecr(role.clone());
+    new.credentials = ConnectionCredentials::Ecr(role.clone());
     store.add(new, at(T0)).unwrap();
     assert!(!everything_under(state.path()).contains("ext-id-5ecret"));
     let registry = Registry::parse("123456789012.dkr.ecr.eu-west-1.amazonaws.com").unwrap();
     assert_eq!(
         store.approved(&registry).unwrap().unwrap().credentials,
-        Credentials::Ecr(role)
+        ConnectionCredentials::Ecr(role)
     );
 }
 

@@ -101,7 +101,7 @@ pub async fn serve(
                     connection.as_mut().graceful_shutdown();
                 }
                 () = activity.idle_for(limits.idle()) => {
-                    tracing::info!(idle_seconds = limits.idle_timeout, "closing an idle connection");
+                    tracing::info!(idle_seconds = limits.idle().as_secs(), "closing an idle connection");
                     break;
                 }
             }

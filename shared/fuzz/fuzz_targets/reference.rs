@@ -1,4 +1,4 @@
-//! References, registries, repositories and pasted URLs: never panic, and whatever parses
+//! References, registries, repositories and tags: never panic, and whatever parses
 //! prints back to something that parses to the same value (normalization is idempotent).
 #![no_main]
 
@@ -16,12 +16,6 @@ fuzz_target!(|data: &[u8]| {
             let back = Registry::from_path_form(&path).expect("path form parses back");
             assert_eq!(&back, reference.registry());
         }
-    }
-    if let Ok(reference) = Reference::from_user_input(text) {
-        assert_eq!(Reference::parse(&reference.to_string()).ok(), Some(reference));
-    }
-    if let Ok(registry) = Registry::from_user_input(text) {
-        assert_eq!(Registry::parse(registry.as_str()).ok(), Some(registry));
     }
     let _ = Registry::from_path_form(text);
     let _ = Repository::parse(text);

@@ -1,5 +1,5 @@
 //! The normalization table: each row is an input and what `docker pull` (plus our Docker Hub
-//! and URL rules) makes of it.
+//! rules) makes of it. Pasted browser URLs are the facade's (`connections/pasted/tests.rs`).
 
 use super::*;
 
@@ -192,148 +192,11 @@ fn normalizes_references_like_the_docker_cli() {
     assert!(n >= 60, "only {n} rows");
 }
 
-fn url_rows() -> Vec<(String, Want)> {
-    vec![
-        (
-            s("https://hub.docker.com/_/nginx"),
-            O("docker.io/library/nginx"),
-        ),
-        (
-            s("https://hub.docker.com/_/nginx?tab=tags"),
-            O("docker.io/library/nginx"),
-        ),
-        (
-            s("https://hub.docker.com/r/bitnami/redis/tags"),
-            O("docker.io/bitnami/redis"),
-        ),
-        (
-            s("https://hub.docker.com/r/bitnami/redis"),
-            O("docker.io/bitnami/redis"),
-        ),
-        (
-            s("hub.docker.com/r/bitnami/redis"),
-            O("docker.io/bitnami/redis"),
-        ),
-        (
-            s("https://hub.docker.com/repository/docker/acme/app/general"),
-            O("docker.io/acme/app"),
-        ),
-        (
-            s("https://hub.docker.com/layers/library/nginx/latest/images/sha256-abc"),
-            O("docker.io/library/nginx"),
-        ),
-        (
-            s("https://quay.io/repository/org/app"),
-            O("quay.io/org/app"),
-        ),
-        (
-            s("https://quay.io/repository/org/app?tab=tags"),
-            O("quay.io/org/app"),
-        ),
-        (
-            format!("https://quay.io/repository/org/app/manifest/{D64}"),
-            O("quay.io/org/app"),
-        ),
-        (
-            s("https://github.com/orgs/acme/packages/container/package/app"),
-            O("ghcr.io/acme/app"),
-        ),
-        (
-            s("https://github.com/orgs/Acme/packages/container/package/app%2Fsub"),
-            O("ghcr.io/acme/app/sub"),
-        ),
-        (
-            s("https://github.com/users/octo/packages/container/package/tool"),
-            O("ghcr.io/octo/tool"),
-        ),
-        (
-            s("https://github.com/acme/repo/pkgs/container/app"),
-            O("ghcr.io/acme/app"),
-        ),
-        (
-            s("https://registry.example.com:5000/team/app?x=y#frag"),
-            O("registry.example.com:5000/team/app"),
-        ),
-        (
-            s("https://user:secret@registry.example.com/team/app"),
-            O("registry.example.com/team/app"),
-        ),
-        (
-            s("http://localhost:5000/v2/team/app/tags/list"),
-            O("localhost:5000/team/app"),
-        ),
-        (s("HTTPS://GHCR.IO/org/app"), O("ghcr.io/org/app")),
-        (s("  nginx:1.25  "), O("docker.io/library/nginx:1.25")),
-        (s("https://ghcr.io"), E("no-repository")),
-        (s("https://ghcr.io/"), E("no-repository")),
-        (s("ftp://example.com/app"), E("url")),
-        (s("https://hub.docker.com/search?q=nginx"), E("url")),
-        (s("https://github.com/acme/repo"), E("url")),
-        (s("https://bad_host.example/app"), E("registry")),
-        (s("https://ghcr.io/Org/App"), E("uppercase")),
-    ]
-}
-
-#[test]
-fn reduces_pasted_browser_urls_to_registry_and_repository() {
-    check(Reference::from_user_input, &url_rows());
-}
-
 #[test]
 fn never_repeats_url_credentials_in_errors() {
-    let err = Reference::from_user_input("https://user:hunter2@registry.example.com/Team/app")
-        .unwrap_err();
+    let err = Reference::parse("https://user:hunter2@registry.example.com/Team/app").unwrap_err();
     assert!(!err.to_string().contains("hunter2"), "{err}");
     assert!(err.to_string().contains("registry.example.com"), "{err}");
-}
-
-#[test]
-fn folds_every_docker_hub_name_into_one_registry() {
-    for input in [
-        "docker.io",
-        "index.docker.io",
-        "registry-1.docker.io",
-        "hub.docker.com",
-        "HUB.DOCKER.COM",
-        "https://hub.docker.com/_/nginx",
-        "https://index.docker.io/v2/",
-        "docker.io/library/nginx:1.0",
-    ] {
-        let registry = Registry::from_user_input(input).unwrap();
-        assert_eq!(registry.as_str(), "docker.io", "{input}");
-        assert!(registry.is_docker_hub());
-        assert_eq!(registry.api_host(), "registry-1.docker.io", "{input}");
-    }
-}
-
-#[test]
-fn reads_registries_from_hosts_references_and_urls() {
-    let rows = [
-        ("ghcr.io", "ghcr.io"),
-        ("GHCR.IO", "ghcr.io"),
-        ("registry.example.com:5000", "registry.example.com:5000"),
-        (
-            "https://registry.example.com:5000/v2/",
-            "registry.example.com:5000",
-        ),
-        ("quay.io/org/app:1.0", "quay.io"),
-        ("https://quay.io/repository/org/app", "quay.io"),
-        (
-            "https://github.com/orgs/acme/packages/container/package/app",
-            "ghcr.io",
-        ),
-        ("[::1]:5000", "[::1]:5000"),
-    ];
-    for (input, want) in rows {
-        assert_eq!(
-            Registry::from_user_input(input).unwrap().as_str(),
-            want,
-            "{input}"
-        );
-    }
-    for bad in ["", "  ", "bad host", "host:99999", "ftp://x.example/"] {
-        assert!(Registry::from_user_input(bad).is_err(), "{bad:?} accepted");
-    }
 }
 
 #[test]

@@ -10,10 +10,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use meshanics_facade::cloud::CloudError;
-use meshanics_facade::cloud::ecr::{AwsCredentials, EcrProvider, Endpoints};
+use meshanics_facade::cloud::ecr::{AwsCredentials, EcrProvider, EcrRole, Endpoints};
 use meshanics_facade::cloud::gcp::ServiceAccountKey;
-use meshanics_facade::cloud::token_cache::{MarginPolicy, SystemClock, TokenCache};
-use meshanics_facade::connections::EcrRole;
+use meshanics_facade::cloud::token_cache::{CloudTokenCache, MarginPolicy, SystemClock};
 use meshanics_facade::http_client;
 use meshanics_tests::aws_server::{AwsAccount, AwsServer};
 use meshanics_tests::gcp_server::{GcpTokenServer, ServiceAccount};
@@ -85,7 +84,7 @@ async fn gcp_refusal_does_not_leak_the_endpoint_answer() {
 async fn fifty_concurrent_pulls_cause_exactly_one_token_request() {
     let (_dir, server, key) = gcp().await;
     let key = Arc::new(key);
-    let cache = Arc::new(TokenCache::new(
+    let cache = Arc::new(CloudTokenCache::new(
         MarginPolicy::default(),
         Arc::new(SystemClock),
     ));
@@ -114,7 +113,7 @@ async fn fifty_concurrent_pulls_cause_exactly_one_token_request() {
 async fn a_token_expiring_mid_run_is_refreshed_once() {
     let (_dir, server, key) = gcp().await;
     server.set_token_lifetime(2);
-    let cache = TokenCache::new(MarginPolicy::default(), Arc::new(SystemClock));
+    let cache = CloudTokenCache::new(MarginPolicy::default(), Arc::new(SystemClock));
     let client = client();
     let fetch = |now| key.fetch(&client, now);
     let first = cache.get("gcr.io", fetch).await.unwrap();

@@ -52,7 +52,7 @@ fn margin_is_five_minutes_or_a_tenth_of_the_lifetime_whichever_is_smaller() {
 #[tokio::test]
 async fn serves_a_fresh_token_from_the_cache_and_refreshes_before_expiry() {
     let clock = ManualClock::new();
-    let cache = TokenCache::new(MarginPolicy::default(), clock.clone());
+    let cache = CloudTokenCache::new(MarginPolicy::default(), clock.clone());
     let calls = AtomicU64::new(0);
     let fetch = |now| {
         let n = calls.fetch_add(1, Ordering::SeqCst);
@@ -71,7 +71,7 @@ async fn serves_a_fresh_token_from_the_cache_and_refreshes_before_expiry() {
 #[tokio::test]
 async fn keeps_hosts_apart() {
     let clock = ManualClock::new();
-    let cache = TokenCache::new(MarginPolicy::default(), clock);
+    let cache = CloudTokenCache::new(MarginPolicy::default(), clock);
     let a = cache
         .get("a", |now| async move {
             Ok(token(now, Duration::from_secs(60), 1))
@@ -89,7 +89,7 @@ async fn keeps_hosts_apart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_concurrent_callers_cause_exactly_one_refresh() {
-    let cache = Arc::new(TokenCache::new(
+    let cache = Arc::new(CloudTokenCache::new(
         MarginPolicy::default(),
         Arc::new(SystemClock),
     ));
@@ -118,7 +118,7 @@ async fn fifty_concurrent_callers_cause_exactly_one_refresh() {
 #[tokio::test]
 async fn remembers_a_failed_refresh_for_the_backoff_then_tries_again() {
     let clock = ManualClock::new();
-    let cache = TokenCache::new(MarginPolicy::default(), clock.clone());
+    let cache = CloudTokenCache::new(MarginPolicy::default(), clock.clone());
     let calls = AtomicU64::new(0);
     let failing = |_| {
         calls.fetch_add(1, Ordering::SeqCst);
@@ -150,7 +150,7 @@ async fn remembers_a_failed_refresh_for_the_backoff_then_tries_again() {
 #[tokio::test]
 async fn invalidate_forces_a_refresh() {
     let clock = ManualClock::new();
-    let cache = TokenCache::new(MarginPolicy::default(), clock);
+    let cache = CloudTokenCache::new(MarginPolicy::default(), clock);
     let first = cache
         .get("h", |now| async move {
             Ok(token(now, Duration::from_secs(3600), 1))

@@ -1,0 +1,228 @@
+//! The connection store as the proxy's approval seam: [`StoreUpstreams`] answers the proxy's
+//! one question ("is this registry approved, and how do I reach it?") from the operators'
+//! connections, building one registry client per connection with the right credential
+//! provider (static, anonymous, or a cloud token provider).
+//!
+//! Clients are reused while a connection stays the same, and rebuilt when an operator removes
+//! and re-adds it (a fingerprint of the record tells). The proxy asks on every request, so a
+//! removed connection stops being proxied at once.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use meshanics_shared::Registry;
+use ring::digest::{SHA256, digest};
+use rustls::RootCertStore;
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject as _;
+
+use super::{Connection, ConnectionCredentials, ConnectionError, Store};
+use crate::approval::ApprovedUpstreams;
+use crate::cloud::ecr::{AwsCredentials, EcrProvider, Endpoints};
+use crate::cloud::gcp::ServiceAccountKey;
+use crate::cloud::token_cache::CloudTokenCache;
+use crate::cloud::{CloudCredentials, CloudSource};
+use crate::config::UpstreamTimeouts;
+use crate::providers::{
+    Anonymous, CredentialProvider, PresentedCredentials, Secret, StaticCredentials,
+};
+use crate::registry_client::{Endpoint, Upstream};
+
+/// What cloud connections need beyond their record.
+#[derive(Debug, Clone)]
+pub struct CloudSettings {
+    /// The client for token endpoints.
+    pub client: reqwest::Client,
+    /// The per-host token cache shared by all cloud connections.
+    pub cache: Arc<CloudTokenCache>,
+    /// The facade's base AWS credentials (read once from the environment at start).
+    pub aws: Option<AwsCredentials>,
+    /// STS and ECR endpoints, when not AWS's regional ones (tests, private endpoints).
+    pub ecr_endpoints: Option<Endpoints>,
+}
+
+/// A built client and the fingerprint of the connection it was built for.
+type CachedClient = ([u8; 32], Arc<Upstream>);
+
+/// Upstreams from the connection store, falling back to another set (the config file's).
+#[derive(Debug)]
+pub struct StoreUpstreams {
+    store: Arc<Store>,
+    fallback: Option<Arc<dyn ApprovedUpstreams>>,
+    timeouts: UpstreamTimeouts,
+    cloud: CloudSettings,
+    clients: Mutex<HashMap<Registry, CachedClient>>,
+}
+
+/// Why a connection's client could not be built.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] ConnectionError),
+    /// The connection's configuration cannot be used.
+    #[error("connection {host}: {reason}")]
+    Unusable {
+        /// The registry.
+        host: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+// === impl StoreUpstreams ===
+
+impl StoreUpstreams {
+    /// Upstreams from `store`; registries it does not know are asked of `fallback`.
+    pub fn new(
+        store: Arc<Store>,
+        fallback: Option<Arc<dyn ApprovedUpstreams>>,
+        timeouts: UpstreamTimeouts,
+        cloud: CloudSettings,
+    ) -> Self {
+        StoreUpstreams {
+            store,
+            fallback,
+            timeouts,
+            cloud,
+            clients: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// The client for `registry` if it is connected (approved or not: the operator may browse
+    /// a connection before approving it), or `None`.
+    pub fn connected(&self, registry: &Registry) -> Result<Option<Arc<Upstream>>, BuildError> {
+        match self.store.connection(registry)? {
+            Some(connection) => self.client_for(&connection).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn client_for(&self, connection: &Connection) -> Result<Arc<Upstream>, BuildError> {
+        let fingerprint = fingerprint(connection);
+        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((known, client)) = clients.get(&connection.registry)
+            && *known == fingerprint
+        {
+            return Ok(client.clone());
+        }
+        let client = Arc::new(self.build(connection)?);
+        clients.insert(connection.registry.clone(), (fingerprint, client.clone()));
+        Ok(client)
+    }
+
+    fn build(&self, connection: &Connection) -> Result<Upstream, BuildError> {
+        let host = connection.registry.as_str().to_owned();
+        let unusable = |reason: String| BuildError::Unusable {
+            host: host.clone(),
+            reason,
+        };
+        let credentials: Arc<dyn CredentialProvider> = match &connection.credentials {
+            ConnectionCredentials::Anonymous => Arc::new(Anonymous),
+            ConnectionCredentials::Static { username, token } => Arc::new(StaticCredentials::new(
+                PresentedCredentials::basic(username.clone(), Secret::new(token.clone())),
+            )),
+            ConnectionCredentials::Gcp { key_json } => {
+                let key =
+                    ServiceAccountKey::parse(key_json).map_err(|e| unusable(e.to_string()))?;
+                Arc::new(CloudCredentials::new(
+                    host.clone(),
+                    CloudSource::Gcp(Arc::new(key)),
+                    self.cloud.client.clone(),
+                    self.cloud.cache.clone(),
+                ))
+            }
+            ConnectionCredentials::Ecr(role) => {
+                let base = self.cloud.aws.clone().ok_or_else(|| {
+                    unusable("no AWS base credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY for the facade".into())
+                })?;
+                let endpoints = self
+                    .cloud
+                    .ecr_endpoints
+                    .clone()
+                    .unwrap_or_else(|| Endpoints::for_region(&role.region));
+                Arc::new(CloudCredentials::new(
+                    host.clone(),
+                    CloudSource::Ecr(Arc::new(EcrProvider::new(role.clone(), base, endpoints))),
+                    self.cloud.client.clone(),
+                    self.cloud.cache.clone(),
+                ))
+            }
+        };
+        let ca = match &connection.ca_pem {
+            Some(pem) => {
+                let mut roots = RootCertStore::empty();
+                for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+                    let cert = cert.map_err(|e| unusable(format!("its CA bundle: {e}")))?;
+                    roots
+                        .add(cert)
+                        .map_err(|e| unusable(format!("its CA bundle: {e}")))?;
+                }
+                if roots.is_empty() {
+                    return Err(unusable("its CA bundle holds no certificate".into()));
+                }
+                Some(roots)
+            }
+            None => None,
+        };
+        let endpoint = Endpoint {
+            plain_http: connection.plain_http,
+            ca,
+        };
+        Upstream::new(
+            connection.registry.clone(),
+            endpoint,
+            credentials,
+            self.timeouts,
+        )
+        .map_err(|e| unusable(e.to_string()))
+    }
+}
+
+impl ApprovedUpstreams for StoreUpstreams {
+    fn approved(&self, registry: &Registry) -> Option<Arc<Upstream>> {
+        match self.store.approved(registry) {
+            Ok(Some(connection)) => match self.client_for(&connection) {
+                Ok(client) => Some(client),
+                Err(error) => {
+                    tracing::error!(%registry, %error, "approved connection cannot be used");
+                    None
+                }
+            },
+            Ok(None) => self.fallback.as_ref().and_then(|f| f.approved(registry)),
+            Err(error) => {
+                tracing::error!(%registry, %error, "connection store failed");
+                None
+            }
+        }
+    }
+}
+
+/// A digest of everything that shapes a connection's client (secrets included, hashed).
+fn fingerprint(connection: &Connection) -> [u8; 32] {
+    let mut text = format!("{}\0{}\0", connection.registry, connection.plain_http);
+    match &connection.credentials {
+        ConnectionCredentials::Anonymous => text.push_str("anonymous"),
+        ConnectionCredentials::Static { username, token } => {
+            text.push_str(&format!("static\0{username}\0{token}"));
+        }
+        ConnectionCredentials::Gcp { key_json } => text.push_str(&format!("gcp\0{key_json}")),
+        ConnectionCredentials::Ecr(role) => text.push_str(&format!(
+            "ecr\0{}\0{}\0{}",
+            role.role_arn,
+            role.external_id.as_deref().unwrap_or(""),
+            role.region
+        )),
+    }
+    text.push('\0');
+    text.push_str(connection.ca_pem.as_deref().unwrap_or(""));
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest(&SHA256, text.as_bytes()).as_ref());
+    out
+}
