@@ -1,36 +1,20 @@
-//! Lifetimes on the command line: `30d`, `12h`, `90m`, `3600s`.
+//! Lifetimes on the command line (`30d`, `12h`, `90m`, `1h 30m`): the workspace's one duration
+//! dialect ([`meshanics_shared::duration`], the one both TOML files use), plus the rule that
+//! signed metadata must live for some time.
 
 use std::time::Duration;
 
-/// Parses `<number><unit>` with unit `s`, `m`, `h` or `d`.
-pub fn parse(input: &str) -> Result<Duration, String> {
-    let split = input
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(input.len());
-    let (number, unit) = input.split_at(split);
-    let number: u64 = number
-        .parse()
-        .map_err(|_| format!("{input:?} is not a duration such as 30d, 12h, 90m or 3600s"))?;
-    let unit_secs = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        _ => {
-            return Err(format!(
-                "{input:?} has no unit: use s, m, h or d (e.g. 30d)"
-            ));
-        }
-    };
-    if number == 0 {
+use meshanics_shared::duration;
+
+/// Parses a lifetime: a duration in the workspace's dialect that is not zero.
+pub(crate) fn parse(input: &str) -> Result<Duration, String> {
+    let lifetime = duration::parse(input).map_err(|error| error.to_string())?;
+    if lifetime.is_zero() {
         return Err(format!(
             "{input:?} is zero: metadata must live for some time"
         ));
     }
-    number
-        .checked_mul(unit_secs)
-        .map(Duration::from_secs)
-        .ok_or_else(|| format!("{input:?} is too long"))
+    Ok(lifetime)
 }
 
 #[cfg(test)]
@@ -43,12 +27,21 @@ mod tests {
         assert_eq!(parse("12h"), Ok(Duration::from_secs(12 * 3600)));
         assert_eq!(parse("90m"), Ok(Duration::from_secs(90 * 60)));
         assert_eq!(parse("3600s"), Ok(Duration::from_secs(3600)));
+        // The shared dialect also combines units and knows weeks.
+        assert_eq!(parse("1h 30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse("1w"), Ok(Duration::from_secs(7 * 86_400)));
     }
 
     #[test]
     fn refuses_durations_without_unit_or_length() {
-        for bad in ["30", "d", "0d", "-1d", "1w", ""] {
+        for bad in ["30", "d", "0d", "-1d", "1x", ""] {
             assert!(parse(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn names_the_bad_text() {
+        let error = parse("soon").err().unwrap_or_default();
+        assert!(error.contains("\"soon\""), "{error}");
     }
 }
