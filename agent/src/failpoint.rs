@@ -68,7 +68,7 @@ mod armed {
             .as_ref()
     }
 
-    pub fn hit(point: &str, detail: &dyn std::fmt::Display) {
+    pub(super) fn hit(point: &str, detail: &dyn std::fmt::Display) {
         let Some(armed) = armed() else { return };
         if armed.point != point || armed.write_budget.is_some() {
             return;
@@ -78,7 +78,7 @@ mod armed {
         }
     }
 
-    pub fn write_allowance(len: usize) -> usize {
+    pub(super) fn write_allowance(len: usize) -> usize {
         let Some(budget) = armed().and_then(|a| a.write_budget.map(|b| (a, b))) else {
             return len;
         };
@@ -88,7 +88,7 @@ mod armed {
         usize::try_from(left).unwrap_or(usize::MAX).min(len)
     }
 
-    pub fn crash(point: &str, detail: &dyn std::fmt::Display) -> ! {
+    pub(super) fn crash(point: &str, detail: &dyn std::fmt::Display) -> ! {
         eprintln!("failpoint {point} {detail}");
         std::process::abort()
     }

@@ -28,7 +28,7 @@ use crate::connections::{ConnectionCredentials, ConnectionError, NewConnection, 
 /// The largest request body accepted (a service-account key is a few KiB).
 const MAX_BODY: usize = 1024 * 1024;
 /// The default cap on tags listed.
-pub const DEFAULT_TAG_LIMIT: usize = 10_000;
+pub(super) const DEFAULT_TAG_LIMIT: usize = 10_000;
 /// How many tags an import resolves at once.
 const IMPORT_CONCURRENCY: usize = 4;
 

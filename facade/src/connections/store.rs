@@ -16,7 +16,7 @@ use crate::cloud::gcp::ServiceAccountKey;
 use crate::seal::{MasterKey, SealError};
 
 /// The connections folder inside the facade's state dir.
-pub const CONNECTIONS_DIR: &str = "connections";
+pub(super) const CONNECTIONS_DIR: &str = "connections";
 
 /// The connection store.
 #[derive(Debug)]

@@ -15,11 +15,11 @@ use crate::providers::Secret;
 
 /// The lifetime assumed when a token response names none, or less (the Docker token spec:
 /// "if omitted, a default of 60 seconds should be assumed"; shorter values are raised to it).
-pub const DEFAULT_LIFETIME: Duration = Duration::from_secs(60);
+pub(super) const DEFAULT_LIFETIME: Duration = Duration::from_secs(60);
 /// The longest a token is used before it is fetched again, whatever its `expires_in` says
 /// (an `Instant` cannot hold the largest numbers an endpoint may send; a day is far above
 /// what registries issue, minutes to hours).
-pub const MAX_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+pub(super) const MAX_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 /// How long before expiry a token is refreshed, at most.
 const MAX_MARGIN: Duration = Duration::from_secs(30);
 /// Past this many scopes, stale entries are dropped when a new one is added: devices choose

@@ -21,7 +21,7 @@ use crate::identity::DeviceIdentity;
 use crate::service::{self, Shared};
 
 /// Serves one accepted TCP connection to its end.
-pub async fn serve(
+pub(super) async fn serve(
     accepted: Connection<TcpStream, SocketAddr>,
     acceptor: TlsAcceptor,
     shared: Arc<Shared>,
