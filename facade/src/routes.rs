@@ -7,7 +7,7 @@
 //! `/v2/<repository>/{manifests,blobs}/<digest>?ns=<host>`.
 
 use http::Method;
-use meshanics_shared::{Digest, Registry, Repository, Tag};
+use meshanics_shared::{Digest, Registry, Repository};
 
 use crate::error::Error;
 use crate::upstream::ContentKind;
@@ -150,14 +150,19 @@ fn split_name(name: &str, ns: Option<&str>) -> Result<(Registry, Repository), Er
     Ok((upstream, repository))
 }
 
+/// The digest of a content route. The facade never resolves tags, so a manifest reference
+/// that is not a digest, whether a valid tag (`latest`) or neither tag nor digest
+/// (`.INVALID_MANIFEST_NAME`, `sha256:totallywrong`), names a manifest the facade does not
+/// have: [`Error::DigestOnly`], answered 404 `MANIFEST_UNKNOWN` as the distribution spec's
+/// endpoint table and its conformance suite expect (see respond.rs). A blob is named by
+/// digest alone, so a malformed one is the device's error: [`Error::InvalidDigest`], 400
+/// `DIGEST_INVALID`. Either way no upstream request is made.
 fn digest(kind: ContentKind, reference: &str) -> Result<Digest, Error> {
     match Digest::parse(reference) {
         Ok(digest) => Ok(digest),
-        Err(_) if kind == ContentKind::Manifest && Tag::parse(reference).is_ok() => {
-            Err(Error::DigestOnly {
-                reference: reference.to_owned(),
-            })
-        }
+        Err(_) if kind == ContentKind::Manifest => Err(Error::DigestOnly {
+            reference: reference.chars().take(256).collect(),
+        }),
         Err(e) => Err(Error::InvalidDigest {
             input: e.input,
             reason: e.reason.to_string(),

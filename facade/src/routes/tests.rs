@@ -80,20 +80,16 @@ fn refuses_tags_as_digest_only() {
 }
 
 #[test]
-fn refuses_malformed_digests() {
-    for reference in ["sha256:abc", "md5:0123", "sha256:ABCDEF"] {
+fn refuses_malformed_blob_digests() {
+    for reference in ["sha256:abc", "md5:0123", "sha256:ABCDEF", "latest"] {
         assert!(
             matches!(
-                get(&format!("/v2/ghcr.io/org/app/manifests/{reference}")),
+                get(&format!("/v2/ghcr.io/org/app/blobs/{reference}")),
                 Err(Error::InvalidDigest { .. })
             ),
             "{reference}"
         );
     }
-    assert!(matches!(
-        get("/v2/ghcr.io/org/app/blobs/latest"),
-        Err(Error::InvalidDigest { .. })
-    ));
 }
 
 #[test]
@@ -158,4 +154,26 @@ fn meta_names_are_single_plain_files() {
     );
     assert!(MetaName::parse(&"a".repeat(256)).is_none());
     assert!(MetaName::parse("x\\y").is_none());
+}
+
+#[test]
+fn a_manifest_reference_that_is_neither_tag_nor_digest_is_manifest_unknown() {
+    // `.INVALID_MANIFEST_NAME` is the nonexistent manifest of the released conformance suite
+    // (v1.1), which expects 404; `sha256:totallywrong` may be 400 or 404 there.
+    for reference in [
+        ".INVALID_MANIFEST_NAME",
+        "sha256:totallywrong",
+        "sha256:1234",
+        "md5:0123",
+        "latest",
+        "v1.2.3",
+    ] {
+        let error = get(&format!("/v2/ghcr.io/org/app/manifests/{reference}")).unwrap_err();
+        let (status, code, _) = crate::respond::classify(&error);
+        assert_eq!(
+            (status.as_u16(), code),
+            (404, "MANIFEST_UNKNOWN"),
+            "{reference}"
+        );
+    }
 }
