@@ -118,14 +118,23 @@ fn unknown_paths_are_not_found() {
         "/v2/ghcr.io/org/app/tags/list",
         "/v2/ghcr.io/org/app/blobs/uploads/",
         "/healthz",
+    ] {
+        assert!(
+            matches!(get(path), Err(Error::NotFound { .. })),
+            "{path}: {:?}",
+            get(path)
+        );
+    }
+    for path in [
         "/meta/",
         "/meta/../secret",
         "/meta/.hidden",
         "/meta/a/b",
+        "/meta/1.root.cose/x",
         "/meta/%2e%2e",
     ] {
         assert!(
-            matches!(get(path), Err(Error::NotFound { .. })),
+            matches!(get(path), Err(Error::MetaNotFound { .. })),
             "{path}: {:?}",
             get(path)
         );
@@ -148,12 +157,9 @@ fn writes_are_not_allowed() {
 
 #[test]
 fn meta_names_are_single_plain_files() {
-    assert_eq!(
-        get("/meta/timestamp.cbor").unwrap(),
-        Route::Meta(MetaName("timestamp.cbor".into()))
-    );
-    assert!(MetaName::parse(&"a".repeat(256)).is_none());
-    assert!(MetaName::parse("x\\y").is_none());
+    assert!(MetaName::parse(&format!("{}.root.cose", "1".repeat(300))).is_none());
+    assert!(MetaName::parse("1.root.cose\\x").is_none());
+    assert!(MetaName::parse("../1.root.cose").is_none());
 }
 
 #[test]
@@ -174,6 +180,43 @@ fn a_manifest_reference_that_is_neither_tag_nor_digest_is_manifest_unknown() {
             (status.as_u16(), code),
             (404, "MANIFEST_UNKNOWN"),
             "{reference}"
+        );
+    }
+}
+
+#[test]
+fn meta_serves_only_the_published_metadata_files() {
+    for name in [
+        "1.root.cose",
+        "12.root.cose",
+        "1.targets.cose",
+        "7.targets.cose",
+        "timestamp.cose",
+    ] {
+        assert_eq!(
+            get(&format!("/meta/{name}")).unwrap(),
+            Route::Meta(MetaName(name.into())),
+            "{name}"
+        );
+    }
+    for name in [
+        "pins.json",
+        "root.key",
+        "timestamp.key",
+        "root.cose",
+        "targets.cose",
+        "0.root.cose",
+        "01.root.cose",
+        "+1.root.cose",
+        "1.timestamp.cose",
+        "1.root.cose.tmp",
+        "18446744073709551616.root.cose",
+        "timestamp.cbor",
+    ] {
+        let route = get(&format!("/meta/{name}"));
+        assert!(
+            matches!(route, Err(Error::MetaNotFound { .. })),
+            "{name}: {route:?}"
         );
     }
 }
