@@ -24,13 +24,13 @@ pub enum Error {
         /// The path.
         path: String,
     },
-    /// A tag where a digest belongs.
-    #[error("digest references only: {reference:?} is a tag")]
+    /// A manifest reference that is not a digest: a tag, or neither tag nor digest.
+    #[error("digest references only: {reference:?} is not a digest")]
     DigestOnly {
-        /// The tag given.
+        /// The reference given.
         reference: String,
     },
-    /// A malformed digest.
+    /// A malformed blob digest.
     #[error("invalid digest {input:?}: {reason}")]
     InvalidDigest {
         /// What was given.

@@ -1,6 +1,7 @@
 //! `GET /meta/<file>`: the signed update metadata files, served read-only from one folder.
 //!
-//! The name was already reduced to one plain file name by [`MetaName`]; here the file must
+//! The name was already reduced to a published metadata file name (`N.root.cose`,
+//! `N.targets.cose`, `timestamp.cose`) by [`MetaName`]; here the file must
 //! also be a regular file (not a symlink, not a folder) no larger than the cap, and the file
 //! that is opened must be the one that was checked. There is no listing.
 
@@ -92,8 +93,8 @@ mod tests {
     #[tokio::test]
     async fn serves_regular_files_within_the_cap() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("timestamp.cbor"), b"signed").unwrap();
-        assert_eq!(get(dir.path(), "timestamp.cbor").await.unwrap(), b"signed");
+        std::fs::write(dir.path().join("timestamp.cose"), b"signed").unwrap();
+        assert_eq!(get(dir.path(), "timestamp.cose").await.unwrap(), b"signed");
     }
 
     #[tokio::test]
@@ -101,24 +102,25 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let outside = tempfile::tempdir().unwrap();
         std::fs::write(outside.path().join("secret"), b"secret").unwrap();
-        std::os::unix::fs::symlink(outside.path().join("secret"), dir.path().join("link")).unwrap();
-        std::fs::create_dir(dir.path().join("sub")).unwrap();
-        std::fs::write(dir.path().join("big"), vec![0u8; 2048]).unwrap();
-        for name in ["link", "sub", "missing"] {
+        let link = dir.path().join("1.root.cose");
+        std::os::unix::fs::symlink(outside.path().join("secret"), link).unwrap();
+        std::fs::create_dir(dir.path().join("2.root.cose")).unwrap();
+        std::fs::write(dir.path().join("1.targets.cose"), vec![0u8; 2048]).unwrap();
+        for name in ["1.root.cose", "2.root.cose", "3.root.cose"] {
             assert!(
                 matches!(get(dir.path(), name).await, Err(Error::MetaNotFound { .. })),
                 "{name}"
             );
         }
         assert!(matches!(
-            get(dir.path(), "big").await,
+            get(dir.path(), "1.targets.cose").await,
             Err(Error::MetaTooLarge { size: 2048, .. })
         ));
     }
 
     #[tokio::test]
     async fn serves_nothing_without_a_metadata_folder() {
-        let name = MetaName::parse("root.cbor").unwrap();
+        let name = MetaName::parse("1.root.cose").unwrap();
         assert!(matches!(
             serve(None, &name, &Method::GET, 1024).await,
             Err(Error::MetaNotFound { .. })

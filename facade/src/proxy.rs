@@ -9,6 +9,8 @@
 //! - `HEAD` asks the upstream for headers only and answers with `Content-Length`,
 //!   `Content-Type` and `Docker-Content-Digest`.
 //! - An upstream `Docker-Content-Digest` that names other content is refused.
+//! - An upstream length no content with the digest can have is refused before any header:
+//!   see [`check_length_can_match`].
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -18,7 +20,7 @@ use http::header::{CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, HeaderName, RANG
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode};
 use http_body_util::BodyExt;
 use meshanics_shared::manifest::MAX_MANIFEST_SIZE;
-use meshanics_shared::{Digest, Verifier};
+use meshanics_shared::{Digest, Verifier, VerifyError};
 
 use crate::approval::ApprovedUpstreams;
 use crate::body::{Body, Check, CheckedBody, Origin};
@@ -70,6 +72,9 @@ pub async fn content(
     }
     check_digest_header(&target, response.headers(), metrics, device)?;
     let length = content_length(response.headers());
+    if !partial && let Some(length) = length {
+        check_length_can_match(&target, length, metrics, device)?;
+    }
     let content_type = response.headers().get(CONTENT_TYPE).cloned();
     let is_manifest = target.kind == ContentKind::Manifest;
     if is_manifest && let Some(size) = length.filter(|s| *s > MAX_MANIFEST_SIZE) {
@@ -248,6 +253,38 @@ fn check_digest_header(
         registry: target.upstream.clone(),
         expected: target.digest.clone(),
         announced,
+    })
+}
+
+/// Refuses a whole-content length that no content with the digest can have. The empty
+/// content has one digest per algorithm, so 0 bytes for any other digest, or more than 0 for
+/// that one, can never verify. It must be caught before the headers go out: over HTTP/1.1 an
+/// answer with `Content-Length: 0` is complete with its head, so the abort that verification
+/// would end in reaches the device as a clean, empty 200.
+fn check_length_can_match(
+    target: &ContentTarget,
+    length: u64,
+    metrics: &Metrics,
+    device: &DeviceIdentity,
+) -> Result<(), Error> {
+    let empty = target.digest.hasher().finish();
+    let source = match (length == 0, target.digest == empty) {
+        (true, false) => VerifyError::Mismatch {
+            expected: target.digest.clone(),
+            actual: empty,
+        },
+        (false, true) => VerifyError::TooLong {
+            digest: empty,
+            expected: 0,
+        },
+        _ => return Ok(()),
+    };
+    metrics.verification_failure("impossible_length");
+    tracing::warn!(%device, upstream = %target.upstream, digest = %target.digest, length,
+        "refusing content whose announced length cannot match its digest");
+    Err(Error::Verification {
+        registry: target.upstream.clone(),
+        source,
     })
 }
 

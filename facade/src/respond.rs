@@ -4,6 +4,13 @@
 //!
 //! Messages to devices say what the device did wrong, or that the upstream side failed; they
 //! never name which upstream hosts exist or echo upstream error bodies.
+//!
+//! Codes follow the distribution spec ("Error Codes"): a 4XX body carries one of its fourteen
+//! codes, never one of our own, and the status is the one its endpoint table gives (a
+//! manifest or blob the facade cannot serve is `404`, whatever the reason). The spec's list
+//! binds 4XX bodies only; a server-side failure no listed code describes (the upstream is
+//! down, a metadata file unreadable) says `UNAVAILABLE`, the code distribution's own errcode
+//! package registers for that, which docker and containerd know.
 
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, RETRY_AFTER};
@@ -23,17 +30,30 @@ const RETRY_AFTER_SECONDS: u64 = 5;
 pub fn classify(error: &Error) -> (StatusCode, &'static str, String) {
     use StatusCode as S;
     match error {
-        Error::NotFound { .. } => (S::NOT_FOUND, "NOT_FOUND", "no such route".into()),
+        // Catalog, tag lists, uploads, anything else: operations a read-only, digest-only
+        // registry does not offer (the conformance suites read a 404 as "not supported").
+        Error::NotFound { .. } => (
+            S::NOT_FOUND,
+            "UNSUPPORTED",
+            "no such route: the facade serves pulls by digest only".into(),
+        ),
         Error::MethodNotAllowed { method, .. } => (
             S::METHOD_NOT_ALLOWED,
             "UNSUPPORTED",
             format!("{method} is not supported: the facade is read-only"),
         ),
+        // A manifest reference may be a tag or a digest (`<tag-or-digest>` in the spec), and
+        // the facade never resolves tags: any other reference, a valid tag or not, names a
+        // manifest it does not have. The spec's only failure status for a manifest GET/HEAD
+        // is 404, and the released conformance suite (v1.1) asks for exactly 404 for
+        // `.INVALID_MANIFEST_NAME`, neither a tag nor a digest. Refused before any upstream
+        // request (routes.rs).
         Error::DigestOnly { .. } => (
-            S::BAD_REQUEST,
-            "UNSUPPORTED",
+            S::NOT_FOUND,
+            "MANIFEST_UNKNOWN",
             "digest references only".into(),
         ),
+        // A blob is named by digest alone: a malformed one is the device's error, 400.
         Error::InvalidDigest { .. } => (S::BAD_REQUEST, "DIGEST_INVALID", error.to_string()),
         Error::InvalidName { .. } => (S::BAD_REQUEST, "NAME_INVALID", error.to_string()),
         Error::UnknownUpstream { .. } => (
@@ -53,9 +73,11 @@ pub fn classify(error: &Error) -> (StatusCode, &'static str, String) {
                 format!("blob unknown: {digest}"),
             ),
         },
+        // The spec has no range code (RANGE_INVALID is distribution's own): the range asked
+        // for does not fit the blob's length, which is what SIZE_INVALID says.
         Error::RangeNotSatisfiable { .. } => (
             S::RANGE_NOT_SATISFIABLE,
-            "RANGE_INVALID",
+            "SIZE_INVALID",
             "requested range not satisfiable".into(),
         ),
         Error::UpstreamDenied { .. } => (
@@ -110,7 +132,11 @@ pub fn classify(error: &Error) -> (StatusCode, &'static str, String) {
             "SIZE_INVALID",
             "the upstream did not announce the content size".into(),
         ),
-        Error::MetaNotFound { .. } => (S::NOT_FOUND, "NOT_FOUND", "no such file".into()),
+        // A metadata file is a named blob of the facade's own API; not there (or not one of
+        // the published names) is unknown content, as for a blob.
+        Error::MetaNotFound { .. } => {
+            (S::NOT_FOUND, "BLOB_UNKNOWN", "no such metadata file".into())
+        }
         Error::MetaTooLarge { .. } | Error::MetaIo { .. } => (
             S::INTERNAL_SERVER_ERROR,
             "UNAVAILABLE",
@@ -181,10 +207,10 @@ mod tests {
         let response = error_response(&Error::DigestOnly {
             reference: "latest".into(),
         });
-        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(response.status(), StatusCode::NOT_FOUND);
         assert_eq!(response.headers()[CONTENT_TYPE], "application/json");
         let json = body_json(response).await;
-        assert_eq!(json["errors"][0]["code"], "UNSUPPORTED");
+        assert_eq!(json["errors"][0]["code"], "MANIFEST_UNKNOWN");
         assert_eq!(json["errors"][0]["message"], "digest references only");
     }
 
@@ -224,6 +250,166 @@ mod tests {
         });
         assert_eq!(broken.status(), StatusCode::BAD_GATEWAY);
         assert!(broken.headers().get(RETRY_AFTER).is_none());
+    }
+
+    /// The `code` values of the distribution spec ("Error Codes"): the only ones a 4XX body
+    /// may carry.
+    const SPEC_CODES: [&str; 14] = [
+        "BLOB_UNKNOWN",
+        "BLOB_UPLOAD_INVALID",
+        "BLOB_UPLOAD_UNKNOWN",
+        "DIGEST_INVALID",
+        "MANIFEST_BLOB_UNKNOWN",
+        "MANIFEST_INVALID",
+        "MANIFEST_UNKNOWN",
+        "NAME_INVALID",
+        "NAME_UNKNOWN",
+        "SIZE_INVALID",
+        "UNAUTHORIZED",
+        "DENIED",
+        "UNSUPPORTED",
+        "TOOMANYREQUESTS",
+    ];
+
+    #[test]
+    fn range_not_satisfiable_uses_a_spec_error_code() {
+        let (status, code, _) = classify(&Error::RangeNotSatisfiable {
+            registry: Registry::parse("r.example").unwrap(),
+            digest: Digest::sha256_of(b"x"),
+            content_range: None,
+        });
+        assert_eq!(status, StatusCode::RANGE_NOT_SATISFIABLE);
+        assert!(SPEC_CODES.contains(&code), "{code}");
+    }
+
+    #[test]
+    fn unrouted_paths_and_missing_metadata_use_spec_error_codes() {
+        for error in [
+            Error::NotFound {
+                path: "/v2/_catalog".into(),
+            },
+            Error::MetaNotFound {
+                name: "2.root.cose".into(),
+            },
+        ] {
+            let (status, code, _) = classify(&error);
+            assert_eq!(status, StatusCode::NOT_FOUND, "{error}");
+            assert!(SPEC_CODES.contains(&code), "{error}: {code}");
+        }
+    }
+
+    #[test]
+    fn every_answer_uses_a_code_from_the_distribution_spec() {
+        let registry = || Registry::parse("r.example").unwrap();
+        let digest = || Digest::sha256_of(b"x");
+        let verify = meshanics_shared::VerifyError::TooLong {
+            digest: digest(),
+            expected: 0,
+        };
+        let errors = [
+            Error::NotFound { path: "/".into() },
+            Error::MethodNotAllowed {
+                method: http::Method::PUT,
+                path: "/v2/".into(),
+            },
+            Error::DigestOnly {
+                reference: "latest".into(),
+            },
+            Error::InvalidDigest {
+                input: "sha256:1".into(),
+                reason: "short".into(),
+            },
+            Error::InvalidName {
+                input: "A".into(),
+                reason: "uppercase".into(),
+            },
+            Error::UnknownUpstream {
+                registry: registry(),
+            },
+            Error::ContentUnknown {
+                registry: registry(),
+                kind: ContentKind::Manifest,
+                digest: digest(),
+            },
+            Error::ContentUnknown {
+                registry: registry(),
+                kind: ContentKind::Blob,
+                digest: digest(),
+            },
+            Error::RangeNotSatisfiable {
+                registry: registry(),
+                digest: digest(),
+                content_range: None,
+            },
+            Error::UpstreamDenied {
+                registry: registry(),
+                status: StatusCode::FORBIDDEN,
+            },
+            Error::UpstreamRateLimited {
+                registry: registry(),
+                retry_after: None,
+            },
+            Error::UpstreamStatus {
+                registry: registry(),
+                digest: digest(),
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                retry_after: None,
+            },
+            Error::UpstreamStatus {
+                registry: registry(),
+                digest: digest(),
+                status: StatusCode::INTERNAL_SERVER_ERROR,
+                retry_after: None,
+            },
+            Error::Upstream(UpstreamError::Timeout {
+                url: "https://r.example/v2/".into(),
+                seconds: 1,
+            }),
+            Error::Upstream(UpstreamError::Redirect {
+                url: "https://r.example/v2/".into(),
+                reason: "loop",
+            }),
+            Error::DigestHeaderMismatch {
+                registry: registry(),
+                expected: digest(),
+                announced: "sha256:0".into(),
+            },
+            Error::ManifestTooLarge {
+                registry: registry(),
+                digest: digest(),
+                size: 1,
+                limit: 0,
+            },
+            Error::MissingLength {
+                registry: registry(),
+                digest: digest(),
+            },
+            Error::Verification {
+                registry: registry(),
+                source: verify,
+            },
+            Error::MetaNotFound {
+                name: "2.root.cose".into(),
+            },
+            Error::MetaTooLarge {
+                path: "/m/1.root.cose".into(),
+                size: 1,
+                limit: 0,
+            },
+        ];
+        for error in &errors {
+            let (status, code, _) = classify(error);
+            if status.is_client_error() {
+                assert!(SPEC_CODES.contains(&code), "{error}: {status} {code}");
+            } else {
+                // The spec's list binds 4XX bodies only; a server-side failure that no listed
+                // code describes says UNAVAILABLE, as distribution's errcode does for 503.
+                assert!(
+                    SPEC_CODES.contains(&code) || code == "UNAVAILABLE",
+                    "{error}: {status} {code}"
+                );
+            }
+        }
     }
 
     #[tokio::test]

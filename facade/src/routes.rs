@@ -7,13 +7,11 @@
 //! `/v2/<repository>/{manifests,blobs}/<digest>?ns=<host>`.
 
 use http::Method;
-use meshanics_shared::{Digest, Registry, Repository, Tag};
+use meshanics_shared::metadata::{TIMESTAMP_FILE, root_file, targets_file};
+use meshanics_shared::{Digest, Registry, Repository};
 
 use crate::error::Error;
 use crate::registry_client::ContentKind;
-
-/// The longest metadata file name served.
-const MAX_META_NAME: usize = 255;
 
 /// A parsed device request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,8 +37,10 @@ pub struct ContentTarget {
     pub digest: Digest,
 }
 
-/// A metadata file name: one path component of `[A-Za-z0-9._-]`, not starting with `.`, so
-/// it can never leave the metadata folder.
+/// The name of a published metadata file: `N.root.cose`, `N.targets.cose` (`N` a version,
+/// from 1, in decimal without leading zeros) or `timestamp.cose`, the files the device
+/// workflow fetches (docs/metadata.md section 1). Nothing else in the metadata folder (pins,
+/// keys, temporary files) is ever served, and no such name can leave the folder.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MetaName(String);
 
@@ -77,7 +77,9 @@ pub fn route(method: &Method, path: &str, query: Option<&str>) -> Result<Route, 
         return Ok(Route::Ping);
     }
     if let Some(name) = path.strip_prefix("/meta/") {
-        let name = MetaName::parse(name).ok_or_else(|| not_found(path))?;
+        let name = MetaName::parse(name).ok_or_else(|| Error::MetaNotFound {
+            name: name.chars().take(256).collect(),
+        })?;
         read_only()?;
         return Ok(Route::Meta(name));
     }
@@ -150,14 +152,19 @@ fn split_name(name: &str, ns: Option<&str>) -> Result<(Registry, Repository), Er
     Ok((upstream, repository))
 }
 
+/// The digest of a content route. The facade never resolves tags, so a manifest reference
+/// that is not a digest, whether a valid tag (`latest`) or neither tag nor digest
+/// (`.INVALID_MANIFEST_NAME`, `sha256:totallywrong`), names a manifest the facade does not
+/// have: [`Error::DigestOnly`], answered 404 `MANIFEST_UNKNOWN` as the distribution spec's
+/// endpoint table and its conformance suite expect (see respond.rs). A blob is named by
+/// digest alone, so a malformed one is the device's error: [`Error::InvalidDigest`], 400
+/// `DIGEST_INVALID`. Either way no upstream request is made.
 fn digest(kind: ContentKind, reference: &str) -> Result<Digest, Error> {
     match Digest::parse(reference) {
         Ok(digest) => Ok(digest),
-        Err(_) if kind == ContentKind::Manifest && Tag::parse(reference).is_ok() => {
-            Err(Error::DigestOnly {
-                reference: reference.to_owned(),
-            })
-        }
+        Err(_) if kind == ContentKind::Manifest => Err(Error::DigestOnly {
+            reference: reference.chars().take(256).collect(),
+        }),
         Err(e) => Err(Error::InvalidDigest {
             input: e.input,
             reason: e.reason.to_string(),
@@ -168,15 +175,17 @@ fn digest(kind: ContentKind, reference: &str) -> Result<Digest, Error> {
 // === impl MetaName ===
 
 impl MetaName {
-    /// Parses a metadata file name; `None` for anything that is not one plain file name.
+    /// Parses a metadata file name; `None` for anything that is not a published name.
     pub fn parse(name: &str) -> Option<MetaName> {
-        let ok = !name.is_empty()
-            && name.len() <= MAX_META_NAME
-            && !name.starts_with('.')
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-        ok.then(|| MetaName(name.to_owned()))
+        let version = name
+            .split_once('.')
+            .and_then(|(version, _)| version.parse::<u64>().ok())
+            .filter(|version| *version >= 1);
+        // Compared with the name written back the way the repository writes it, so that
+        // `01.root.cose` or `+1.root.cose` (which `u64::from_str` reads as 1) are refused.
+        let published = name == TIMESTAMP_FILE
+            || version.is_some_and(|v| name == root_file(v) || name == targets_file(v));
+        published.then(|| MetaName(name.to_owned()))
     }
 
     /// The file name.

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderName};
-use http::{HeaderValue, Request, Response};
+use http::{HeaderValue, Method, Request, Response};
 
 use crate::approval::ApprovedUpstreams;
 use crate::body::Body;
@@ -30,7 +30,8 @@ pub struct Shared {
     pub limits: Limits,
 }
 
-/// Handles one device request from `device`. Never fails: errors are responses.
+/// Handles one device request from `device`. Never fails: errors are responses. A `HEAD` is
+/// answered with the headers of the `GET` and no body.
 ///
 /// The device is logged explicitly rather than through the connection's span: hyper runs
 /// HTTP/2 streams as tasks of their own, outside that span.
@@ -69,13 +70,20 @@ pub async fn handle<B>(
         }
         Err(error) => Err(error),
     };
-    let response = match result {
+    let mut response = match result {
         Ok(response) => response,
         Err(error) => {
             log_error(&device, &error);
             respond::error_response(&error)
         }
     };
+    if method == Method::HEAD {
+        // No HEAD answer carries a body, refusals and the ping included: an HTTP/2 HEAD
+        // answer must end the stream with its HEADERS frame (RFC 9113 section 8.1.1), which
+        // hyper does only for a body that has ended. The headers, `Content-Length` with them,
+        // stay those of the GET. Dropping the body drops an upstream stream unread.
+        *response.body_mut() = respond::full(Bytes::new());
+    }
     let status = response.status().as_u16();
     shared.metrics.request(label, status);
     tracing::info!(%device, %method, %path, status, "request");

@@ -80,20 +80,16 @@ fn refuses_tags_as_digest_only() {
 }
 
 #[test]
-fn refuses_malformed_digests() {
-    for reference in ["sha256:abc", "md5:0123", "sha256:ABCDEF"] {
+fn refuses_malformed_blob_digests() {
+    for reference in ["sha256:abc", "md5:0123", "sha256:ABCDEF", "latest"] {
         assert!(
             matches!(
-                get(&format!("/v2/ghcr.io/org/app/manifests/{reference}")),
+                get(&format!("/v2/ghcr.io/org/app/blobs/{reference}")),
                 Err(Error::InvalidDigest { .. })
             ),
             "{reference}"
         );
     }
-    assert!(matches!(
-        get("/v2/ghcr.io/org/app/blobs/latest"),
-        Err(Error::InvalidDigest { .. })
-    ));
 }
 
 #[test]
@@ -122,14 +118,23 @@ fn unknown_paths_are_not_found() {
         "/v2/ghcr.io/org/app/tags/list",
         "/v2/ghcr.io/org/app/blobs/uploads/",
         "/healthz",
+    ] {
+        assert!(
+            matches!(get(path), Err(Error::NotFound { .. })),
+            "{path}: {:?}",
+            get(path)
+        );
+    }
+    for path in [
         "/meta/",
         "/meta/../secret",
         "/meta/.hidden",
         "/meta/a/b",
+        "/meta/1.root.cose/x",
         "/meta/%2e%2e",
     ] {
         assert!(
-            matches!(get(path), Err(Error::NotFound { .. })),
+            matches!(get(path), Err(Error::MetaNotFound { .. })),
             "{path}: {:?}",
             get(path)
         );
@@ -152,10 +157,66 @@ fn writes_are_not_allowed() {
 
 #[test]
 fn meta_names_are_single_plain_files() {
-    assert_eq!(
-        get("/meta/timestamp.cbor").unwrap(),
-        Route::Meta(MetaName("timestamp.cbor".into()))
-    );
-    assert!(MetaName::parse(&"a".repeat(256)).is_none());
-    assert!(MetaName::parse("x\\y").is_none());
+    assert!(MetaName::parse(&format!("{}.root.cose", "1".repeat(300))).is_none());
+    assert!(MetaName::parse("1.root.cose\\x").is_none());
+    assert!(MetaName::parse("../1.root.cose").is_none());
+}
+
+#[test]
+fn a_manifest_reference_that_is_neither_tag_nor_digest_is_manifest_unknown() {
+    // `.INVALID_MANIFEST_NAME` is the nonexistent manifest of the released conformance suite
+    // (v1.1), which expects 404; `sha256:totallywrong` may be 400 or 404 there.
+    for reference in [
+        ".INVALID_MANIFEST_NAME",
+        "sha256:totallywrong",
+        "sha256:1234",
+        "md5:0123",
+        "latest",
+        "v1.2.3",
+    ] {
+        let error = get(&format!("/v2/ghcr.io/org/app/manifests/{reference}")).unwrap_err();
+        let (status, code, _) = crate::respond::classify(&error);
+        assert_eq!(
+            (status.as_u16(), code),
+            (404, "MANIFEST_UNKNOWN"),
+            "{reference}"
+        );
+    }
+}
+
+#[test]
+fn meta_serves_only_the_published_metadata_files() {
+    for name in [
+        "1.root.cose",
+        "12.root.cose",
+        "1.targets.cose",
+        "7.targets.cose",
+        "timestamp.cose",
+    ] {
+        assert_eq!(
+            get(&format!("/meta/{name}")).unwrap(),
+            Route::Meta(MetaName(name.into())),
+            "{name}"
+        );
+    }
+    for name in [
+        "pins.json",
+        "root.key",
+        "timestamp.key",
+        "root.cose",
+        "targets.cose",
+        "0.root.cose",
+        "01.root.cose",
+        "+1.root.cose",
+        "1.timestamp.cose",
+        "1.root.cose.tmp",
+        "18446744073709551616.root.cose",
+        "timestamp.cbor",
+    ] {
+        let route = get(&format!("/meta/{name}"));
+        assert!(
+            matches!(route, Err(Error::MetaNotFound { .. })),
+            "{name}: {route:?}"
+        );
+    }
 }

@@ -20,8 +20,11 @@ fn setup() -> Setup {
     let facade = FacadeFixture::start(&FacadeOptions {
         upstreams: vec![UpstreamEntry::anonymous(&upstream.host())],
         metadata: vec![
-            ("timestamp.cbor".into(), b"signed timestamp".to_vec()),
-            ("huge.cbor".into(), vec![0u8; 4096]),
+            ("timestamp.cose".into(), b"signed timestamp".to_vec()),
+            ("1.root.cose".into(), vec![0u8; 4096]),
+            // Beside the published files, never served: what an operator's folder may hold.
+            ("pins.json".into(), b"{}".to_vec()),
+            ("root.key".into(), b"secret".to_vec()),
         ],
         limits: vec!["max_meta_bytes = 1024".into()],
         ..FacadeOptions::default()
@@ -56,20 +59,26 @@ fn refusals_carry_their_oci_error_code_and_never_reach_the_upstream() {
         (
             reqwest::Method::GET,
             format!("/v2/{up}/team/app/manifests/latest"),
-            400,
-            "UNSUPPORTED",
+            404,
+            "MANIFEST_UNKNOWN",
         ),
         (
             reqwest::Method::HEAD,
             format!("/v2/{up}/team/app/manifests/v1.2.3"),
-            400,
+            404,
             "",
         ),
         (
             reqwest::Method::GET,
             format!("/v2/{up}/team/app/manifests/sha256:1234"),
-            400,
-            "DIGEST_INVALID",
+            404,
+            "MANIFEST_UNKNOWN",
+        ),
+        (
+            reqwest::Method::GET,
+            format!("/v2/{up}/team/app/manifests/.INVALID_MANIFEST_NAME"),
+            404,
+            "MANIFEST_UNKNOWN",
         ),
         (
             reqwest::Method::GET,
@@ -111,15 +120,15 @@ fn refusals_carry_their_oci_error_code_and_never_reach_the_upstream() {
             reqwest::Method::GET,
             format!("/v2/{up}/team/app/tags/list"),
             404,
-            "NOT_FOUND",
+            "UNSUPPORTED",
         ),
         (
             reqwest::Method::GET,
             "/v2/_catalog".into(),
             404,
-            "NOT_FOUND",
+            "UNSUPPORTED",
         ),
-        (reqwest::Method::GET, "/".into(), 404, "NOT_FOUND"),
+        (reqwest::Method::GET, "/".into(), 404, "UNSUPPORTED"),
         (
             reqwest::Method::PUT,
             format!("/v2/{up}/team/app/manifests/{digest}"),
@@ -130,7 +139,7 @@ fn refusals_carry_their_oci_error_code_and_never_reach_the_upstream() {
             reqwest::Method::POST,
             format!("/v2/{up}/team/app/blobs/uploads/"),
             404,
-            "NOT_FOUND",
+            "UNSUPPORTED",
         ),
         (
             reqwest::Method::DELETE,
@@ -138,28 +147,41 @@ fn refusals_carry_their_oci_error_code_and_never_reach_the_upstream() {
             405,
             "UNSUPPORTED",
         ),
+        // The client resolves `..` first: this one asks for `/facade.toml`.
         (
             reqwest::Method::GET,
             "/meta/../facade.toml".into(),
             404,
-            "NOT_FOUND",
+            "UNSUPPORTED",
         ),
         (
             reqwest::Method::GET,
             "/meta/%2e%2e%2ffacade.toml".into(),
             404,
-            "NOT_FOUND",
+            "BLOB_UNKNOWN",
         ),
-        (reqwest::Method::GET, "/meta/".into(), 404, "NOT_FOUND"),
+        (reqwest::Method::GET, "/meta/".into(), 404, "BLOB_UNKNOWN"),
         (
             reqwest::Method::GET,
-            "/meta/missing.cbor".into(),
+            "/meta/2.root.cose".into(),
             404,
-            "NOT_FOUND",
+            "BLOB_UNKNOWN",
         ),
         (
             reqwest::Method::GET,
-            "/meta/huge.cbor".into(),
+            "/meta/pins.json".into(),
+            404,
+            "BLOB_UNKNOWN",
+        ),
+        (
+            reqwest::Method::GET,
+            "/meta/root.key".into(),
+            404,
+            "BLOB_UNKNOWN",
+        ),
+        (
+            reqwest::Method::GET,
+            "/meta/1.root.cose".into(),
             500,
             "UNAVAILABLE",
         ),
@@ -202,7 +224,7 @@ fn ping_and_metadata_files_are_served() {
     let (status, _, body) = request(&s, reqwest::Method::GET, "/v2/");
     assert_eq!(status, 200);
     assert_eq!(body, b"{}");
-    let (status, _, body) = request(&s, reqwest::Method::GET, "/meta/timestamp.cbor");
+    let (status, _, body) = request(&s, reqwest::Method::GET, "/meta/timestamp.cose");
     assert_eq!(status, 200);
     assert_eq!(body, b"signed timestamp");
     assert!(s.upstream.requests().is_empty());
