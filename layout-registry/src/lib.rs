@@ -232,7 +232,7 @@ impl LayoutRegistry {
             );
         }
         let Some(ask) = parse_path(path) else {
-            return Answer::error(StatusCode::NOT_FOUND, "NOT_FOUND", "no such route");
+            return Answer::error(StatusCode::NOT_FOUND, "UNSUPPORTED", "no such route");
         };
         let result = match ask {
             Ask::Base => Ok(Answer::json(Bytes::from_static(b"{}"))),
@@ -390,7 +390,7 @@ impl Layout {
             Some(None) => {
                 let mut refused = Answer::error(
                     StatusCode::RANGE_NOT_SATISFIABLE,
-                    "RANGE_INVALID",
+                    "SIZE_INVALID",
                     "requested range not satisfiable",
                 );
                 if let Ok(value) = HeaderValue::from_str(&format!("bytes */{len}")) {

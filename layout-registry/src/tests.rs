@@ -221,6 +221,8 @@ async fn serves_tags_manifests_and_blobs_as_a_registry_does() {
         .unwrap();
     assert_eq!(beyond.status(), 416);
     assert_eq!(beyond.headers()["content-range"], "bytes */100000");
+    // The distribution spec has no RANGE_INVALID: a range past the end is SIZE_INVALID.
+    assert_eq!(json_body(beyond).await["errors"][0]["code"], "SIZE_INVALID");
 
     stop.send(()).unwrap();
     task.await.unwrap();
@@ -281,7 +283,12 @@ async fn answers_unknown_names_content_and_writes_with_oci_errors() {
             405,
             "UNSUPPORTED",
         ),
-        ("GET", "/v2/demo/app/uploads/".to_owned(), 404, "NOT_FOUND"),
+        (
+            "GET",
+            "/v2/demo/app/uploads/".to_owned(),
+            404,
+            "UNSUPPORTED",
+        ),
     ];
     for (method, path, status, code) in cases {
         let response = client

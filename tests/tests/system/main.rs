@@ -22,6 +22,8 @@ mod facade_malicious; // a malicious upstream never gets wrong bytes to a device
 mod facade_ops; // health, metrics and graceful shutdown on the operator listener
 mod facade_pull; // skopeo pulling through the facade: bytes, HEAD, Range, HTTP/2
 mod facade_refusals; // every refusal of the device API, none reaching the upstream
+mod head_answers; // no HEAD answer carries a body, over HTTP/1.1 and HTTP/2 (h2 client, curl)
 mod layout_registry; // meshanics-layout-registry as skopeo sees it
 mod providers; // Google and AWS token providers against protocol-true local servers
-mod upstream; // the fixtures themselves: sample images the real registry accepts
+mod upstream;
+mod upstream_lengths; // upstream lengths that cannot match the digest are refused before headers // the fixtures themselves: sample images the real registry accepts
