@@ -2,8 +2,12 @@
 //!
 //! Registries paginate `GET /v2/<name>/tags/list` with a `Link: <url>; rel="next"` header.
 //! The URL is followed verbatim (resolved against the registry's base when relative): Quay
-//! and ECR put opaque cursors in it, so nothing may be rebuilt from `last=`. The walk stops at
-//! a cap and then says it was clipped.
+//! and ECR put opaque cursors in it, so nothing may be rebuilt from `last=`.
+//!
+//! Nothing the registry sends is trusted ([`Walk`]): a tag that breaks the distribution spec's
+//! grammar `[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}` is dropped and counted; the walk stops, and
+//! says it was clipped and why, at the caller's limit, at a `Link` to a page already fetched,
+//! at [`MAX_PAGE_BYTES`] for one page, [`MAX_TOTAL_BYTES`] over all pages, or [`MAX_PAGES`].
 //!
 //! Registries return no dates with tags, so the order is a heuristic, documented here and in
 //! `meshctl tags --help`:
@@ -16,10 +20,28 @@
 //! 4. everything else, in lexical order.
 
 use std::cmp::Ordering;
+use std::collections::HashSet;
 
+use meshanics_operator_api::{ClipReason, TagList};
+use meshanics_shared::Tag;
 use reqwest::Url;
 
 use crate::registry_client::same_origin;
+
+/// Tags asked for per page (registries may ignore it).
+pub(crate) const PAGE_SIZE: usize = 1000;
+/// The most bytes one page may have: 4 MiB. The 1,000 tags asked for take at most 131 KiB
+/// (128-byte tags, quoted); 4 MiB still takes a registry that ignores `n` and sends some
+/// 30,000 maximal tags (or 200,000 typical ones) in one page, or a GCR page with its
+/// `manifest` map, while one page's buffer stays small.
+pub(crate) const MAX_PAGE_BYTES: usize = 4 * 1024 * 1024;
+/// The most bytes read over all pages of one listing: 32 MiB, some 250,000 maximal tags. The
+/// list goes to `meshctl` as one JSON answer, which the operator client caps at 64 MiB.
+pub(crate) const MAX_TOTAL_BYTES: usize = 32 * 1024 * 1024;
+/// The most pages one listing follows, whatever the limit: 100,000 tags at Quay's 100 per
+/// page, while a registry handing out a fresh cursor for every empty page costs at most this
+/// many requests.
+pub(crate) const MAX_PAGES: usize = 1_000;
 
 /// Tag names that move with every release.
 const MOVING: [&str; 12] = [
@@ -80,6 +102,106 @@ pub fn resolve_link(base: &Url, target: &str) -> Result<Url, LinkError> {
         return Err(LinkError::LeavesOrigin);
     }
     Ok(url)
+}
+
+/// One listing's walk over a registry's pages: the URLs fetched, the bytes read, the tags
+/// kept, and why it stopped early.
+#[derive(Debug)]
+pub(crate) struct Walk {
+    limit: usize,
+    fetched: HashSet<Url>,
+    bytes_read: usize,
+    tags: Vec<String>,
+    dropped: usize,
+    clipped: Option<ClipReason>,
+}
+
+impl Walk {
+    /// A walk that keeps at most `limit` tags.
+    pub(crate) fn new(limit: usize) -> Self {
+        Walk {
+            limit,
+            fetched: HashSet::new(),
+            bytes_read: 0,
+            tags: Vec::new(),
+            dropped: 0,
+            clipped: None,
+        }
+    }
+
+    /// Whether `url` may be fetched next, recording it: not once the walk was clipped, not
+    /// past a cap, and never a URL fetched before (a `Link` loop).
+    pub(crate) fn visit(&mut self, url: &Url) -> bool {
+        if self.clipped.is_some() {
+            return false;
+        }
+        let reason = if self.fetched.contains(url) {
+            ClipReason::LinkLoop
+        } else if self.fetched.len() >= MAX_PAGES {
+            ClipReason::Pages
+        } else if self.bytes_read >= MAX_TOTAL_BYTES {
+            ClipReason::TotalBytes
+        } else {
+            self.fetched.insert(url.clone());
+            return true;
+        };
+        self.clipped = Some(reason);
+        false
+    }
+
+    /// The most bytes the next page may have: the page cap, or what is left of the total.
+    pub(crate) fn page_budget(&self) -> usize {
+        MAX_PAGE_BYTES.min(MAX_TOTAL_BYTES.saturating_sub(self.bytes_read))
+    }
+
+    /// The page fetched last was larger than [`Walk::page_budget`]: the walk stops without it.
+    pub(crate) fn page_too_large(&mut self) {
+        self.clipped = Some(if self.page_budget() < MAX_PAGE_BYTES {
+            ClipReason::TotalBytes
+        } else {
+            ClipReason::PageBytes
+        });
+    }
+
+    /// Takes a page of `bytes` bytes and its tags, of which only valid ones count; `more`:
+    /// whether the registry links a next page. Returns whether to follow it.
+    pub(crate) fn page(&mut self, bytes: usize, tags: Vec<String>, more: bool) -> bool {
+        self.bytes_read = self.bytes_read.saturating_add(bytes);
+        for tag in tags {
+            if Tag::parse(&tag).is_err() {
+                self.dropped += 1;
+                continue;
+            }
+            if self.tags.len() == self.limit {
+                self.clipped = Some(ClipReason::Limit);
+                return false;
+            }
+            self.tags.push(tag);
+        }
+        if more && self.tags.len() == self.limit {
+            // The registry has more pages: the list is not complete.
+            self.clipped = Some(ClipReason::Limit);
+            return false;
+        }
+        more
+    }
+
+    /// How many tags broke the tag grammar so far.
+    pub(crate) fn dropped(&self) -> usize {
+        self.dropped
+    }
+
+    /// The list of `repository`, ordered newest-likely-first.
+    pub(crate) fn finish(self, repository: String) -> TagList {
+        TagList {
+            repository,
+            seen: self.tags.len(),
+            tags: order(self.tags),
+            clipped: self.clipped.is_some(),
+            clip_reason: self.clipped,
+            dropped: self.dropped,
+        }
+    }
 }
 
 /// Orders tags newest-likely-first (see the module documentation).
@@ -267,6 +389,114 @@ mod tests {
             );
         }
         assert_eq!(resolve_link(&base, "http://[::1"), Err(LinkError::NotAUrl));
+    }
+
+    fn url(query: &str) -> Url {
+        Url::parse(&format!("http://r.example/v2/a/tags/list?{query}")).unwrap()
+    }
+
+    fn strings(tags: &[&str]) -> Vec<String> {
+        tags.iter().map(|t| t.to_string()).collect()
+    }
+
+    #[test]
+    fn a_walk_drops_and_counts_tags_that_break_the_tag_grammar() {
+        let mut walk = Walk::new(100);
+        let long = "a".repeat(129);
+        let longest = "a".repeat(128);
+        let page = strings(&[
+            "1.0",
+            "evil\u{1b}[2J",
+            "../x",
+            "",
+            "-x",
+            ".x",
+            "a/b",
+            "a:b",
+            "é",
+            &long,
+            &longest,
+            "_x",
+            "A.b-C_9",
+        ]);
+        assert!(!walk.page(10, page, false));
+        assert_eq!(walk.dropped(), 9);
+        let list = walk.finish("r.example/a".into());
+        assert_eq!(list.seen, 4);
+        assert_eq!(list.dropped, 9);
+        assert!(list.tags.iter().all(|t| Tag::parse(t).is_ok()));
+        assert!(!list.clipped);
+    }
+
+    #[test]
+    fn a_walk_stops_at_a_url_it_fetched_before() {
+        let mut walk = Walk::new(100);
+        assert!(walk.visit(&url("n=2")));
+        assert!(walk.page(10, strings(&["a"]), true));
+        assert!(walk.visit(&url("c=1")));
+        assert!(walk.page(10, strings(&["b"]), true));
+        assert!(!walk.visit(&url("n=2")));
+        let list = walk.finish("r.example/a".into());
+        assert_eq!(list.clip_reason, Some(ClipReason::LinkLoop));
+        assert!(list.clipped);
+        assert_eq!(list.tags, ["a", "b"]);
+    }
+
+    #[test]
+    fn a_walk_stops_at_the_byte_caps() {
+        let mut walk = Walk::new(100);
+        assert_eq!(walk.page_budget(), MAX_PAGE_BYTES);
+        walk.page_too_large();
+        assert_eq!(
+            walk.finish(String::new()).clip_reason,
+            Some(ClipReason::PageBytes)
+        );
+
+        let mut walk = Walk::new(100);
+        let mut pages = 0;
+        while walk.visit(&url(&format!("c={pages}"))) {
+            pages += 1;
+            let budget = walk.page_budget();
+            if budget < 3_000_000 {
+                walk.page_too_large();
+                continue;
+            }
+            walk.page(3_000_000, Vec::new(), true);
+        }
+        assert_eq!(pages, MAX_TOTAL_BYTES / 3_000_000 + 1);
+        assert_eq!(
+            walk.finish(String::new()).clip_reason,
+            Some(ClipReason::TotalBytes)
+        );
+    }
+
+    #[test]
+    fn a_walk_stops_at_the_page_cap_and_at_the_limit() {
+        let mut walk = Walk::new(100);
+        for i in 0..MAX_PAGES {
+            assert!(walk.visit(&url(&format!("c={i}"))));
+            assert!(walk.page(11, Vec::new(), true));
+        }
+        assert!(!walk.visit(&url("c=last")));
+        assert_eq!(
+            walk.finish(String::new()).clip_reason,
+            Some(ClipReason::Pages)
+        );
+
+        let mut walk = Walk::new(2);
+        assert!(!walk.page(10, strings(&["a", "b", "c"]), false));
+        let list = walk.finish(String::new());
+        assert_eq!((list.seen, list.clip_reason), (2, Some(ClipReason::Limit)));
+        // A limit that ends where a page ends, with a next page: clipped too.
+        let mut walk = Walk::new(2);
+        assert!(!walk.page(10, strings(&["a", "b"]), true));
+        assert_eq!(
+            walk.finish(String::new()).clip_reason,
+            Some(ClipReason::Limit)
+        );
+        let mut walk = Walk::new(2);
+        assert!(!walk.page(10, strings(&["a", "b"]), false));
+        assert_eq!(walk.finish(String::new()).clip_reason, None);
     }
 
     #[test]

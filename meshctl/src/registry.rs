@@ -11,13 +11,13 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use meshanics_operator_api::{
-    AddRegistry, ConnectionView, ImportResult, OperatorClient, OperatorClientError, Outcome,
-    ProviderKind,
+    AddRegistry, ClipReason, ConnectionView, ImportResult, OperatorClient, OperatorClientError,
+    Outcome, ProviderKind, TagList,
 };
 use meshanics_shared::metadata::UnixTime;
 use serde_json::json;
 
-use crate::output::Output;
+use crate::output::{Output, escape};
 
 /// Where the facade's operator socket is unless `--socket` says otherwise.
 pub(crate) const DEFAULT_SOCKET: &str = "/var/lib/meshanics-facade/admin.sock";
@@ -104,7 +104,9 @@ pub(crate) struct AddArgs {
     after_help = "Tags are listed newest-likely-first: registries give no dates, so the order is a \
 heuristic: semantic versions (highest first; a release before its pre-releases and variants), then \
 date-like tags (newest first), then moving names (latest, stable, main, ...), then the rest \
-alphabetically. When the walk stops at --limit, the output says the list was clipped."
+alphabetically. When the walk stops early (at --limit, or at the facade's caps on a registry that \
+loops its pages or sends too much), the output says the list was clipped and why. Tags that are not \
+valid tag names are dropped and counted."
 )]
 pub(crate) struct TagsArgs {
     /// The repository (`ghcr.io/org/app`, `nginx`, or a pasted URL).
@@ -194,14 +196,7 @@ pub(crate) fn tags(args: &TagsArgs, socket: &SocketArgs, out: &Output) -> ExitCo
                 .tags(&args.repository, args.limit)
                 .await
                 .map_err(api)?;
-            let mut text: String = list.tags.iter().map(|t| format!("{t}\n")).collect();
-            if list.clipped {
-                text.push_str(&format!(
-                    "(clipped: stopped after {} tags; the repository has more, raise --limit)\n",
-                    list.seen
-                ));
-            }
-            out.result(&text, &json!(list));
+            out.result(&tags_text(&list), &json!(list));
             Ok(())
         })
     });
@@ -224,26 +219,7 @@ pub(crate) fn import(args: &ImportArgs, socket: &SocketArgs, out: &Output) -> Ex
     {
         return finish(Err((EX_CONFIG, e)), out);
     }
-    let mut text = String::new();
-    for r in &response.results {
-        match (&r.outcome, &r.digest) {
-            (Outcome::Imported, Some(digest)) => {
-                text.push_str(&format!("imported  {} -> {digest}\n", r.reference));
-            }
-            (outcome, _) => {
-                let outcome = serde_json::to_value(outcome).ok();
-                let outcome = outcome
-                    .as_ref()
-                    .and_then(|v| v.as_str())
-                    .unwrap_or("failed");
-                text.push_str(&format!(
-                    "{outcome:<9} {}: {}\n",
-                    r.reference,
-                    r.message.as_deref().unwrap_or("")
-                ));
-            }
-        }
-    }
+    let mut text = import_text(&response.results);
     if let Some(path) = &args.pins {
         text.push_str(&format!(
             "{} pins written to {}\n",
@@ -261,6 +237,57 @@ pub(crate) fn import(args: &ImportArgs, socket: &SocketArgs, out: &Output) -> Ex
     } else {
         ExitCode::SUCCESS
     }
+}
+
+/// `meshctl tags` for people: one tag a line, then why the list is incomplete. Every string
+/// from the registry or the facade is escaped.
+fn tags_text(list: &TagList) -> String {
+    let mut text: String = list
+        .tags
+        .iter()
+        .map(|t| format!("{}\n", escape(t)))
+        .collect();
+    if list.clipped {
+        let reason = list.clip_reason.unwrap_or(ClipReason::Limit);
+        text.push_str(&format!(
+            "(clipped: stopped after {} tags: {reason})\n",
+            list.seen
+        ));
+    }
+    if list.dropped > 0 {
+        text.push_str(&format!(
+            "(dropped {} listed tag(s) that are not valid tag names)\n",
+            list.dropped
+        ));
+    }
+    text
+}
+
+/// `meshctl import` for people: one line per reference. Every string from the registry, the
+/// facade or the command line is escaped.
+fn import_text(results: &[ImportResult]) -> String {
+    let mut text = String::new();
+    for r in results {
+        let reference = escape(&r.reference);
+        match (&r.outcome, &r.digest) {
+            (Outcome::Imported, Some(digest)) => {
+                text.push_str(&format!("imported  {reference} -> {}\n", escape(digest)));
+            }
+            (outcome, _) => {
+                let outcome = serde_json::to_value(outcome).ok();
+                let outcome = outcome
+                    .as_ref()
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("failed");
+                text.push_str(&format!(
+                    "{:<9} {reference}: {}\n",
+                    escape(outcome),
+                    escape(r.message.as_deref().unwrap_or(""))
+                ));
+            }
+        }
+    }
+    text
 }
 
 /// A pins-file entry (docs/metadata.md section 6) for an imported tag. The name is the
@@ -390,5 +417,43 @@ fn finish(result: Result<(), Failure>, out: &Output) -> ExitCode {
             out.error(&error);
             ExitCode::from(code)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tag_text_escapes_what_the_registry_sent_and_says_why_it_was_clipped() {
+        let list = TagList {
+            repository: "r.example/app".into(),
+            tags: vec!["1.0".into(), "evil\u{1b}[2J\u{9b}0m".into()],
+            clipped: true,
+            clip_reason: Some(ClipReason::LinkLoop),
+            seen: 2,
+            dropped: 1,
+        };
+        let text = tags_text(&list);
+        assert!(
+            !text.chars().any(|c| c.is_control() && c != '\n'),
+            "{text:?}"
+        );
+        assert!(text.starts_with("1.0\nevil\\u{1b}[2J\\u{9b}0m\n"), "{text}");
+        assert!(text.contains("stopped after 2 tags: the registry's next-page link points back"));
+        assert!(text.contains("(dropped 1 listed tag(s) that are not valid tag names)"));
+    }
+
+    #[test]
+    fn import_text_escapes_references_and_messages() {
+        let result = ImportResult {
+            message: Some("the registry said \u{1b}[31mno".into()),
+            ..ImportResult::failed("r.example/app:\u{1b}]0;title\u{7}".into())
+        };
+        let text = import_text(&[result]);
+        assert_eq!(
+            text,
+            "failed    r.example/app:\\u{1b}]0;title\\u{7}: the registry said \\u{1b}[31mno\n"
+        );
     }
 }

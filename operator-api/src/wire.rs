@@ -1,6 +1,8 @@
 //! The operator API's request and response bodies (shared by the facade's admin server and
 //! `meshctl`).
 
+use std::fmt;
+
 use serde::{Deserialize, Serialize};
 
 use crate::connection::ProviderKind;
@@ -47,10 +49,51 @@ pub struct TagList {
     pub repository: String,
     /// The tags, newest-likely-first (see `meshctl tags --help` for the heuristic).
     pub tags: Vec<String>,
-    /// Whether the walk stopped at the limit before the registry's last page.
+    /// Whether the walk stopped before the registry's last page (`clip_reason` says why).
     pub clipped: bool,
-    /// How many tags the registry returned before the walk stopped.
+    /// Why the walk stopped early, when `clipped`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clip_reason: Option<ClipReason>,
+    /// How many valid tags the registry returned before the walk stopped.
     pub seen: usize,
+    /// How many tags the registry returned that break the tag grammar
+    /// (`[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`): dropped, never listed.
+    #[serde(default)]
+    pub dropped: usize,
+}
+
+/// Why a tag walk stopped before the registry's last page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClipReason {
+    /// The caller's limit was reached and the registry had more.
+    Limit,
+    /// The next-page `Link` pointed at a page already fetched.
+    LinkLoop,
+    /// The pages together passed the facade's cap on bytes read for one listing.
+    TotalBytes,
+    /// One page passed the facade's cap on the size of a page.
+    PageBytes,
+    /// The registry's pages went on past the facade's cap on pages for one listing.
+    Pages,
+}
+
+impl fmt::Display for ClipReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ClipReason::Limit => "the repository has more, raise --limit",
+            ClipReason::LinkLoop => {
+                "the registry's next-page link points back at a page already read"
+            }
+            ClipReason::TotalBytes => {
+                "the registry's pages passed the facade's cap on bytes per listing"
+            }
+            ClipReason::PageBytes => {
+                "a page of the registry's list passed the facade's cap on page size"
+            }
+            ClipReason::Pages => "the registry's list passed the facade's cap on pages per listing",
+        })
+    }
 }
 
 /// `POST /v1/import`: tags to resolve.
@@ -88,6 +131,24 @@ pub struct ImportResult {
     /// When not imported: why, in words.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+}
+
+impl ImportResult {
+    /// A failed outcome for `reference` with nothing else known yet: the start of every
+    /// result, filled in as the import goes.
+    pub fn failed(reference: String) -> Self {
+        ImportResult {
+            reference,
+            repository: None,
+            tag: None,
+            outcome: Outcome::Failed,
+            digest: None,
+            size: None,
+            media_type: None,
+            retry_after: None,
+            message: None,
+        }
+    }
 }
 
 /// What happened to one reference.

@@ -246,17 +246,7 @@ async fn import(state: &AdminState, body: &[u8]) -> Reply {
 }
 
 async fn import_one(state: &AdminState, input: String) -> ImportResult {
-    let mut result = ImportResult {
-        reference: input.clone(),
-        repository: None,
-        tag: None,
-        outcome: Outcome::Failed,
-        digest: None,
-        size: None,
-        media_type: None,
-        retry_after: None,
-        message: None,
-    };
+    let mut result = ImportResult::failed(input.clone());
     let reference = match pasted::reference(&input) {
         Ok(r) => r,
         Err(e) => {

@@ -2,7 +2,8 @@
 //! [`Browser`].
 //!
 //! Tags follow `Link: <...>; rel="next"` verbatim (registries use opaque cursors), stay on
-//! the registry's origin, and stop at the caller's limit, saying so. A tag resolves by `HEAD`
+//! the registry's origin, drop tags that break the tag grammar, and stop at the caller's
+//! limit, a `Link` loop or a cap, saying so ([`tags::Walk`]). A tag resolves by `HEAD`
 //! with all four manifest media types (the digest header, size and type), falling back to
 //! `GET`, where the body is hashed and must match any digest header: an unverified body never
 //! becomes a pin.
@@ -12,7 +13,7 @@ use std::sync::Arc;
 use futures_util::future::BoxFuture;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, LINK, RETRY_AFTER};
 use http::{Method, StatusCode};
-use meshanics_operator_api::{BrowseError, Browser, Resolved, TagList};
+use meshanics_operator_api::{BrowseError, Browser, ClipReason, Resolved, TagList};
 use meshanics_shared::manifest::MAX_MANIFEST_SIZE;
 use meshanics_shared::media_type::{MANIFEST_ACCEPT, manifest_kind};
 use meshanics_shared::{Digest, Reference};
@@ -21,13 +22,6 @@ use serde::Deserialize;
 use super::store_upstreams::StoreUpstreams;
 use crate::registry_client::{Upstream, UpstreamError, read_capped};
 use crate::tags;
-
-/// The most bytes one page of a tag list may have.
-const MAX_TAG_PAGE: usize = 16 * 1024 * 1024;
-/// Tags asked for per page (registries may ignore it).
-const PAGE_SIZE: usize = 1000;
-/// Pages followed at most, whatever the limit (a registry looping its cursor ends here).
-const MAX_PAGES: usize = 10_000;
 
 /// Browses registries through the connection store.
 #[derive(Debug)]
@@ -62,12 +56,12 @@ impl StoreBrowser {
         let mut url = client
             .api_url(&format!(
                 "{repository}/tags/list?n={}",
-                limit.min(PAGE_SIZE)
+                limit.min(tags::PAGE_SIZE)
             ))
             .map_err(|e| upstream_error(&what, e))?;
-        let mut found: Vec<String> = Vec::new();
-        let mut clipped = false;
-        for _ in 0..MAX_PAGES {
+        let base = client.api_url("").map_err(|e| upstream_error(&what, e))?;
+        let mut walk = tags::Walk::new(limit);
+        while walk.visit(&url) {
             let response = client
                 .request(Method::GET, url.clone(), repository, "application/json")
                 .await
@@ -80,35 +74,35 @@ impl StoreBrowser {
                     .iter()
                     .filter_map(|v| v.to_str().ok()),
             );
-            let body = read_capped(response, MAX_TAG_PAGE)
-                .await
-                .map_err(|e| upstream_error(&what, e))?;
-            let page: TagPage = serde_json::from_slice(&body)
-                .map_err(|e| BrowseError::Failed(format!("{what}: unreadable tag list: {e}")))?;
-            for tag in page.tags.unwrap_or_default() {
-                if found.len() == limit {
-                    clipped = true;
+            let body = match read_capped(response, walk.page_budget()).await {
+                Ok(body) => body,
+                Err(UpstreamError::TooLarge { .. }) => {
+                    walk.page_too_large();
                     break;
                 }
-                found.push(tag);
-            }
-            let Some(next) = next else { break };
-            if clipped || found.len() == limit {
-                // The registry has more pages: the list is not complete.
-                clipped = true;
+                Err(e) => return Err(upstream_error(&what, e)),
+            };
+            let page: TagPage = serde_json::from_slice(&body)
+                .map_err(|e| BrowseError::Failed(format!("{what}: unreadable tag list: {e}")))?;
+            if !walk.page(body.len(), page.tags.unwrap_or_default(), next.is_some()) {
                 break;
             }
-            let base = client.api_url("").map_err(|e| upstream_error(&what, e))?;
+            let Some(next) = next else { break };
             url = tags::resolve_link(&base, &next)
                 .map_err(|e| BrowseError::Failed(format!("{what}: {e}")))?;
         }
-        let seen = found.len();
-        Ok(TagList {
-            repository: what,
-            tags: tags::order(found),
-            clipped,
-            seen,
-        })
+        if walk.dropped() > 0 {
+            tracing::warn!(
+                repository = %what,
+                dropped = walk.dropped(),
+                "the registry listed tags that break the tag grammar: dropped"
+            );
+        }
+        let list = walk.finish(what);
+        if let Some(reason) = list.clip_reason.filter(|r| *r != ClipReason::Limit) {
+            tracing::warn!(repository = %list.repository, "tag listing clipped: {reason}");
+        }
+        Ok(list)
     }
 
     async fn resolve_tag(&self, reference: &Reference) -> Result<Resolved, BrowseError> {

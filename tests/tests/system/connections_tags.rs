@@ -1,6 +1,8 @@
 //! Tag listing and import against registries that paginate and fail the way real ones do:
 //! Quay's opaque `next_page` cursor in a relative `Link`, ECR's `last=` cursor in an absolute
-//! `Link` with unsorted pages, a rate-limited tag (429 with `Retry-After`), a refused one.
+//! `Link` with unsorted pages, a rate-limited tag (429 with `Retry-After`), a refused one;
+//! and registries that misbehave: a `Link` back to the same page, pages past the byte caps,
+//! tags that break the tag grammar.
 #![expect(
     clippy::unwrap_used,
     clippy::indexing_slicing,
@@ -10,7 +12,9 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use meshanics_operator_api::{AddRegistry, OperatorClient, Outcome, ProviderKind};
+use meshanics_operator_api::{
+    AddRegistry, ClipReason, OperatorClient, Outcome, ProviderKind, TagList,
+};
 use meshanics_tests::facade::{FacadeFixture, FacadeOptions};
 use meshanics_tests::http_server::{TestRequest, TestResponse, TestServer, respond};
 
@@ -124,6 +128,7 @@ fn follows_quays_opaque_cursor_to_the_end_and_orders_newest_first() {
     assert_eq!(list.tags, newest_first());
     assert!(!list.clipped);
     assert_eq!(list.seen, 25);
+    assert_eq!(list.clip_reason, None);
     assert_eq!(pages.load(Ordering::SeqCst), 3);
 }
 
@@ -164,6 +169,7 @@ fn says_clipped_when_the_limit_stops_the_walk() {
         .unwrap();
     assert!(list.clipped);
     assert_eq!(list.seen, 15);
+    assert_eq!(list.clip_reason, Some(ClipReason::Limit));
     assert_eq!(list.tags.len(), 15);
     // A limit that ends exactly where a page ends is clipped too: the registry has more.
     let list = facade
@@ -171,6 +177,136 @@ fn says_clipped_when_the_limit_stops_the_walk() {
         .unwrap();
     assert!(list.clipped);
     assert_eq!(list.seen, 10);
+}
+
+/// A registry that answers every tag-list request with `page` and a `Link` built from the
+/// request's query (`None`: no link), counting the requests.
+fn scripted_pages(
+    facade: &FacadeFixture,
+    page: impl Fn(&str) -> (String, Option<String>) + Send + Sync + 'static,
+) -> (TestServer, Arc<AtomicU64>) {
+    let requests = Arc::new(AtomicU64::new(0));
+    let counter = requests.clone();
+    let server = facade
+        .block_on(TestServer::start(move |req| {
+            if req.uri().path() == "/v2/" {
+                return respond(200, "application/json", "{}");
+            }
+            counter.fetch_add(1, Ordering::SeqCst);
+            let (body, link) = page(req.uri().query().unwrap_or(""));
+            let mut response = respond(200, "application/json", body);
+            if let Some(link) = link {
+                response.headers_mut().insert("link", link.parse().unwrap());
+            }
+            response
+        }))
+        .unwrap();
+    (server, requests)
+}
+
+/// All tags of `team/app` on `server`, through the facade.
+fn list_team_app(facade: &FacadeFixture, server: &TestServer) -> TagList {
+    let host = server.addr().to_string();
+    let client = connect(facade, &host);
+    facade
+        .block_on(client.tags(&format!("{host}/team/app"), None))
+        .unwrap()
+}
+
+#[test]
+fn stops_when_the_next_link_points_back_at_a_page_already_fetched() {
+    let facade = facade();
+    // The first page links to itself, verbatim: `n=` is what the facade asked for.
+    let (server, requests) = scripted_pages(&facade, |query| {
+        let body = serde_json::json!({"name": "team/app", "tags": ["1.0.0"]}).to_string();
+        (
+            body,
+            Some(format!("</v2/team/app/tags/list?{query}>; rel=\"next\"")),
+        )
+    });
+    let list = list_team_app(&facade, &server);
+    assert!(
+        requests.load(Ordering::SeqCst) <= 2,
+        "{requests:?} requests"
+    );
+    assert!(list.clipped);
+    assert_eq!(list.clip_reason, Some(ClipReason::LinkLoop));
+    assert_eq!(list.tags, ["1.0.0"]);
+}
+
+/// A page of one tag (`1.<cursor>.0`) padded with an extra field (as GCR's `manifest` map)
+/// to about `size` bytes, linking to the next cursor until `pages` pages were served.
+fn padded_page(query: &str, size: usize, pages: usize) -> (String, Option<String>) {
+    let cursor: usize = query
+        .split('&')
+        .find_map(|p| p.strip_prefix("c="))
+        .map_or(0, |c| c.parse().unwrap());
+    let body = serde_json::json!({
+        "name": "team/app",
+        "tags": [format!("1.{cursor}.0")],
+        "manifest": {"padding": "x".repeat(size)},
+    })
+    .to_string();
+    let link = (cursor + 1 < pages)
+        .then(|| format!("</v2/team/app/tags/list?c={}>; rel=\"next\"", cursor + 1));
+    (body, link)
+}
+
+#[test]
+fn stops_when_the_pages_together_pass_the_byte_cap() {
+    let facade = facade();
+    // 12 pages of 3 MiB: 36 MiB, more than the 32 MiB the facade reads over all pages.
+    let (server, requests) =
+        scripted_pages(&facade, |query| padded_page(query, 3 * 1024 * 1024, 12));
+    let list = list_team_app(&facade, &server);
+    assert!(list.clipped);
+    assert_eq!(requests.load(Ordering::SeqCst), 11);
+    assert_eq!(list.clip_reason, Some(ClipReason::TotalBytes));
+    // Ten whole pages fit; the eleventh passes the cap and is not used.
+    assert_eq!(list.seen, 10);
+}
+
+#[test]
+fn stops_at_a_page_larger_than_the_page_cap() {
+    let facade = facade();
+    // Page 0 is small, page 1 is 5 MiB (more than 4 MiB), page 2 would end the list.
+    let (server, requests) = scripted_pages(&facade, |query| {
+        let size = if query.contains("c=1") {
+            5 * 1024 * 1024
+        } else {
+            10
+        };
+        padded_page(query, size, 3)
+    });
+    let list = list_team_app(&facade, &server);
+    assert!(list.clipped);
+    assert_eq!(list.tags, ["1.0.0"]);
+    assert_eq!(requests.load(Ordering::SeqCst), 2);
+    assert_eq!(list.clip_reason, Some(ClipReason::PageBytes));
+}
+
+#[test]
+fn drops_tags_that_break_the_tag_grammar() {
+    let facade = facade();
+    let (server, _requests) = scripted_pages(&facade, |_| {
+        let long = "a".repeat(129);
+        let tags = [
+            "1.0.0",
+            "evil\u{1b}[2J",
+            "../x",
+            "",
+            "-dash",
+            long.as_str(),
+            "abc_x.y-z",
+        ];
+        let body = serde_json::json!({"name": "team/app", "tags": tags}).to_string();
+        (body, None)
+    });
+    let list = list_team_app(&facade, &server);
+    assert_eq!(list.tags, ["1.0.0", "abc_x.y-z"]);
+    assert_eq!(list.seen, 2);
+    assert!(!list.clipped);
+    assert_eq!(list.dropped, 5);
 }
 
 #[test]
