@@ -372,7 +372,7 @@ fn describe(view: &ConnectionView) -> String {
     let user = view
         .username
         .as_deref()
-        .map(|u| format!(" as {u}"))
+        .map(|u| format!(" as {}", escape(u)))
         .unwrap_or_default();
     let state = if view.approved {
         "approved"
@@ -381,9 +381,9 @@ fn describe(view: &ConnectionView) -> String {
     };
     format!(
         "{:<40} {:<9}{user}, {state}, connected by {} at {}",
-        view.host,
+        escape(&view.host),
         view.provider,
-        view.connected_by,
+        escape(&view.connected_by),
         UnixTime::from_secs(view.connected_at)
     )
 }
@@ -454,6 +454,26 @@ mod tests {
         assert_eq!(
             text,
             "failed    r.example/app:\\u{1b}]0;title\\u{7}: the registry said \\u{1b}[31mno\n"
+        );
+    }
+
+    #[test]
+    fn connection_text_escapes_the_username_and_who_connected_it() {
+        let view = ConnectionView {
+            host: "r.example".into(),
+            provider: ProviderKind::Static,
+            username: Some("bot\u{1b}[2J".into()),
+            connected_by: "ops\u{9b}31m".into(),
+            connected_at: 0,
+            approved: true,
+            plain_http: false,
+            private_ca: false,
+        };
+        let text = describe(&view);
+        assert!(!text.chars().any(char::is_control), "{text:?}");
+        assert!(
+            text.contains(" as bot\\u{1b}[2J, approved, connected by ops\\u{9b}31m"),
+            "{text}"
         );
     }
 }
