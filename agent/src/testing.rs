@@ -26,10 +26,6 @@ pub(crate) fn store_with_space(bytes: u64) -> (tempfile::TempDir, Store) {
     (dir, store)
 }
 
-pub(crate) fn descriptor(media_type: &str, bytes: &[u8]) -> Descriptor {
-    descriptor_with(Algorithm::Sha256, media_type, bytes)
-}
-
 /// A descriptor of `bytes` whose digest uses `algorithm`.
 pub(crate) fn descriptor_with(algorithm: Algorithm, media_type: &str, bytes: &[u8]) -> Descriptor {
     let mut hasher = Hasher::new(algorithm);
