@@ -12,8 +12,8 @@
 //!   floor, `Range` resume, and a size cap on everything it reads.
 //! - [`pull`]: one target by digest: the manifest (an index resolved to this device's
 //!   platform), then config and layers, with bounded parallelism, skipping cached blobs.
-//! - [`store`]: the content-addressed cache (`blobs/sha256/<hex>`, committed only when size
-//!   and digest match), its ingest files, its rebuildable sled index, `fsck` and `gc`, and
+//! - [`store`]: the content-addressed cache (`blobs/<sha256|sha512>/<hex>`, committed only
+//!   when size and digest match), its ingest files, its rebuildable sled index, `fsck` and `gc`, and
 //!   ([`store::artifacts`]) the artifact layouts and `current`/`previous` links as they lie
 //!   on disk. It depends on nothing above it.
 //! - [`apply`]: the OCI image layout writer ([`apply::layout`]), the atomic

@@ -99,7 +99,12 @@ pub struct CacheView {
 pub fn read(config: &Config) -> Result<Status> {
     let root = &config.state_dir;
     let pointers = Pointers::read_in(root)?;
-    let (blobs, bytes) = folder_totals(&root.join("cache/blobs/sha256"))?;
+    let (mut blobs, mut bytes) = (0, 0);
+    for algorithm in meshanics_shared::Algorithm::ALL {
+        let (count, size) = folder_totals(&root.join("cache/blobs").join(algorithm.name()))?;
+        blobs += count;
+        bytes += size;
+    }
     let (partial_downloads, partial_bytes) = folder_totals(&root.join("cache/ingest"))?;
     let (metadata, metadata_problem) = match read_metadata(config, UnixTime::now()) {
         Ok(view) => (Some(view), None),

@@ -3,8 +3,9 @@
 //! ```text
 //! <state_dir>/
 //!   lock                      held (flock) by the one agent process using this directory
-//!   cache/blobs/sha256/<hex>  committed blobs: verified, fsynced, read-only
-//!   cache/ingest/sha256-<hex> partial downloads, resumed with Range after an interruption
+//!   cache/blobs/<alg>/<hex>   committed blobs: verified, fsynced, read-only (<alg> is
+//!                             sha256 or sha512, every algorithm a digest may name)
+//!   cache/ingest/<alg>-<hex>  partial downloads, resumed with Range after an interruption
 //!   cache/index/              the sled index (sizes, last use, artifacts, last result)
 //!   artifacts/<id>/           OCI image layouts of pulled artifacts (see [`artifacts`])
 //!   current, previous         symlinks to the applied and the previously applied layout
@@ -26,7 +27,7 @@ pub mod last_result;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use meshanics_shared::Digest;
+use meshanics_shared::{Algorithm, Digest};
 use tracing::{info, warn};
 
 use crate::error::{Error, Result};
@@ -100,12 +101,15 @@ impl Store {
     /// aside (kept for a post-mortem) and rebuilt from the blob files; an empty index beside
     /// existing blobs is rebuilt too.
     pub fn open(root: &Path, options: StoreOptions) -> Result<(Store, OpenReport)> {
+        let blob_dirs = Algorithm::ALL.map(|algorithm| blobs_dir_in(root, algorithm));
         for dir in [
             root.to_owned(),
-            root.join("cache/blobs/sha256"),
             root.join("cache/ingest"),
             root.join("artifacts"),
-        ] {
+        ]
+        .into_iter()
+        .chain(blob_dirs)
+        {
             fs_err::create_dir_all(&dir).map_err(Error::io("creating", dir))?;
         }
         let lock = lock(&root.join("lock"))?;
@@ -158,9 +162,9 @@ impl Store {
         last_result::read(&self.root)
     }
 
-    /// The folder of committed sha256 blobs.
-    pub fn blobs_dir(&self) -> PathBuf {
-        self.root.join("cache/blobs/sha256")
+    /// The folder of committed blobs whose digests use `algorithm`.
+    pub fn blobs_dir(&self, algorithm: Algorithm) -> PathBuf {
+        blobs_dir_in(&self.root, algorithm)
     }
 
     /// The folder of artifact layouts.
@@ -170,10 +174,7 @@ impl Store {
 
     /// Where a committed blob lives (whether or not it is there).
     pub fn blob_path(&self, digest: &Digest) -> PathBuf {
-        self.root
-            .join("cache/blobs")
-            .join(digest.algorithm().name())
-            .join(digest.hex())
+        self.blobs_dir(digest.algorithm()).join(digest.hex())
     }
 
     /// Where a blob's partial download lives.
@@ -254,23 +255,13 @@ impl Store {
         Ok(())
     }
 
-    /// The digests of every committed blob file, by listing the folder.
+    /// The digests of every committed blob file, by listing the folder of each algorithm.
     pub fn blob_files(&self) -> Result<BTreeSet<Digest>> {
-        let dir = self.blobs_dir();
         let mut out = BTreeSet::new();
-        for entry in fs_err::read_dir(&dir).map_err(Error::io("listing", &dir))? {
-            let entry = entry.map_err(Error::io("listing", &dir))?;
-            let name = entry.file_name();
-            match name
-                .to_str()
-                .and_then(|n| Digest::parse(&format!("sha256:{n}")).ok())
-            {
-                Some(digest) => {
-                    out.insert(digest);
-                }
-                None => {
-                    warn!(path = %entry.path().display(), "ignoring a stray file in the blob folder");
-                }
+        for algorithm in Algorithm::ALL {
+            let dir = self.blobs_dir(algorithm);
+            for digest in digests_in(&dir, algorithm)? {
+                out.insert(digest);
             }
         }
         Ok(out)
@@ -316,11 +307,17 @@ impl Store {
     }
 
     fn has_any_blob(&self) -> Result<bool> {
-        let dir = self.blobs_dir();
-        Ok(fs_err::read_dir(&dir)
-            .map_err(Error::io("listing", &dir))?
-            .next()
-            .is_some())
+        for algorithm in Algorithm::ALL {
+            let dir = self.blobs_dir(algorithm);
+            if fs_err::read_dir(&dir)
+                .map_err(Error::io("listing", &dir))?
+                .next()
+                .is_some()
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// Rebuilds the index from the blob files (sizes) and the artifact layouts (which blobs
@@ -339,6 +336,31 @@ impl Store {
         }
         self.index.flush()
     }
+}
+
+/// `cache/blobs/<algorithm>` under the state directory `root`.
+fn blobs_dir_in(root: &Path, algorithm: Algorithm) -> PathBuf {
+    root.join("cache/blobs").join(algorithm.name())
+}
+
+/// The digests named by the files of `dir`, a folder of `algorithm` blobs named by their hex
+/// (the cache's, or a layout's `blobs/<algorithm>`). Stray files are logged and skipped.
+pub(crate) fn digests_in(dir: &Path, algorithm: Algorithm) -> Result<Vec<Digest>> {
+    let mut out = Vec::new();
+    for entry in fs_err::read_dir(dir).map_err(Error::io("listing", dir))? {
+        let entry = entry.map_err(Error::io("listing", dir))?;
+        match entry
+            .file_name()
+            .to_str()
+            .and_then(|hex| Digest::parse(&format!("{algorithm}:{hex}")).ok())
+        {
+            Some(digest) => out.push(digest),
+            None => {
+                warn!(path = %entry.path().display(), "ignoring a stray file in a blob folder");
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Takes the state directory's lock without waiting: a second agent on the same directory

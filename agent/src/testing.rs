@@ -1,8 +1,9 @@
 //! Helpers for the crate's unit tests: a store in a temp dir, small artifacts in it, and
 //! their layouts (the store's own tests get layouts from here, not from `apply`).
 
+use meshanics_shared::digest::Hasher;
 use meshanics_shared::media_type::{OCI_CONFIG, OCI_LAYER_TAR, OCI_MANIFEST};
-use meshanics_shared::{Descriptor, Digest, Repository};
+use meshanics_shared::{Algorithm, Descriptor, Repository};
 
 use crate::pull::{PullTarget, Pulled};
 use crate::store::{ArtifactRecord, FreeSpace, Store, StoreOptions};
@@ -25,10 +26,13 @@ pub(crate) fn store_with_space(bytes: u64) -> (tempfile::TempDir, Store) {
     (dir, store)
 }
 
-pub(crate) fn descriptor(media_type: &str, bytes: &[u8]) -> Descriptor {
+/// A descriptor of `bytes` whose digest uses `algorithm`.
+pub(crate) fn descriptor_with(algorithm: Algorithm, media_type: &str, bytes: &[u8]) -> Descriptor {
+    let mut hasher = Hasher::new(algorithm);
+    hasher.update(bytes);
     Descriptor {
         media_type: media_type.to_owned(),
-        digest: Digest::sha256_of(bytes),
+        digest: hasher.finish(),
         size: bytes.len() as u64,
         platform: None,
         annotations: None,
@@ -39,6 +43,17 @@ pub(crate) fn descriptor(media_type: &str, bytes: &[u8]) -> Descriptor {
 /// Commits an image (config and the given layers) to the store, as a pull would, and
 /// returns what the pull would return.
 pub(crate) fn pulled(store: &Store, name: &str, layers: &[&[u8]]) -> Pulled {
+    pulled_with(store, name, layers, Algorithm::Sha256)
+}
+
+/// [`pulled`], with every digest (config, layers, manifest) computed with `algorithm`.
+pub(crate) fn pulled_with(
+    store: &Store,
+    name: &str,
+    layers: &[&[u8]],
+    algorithm: Algorithm,
+) -> Pulled {
+    let descriptor = |media_type: &str, bytes: &[u8]| descriptor_with(algorithm, media_type, bytes);
     let config_bytes = format!(r#"{{"architecture":"amd64","os":"linux","name":"{name}"}}"#);
     let config = descriptor(OCI_CONFIG, config_bytes.as_bytes());
     store.put(&config.digest, config_bytes.as_bytes()).unwrap();

@@ -9,11 +9,13 @@
 //! state_dir = "/var/lib/meshanics-facade"
 //! metadata_dir = "/var/lib/meshanics-facade/metadata"   # served as /meta/<file>
 //!
-//! [tls]
+//! [tls]                              # the device listener; re-read on SIGHUP and when one
+//!                                    # of these files changes (see below)
 //! certificate = "/etc/meshanics/facade.crt"
 //! private_key = "/etc/meshanics/facade.key"
 //! device_ca = "/etc/meshanics/device-ca.crt"
-//! crls = ["/etc/meshanics/devices.crl"]
+//! crls = ["/etc/meshanics/devices.crl"]   # optional: PEM or DER revocation lists; with
+//!                                    # any, a device whose issuer has none is refused
 //!
 //! [limits]                           # all optional
 //! max_connections = 1024
@@ -51,19 +53,31 @@
 //! a number of seconds, as configs written before durations had units say it
 //! (`idle_timeout = 120`); `token_margin` is also read under its old name,
 //! `token_margin_seconds`.
+//!
+//! The `[tls]` files are the one part read again while the facade runs: on SIGHUP
+//! (`systemctl reload`), and within 30 s of a change to any of them, all of them are
+//! re-read and handshakes from then on use them (a CRL that revokes a device keeps it out
+//! from its next connection; connections already open are not cut). A reload that fails
+//! (a file missing or half written, a CRL that does not parse) keeps the previous files in
+//! force and logs an error naming the key and the file; `facade_tls_reloads_total{outcome}`
+//! counts both outcomes. A CRL past its `nextUpdate` is still enforced, since refusing every
+//! device because the CRL's publisher is late would take the fleet offline: it is logged as
+//! a warning (at start, at each reload, and when it expires while loaded) and shown by
+//! `facade_crl_expired{file}` (and `facade_crl_next_update_seconds{file}`), so that an
+//! alert can page whoever publishes it. Everything else in this file is read once.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
-use meshanics_shared::tls::{self, TlsError};
+use meshanics_shared::tls::{self, ServerFiles, TlsError};
 use meshanics_shared::{Registry, duration};
-use rustls::{RootCertStore, ServerConfig};
+use rustls::RootCertStore;
 use serde::Deserialize;
 
 use crate::connections::pasted;
+use crate::device_tls::DeviceTls;
 use crate::providers::{PresentedCredentials, Secret};
 
 /// The checked configuration.
@@ -77,8 +91,8 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// The signed metadata files served under `/meta/`, if any.
     pub metadata_dir: Option<PathBuf>,
-    /// The device-facing TLS configuration (client certificates required).
-    pub tls: Arc<ServerConfig>,
+    /// The device-facing TLS configuration (client certificates required), reloadable.
+    pub tls: DeviceTls,
     /// Limits and timeouts.
     pub limits: Limits,
     /// The upstreams approved in the file.
@@ -293,7 +307,12 @@ impl Config {
         if let Some(dir) = &raw.metadata_dir {
             check_folder("metadata_dir", dir)?;
         }
-        let tls = server_tls(&raw.tls)?;
+        let tls = DeviceTls::load(ServerFiles {
+            certificate: raw.tls.certificate,
+            private_key: raw.tls.private_key,
+            client_ca: raw.tls.device_ca,
+            crls: raw.tls.crls,
+        })?;
         if raw.cloud.ecr_sts_endpoint.is_some() != raw.cloud.ecr_api_endpoint.is_some() {
             return Err(ConfigError::Invalid {
                 key: "cloud.ecr_sts_endpoint",
@@ -318,33 +337,13 @@ impl Config {
             operator_listen: raw.operator_listen,
             state_dir: raw.state_dir,
             metadata_dir: raw.metadata_dir,
-            tls: Arc::new(tls),
+            tls,
             limits: raw.limits,
             upstreams,
             master_key_file: raw.master_key_file,
             cloud: raw.cloud,
         })
     }
-}
-
-/// Loads each TLS file on its own first, so that the error names the key of the bad file.
-fn server_tls(raw: &RawTls) -> Result<ServerConfig, ConfigError> {
-    let at = |key| move |source| ConfigError::Tls { key, source };
-    let chain = tls::load_certificates(&raw.certificate).map_err(at("tls.certificate"))?;
-    let key = tls::load_private_key(&raw.private_key).map_err(at("tls.private_key"))?;
-    let roots = tls::load_ca_bundle(&raw.device_ca).map_err(at("tls.device_ca"))?;
-    let crls = tls::load_crls(&raw.crls).map_err(at("tls.crls"))?;
-    // Each file loaded on its own: what is left to fail is the combination (a key that does
-    // not match its certificate, a CRL that no device CA issued).
-    let crl_given = !raw.crls.is_empty();
-    tls::server_config_from(chain, key, roots, crls).map_err(|source| {
-        let key = match &source {
-            TlsError::Verifier(_) if crl_given => "tls.crls",
-            TlsError::Verifier(_) => "tls.device_ca",
-            _ => "tls.private_key",
-        };
-        ConfigError::Tls { key, source }
-    })
 }
 
 fn check_folder(key: &'static str, path: &Path) -> Result<(), ConfigError> {

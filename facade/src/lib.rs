@@ -10,7 +10,9 @@
 //!
 //! - [`config`]: the TOML file, checked whole at start (exit 64 on a bad one).
 //! - [`server`]: listeners, TLS handshakes (refusals logged and counted), the connection
-//!   limit, idle and header timeouts, graceful shutdown.
+//!   limit, idle and header timeouts, graceful shutdown; [`device_tls`]: the device TLS
+//!   configuration, reloaded on SIGHUP and when its files change (CRLs, expired ones
+//!   reported).
 //! - [`identity`]: the device's certificate subject, logged with each request.
 //! - [`service`] and [`routes`]: a request becomes a [`routes::Route`] or a refusal before any
 //!   upstream is asked.
@@ -53,6 +55,7 @@ pub mod body;
 pub mod cloud;
 pub mod config;
 pub mod connections;
+pub mod device_tls;
 pub mod error;
 pub mod http_client;
 pub mod identity;

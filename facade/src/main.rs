@@ -1,5 +1,7 @@
 //! `meshanics-facade`: the registry facade's binary. Reads the config once (exit 64 on a bad
-//! one, naming the key and the file), serves until SIGTERM or SIGINT, then drains.
+//! one, naming the key and the file), serves until SIGTERM or SIGINT, then drains. SIGHUP
+//! re-reads the `[tls]` files (device CA, CRLs, certificate and key; see
+//! [`meshanics_facade::device_tls`]) without a restart.
 
 use std::path::PathBuf;
 use std::process::ExitCode;

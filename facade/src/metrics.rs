@@ -12,7 +12,9 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
+
+use crate::device_tls::CrlFile;
 
 /// A unit of work counted in a gauge while it lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,6 +51,8 @@ pub struct Metrics {
     latency_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
     latency_count: AtomicU64,
     latency_sum_micros: AtomicU64,
+    crls: Mutex<Vec<CrlFile>>,
+    tls_reloads: Mutex<BTreeMap<&'static str, u64>>,
 }
 
 // === impl Metrics ===
@@ -95,6 +99,18 @@ impl Metrics {
     /// A device connection opened (`+1`) or closed (`-1`).
     pub fn connection(&self, delta: i64) {
         self.open_connections.fetch_add(delta, Ordering::Relaxed);
+    }
+
+    /// Records the device CRL files in force (after the start and each reload).
+    pub fn set_crls(&self, crls: &[CrlFile]) {
+        if let Ok(mut current) = self.crls.lock() {
+            *current = crls.to_vec();
+        }
+    }
+
+    /// Counts a reload of the device TLS files, by outcome.
+    pub fn tls_reload(&self, succeeded: bool) {
+        bump(&self.tls_reloads, if succeeded { "ok" } else { "failed" });
     }
 
     /// Counts `work` in its gauge until the returned guard is dropped.
@@ -166,6 +182,48 @@ impl Metrics {
             "TLS handshakes completed (device connections let in).",
             self.handshakes.load(Ordering::Relaxed),
         );
+        let crls = self.crls.lock().map(|c| c.clone()).unwrap_or_default();
+        let now = SystemTime::now();
+        header(
+            &mut out,
+            "facade_crl_expired",
+            "gauge",
+            "Whether a device CRL file is past its nextUpdate (1): still enforced, but its publisher is late.",
+        );
+        for crl in &crls {
+            let file = label_value(&crl.path.display().to_string());
+            let expired = u8::from(crl.is_expired(now));
+            let _ = writeln!(out, "facade_crl_expired{{file=\"{file}\"}} {expired}");
+        }
+        header(
+            &mut out,
+            "facade_crl_next_update_seconds",
+            "gauge",
+            "When each device CRL file is due to be replaced (its earliest nextUpdate), in Unix seconds.",
+        );
+        for crl in &crls {
+            let Some(next) = crl
+                .next_update
+                .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+            else {
+                continue;
+            };
+            let file = label_value(&crl.path.display().to_string());
+            let _ = writeln!(
+                out,
+                "facade_crl_next_update_seconds{{file=\"{file}\"}} {}",
+                next.as_secs()
+            );
+        }
+        header(
+            &mut out,
+            "facade_tls_reloads_total",
+            "counter",
+            "Reloads of the device TLS files (SIGHUP or a changed file), by outcome.",
+        );
+        for (outcome, n) in snapshot(&self.tls_reloads) {
+            let _ = writeln!(out, "facade_tls_reloads_total{{outcome=\"{outcome}\"}} {n}");
+        }
         single(
             &mut out,
             "facade_open_connections",
@@ -241,6 +299,13 @@ fn snapshot<K: Ord + Clone>(map: &Mutex<BTreeMap<K, u64>>) -> Vec<(K, u64)> {
     map.lock()
         .map(|m| m.iter().map(|(k, v)| (k.clone(), *v)).collect())
         .unwrap_or_default()
+}
+
+/// A label value in the text format: backslash, double quote and newline escaped.
+fn label_value(text: &str) -> String {
+    text.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 fn header(out: &mut String, name: &str, kind: &str, help: &str) {

@@ -2,7 +2,8 @@
 //! (`operator_listen`), runs both on the shared serve loop ([`meshanics_http::serve`]: the
 //! device side under the connection limit and header timeout of `[limits]`), and shuts down
 //! gracefully: stop accepting, let streams in flight finish up to the grace period, then
-//! close what is left.
+//! close what is left. Each device handshake takes the device TLS configuration in force
+//! when it starts; SIGHUP and changed `[tls]` files reload it ([`crate::device_tls`]).
 //!
 //! [`start`] returns once both listeners are bound, with their addresses (port 0 works, which
 //! is how tests run it) and a [`Running`] handle to shut it down.
@@ -13,12 +14,13 @@ use std::sync::Arc;
 
 use meshanics_http::{Connection, ServeConfig};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_rustls::TlsAcceptor;
 
 use crate::approval::ApprovedUpstreams;
 use crate::config::Config;
+use crate::device_tls::{CHANGE_CHECK, DeviceTls};
 use crate::metrics::Metrics;
 use crate::metrics_listener;
 use crate::service::Shared;
@@ -38,6 +40,7 @@ pub struct Running {
     stop_metrics: watch::Sender<bool>,
     devices: JoinHandle<()>,
     metrics_listener: JoinHandle<()>,
+    tls_reloads: JoinHandle<()>,
 }
 
 /// Why the facade could not start.
@@ -55,13 +58,17 @@ pub enum StartError {
         #[source]
         source: io::Error,
     },
+    /// SIGHUP (which reloads the device TLS files) could not be watched.
+    #[error("watching SIGHUP: {0}")]
+    Signal(#[source] io::Error),
 }
 
-/// Binds the listeners and starts serving on the current tokio runtime.
-pub async fn start(
-    config: &Config,
-    upstreams: Arc<dyn ApprovedUpstreams>,
-) -> Result<Running, StartError> {
+/// Binds the listeners and starts serving on the current tokio runtime; from then on, SIGHUP
+/// reloads the device TLS files.
+pub async fn start(config: &Config, upstreams: Arc<dyn ApprovedUpstreams>) -> Result<Running, StartError> {
+    // Before anything runs: a SIGHUP must never meet the default action (the end of the
+    // process).
+    let hangup = signal(SignalKind::hangup()).map_err(StartError::Signal)?;
     let bind = |which, addr| async move {
         TcpListener::bind(addr)
             .await
@@ -83,6 +90,7 @@ pub async fn start(
     let device_addr = local("device", &devices, config.listen)?;
     let operator_addr = local("operator", &operators, config.operator_listen)?;
     let metrics = Arc::new(Metrics::default());
+    metrics.set_crls(&config.tls.crls());
     let shared = Arc::new(Shared {
         upstreams,
         metrics: metrics.clone(),
@@ -90,9 +98,22 @@ pub async fn start(
         limits: config.limits.clone(),
     });
     let (shutdown, signal) = watch::channel(false);
-    let acceptor = TlsAcceptor::from(config.tls.clone());
     tracing::info!(%device_addr, %operator_addr, "facade listening");
-    let device_task = tokio::spawn(serve_devices(devices, acceptor, shared, signal.clone()));
+    let mut stop_reloads = signal.clone();
+    let tls_reloads = tokio::spawn(config.tls.clone().watch(
+        metrics.clone(),
+        Some(hangup),
+        CHANGE_CHECK,
+        async move {
+            let _ = stop_reloads.wait_for(|stop| *stop).await;
+        },
+    ));
+    let device_task = tokio::spawn(serve_devices(
+        devices,
+        config.tls.clone(),
+        shared,
+        signal.clone(),
+    ));
     let (stop_metrics, metrics_signal) = watch::channel(false);
     let metrics_task = tokio::spawn(metrics_listener::serve(
         operators,
@@ -108,6 +129,7 @@ pub async fn start(
         stop_metrics,
         devices: device_task,
         metrics_listener: metrics_task,
+        tls_reloads,
     })
 }
 
@@ -132,6 +154,7 @@ impl Running {
     /// Stops accepting, lets streams finish within the grace period, then returns.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
+        let _ = self.tls_reloads.await;
         let _ = self.devices.await;
         // The metrics listener stays up while devices drain, so health checks see "draining".
         let _ = self.stop_metrics.send(true);
@@ -142,7 +165,7 @@ impl Running {
 /// Serves devices until `shutdown` turns true, then drains within the grace period.
 async fn serve_devices(
     listener: TcpListener,
-    acceptor: TlsAcceptor,
+    tls: DeviceTls,
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -155,8 +178,12 @@ async fn serve_devices(
         let _ = shutdown.wait_for(|stop| *stop).await;
     };
     let handler = move |accepted: Connection<TcpStream, SocketAddr>| {
-        connection::serve(accepted, acceptor.clone(), shared.clone())
+        // The configuration in force when the handshake starts (a reload swaps it).
+        connection::serve(accepted, tls.acceptor(), shared.clone())
     };
     meshanics_http::serve(listener, config, stop, handler).await;
     tracing::info!("facade stopped");
 }
+
+#[cfg(test)]
+mod tests;

@@ -134,21 +134,32 @@ impl DevCa {
 
     /// A CRL (PEM) revoking the given certificates, valid for a week.
     pub fn crl(&self, revoked: &[&Issued]) -> Result<String, DevPkiError> {
+        let now = SystemTime::now();
+        self.crl_valid(revoked, now - DAY, now + 7 * DAY)
+    }
+
+    /// A CRL (PEM) revoking the given certificates, issued at `this_update` and due to be
+    /// replaced at `next_update` (in the past for an expired one).
+    pub fn crl_valid(
+        &self,
+        revoked: &[&Issued],
+        this_update: SystemTime,
+        next_update: SystemTime,
+    ) -> Result<String, DevPkiError> {
         let err = |source| DevPkiError {
             what: "CRL",
             source,
         };
-        let now = SystemTime::now();
         let params = CertificateRevocationListParams {
-            this_update: (now - DAY).into(),
-            next_update: (now + 7 * DAY).into(),
+            this_update: this_update.into(),
+            next_update: next_update.into(),
             crl_number: SerialNumber::from(1u64),
             issuing_distribution_point: None,
             revoked_certs: revoked
                 .iter()
                 .map(|c| RevokedCertParams {
                     serial_number: SerialNumber::from(c.serial),
-                    revocation_time: (now - DAY).into(),
+                    revocation_time: this_update.into(),
                     reason_code: None,
                     invalidity_date: None,
                 })

@@ -74,6 +74,9 @@ pub enum DigestErrorReason {
 // === impl Algorithm ===
 
 impl Algorithm {
+    /// Every algorithm a [`Digest`] may name: what a content store keeps a folder for.
+    pub const ALL: [Algorithm; 2] = [Algorithm::Sha256, Algorithm::Sha512];
+
     /// The name used in digest strings.
     pub const fn name(self) -> &'static str {
         match self {

@@ -15,7 +15,8 @@
 //! version, never older). Every fetch is size-capped. Expiry is checked against an effective
 //! clock that never goes below the newest issue time already trusted, because devices
 //! without a real-time clock boot in 1970. What is accepted is persisted in a
-//! [`TrustedStore`] with atomic writes.
+//! [`TrustedStore`] with atomic writes; the roots as the chain they were accepted as, which
+//! a restart walks again from the pinned anchor.
 //!
 //! `meshctl` uses the signing side: [`SigningKey`], the payload constructors and
 //! [`envelope::sign`].

@@ -7,7 +7,10 @@
 //! The server configuration requires a client certificate chained to the device CA: there is
 //! no way to build one that accepts anonymous clients, so a facade fails closed. Revocation
 //! lists, when given, are checked for the device (end-entity) certificate; a device whose
-//! issuer has no CRL loaded is refused too (unknown revocation status is not accepted).
+//! issuer has no CRL loaded is refused too (unknown revocation status is not accepted). A
+//! CRL past its `nextUpdate` is still enforced (what it revokes stays revoked): noticing
+//! that it is late, and reloading a new one, is the server's job (the facade's
+//! `device_tls`).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -65,6 +68,17 @@ pub enum TlsError {
         /// Why.
         #[source]
         source: std::io::Error,
+    },
+    /// A CRL in a file is not a well-formed certificate revocation list.
+    #[error("CRL #{index} in {path} is not a usable revocation list: {source}")]
+    BadCrl {
+        /// The file.
+        path: PathBuf,
+        /// Its position in the file, from 1.
+        index: usize,
+        /// Why.
+        #[source]
+        source: webpki::Error,
     },
     /// The client-certificate verifier could not be built (a bad CRL, no trust anchors).
     #[error("building the device certificate verifier: {0}")]
@@ -144,30 +158,45 @@ pub fn load_crls(
 ) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
     let mut crls = Vec::new();
     for path in paths {
-        let bytes = fs_err::read(path).map_err(|source| TlsError::ReadCrl {
-            path: path.clone(),
+        crls.extend(load_crl_file(path)?);
+    }
+    Ok(crls)
+}
+
+/// Loads the revocation lists of one file, PEM (`X509 CRL` sections) or DER. Each is parsed
+/// here, so that a malformed one is refused naming its file (the verifier built from them
+/// later would not say which file it came from).
+pub fn load_crl_file(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
+    let bytes = fs_err::read(path).map_err(|source| TlsError::ReadCrl {
+        path: path.to_owned(),
+        source,
+    })?;
+    let crls = if bytes.starts_with(b"-----BEGIN") {
+        let read = |source| TlsError::ReadPem {
+            what: "CRL",
+            path: path.to_owned(),
+            source,
+        };
+        let found = CertificateRevocationListDer::pem_slice_iter(&bytes)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(read)?;
+        if found.is_empty() {
+            return Err(TlsError::Missing {
+                what: "CRL",
+                marker: "X509 CRL",
+                path: path.to_owned(),
+            });
+        }
+        found
+    } else {
+        vec![CertificateRevocationListDer::from(bytes)]
+    };
+    for (i, crl) in crls.iter().enumerate() {
+        webpki::OwnedCertRevocationList::from_der(crl).map_err(|source| TlsError::BadCrl {
+            path: path.to_owned(),
+            index: i + 1,
             source,
         })?;
-        if bytes.starts_with(b"-----BEGIN") {
-            let read = |source| TlsError::ReadPem {
-                what: "CRL",
-                path: path.clone(),
-                source,
-            };
-            let found = CertificateRevocationListDer::pem_slice_iter(&bytes)
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(read)?;
-            if found.is_empty() {
-                return Err(TlsError::Missing {
-                    what: "CRL",
-                    marker: "X509 CRL",
-                    path: path.clone(),
-                });
-            }
-            crls.extend(found);
-        } else {
-            crls.push(CertificateRevocationListDer::from(bytes));
-        }
     }
     Ok(crls)
 }
@@ -207,6 +236,8 @@ pub fn server_config_from(
     let mut verifier =
         WebPkiClientVerifier::builder_with_provider(Arc::new(client_roots), provider.clone());
     if !crls.is_empty() {
+        // rustls' default expiration policy: a CRL past its `nextUpdate` still revokes what
+        // it lists (refusing every device because its publisher is late would be an outage).
         verifier = verifier.with_crls(crls).only_check_end_entity_revocation();
     }
     let verifier = verifier.build().map_err(TlsError::Verifier)?;

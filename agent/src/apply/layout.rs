@@ -7,7 +7,7 @@
 //! layout folder is complete or absent. The format itself (and reading it back) is
 //! [`crate::store::artifacts`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use meshanics_shared::fs::sync_dir;
@@ -36,8 +36,6 @@ pub fn lay_out(store: &Store, pulled: &Pulled) -> Result<ArtifactRecord> {
     );
     let final_dir = store.layout_dir(&id);
     let tmp = store.artifacts_dir().join(format!("{BUILDING_PREFIX}{id}"));
-    let blobs_dir = tmp.join("blobs/sha256");
-    fs_err::create_dir_all(&blobs_dir).map_err(Error::io("creating", &blobs_dir))?;
 
     let mut digests = vec![pulled.manifest.digest.clone()];
     if pulled.target.digest != pulled.manifest.digest {
@@ -48,7 +46,14 @@ pub fn lay_out(store: &Store, pulled: &Pulled) -> Result<ArtifactRecord> {
             digests.push(blob.digest.clone());
         }
     }
+    // `blobs/<algorithm>/<hex>`, as the OCI image layout names blobs: a folder for each
+    // algorithm the artifact's digests use.
+    let mut blob_dirs = BTreeSet::new();
     for digest in &digests {
+        let blobs_dir = tmp.join("blobs").join(digest.algorithm().name());
+        if blob_dirs.insert(blobs_dir.clone()) {
+            fs_err::create_dir_all(&blobs_dir).map_err(Error::io("creating", &blobs_dir))?;
+        }
         link_or_copy(&store.blob_path(digest), &blobs_dir.join(digest.hex()))?;
     }
 
@@ -78,7 +83,12 @@ pub fn lay_out(store: &Store, pulled: &Pulled) -> Result<ArtifactRecord> {
         br#"{"imageLayoutVersion":"1.0.0"}"#,
     )?;
     write_synced(&tmp.join("index.json"), &index_bytes)?;
-    sync_dir(&blobs_dir)?;
+    for blobs_dir in &blob_dirs {
+        sync_dir(blobs_dir)?;
+    }
+    if let Some(blobs) = blob_dirs.first().and_then(|dir| dir.parent()) {
+        sync_dir(blobs)?;
+    }
     sync_dir(&tmp)?;
     failpoint::hit("layout.before-rename", &tmp.display());
     fs_err::rename(&tmp, &final_dir).map_err(Error::io("renaming", &final_dir))?;

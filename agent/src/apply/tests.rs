@@ -3,7 +3,7 @@ use std::time::Duration;
 
 use super::*;
 use crate::store::artifacts::REF_NAME;
-use crate::testing::{pulled, store};
+use crate::testing::{pulled, pulled_with, store};
 
 fn hook(dir: &Path, script: &str) -> Hook {
     let path = dir.join("hook.sh");
@@ -44,6 +44,44 @@ fn lays_out_an_oci_layout_hard_linked_into_the_cache() {
     }
     assert_eq!(record.state, ArtifactState::Pulled);
     assert_eq!(store.index().artifact(&record.id).unwrap(), Some(record));
+}
+
+#[tokio::test]
+async fn a_sha512_target_is_pulled_committed_and_laid_out() {
+    let (_dir, store) = store();
+    // Committed through the cache's ingest, as a pull commits what it downloads.
+    let pulled = pulled_with(
+        &store,
+        "app",
+        &[b"layer a"],
+        meshanics_shared::Algorithm::Sha512,
+    );
+    let record = lay_out(&store, &pulled).unwrap();
+    apply(&store, &record.id, None).await.unwrap();
+
+    let sha512_blobs = store.root().join("cache/blobs/sha512");
+    for blob in pulled.blobs.iter().chain([&pulled.manifest]) {
+        let in_cache = store.blob_path(&blob.digest);
+        assert_eq!(in_cache, sha512_blobs.join(blob.digest.hex()));
+        // The OCI image layout names a blob `blobs/<algorithm>/<hex>`.
+        let in_layout = store
+            .root()
+            .join("current/blobs/sha512")
+            .join(blob.digest.hex());
+        assert_eq!(
+            fs_err::metadata(&in_layout).unwrap().ino(),
+            fs_err::metadata(&in_cache).unwrap().ino(),
+            "{} is not laid out as a hard link",
+            blob.digest
+        );
+    }
+    let index: serde_json::Value =
+        serde_json::from_slice(&fs_err::read(store.root().join("current/index.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        index["manifests"][0]["digest"],
+        pulled.manifest.digest.as_str()
+    );
 }
 
 #[tokio::test]

@@ -4,7 +4,8 @@
 //! ```text
 //! artifacts/<id>/oci-layout          {"imageLayoutVersion":"1.0.0"}
 //! artifacts/<id>/index.json          one manifest descriptor, annotated (see the constants)
-//! artifacts/<id>/blobs/sha256/<hex>  hard links into the cache (or copies)
+//! artifacts/<id>/blobs/<alg>/<hex>   hard links into the cache (or copies); <alg> is
+//!                                    sha256 or sha512, as the blob's digest names it
 //! artifacts/.tmp-<id>/               a layout being built (complete layouts are renamed)
 //! current, previous                  symlinks to artifacts/<id>
 //! ```
@@ -15,7 +16,7 @@
 
 use std::path::{Path, PathBuf};
 
-use meshanics_shared::{Descriptor, Digest};
+use meshanics_shared::{Algorithm, Descriptor, Digest};
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
@@ -162,16 +163,14 @@ pub fn scan_layout_in(
             reason: "index.json lists no manifest".into(),
         })?;
     let annotations = manifest.annotations.clone().unwrap_or_default();
-    let blobs_dir = dir.join("blobs/sha256");
     let mut blobs = Vec::new();
-    for entry in fs_err::read_dir(&blobs_dir).map_err(Error::io("listing", &blobs_dir))? {
-        let entry = entry.map_err(Error::io("listing", &blobs_dir))?;
-        if let Some(digest) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| Digest::parse(&format!("sha256:{n}")).ok())
-        {
-            blobs.push(digest);
+    for algorithm in Algorithm::ALL {
+        // A layout has a folder only for the algorithms its blobs use.
+        let blobs_dir = dir.join("blobs").join(algorithm.name());
+        match fs_err::metadata(&blobs_dir) {
+            Ok(_) => blobs.extend(super::digests_in(&blobs_dir, algorithm)?),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io("reading", blobs_dir)(e)),
         }
     }
     Ok(ArtifactRecord {

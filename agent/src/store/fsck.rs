@@ -3,8 +3,8 @@
 use std::collections::BTreeSet;
 use std::io::Read;
 
-use meshanics_shared::Digest;
 use meshanics_shared::fs::sync_dir;
+use meshanics_shared::{Algorithm, Digest};
 use serde::Serialize;
 use tracing::{info, warn};
 
@@ -108,7 +108,7 @@ impl Store {
                 }
                 info!(%digest, "removed a corrupt blob");
             }
-            sync_dir(&self.blobs_dir())?;
+            self.sync_blob_dirs()?;
             for digest in &report.unindexed {
                 if !report.corrupt.contains(digest) {
                     let path = self.blob_path(digest);
@@ -182,7 +182,7 @@ impl Store {
             report.freed_bytes += size;
             report.removed_blobs.push(digest);
         }
-        sync_dir(&self.blobs_dir())?;
+        self.sync_blob_dirs()?;
         sync_dir(&self.artifacts_dir())?;
         self.index().flush()?;
         info!(
@@ -192,6 +192,16 @@ impl Store {
             "garbage collected the cache"
         );
         Ok(report)
+    }
+}
+
+impl Store {
+    /// Makes the removals in every blob folder durable.
+    fn sync_blob_dirs(&self) -> Result<()> {
+        for algorithm in Algorithm::ALL {
+            sync_dir(&self.blobs_dir(algorithm))?;
+        }
+        Ok(())
     }
 }
 

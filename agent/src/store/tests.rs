@@ -3,7 +3,7 @@ use std::os::unix::fs::PermissionsExt;
 use meshanics_shared::{Digest, VerifyError};
 
 use super::*;
-use crate::testing::{applied, laid_out, pulled, store, store_with_space};
+use crate::testing::{applied, laid_out, pulled, pulled_with, store, store_with_space};
 
 fn writable(path: &Path) {
     fs_err::set_permissions(path, std::fs::Permissions::from_mode(0o644)).unwrap();
@@ -26,6 +26,42 @@ fn commits_a_verified_blob_read_only_and_indexes_its_size() {
     assert!(store.has(&digest, 12).unwrap());
     assert!(!store.has(&digest, 13).unwrap());
     assert!(!store.ingest_path(&digest).exists());
+}
+
+#[tokio::test]
+async fn sha512_blobs_are_found_again_by_an_index_rebuild_fsck_and_gc() {
+    let (_dir, store) = store();
+    let image = pulled_with(
+        &store,
+        "app",
+        &[b"layer a"],
+        meshanics_shared::Algorithm::Sha512,
+    );
+    let id = applied(&store, &image).await;
+    let mut digests: Vec<Digest> = image
+        .blobs
+        .iter()
+        .chain([&image.manifest])
+        .map(|b| b.digest.clone())
+        .collect();
+    digests.sort();
+
+    store.rebuild_index().unwrap();
+    let mut indexed = store.index().artifact(&id).unwrap().unwrap().blobs;
+    indexed.sort();
+    assert_eq!(indexed, digests);
+    assert_eq!(
+        store.blob_files().unwrap().into_iter().collect::<Vec<_>>(),
+        digests
+    );
+    let fsck = store.fsck(false).unwrap();
+    assert_eq!(fsck.checked, 3);
+    assert!(fsck.is_clean(), "{fsck:?}");
+    let gc = store.gc().unwrap();
+    assert!(gc.removed_blobs.is_empty(), "{gc:?}");
+    for digest in &digests {
+        assert!(store.blob_path(digest).exists(), "{digest}");
+    }
 }
 
 #[test]

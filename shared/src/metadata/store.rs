@@ -3,15 +3,27 @@
 //! rename it over the old one, fsync the folder), so a power cut leaves either the old or the
 //! new file and never half of one. Rollback protection rests on these files alone, not on any
 //! database.
+//!
+//! Every root accepted since the anchor is kept, under its repository name `N.root.cose`:
+//! the store holds the chain, not a root to start from. Loading walks that chain from the
+//! pinned anchor again ([`super::TrustedSet::from_stored`]), so that whoever can write this
+//! folder, but holds no root key, cannot replace what the device trusts.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use super::error::MetadataError;
 use super::time::UnixTime;
 use crate::fs::{sync_dir, write_atomic};
 
-/// The trusted root file in the store.
+/// The single root file of stores written before the chain was kept (the last root
+/// accepted). It is never trusted on its own: loading offers it as the next link of the
+/// chain (so a store that took one rotation before the change keeps it), and the next root
+/// accepted removes it.
 pub const ROOT_FILE: &str = "root.cose";
+/// The suffix of the stored chain's files, `N.root.cose` (the names of the repository's
+/// roots, [`super::root_file`]).
+const ROOT_CHAIN_SUFFIX: &str = ".root.cose";
 /// The trusted timestamp file in the store.
 pub const TIMESTAMP_FILE: &str = "timestamp.cose";
 /// The trusted targets file in the store.
@@ -36,7 +48,10 @@ pub struct TrustedStore {
 /// What a store held when it was read.
 #[derive(Debug, Default, Clone)]
 pub struct StoredFiles {
-    /// The trusted root, if one was stored.
+    /// The chain of roots accepted since the anchor (`N.root.cose`), by version. Only what
+    /// chains from the anchor is trusted.
+    pub roots: BTreeMap<u64, Vec<u8>>,
+    /// The single root file of an older store ([`ROOT_FILE`]), if there is one.
     pub root: Option<Vec<u8>>,
     /// The trusted timestamp, if one was stored.
     pub timestamp: Option<Vec<u8>>,
@@ -78,6 +93,7 @@ impl TrustedStore {
     /// Reads every stored file.
     pub fn load(&self) -> Result<StoredFiles, MetadataError> {
         Ok(StoredFiles {
+            roots: self.read_root_chain()?,
             root: self.read(ROOT_FILE)?,
             timestamp: self.read(TIMESTAMP_FILE)?,
             targets: self.read(TARGETS_FILE)?,
@@ -85,6 +101,32 @@ impl TrustedStore {
             online_known: self.read_time(ONLINE_KNOWN_TIME_FILE)?,
             legacy_latest_known: self.read_time(LATEST_KNOWN_TIME_FILE)?,
         })
+    }
+
+    /// Reads every `N.root.cose` of the folder, by version. Other names are left alone.
+    fn read_root_chain(&self) -> Result<BTreeMap<u64, Vec<u8>>, MetadataError> {
+        let listing = |source| MetadataError::Store {
+            operation: "listing",
+            path: self.dir.clone(),
+            source,
+        };
+        let mut roots = BTreeMap::new();
+        for entry in std::fs::read_dir(&self.dir).map_err(listing)? {
+            let name = entry.map_err(listing)?.file_name();
+            let Some(version) = name
+                .to_str()
+                .and_then(|name| name.strip_suffix(ROOT_CHAIN_SUFFIX))
+                .filter(|digits| digits.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|digits| digits.parse::<u64>().ok())
+            else {
+                continue;
+            };
+            // The name came from the listing; a file removed since is simply not there.
+            if let Some(bytes) = self.read(&super::root_file(version))? {
+                roots.insert(version, bytes);
+            }
+        }
+        Ok(roots)
     }
 
     /// Reads a time file (decimal seconds, surrounding white space ignored); `None` when it

@@ -96,29 +96,34 @@ impl TrustedSet {
         Ok(set)
     }
 
-    /// Restores what a store held, starting from the anchor. A stored root replaces the
-    /// anchor when it is self-signed and not older; otherwise (an anchor updated since, a
-    /// damaged file) the anchor stays, and the next update walks the chain from it again,
-    /// which is as safe as the first time. A stored timestamp or targets file that no longer
-    /// verifies under the root is dropped (its keys were rotated). Expiry is not checked
-    /// here: expired files still protect against rollback.
+    /// Restores what a store held, starting from the anchor. The stored roots are walked
+    /// from the anchor as the chain they were accepted as ([`TrustedSet::update_root`]:
+    /// version N+1, a threshold of the old and of the new root keys), up to the first that
+    /// is missing or does not chain; the single root file of an older store is offered as
+    /// the next link after them. A stored root that does not chain is ignored, so write
+    /// access to the store alone cannot replace the trust anchor; the next update walks
+    /// the rest of the chain from the repository, which is as safe as the first time. A
+    /// stored timestamp or targets file that does not verify under the root reached is
+    /// dropped (its keys were rotated, or it was planted). Expiry is not checked here:
+    /// expired files still protect against rollback.
     ///
     /// The offline-known time is the largest of the stored one and the `issued` of the
-    /// anchor and the root and targets kept; the online-known time the largest of the stored
-    /// one (or, when only the old single latest-known time is stored, that one) and the
-    /// kept timestamp's `issued`, capped as always.
+    /// anchor and the roots and targets kept; the online-known time the largest of the
+    /// stored one (or, when only the old single latest-known time is stored, that one) and
+    /// the kept timestamp's `issued`, capped as always.
     pub fn from_stored(anchor: &[u8], stored: &StoredFiles) -> Result<Self, MetadataError> {
         let mut set = TrustedSet::from_anchor(anchor)?;
-        if let Some(bytes) = &stored.root {
-            let stored_root = open_root(super::store::ROOT_FILE, bytes, None).ok();
-            if let Some(root) =
-                stored_root.filter(|root| root.version() >= set.root.payload.version())
-            {
-                set.offline_known = set.offline_known.max(root.issued());
-                set.root = Signed {
-                    payload: root,
-                    bytes: bytes.clone(),
-                };
+        // The version check of `update_root` ends the walk at the last version there is.
+        while let Some(next) = set.root().version().checked_add(1) {
+            let (file, bytes) = match stored.roots.get(&next) {
+                Some(bytes) => (super::update::root_file(next), bytes),
+                None => match &stored.root {
+                    Some(bytes) => (super::store::ROOT_FILE.to_owned(), bytes),
+                    None => break,
+                },
+            };
+            if set.update_root(&file, bytes).is_err() {
+                break;
             }
         }
         if let Some(bytes) = &stored.timestamp

@@ -91,11 +91,22 @@ impl Updater {
         }
     }
 
-    /// An updater that restores its trusted set from `store` (starting from the pinned
-    /// `anchor` root) and persists every file it accepts there.
+    /// An updater that restores its trusted set from `store` (walking its root chain from
+    /// the pinned `anchor` root, see [`TrustedSet::from_stored`]) and persists every file it
+    /// accepts there.
     pub fn with_store(anchor: &[u8], store: TrustedStore) -> Result<Self, MetadataError> {
         let stored = store.load()?;
         let trusted = TrustedSet::from_stored(anchor, &stored)?;
+        // An older store's single root file that chained from the anchor becomes a link of
+        // the stored chain, under its own name.
+        let version = trusted.root().version();
+        if stored.root.as_deref() == Some(trusted.root_bytes())
+            && trusted.root_bytes() != anchor
+            && !stored.roots.contains_key(&version)
+        {
+            store.write(&root_file(version), trusted.root_bytes())?;
+            store.remove(store::ROOT_FILE)?;
+        }
         let stored_times = match stored.legacy_latest_known {
             // The old layout's file is still there: write the new ones (which removes it).
             Some(_) => None,
@@ -150,7 +161,11 @@ impl Updater {
             // The times first: a reset of the online-known time (new timestamp keys) must
             // be on disk no later than the root that caused it.
             self.persist_times()?;
-            self.persist(store::ROOT_FILE, self.trusted.root_bytes())?;
+            // Kept under its own name, as the next link of the stored chain that loading
+            // walks from the anchor; an older store's single root file goes once the chain
+            // holds a root.
+            self.persist(&file, self.trusted.root_bytes())?;
+            self.remove(store::ROOT_FILE)?;
             if rotation.dropped_timestamp {
                 self.remove(store::TIMESTAMP_FILE)?;
             }

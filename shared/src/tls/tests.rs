@@ -208,3 +208,20 @@ fn reads_der_and_pem_crls() {
     assert_eq!(crls.len(), 2);
     assert_eq!(crls[0].as_ref(), crls[1].as_ref());
 }
+
+#[test]
+fn names_the_file_of_a_crl_that_does_not_parse() {
+    let pki = Pki::new();
+    let good = pki.write("good.crl", &pki.ca.crl(&[]).unwrap());
+    // DER, but a SEQUENCE holding one INTEGER: no revocation list.
+    let bad = pki.path("bad.crl");
+    fs::write(&bad, [0x30, 0x03, 0x02, 0x01, 0x01]).unwrap();
+
+    let error = load_crls(&[good, bad.clone()]).unwrap_err();
+
+    assert!(
+        matches!(&error, TlsError::BadCrl { path, index: 1, .. } if *path == bad),
+        "{error:?}"
+    );
+    assert!(error.to_string().contains("bad.crl"), "{error}");
+}

@@ -6,8 +6,8 @@ use coset::{CoseSignBuilder, CoseSignatureBuilder, HeaderBuilder, TaggedCborSeri
 
 use super::simulator::{DAY, Simulator, T0};
 use crate::metadata::{
-    Limits, MetadataError, Role, RoleType, SigningKey, TargetsMeta, Timestamp, TrustedStore,
-    UnixTime, Updater, sign, targets_file,
+    Limits, MetadataError, Role, RoleType, SigningKey, Targets, TargetsMeta, Timestamp,
+    TrustedStore, UnixTime, Updater, sign, targets_file,
 };
 use crate::verify::VerifyError;
 
@@ -891,6 +891,43 @@ async fn stops_after_the_maximum_number_of_root_rotations() {
     // The next update walks on from where this one stopped.
     let report = device.update(&mut sim, T0).await.unwrap();
     assert_eq!(report.root_version, 6);
+}
+
+// --- the state folder ------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_root_planted_in_the_state_dir_that_does_not_chain_to_the_anchor_is_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = TrustedStore::open(dir.path()).unwrap();
+    let mut sim = Simulator::with_release();
+    let mut device = Updater::with_store(&sim.anchor(), store.clone()).unwrap();
+    device.update(&mut sim, T0).await.unwrap();
+    drop(device);
+    // Someone who can write the state folder but holds no key makes up keys of its own,
+    // then plants a root signed by them alone (under the name the store used to trust and
+    // under the name of the next link of the chain) and targets its own key signs.
+    let mut forged = sim.spec.clone();
+    forged.root = vec![sim.key()];
+    forged.targets = vec![sim.key()];
+    forged.timestamp = vec![sim.key()];
+    let root = sign(&sim.root_payload(&forged, 2), &[&forged.root[0]]).unwrap();
+    let arbitrary = sim.entry("app", b"arbitrary software");
+    let targets = Targets::new(1, T0, T0.saturating_add(30 * DAY), vec![arbitrary]);
+    let targets = sign(&targets, &[&forged.targets[0]]).unwrap();
+    store.write("root.cose", &root).unwrap();
+    store.write("2.root.cose", &root).unwrap();
+    store.write("targets.cose", &targets).unwrap();
+
+    let mut restarted = Updater::with_store(&sim.anchor(), store).unwrap();
+
+    assert_eq!(restarted.trusted().root().version(), 1);
+    assert_eq!(restarted.trusted().root_bytes(), sim.anchor());
+    assert!(restarted.trusted().targets().is_none());
+    // The next update walks from the anchor again and trusts the honest release only.
+    let report = restarted.update(&mut sim, T0).await.unwrap();
+    assert_eq!(report.root_version, 1);
+    let entry = restarted.trusted().targets().unwrap().entry("app").unwrap();
+    assert_eq!(entry.digest, crate::Digest::sha256_of(b"manifest one"));
 }
 
 // --- malformed CBOR and COSE -----------------------------------------------------------------

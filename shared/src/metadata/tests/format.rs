@@ -459,15 +459,65 @@ async fn walks_the_chain_from_the_anchor_again_when_the_stored_root_is_damaged()
     let spec = sim.spec.clone();
     sim.publish_root(spec);
     let store = TrustedStore::open(dir.path()).unwrap();
-    store.write("root.cose", b"not a root").unwrap();
+    store.write("2.root.cose", b"not a root").unwrap();
+    store.write("root.cose", b"not a root either").unwrap();
 
     let mut device = crate::metadata::Updater::with_store(&sim.anchor(), store).unwrap();
     assert_eq!(device.trusted().root().version(), 1);
     let report = device.update(&mut sim, T0).await.unwrap();
 
     assert_eq!(report.root_version, 2);
-    let stored = std::fs::read(dir.path().join("root.cose")).unwrap();
+    let stored = std::fs::read(dir.path().join("2.root.cose")).unwrap();
     assert_eq!(stored, sim.files["2.root.cose"]);
+    assert!(!dir.path().join("root.cose").exists());
+}
+
+#[tokio::test]
+async fn restores_rotated_roots_by_walking_the_stored_chain_from_the_anchor() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sim = Simulator::with_release();
+    for _ in 0..2 {
+        let mut spec = sim.spec.clone();
+        spec.root = vec![sim.key()];
+        sim.publish_root(spec);
+    }
+    let store = TrustedStore::open(dir.path()).unwrap();
+    let mut device = crate::metadata::Updater::with_store(&sim.anchor(), store.clone()).unwrap();
+    device.update(&mut sim, T0).await.unwrap();
+    drop(device);
+    for version in [2, 3] {
+        let name = format!("{version}.root.cose");
+        assert_eq!(
+            std::fs::read(dir.path().join(&name)).unwrap(),
+            sim.files[&name]
+        );
+    }
+
+    let restarted = crate::metadata::Updater::with_store(&sim.anchor(), store).unwrap();
+
+    assert_eq!(restarted.trusted().root().version(), 3);
+    assert_eq!(restarted.trusted().root_bytes(), sim.files["3.root.cose"]);
+    assert_eq!(restarted.trusted().targets().unwrap().version(), 1);
+}
+
+#[tokio::test]
+async fn keeps_the_single_root_of_an_older_store_when_it_chains_from_the_anchor() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sim = Simulator::with_release();
+    let mut spec = sim.spec.clone();
+    spec.root = vec![sim.key()];
+    sim.publish_root(spec);
+    // What an agent from before the stored chain leaves after one rotation.
+    let store = TrustedStore::open(dir.path()).unwrap();
+    store.write("root.cose", &sim.files["2.root.cose"]).unwrap();
+
+    let restarted = crate::metadata::Updater::with_store(&sim.anchor(), store).unwrap();
+
+    assert_eq!(restarted.trusted().root().version(), 2);
+    // From now on it is a link of the chain, under its own name.
+    let stored = std::fs::read(dir.path().join("2.root.cose")).unwrap();
+    assert_eq!(stored, sim.files["2.root.cose"]);
+    assert!(!dir.path().join("root.cose").exists());
 }
 
 #[tokio::test]
