@@ -65,7 +65,10 @@ pub enum StartError {
 
 /// Binds the listeners and starts serving on the current tokio runtime; from then on, SIGHUP
 /// reloads the device TLS files.
-pub async fn start(config: &Config, upstreams: Arc<dyn ApprovedUpstreams>) -> Result<Running, StartError> {
+pub async fn start(
+    config: &Config,
+    upstreams: Arc<dyn ApprovedUpstreams>,
+) -> Result<Running, StartError> {
     // Before anything runs: a SIGHUP must never meet the default action (the end of the
     // process).
     let hangup = signal(SignalKind::hangup()).map_err(StartError::Signal)?;
