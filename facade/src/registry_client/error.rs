@@ -1,7 +1,6 @@
 //! Why an upstream request failed.
 
 use meshanics_shared::Registry;
-
 use crate::providers::ProviderError;
 
 /// Why an upstream request failed.
@@ -43,6 +42,15 @@ pub enum UpstreamError {
         url: String,
         /// Why.
         reason: &'static str,
+    },
+    /// A redirect led off the upstream's origin to where the facade does not go (see
+    /// [`super::RedirectRules`]); nothing was sent there.
+    #[error("refusing a redirect to {url}: {reason}")]
+    RedirectRefused {
+        /// Where the redirect led (without query).
+        url: String,
+        /// Why (the address refused, or why the host did not resolve).
+        reason: String,
     },
     /// The token endpoint failed or answered nonsense.
     #[error("getting a token for {host} from {realm}: {reason}")]

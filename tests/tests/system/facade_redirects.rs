@@ -1,0 +1,216 @@
+//! Where a malicious upstream's redirects may lead the facade, whose 401s it answers, and
+//! which 206s it passes on. A redirect off the upstream's origin reaches only its listed
+//! storage hosts or public addresses (tests run on loopback, so every redirect that must be
+//! followed is to a listed host); a 401 from storage never gets the upstream's credentials;
+//! a 206 must be the range the device asked for; presigned URLs never reach the logs.
+
+#![expect(
+    clippy::unwrap_used,
+    reason = "test helpers outside #[test] functions: a failed setup is a failed test"
+)]
+
+use meshanics_shared::Digest;
+use meshanics_tests::facade::{FacadeFixture, FacadeOptions, UpstreamEntry, Who};
+use meshanics_tests::facade_process::FacadeProcess;
+use meshanics_tests::scripted::{Recorded, Reply, ScriptedServer, ok, reply};
+
+/// What an internal service would answer: no byte of it may reach a device.
+const INTERNAL: &[u8] = b"internal-metrics-and-secrets;";
+
+fn server(script: impl Fn(&Recorded) -> Reply + Send + Sync + 'static) -> ScriptedServer {
+    ScriptedServer::start(script).unwrap()
+}
+
+fn facade(entry: UpstreamEntry) -> FacadeFixture {
+    FacadeFixture::start(&FacadeOptions {
+        upstreams: vec![entry],
+        ..FacadeOptions::default()
+    })
+    .unwrap()
+}
+
+/// An upstream that redirects every request to `location`.
+fn redirecting_to(location: String) -> ScriptedServer {
+    server(move |_| {
+        Reply::Raw(reply(
+            307,
+            &[
+                ("Location", location.clone()),
+                ("Content-Length", "0".into()),
+            ],
+            b"",
+        ))
+    })
+}
+
+/// A server that answers like an internal service: its content, as a 206 when a range is
+/// asked.
+fn internal_service() -> ScriptedServer {
+    let body = INTERNAL.repeat(4096);
+    server(move |request| match request.header("range") {
+        Some(_) => Reply::Raw(reply(
+            206,
+            &[
+                ("Content-Length", body.len().to_string()),
+                (
+                    "Content-Range",
+                    format!("bytes 0-{}/{}", body.len() - 1, body.len()),
+                ),
+            ],
+            &body,
+        )),
+        None => Reply::Raw(ok(&body, &[])),
+    })
+}
+
+/// What a device got: the status, the bytes, and whether the body ended cleanly.
+struct Outcome {
+    status: u16,
+    body: Vec<u8>,
+    clean: bool,
+}
+
+fn get_blob(
+    facade: &FacadeFixture,
+    upstream: &ScriptedServer,
+    digest: &Digest,
+    range: Option<&str>,
+) -> Outcome {
+    let client = facade.client(Who::Device, false).unwrap();
+    let url = facade.url(&format!(
+        "/v2/{}/team/app/blobs/{digest}",
+        upstream.host().replace(':', "_")
+    ));
+    facade.block_on(async {
+        let mut request = client.get(url);
+        if let Some(range) = range {
+            request = request.header("Range", range);
+        }
+        let mut response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let mut body = Vec::new();
+        let clean = loop {
+            match response.chunk().await {
+                Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+                Ok(None) => break true,
+                Err(_) => break false,
+            }
+        };
+        Outcome {
+            status,
+            body,
+            clean,
+        }
+    })
+}
+
+fn holds(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[test]
+fn a_redirect_to_another_loopback_port_gets_the_device_no_byte_of_it() {
+    let internal = internal_service();
+    let upstream = redirecting_to(format!("{}/metrics", internal.base_url()));
+    let facade = facade(UpstreamEntry::anonymous(&upstream.host()));
+    let digest = Digest::sha256_of(b"any blob");
+    for range in [None, Some("bytes=0-")] {
+        let outcome = get_blob(&facade, &upstream, &digest, range);
+        assert_eq!(outcome.status, 502, "range {range:?}");
+        assert!(outcome.clean, "range {range:?}");
+        assert!(
+            !holds(&outcome.body, INTERNAL),
+            "range {range:?}: the internal service's bytes reached the device"
+        );
+    }
+    assert!(
+        internal.requests().is_empty(),
+        "the facade connected to the internal service"
+    );
+}
+
+#[test]
+fn a_redirect_to_the_cloud_metadata_address_is_refused_without_connecting() {
+    let upstream =
+        redirecting_to("http://169.254.169.254/latest/meta-data/iam/security-credentials/".into());
+    let fixture = facade(UpstreamEntry::anonymous(&upstream.host()));
+    let (status, log) = through_process(&fixture, &upstream);
+    assert_eq!(status, 502);
+    // The refusal comes from the address check, which runs before any connection; a
+    // connection attempt would fail with another error ("error sending request").
+    assert!(
+        log.contains(
+            "refusing a redirect to http://169.254.169.254/latest/meta-data/iam/security-credentials/: \
+             169.254.169.254:80 is not a public address"
+        ),
+        "{log}"
+    );
+    assert!(!log.contains("error sending request"), "{log}");
+}
+
+/// Starts the facade binary on `fixture`'s config, GETs a blob of `upstream` through it, and
+/// returns the status and the facade's log once it holds the request's failure.
+fn through_process(fixture: &FacadeFixture, upstream: &ScriptedServer) -> (u16, String) {
+    let process = FacadeProcess::start(&fixture.config_path(), "info").unwrap();
+    let url = process.url(&format!(
+        "/v2/{}/team/app/blobs/{}",
+        upstream.host().replace(':', "_"),
+        Digest::sha256_of(b"blob")
+    ));
+    let client = reqwest::Client::builder()
+        .use_preconfigured_tls(fixture.tls_config(Who::Device).unwrap())
+        .no_proxy()
+        .build()
+        .unwrap();
+    let status = fixture.block_on(async { client.get(url).send().await.unwrap().status() });
+    // The log line is written as the response goes out: wait for it (bounded).
+    let mut log = process.log();
+    for _ in 0..200 {
+        if log.contains("request failed") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        log = process.log();
+    }
+    assert!(log.contains("request failed"), "{log}");
+    (status.as_u16(), log)
+}
+
+#[test]
+fn a_redirect_to_a_listed_storage_host_is_followed_with_and_without_range() {
+    let content = INTERNAL.repeat(100);
+    let digest = Digest::sha256_of(&content);
+    let storage = internal_service_with(content.clone());
+    let upstream = redirecting_to(format!("{}/bucket/blob?sig=1", storage.base_url()));
+    let facade = facade(UpstreamEntry::anonymous(&upstream.host()).storage(&storage.host()));
+    let whole = get_blob(&facade, &upstream, &digest, None);
+    assert_eq!((whole.status, whole.clean), (200, true));
+    assert_eq!(whole.body, content);
+    let part = get_blob(&facade, &upstream, &digest, Some("bytes=10-19"));
+    assert_eq!((part.status, part.clean), (206, true));
+    assert_eq!(part.body, &content[10..20]);
+    assert_eq!(storage.requests().len(), 2);
+}
+
+/// Serves `content`, whole or the range asked (`bytes=A-B` only).
+fn internal_service_with(content: Vec<u8>) -> ScriptedServer {
+    server(move |request| {
+        let Some(range) = request.header("range") else {
+            return Reply::Raw(ok(&content, &[]));
+        };
+        let (a, b) = range
+            .strip_prefix("bytes=")
+            .and_then(|r| r.split_once('-'))
+            .unwrap();
+        let (a, b): (usize, usize) = (a.parse().unwrap(), b.parse().unwrap());
+        Reply::Raw(reply(
+            206,
+            &[
+                ("Content-Length", (b + 1 - a).to_string()),
+                ("Content-Range", format!("bytes {a}-{b}/{}", content.len())),
+            ],
+            &content[a..=b],
+        ))
+    })
+}
+
