@@ -1,7 +1,7 @@
 //! Why an upstream request failed.
 
-use meshanics_shared::Registry;
 use crate::providers::ProviderError;
+use meshanics_shared::{Digest, Registry};
 
 /// Why an upstream request failed.
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +61,23 @@ pub enum UpstreamError {
         realm: String,
         /// Why.
         reason: String,
+    },
+    /// A `206` that is not the range asked for (another slice, a length that does not match
+    /// it, or no total): passing it on would hand the device bytes it did not ask for.
+    #[error(
+        "{registry} answered Content-Range {answered:?} ({length} bytes) to Range {asked:?} for {digest}"
+    )]
+    WrongRange {
+        /// The upstream.
+        registry: Registry,
+        /// The blob.
+        digest: Digest,
+        /// The device's `Range`.
+        asked: String,
+        /// The upstream's `Content-Range`.
+        answered: String,
+        /// The upstream's `Content-Length`.
+        length: u64,
     },
     /// A body was larger than allowed.
     #[error("reading {url}: the body is over {limit} bytes")]

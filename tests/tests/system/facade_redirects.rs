@@ -214,3 +214,45 @@ fn internal_service_with(content: Vec<u8>) -> ScriptedServer {
     })
 }
 
+#[test]
+fn a_206_whose_content_range_is_not_the_range_asked_is_refused() {
+    let content = INTERNAL.repeat(40);
+    let digest = Digest::sha256_of(&content);
+    let total = content.len();
+    // Each answer to `bytes=0-99`: 100 bytes, but labelled as another slice, or a slice of
+    // another length, or with no total.
+    for content_range in [
+        format!("bytes 100-199/{total}"),
+        format!("bytes 0-98/{total}"),
+        "bytes 0-99/50".to_owned(),
+        "bytes 0-99/*".to_owned(),
+        "items 0-99/1000".to_owned(),
+    ] {
+        let body = content[..100].to_vec();
+        let upstream = server(move |_| {
+            Reply::Raw(reply(
+                206,
+                &[
+                    ("Content-Length", "100".into()),
+                    ("Content-Range", content_range.clone()),
+                ],
+                &body,
+            ))
+        });
+        let facade = facade(UpstreamEntry::anonymous(&upstream.host()));
+        let outcome = get_blob(&facade, &upstream, &digest, Some("bytes=0-99"));
+        assert_eq!(outcome.status, 502, "{:?}", upstream.requests());
+        assert!(!holds(&outcome.body, INTERNAL));
+    }
+}
+
+#[test]
+fn a_206_for_the_range_asked_is_passed_on() {
+    let content = INTERNAL.repeat(40);
+    let digest = Digest::sha256_of(&content);
+    let storage = internal_service_with(content.clone());
+    let facade = facade(UpstreamEntry::anonymous(&storage.host()));
+    let outcome = get_blob(&facade, &storage, &digest, Some("bytes=5-104"));
+    assert_eq!((outcome.status, outcome.clean), (206, true));
+    assert_eq!(outcome.body, &content[5..105]);
+}
