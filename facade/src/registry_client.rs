@@ -5,7 +5,8 @@
 //! host has asked for it), then HTTP Basic or the Docker bearer-token flow (`token`), with the
 //! credentials a [`CredentialProvider`] supplies. Redirects are followed here rather than by
 //! `reqwest`, because `Authorization` must never leave the upstream's origin (scheme, host and
-//! port: `reqwest` itself only compares host and port), and a hop off the origin goes only where [`RedirectRules`] allow,
+//! port: `reqwest` itself only compares host and port), a challenge is answered only when it
+//! comes from that origin, and a hop off the origin goes only where [`RedirectRules`] allow,
 //! to the very addresses they checked (a second client, whose resolver only hands out pinned
 //! addresses).
 //!
@@ -245,7 +246,9 @@ impl Upstream {
         let response = self
             .send(outgoing, url.clone(), authorization.as_ref())
             .await?;
-        if response.status() != StatusCode::UNAUTHORIZED {
+        // A 401 from elsewhere (blob storage after a redirect) is not the upstream asking for
+        // its credentials: answering it would send them to whatever realm it names.
+        if response.status() != StatusCode::UNAUTHORIZED || !self.is_own(response.url()) {
             return Ok(response);
         }
         let Some(challenge) = Challenge::from_headers(response.headers()) else {

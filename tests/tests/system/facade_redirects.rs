@@ -215,6 +215,48 @@ fn internal_service_with(content: Vec<u8>) -> ScriptedServer {
 }
 
 #[test]
+fn a_401_from_storage_is_never_answered_with_the_upstreams_credentials() {
+    let realm = server(|_| Reply::Raw(ok(br#"{"token":"stolen"}"#, &[])));
+    let realm_url = format!("{}/token", realm.base_url());
+    let storage = server(move |_| {
+        Reply::Raw(reply(
+            401,
+            &[
+                (
+                    "WWW-Authenticate",
+                    format!("Bearer realm=\"{realm_url}\",service=\"evil\""),
+                ),
+                ("Content-Length", "0".into()),
+            ],
+            b"",
+        ))
+    });
+    let storage_url = storage.base_url();
+    // The registry sends blobs to storage without asking for credentials first.
+    let registry = redirecting_to(format!("{storage_url}/blob"));
+    let facade = facade(
+        UpstreamEntry::with_credentials(&registry.host(), "bot", "TOKEN").storage(&storage.host()),
+    );
+    let outcome = get_blob(&facade, &registry, &Digest::sha256_of(b"blob"), None);
+    assert_eq!(outcome.status, 502);
+    assert!(
+        storage
+            .requests()
+            .iter()
+            .all(|r| r.header("authorization").is_none())
+    );
+    assert!(
+        realm.requests().is_empty(),
+        "the storage's token realm was asked, with: {:?}",
+        realm
+            .requests()
+            .iter()
+            .map(|r| r.header("authorization").map(str::to_owned))
+            .collect::<Vec<_>>()
+    );
+}
+
+#[test]
 fn a_206_whose_content_range_is_not_the_range_asked_is_refused() {
     let content = INTERNAL.repeat(40);
     let digest = Digest::sha256_of(&content);
