@@ -340,10 +340,7 @@ impl Upstream {
     ) -> Result<reqwest::Response, UpstreamError> {
         match tokio::time::timeout(self.timeouts.response, send).await {
             Ok(Ok(response)) => Ok(response),
-            Ok(Err(source)) => Err(UpstreamError::Request {
-                url: redacted(url),
-                source,
-            }),
+            Ok(Err(source)) => Err(UpstreamError::request(url, source)),
             Err(_) => Err(UpstreamError::Timeout {
                 url: redacted(url),
                 seconds: self.timeouts.response.as_secs(),
@@ -375,7 +372,7 @@ pub async fn read_capped(
             .await
             .map_err(|source| UpstreamError::Request {
                 url: url.clone(),
-                source,
+                source: source.without_url(),
             })?;
         let Some(chunk) = chunk else {
             return Ok(body);

@@ -1,7 +1,10 @@
 //! Why an upstream request failed.
 
-use crate::providers::ProviderError;
 use meshanics_shared::{Digest, Registry};
+use reqwest::Url;
+
+use super::redacted;
+use crate::providers::ProviderError;
 
 /// Why an upstream request failed.
 #[derive(Debug, thiserror::Error)]
@@ -20,7 +23,7 @@ pub enum UpstreamError {
     Request {
         /// The URL (without query).
         url: String,
-        /// Why.
+        /// Why (without the URL, whose query can hold a presigned URL's signature).
         #[source]
         source: reqwest::Error,
     },
@@ -87,4 +90,18 @@ pub enum UpstreamError {
         /// The limit.
         limit: usize,
     },
+}
+
+// === impl UpstreamError ===
+
+impl UpstreamError {
+    /// A failed request to `url`. reqwest's error names the whole URL in its message, query
+    /// included, where blob storage keeps a presigned URL's signature (`X-Amz-Signature`):
+    /// the URL is kept here without its query, and dropped from the source.
+    pub(crate) fn request(url: &Url, source: reqwest::Error) -> Self {
+        UpstreamError::Request {
+            url: redacted(url),
+            source: source.without_url(),
+        }
+    }
 }

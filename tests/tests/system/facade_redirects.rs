@@ -298,3 +298,23 @@ fn a_206_for_the_range_asked_is_passed_on() {
     assert_eq!((outcome.status, outcome.clean), (206, true));
     assert_eq!(outcome.body, &content[5..105]);
 }
+
+#[test]
+fn presigned_urls_never_reach_the_logs() {
+    // A listed storage host with nothing listening: the request to it fails, and the error
+    // is logged.
+    let gone = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let storage = gone.local_addr().unwrap();
+    drop(gone);
+    let upstream = redirecting_to(format!(
+        "http://{storage}/bucket/blob?X-Amz-Credential=AKIA&X-Amz-Signature=SECRETSIGNATURE"
+    ));
+    let fixture = facade(UpstreamEntry::anonymous(&upstream.host()).storage(&storage.to_string()));
+    let (status, log) = through_process(&fixture, &upstream);
+    assert_eq!(status, 502);
+    assert!(
+        log.contains(&format!("http://{storage}/bucket/blob")),
+        "{log}"
+    );
+    assert!(!log.contains("SECRETSIGNATURE"), "{log}");
+}
