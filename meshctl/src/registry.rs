@@ -93,6 +93,11 @@ pub(crate) struct AddArgs {
     /// Talk plain HTTP to the registry (labs and tests only).
     #[arg(long)]
     plain_http: bool,
+    /// A host (HOST or HOST:PORT) the registry redirects blobs to that sits on a private
+    /// address (on-prem object storage); redirects elsewhere reach public addresses only.
+    /// Repeat for several.
+    #[arg(long = "storage-host", value_name = "HOST")]
+    storage_hosts: Vec<String>,
     /// Who connects it (default: the local user).
     #[arg(long)]
     by: Option<String>,
@@ -331,6 +336,7 @@ fn add_request(args: &AddArgs) -> anyhow::Result<AddRegistry> {
         region: args.region.clone(),
         plain_http: args.plain_http,
         ca_pem,
+        storage_hosts: args.storage_hosts.clone(),
         connected_by,
     })
 }

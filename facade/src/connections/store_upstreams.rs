@@ -179,7 +179,10 @@ impl StoreUpstreams {
         let endpoint = Endpoint {
             plain_http: connection.plain_http,
             ca,
-            redirects: RedirectRules::new(Vec::new(), self.own_listeners.clone()),
+            redirects: RedirectRules::new(
+                connection.storage_hosts.clone(),
+                self.own_listeners.clone(),
+            ),
         };
         Upstream::new(
             connection.registry.clone(),
@@ -228,6 +231,9 @@ fn fingerprint(connection: &Connection) -> [u8; 32] {
     }
     text.push('\0');
     text.push_str(connection.ca_pem.as_deref().unwrap_or(""));
+    for host in &connection.storage_hosts {
+        text.push_str(&format!("\0{host}"));
+    }
     let mut out = [0u8; 32];
     out.copy_from_slice(digest(&SHA256, text.as_bytes()).as_ref());
     out

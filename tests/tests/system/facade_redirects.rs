@@ -318,3 +318,65 @@ fn presigned_urls_never_reach_the_logs() {
     );
     assert!(!log.contains("SECRETSIGNATURE"), "{log}");
 }
+
+#[test]
+fn a_connections_storage_hosts_are_followed_and_others_are_not() {
+    use meshanics_operator_api::{AddRegistry, OperatorClient, ProviderKind};
+
+    let content = INTERNAL.repeat(100);
+    let digest = Digest::sha256_of(&content);
+    let storage = internal_service_with(content.clone());
+    let listed = redirecting_to(format!("{}/bucket/blob", storage.base_url()));
+    let unlisted = redirecting_to(format!("{}/bucket/blob", storage.base_url()));
+    let facade = FacadeFixture::start(&FacadeOptions {
+        connections: true,
+        ..FacadeOptions::default()
+    })
+    .unwrap();
+    let operator = OperatorClient::new(facade.admin_socket().unwrap());
+    for (upstream, storage_hosts) in [(&listed, vec![storage.host()]), (&unlisted, Vec::new())] {
+        let request = AddRegistry {
+            registry: upstream.host(),
+            provider: ProviderKind::Static,
+            username: Some("bot".into()),
+            token: Some("TOKEN".into()),
+            gcp_key_json: None,
+            role_arn: None,
+            external_id: None,
+            region: None,
+            plain_http: true,
+            ca_pem: None,
+            storage_hosts,
+            connected_by: "test".into(),
+        };
+        let view = facade.block_on(operator.add(&request)).unwrap();
+        assert!(view.approved);
+    }
+    let bad = AddRegistry {
+        registry: "registry.example".into(),
+        storage_hosts: vec!["https://minio.example/bucket".into()],
+        ..AddRegistry {
+            registry: String::new(),
+            provider: ProviderKind::Anonymous,
+            username: None,
+            token: None,
+            gcp_key_json: None,
+            role_arn: None,
+            external_id: None,
+            region: None,
+            plain_http: false,
+            ca_pem: None,
+            storage_hosts: Vec::new(),
+            connected_by: "test".into(),
+        }
+    };
+    let refused = facade.block_on(operator.add(&bad)).unwrap_err().to_string();
+    assert!(refused.contains("storage host"), "{refused}");
+
+    let followed = get_blob(&facade, &listed, &digest, None);
+    assert_eq!((followed.status, followed.clean), (200, true));
+    assert_eq!(followed.body, content);
+    let refused = get_blob(&facade, &unlisted, &digest, Some("bytes=0-"));
+    assert_eq!(refused.status, 502);
+    assert_eq!(storage.requests().len(), 1);
+}
