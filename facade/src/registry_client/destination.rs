@@ -224,22 +224,22 @@ mod tests {
         )
     }
 
-    fn refused(rules: &RedirectRules, target: &str) -> Option<String> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime
-            .block_on(rules.addresses(&url(target), Duration::from_secs(5)))
+    async fn refused(rules: &RedirectRules, target: &str) -> Option<String> {
+        rules
+            .addresses(&url(target), Duration::from_secs(5))
+            .await
             .err()
             .map(|e| e.to_string())
     }
 
-    #[test]
-    fn unlisted_hosts_are_followed_to_public_addresses_only() {
+    #[tokio::test]
+    async fn unlisted_hosts_are_followed_to_public_addresses_only() {
         let rules = rules(&[], &[]);
-        assert_eq!(refused(&rules, "https://52.216.8.1/bucket/key?sig=x"), None);
-        assert_eq!(refused(&rules, "https://[2606:4700::1111]/k"), None);
+        assert_eq!(
+            refused(&rules, "https://52.216.8.1/bucket/key?sig=x").await,
+            None
+        );
+        assert_eq!(refused(&rules, "https://[2606:4700::1111]/k").await, None);
         for internal in [
             "http://169.254.169.254/latest/meta-data/",
             "http://127.0.0.1:9464/metrics",
@@ -250,39 +250,41 @@ mod tests {
             "http://0.0.0.0:9464/",
             "http://localhost:9464/",
         ] {
-            let reason = refused(&rules, internal).expect(internal);
+            let reason = refused(&rules, internal).await.expect(internal);
             assert!(reason.contains("not a public address"), "{reason}");
             assert!(!reason.contains("sig=x"));
         }
     }
 
-    #[test]
-    fn listed_storage_hosts_are_followed_to_any_address_but_the_facades_own() {
-        let rules = rules(
+    #[tokio::test]
+    async fn listed_storage_hosts_are_followed_to_any_address_but_the_facades_own() {
+        let listed = rules(
             &["127.0.0.1:9000", "10.0.0.5"],
             &["0.0.0.0:5443", "127.0.0.1:9464"],
         );
-        assert_eq!(refused(&rules, "http://127.0.0.1:9000/b/k"), None);
-        assert_eq!(refused(&rules, "https://10.0.0.5/b/k"), None);
-        assert!(refused(&rules, "http://127.0.0.1:9001/b/k").is_some());
-        assert!(refused(&rules, "https://10.0.0.5:8443/b/k").is_some());
-        let own = rules_own_listener();
+        assert_eq!(refused(&listed, "http://127.0.0.1:9000/b/k").await, None);
+        assert_eq!(refused(&listed, "https://10.0.0.5/b/k").await, None);
         assert!(
-            refused(&own, "http://127.0.0.1:9464/metrics")
-                .unwrap()
-                .contains("own listeners")
+            refused(&listed, "http://127.0.0.1:9001/b/k")
+                .await
+                .is_some()
         );
         assert!(
-            refused(&own, "https://127.0.0.1:5443/")
-                .unwrap()
-                .contains("own listeners")
+            refused(&listed, "https://10.0.0.5:8443/b/k")
+                .await
+                .is_some()
         );
-    }
-
-    fn rules_own_listener() -> RedirectRules {
-        rules(
+        // Listed, but the facade's own listeners (the device port on every address, the
+        // operator port on loopback).
+        let own = rules(
             &["127.0.0.1:9464", "127.0.0.1:5443"],
             &["0.0.0.0:5443", "127.0.0.1:9464"],
-        )
+        );
+        let reason = refused(&own, "http://127.0.0.1:9464/metrics")
+            .await
+            .unwrap();
+        assert!(reason.contains("own listeners"), "{reason}");
+        let reason = refused(&own, "https://127.0.0.1:5443/").await.unwrap();
+        assert!(reason.contains("own listeners"), "{reason}");
     }
 }
