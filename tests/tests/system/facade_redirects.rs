@@ -334,42 +334,30 @@ fn a_connections_storage_hosts_are_followed_and_others_are_not() {
     })
     .unwrap();
     let operator = OperatorClient::new(facade.admin_socket().unwrap());
+    let request = |registry: String, storage_hosts: Vec<String>| AddRegistry {
+        registry,
+        provider: ProviderKind::Static,
+        username: Some("bot".into()),
+        token: Some("TOKEN".into()),
+        gcp_key_json: None,
+        role_arn: None,
+        external_id: None,
+        region: None,
+        plain_http: true,
+        ca_pem: None,
+        storage_hosts,
+        connected_by: "test".into(),
+    };
     for (upstream, storage_hosts) in [(&listed, vec![storage.host()]), (&unlisted, Vec::new())] {
-        let request = AddRegistry {
-            registry: upstream.host(),
-            provider: ProviderKind::Static,
-            username: Some("bot".into()),
-            token: Some("TOKEN".into()),
-            gcp_key_json: None,
-            role_arn: None,
-            external_id: None,
-            region: None,
-            plain_http: true,
-            ca_pem: None,
-            storage_hosts,
-            connected_by: "test".into(),
-        };
-        let view = facade.block_on(operator.add(&request)).unwrap();
+        let view = facade
+            .block_on(operator.add(&request(upstream.host(), storage_hosts)))
+            .unwrap();
         assert!(view.approved);
     }
-    let bad = AddRegistry {
-        registry: "registry.example".into(),
-        storage_hosts: vec!["https://minio.example/bucket".into()],
-        ..AddRegistry {
-            registry: String::new(),
-            provider: ProviderKind::Anonymous,
-            username: None,
-            token: None,
-            gcp_key_json: None,
-            role_arn: None,
-            external_id: None,
-            region: None,
-            plain_http: false,
-            ca_pem: None,
-            storage_hosts: Vec::new(),
-            connected_by: "test".into(),
-        }
-    };
+    let bad = request(
+        "registry.example".into(),
+        vec!["https://minio.example/bucket".into()],
+    );
     let refused = facade.block_on(operator.add(&bad)).unwrap_err().to_string();
     assert!(refused.contains("storage host"), "{refused}");
 
