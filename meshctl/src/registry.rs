@@ -40,7 +40,8 @@ pub(crate) enum RegistryCommand {
     /// Connect a registry: static credentials, anonymous (needs approval), a Google service
     /// account, or an AWS role for ECR. HOST may be a host, a pasted browser URL or an image
     /// reference; Docker Hub's names are one registry.
-    Add(AddArgs),
+    // Boxed: its arguments are by far the largest of the commands'.
+    Add(Box<AddArgs>),
     /// List connected registries (never their secrets).
     List,
     /// Show one connected registry.

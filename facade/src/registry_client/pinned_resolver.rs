@@ -9,7 +9,7 @@
 //! resolver sees it, and the proxy connects.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use lru::LruCache;
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
@@ -20,7 +20,7 @@ use super::bearer_token::MAX_SCOPES;
 #[derive(Debug, Clone)]
 enum Pin {
     /// These checked addresses.
-    Checked(Arc<[SocketAddr]>),
+    Checked(Vec<SocketAddr>),
     /// A proxy's host: the system resolver's answer.
     Proxy,
 }
@@ -50,7 +50,7 @@ impl PinnedResolver {
     /// From now on, `name` resolves to `addresses` (checked).
     pub(super) fn pin(&self, name: &str, addresses: Vec<SocketAddr>) {
         if let Ok(mut pins) = self.pins.lock() {
-            pins.put(name.to_owned(), Pin::Checked(addresses.into()));
+            pins.put(name.to_owned(), Pin::Checked(addresses));
         }
     }
 
@@ -72,7 +72,7 @@ impl Resolve for PinnedResolver {
         Box::pin(async move {
             match pin {
                 Some(Pin::Checked(addresses)) => {
-                    let addresses: Addrs = Box::new(addresses.to_vec().into_iter());
+                    let addresses: Addrs = Box::new(addresses.into_iter());
                     Ok(addresses)
                 }
                 Some(Pin::Proxy) => {

@@ -6,7 +6,8 @@
 
 #![expect(
     clippy::unwrap_used,
-    reason = "test helpers outside #[test] functions: a failed setup is a failed test"
+    clippy::indexing_slicing,
+    reason = "test servers and helpers outside #[test] functions: a failure fails the test"
 )]
 
 use meshanics_shared::Digest;
