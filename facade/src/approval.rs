@@ -9,13 +9,14 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use meshanics_shared::Registry;
 
 use crate::config::{UpstreamConfig, UpstreamTimeouts};
 use crate::providers::{Anonymous, CredentialProvider, StaticCredentials};
-use crate::registry_client::{Endpoint, Upstream, UpstreamError};
+use crate::registry_client::{Endpoint, RedirectRules, Upstream, UpstreamError};
 
 /// The set of upstreams an operator approved.
 pub trait ApprovedUpstreams: Send + Sync + fmt::Debug + 'static {
@@ -33,10 +34,12 @@ pub struct ConfiguredUpstreams {
 // === impl ConfiguredUpstreams ===
 
 impl ConfiguredUpstreams {
-    /// Builds a client per configured upstream.
+    /// Builds a client per configured upstream; none follows a redirect to `own_listeners`
+    /// (the facade's, [`crate::Config::own_listeners`]).
     pub fn new(
         configs: &[UpstreamConfig],
         timeouts: UpstreamTimeouts,
+        own_listeners: &[SocketAddr],
     ) -> Result<Self, UpstreamError> {
         let mut by_registry = HashMap::new();
         for config in configs {
@@ -47,6 +50,7 @@ impl ConfiguredUpstreams {
             let endpoint = Endpoint {
                 plain_http: config.plain_http,
                 ca: config.ca.clone(),
+                redirects: RedirectRules::new(config.storage_hosts.clone(), own_listeners.to_vec()),
             };
             let upstream = Upstream::new(config.registry.clone(), endpoint, credentials, timeouts)?;
             by_registry.insert(config.registry.clone(), Arc::new(upstream));

@@ -46,7 +46,14 @@
 //! token_file = "/etc/meshanics/ghcr.token"
 //! ca_file = "/etc/meshanics/private-ca.crt"   # optional: a private CA for this host only
 //! plain_http = false                          # plain HTTP only for labs and tests
+//! storage_hosts = ["minio.lan:9000"]          # optional: where its blob redirects may lead
+//!                                             # even on a private address (HOST or HOST:PORT)
 //! ```
+//!
+//! Redirects off an upstream's origin (blob storage) are followed to public addresses and to
+//! its `storage_hosts`, never to loopback, private, link-local or reserved addresses
+//! otherwise, nor to `listen` or `operator_listen` (see
+//! [`RedirectRules`](crate::registry_client::RedirectRules)).
 //!
 //! Durations are written as in the agent's config (humantime, see
 //! [`meshanics_shared::duration`]): `"500ms"`, `"30s"`, `"5m"`, `"1h 30m"`. A bare integer is
@@ -79,6 +86,7 @@ use serde::Deserialize;
 use crate::connections::pasted;
 use crate::device_tls::DeviceTls;
 use crate::providers::{PresentedCredentials, Secret};
+use crate::registry_client::StorageHost;
 
 /// The checked configuration.
 #[derive(Debug, Clone)]
@@ -174,6 +182,8 @@ pub struct UpstreamConfig {
     pub credentials: Option<PresentedCredentials>,
     /// A private CA bundle trusted for this upstream instead of the public roots.
     pub ca: Option<RootCertStore>,
+    /// Hosts its redirects may lead to whatever their address (its blob storage).
+    pub storage_hosts: Vec<StorageHost>,
 }
 
 /// Why the configuration was refused. Each variant names the key and, where there is one,
@@ -282,6 +292,8 @@ struct RawUpstream {
     username: Option<String>,
     token_file: Option<PathBuf>,
     ca_file: Option<PathBuf>,
+    #[serde(default)]
+    storage_hosts: Vec<String>,
 }
 
 // === impl Config ===
@@ -343,6 +355,11 @@ impl Config {
             master_key_file: raw.master_key_file,
             cloud: raw.cloud,
         })
+    }
+
+    /// The facade's own listen addresses: never a redirect's target.
+    pub fn own_listeners(&self) -> Vec<SocketAddr> {
+        vec![self.listen, self.operator_listen]
     }
 }
 
@@ -489,11 +506,18 @@ impl RawUpstream {
             }
             None => None,
         };
+        let storage_hosts = self
+            .storage_hosts
+            .iter()
+            .map(|text| text.parse())
+            .collect::<Result<_, _>>()
+            .map_err(|e| err(format!("`storage_hosts`: {e}")))?;
         Ok(UpstreamConfig {
             registry,
             plain_http: self.plain_http,
             credentials,
             ca,
+            storage_hosts,
         })
     }
 }

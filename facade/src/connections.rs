@@ -101,6 +101,7 @@ impl Connections {
             fallback,
             timeouts,
             cloud,
+            config.own_listeners(),
         ));
         let browser = Arc::new(StoreBrowser::new(upstreams.clone()));
         Ok(Connections {

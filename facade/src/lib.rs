@@ -19,8 +19,10 @@
 //! - [`approval`]: the approval seam ("is this upstream approved, how do I reach it?"), fed
 //!   by the config file or by the connection store; [`providers`]: the credential seam for
 //!   static, anonymous and cloud credentials.
-//! - [`registry_client`]: the HTTP client to upstream registries (auth challenges, the bearer
-//!   token cache, redirects that never carry `Authorization` off the upstream's origin).
+//! - [`registry_client`]: the HTTP client to upstream registries (auth challenges from the
+//!   upstream's own origin only, the bearer token cache, redirects that never carry
+//!   `Authorization` off the origin and, off it, reach only the upstream's storage hosts or
+//!   public addresses, pinned to the addresses checked).
 //! - [`proxy`] and [`body`]: streaming with verification; [`meta`]: `/meta/<file>`.
 //! - [`respond`]: the one place errors become HTTP statuses and OCI error JSON.
 //! - [`metrics`] and [`metrics_listener`]: Prometheus metrics, and `/healthz` and `/metrics`

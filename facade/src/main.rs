@@ -40,14 +40,17 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let configured: Arc<dyn ApprovedUpstreams> =
-        match ConfiguredUpstreams::new(&config.upstreams, config.limits.upstream()) {
-            Ok(upstreams) => Arc::new(upstreams),
-            Err(error) => {
-                eprintln!("meshanics-facade: bad configuration: {error}");
-                return ExitCode::from(EXIT_CONFIG);
-            }
-        };
+    let configured: Arc<dyn ApprovedUpstreams> = match ConfiguredUpstreams::new(
+        &config.upstreams,
+        config.limits.upstream(),
+        &config.own_listeners(),
+    ) {
+        Ok(upstreams) => Arc::new(upstreams),
+        Err(error) => {
+            eprintln!("meshanics-facade: bad configuration: {error}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
     // The environment is read here, once: systemd's credentials folder for the master key,
     // its notification socket, and the AWS SDKs' variables for the base credentials ECR
     // roles are assumed with.

@@ -2,8 +2,9 @@
 //! becomes the device's response.
 //!
 //! - Blobs stream through a [`CheckedBody`]: never buffered, hashed as they pass, aborted on
-//!   any mismatch. A `Range` is passed on; a `206` is checked for length (a slice has no
-//!   digest of its own: the device verifies the whole when it has it).
+//!   any mismatch. A `Range` is passed on; a `206` must name the range asked for in its
+//!   `Content-Range`, and is checked for length (a slice has no digest of its own: the device
+//!   verifies the whole when it has it).
 //! - Manifests (at most 4 MiB) are read whole and verified before the first byte is sent,
 //!   so a bad manifest is a clean error response instead of an aborted one.
 //! - `HEAD` asks the upstream for headers only and answers with `Content-Length`,
@@ -19,6 +20,7 @@ use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, HeaderName, RANGE, RETRY_AFTER};
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode};
 use http_body_util::BodyExt;
+use meshanics_http::range;
 use meshanics_shared::manifest::MAX_MANIFEST_SIZE;
 use meshanics_shared::{Digest, Verifier, VerifyError};
 
@@ -101,6 +103,9 @@ pub async fn content(
                 digest: target.digest.clone(),
             });
         };
+        if let Some(asked) = range {
+            check_content_range(&target, asked, &content_range, length, metrics, device)?;
+        }
         (
             Check::Length {
                 remaining: length,
@@ -295,6 +300,35 @@ fn manifest_too_large(target: &ContentTarget, size: u64) -> Error {
         size,
         limit: MAX_MANIFEST_SIZE,
     }
+}
+
+/// Refuses a `206` whose `Content-Range` is not the slice `asked` names (of the total it
+/// announces), or whose `Content-Length` is not that slice's length.
+fn check_content_range(
+    target: &ContentTarget,
+    asked: &HeaderValue,
+    answered: &HeaderValue,
+    length: u64,
+    metrics: &Metrics,
+    device: &DeviceIdentity,
+) -> Result<(), Error> {
+    let matches = range::content_range(answered).is_some_and(|((start, end), total)| {
+        range::parse(asked, total) == Some((start, end)) && end - start == length
+    });
+    if matches {
+        return Ok(());
+    }
+    metrics.verification_failure("content_range");
+    let text = |value: &HeaderValue| String::from_utf8_lossy(value.as_bytes()).into_owned();
+    let error = UpstreamError::WrongRange {
+        registry: target.upstream.clone(),
+        digest: target.digest.clone(),
+        asked: text(asked),
+        answered: text(answered),
+        length,
+    };
+    tracing::warn!(%device, %error, "refusing a 206 that is not the range asked for");
+    Err(error.into())
 }
 
 fn content_length(headers: &HeaderMap) -> Option<u64> {

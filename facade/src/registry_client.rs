@@ -5,7 +5,10 @@
 //! host has asked for it), then HTTP Basic or the Docker bearer-token flow (`token`), with the
 //! credentials a [`CredentialProvider`] supplies. Redirects are followed here rather than by
 //! `reqwest`, because `Authorization` must never leave the upstream's origin (scheme, host and
-//! port: `reqwest` itself only compares host and port).
+//! port: `reqwest` itself only compares host and port), a challenge is answered only when it
+//! comes from that origin, and a hop off the origin goes only where [`RedirectRules`] allow,
+//! to the very addresses they checked (a second client, whose resolver only hands out pinned
+//! addresses).
 //!
 //! The response comes back with its body unread: the proxy streams and verifies it.
 
@@ -15,6 +18,7 @@ use std::sync::atomic::AtomicBool;
 
 use http::header::{ACCEPT, AUTHORIZATION, LOCATION, RANGE};
 use http::{HeaderValue, Method, StatusCode};
+use hyper_util::client::proxy::matcher::Matcher as ProxyMatcher;
 use meshanics_shared::media_type::MANIFEST_ACCEPT;
 use meshanics_shared::{Digest, Registry, Repository};
 use reqwest::Url;
@@ -27,13 +31,18 @@ use crate::providers::CredentialProvider;
 mod auth;
 mod bearer_token;
 mod challenge;
+mod destination;
 mod error;
+mod pinned_resolver;
+mod public_address;
 mod redirect;
 
 use auth::Authorization;
+use pinned_resolver::PinnedResolver;
 
 pub use bearer_token::{BearerToken, BearerTokenCache, TokenResponse};
 pub use challenge::Challenge;
+pub use destination::{InvalidStorageHost, RedirectRules, StorageHost};
 pub use error::UpstreamError;
 pub use redirect::{redacted, same_origin};
 
@@ -47,6 +56,8 @@ pub struct Endpoint {
     pub plain_http: bool,
     /// A private CA bundle for this upstream; the public web roots otherwise.
     pub ca: Option<RootCertStore>,
+    /// Where redirects off the upstream's origin may lead.
+    pub redirects: RedirectRules,
 }
 
 /// Manifest or blob.
@@ -86,7 +97,14 @@ pub struct Upstream {
     registry: Registry,
     base: Url,
     plain_http: bool,
+    /// For the upstream's own origin.
     client: reqwest::Client,
+    /// For hops off the origin: connects only to addresses pinned in `pins`.
+    redirect_client: reqwest::Client,
+    pins: Arc<PinnedResolver>,
+    redirects: RedirectRules,
+    /// The proxies reqwest reads from the environment, to let their hosts resolve.
+    proxies: ProxyMatcher,
     credentials: Arc<dyn CredentialProvider>,
     tokens: BearerTokenCache,
     /// Set once the host answered a Basic challenge: later requests send Basic at once.
@@ -113,12 +131,21 @@ impl Upstream {
         let base = Url::parse(&format!("{scheme}://{}/", registry.api_host()))
             .map_err(|e| client_err(e.to_string()))?;
         let roots = endpoint.ca.unwrap_or_else(http_client::web_roots);
-        let client = http_client::builder(roots)
-            .map_err(|e| client_err(e.to_string()))?
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(timeouts.connect)
-            .read_timeout(timeouts.read)
-            .user_agent(concat!("meshanics-facade/", env!("CARGO_PKG_VERSION")))
+        let builder = || {
+            http_client::builder(roots.clone())
+                .map(|builder| {
+                    builder
+                        .redirect(reqwest::redirect::Policy::none())
+                        .connect_timeout(timeouts.connect)
+                        .read_timeout(timeouts.read)
+                        .user_agent(concat!("meshanics-facade/", env!("CARGO_PKG_VERSION")))
+                })
+                .map_err(|e| client_err(e.to_string()))
+        };
+        let client = builder()?.build().map_err(|e| client_err(e.to_string()))?;
+        let pins = Arc::new(PinnedResolver::default());
+        let redirect_client = builder()?
+            .dns_resolver(pins.clone())
             .build()
             .map_err(|e| client_err(e.to_string()))?;
         Ok(Upstream {
@@ -126,6 +153,10 @@ impl Upstream {
             base,
             plain_http: endpoint.plain_http,
             client,
+            redirect_client,
+            pins,
+            redirects: endpoint.redirects,
+            proxies: ProxyMatcher::from_system(),
             credentials,
             tokens: BearerTokenCache::default(),
             wants_basic: AtomicBool::new(false),
@@ -215,7 +246,9 @@ impl Upstream {
         let response = self
             .send(outgoing, url.clone(), authorization.as_ref())
             .await?;
-        if response.status() != StatusCode::UNAUTHORIZED {
+        // A 401 from elsewhere (blob storage after a redirect) is not the upstream asking for
+        // its credentials: answering it would send them to whatever realm it names.
+        if response.status() != StatusCode::UNAUTHORIZED || !self.is_own(response.url()) {
             return Ok(response);
         }
         let Some(challenge) = Challenge::from_headers(response.headers()) else {
@@ -232,7 +265,7 @@ impl Upstream {
     }
 
     /// Sends one request, following redirects; `Authorization` only within the upstream's
-    /// origin.
+    /// origin, and hops off it only where the redirect rules allow.
     async fn send(
         &self,
         outgoing: &Outgoing<'_>,
@@ -241,15 +274,21 @@ impl Upstream {
     ) -> Result<reqwest::Response, UpstreamError> {
         let mut method = outgoing.method.clone();
         for _ in 0..=MAX_REDIRECTS {
-            let mut builder = self
-                .client
+            let own = same_origin(&url, &self.base);
+            let client = if own {
+                &self.client
+            } else {
+                self.pin(&url).await?;
+                &self.redirect_client
+            };
+            let mut builder = client
                 .request(method.clone(), url.clone())
                 .header(ACCEPT, outgoing.accept);
             if let Some(range) = outgoing.range {
                 builder = builder.header(RANGE, range.clone());
             }
             if let Some(authorization) = authorization
-                && same_origin(&url, &self.base)
+                && own
             {
                 builder = builder.header(AUTHORIZATION, authorization.header_value());
             }
@@ -276,6 +315,24 @@ impl Upstream {
         })
     }
 
+    /// Checks where a hop off the origin to `url` would connect, and pins its host to the
+    /// checked addresses (and lets the proxy it goes through, if any, resolve).
+    async fn pin(&self, url: &Url) -> Result<(), UpstreamError> {
+        let addresses = self.redirects.addresses(url, self.timeouts.connect).await?;
+        if let Some(url::Host::Domain(name)) = url.host() {
+            self.pins.pin(name, addresses);
+        }
+        let proxy = url
+            .as_str()
+            .parse::<http::Uri>()
+            .ok()
+            .and_then(|uri| self.proxies.intercept(&uri));
+        if let Some(host) = proxy.as_ref().and_then(|p| p.uri().host()) {
+            self.pins.allow_proxy(host);
+        }
+        Ok(())
+    }
+
     async fn timed(
         &self,
         url: &Url,
@@ -283,10 +340,7 @@ impl Upstream {
     ) -> Result<reqwest::Response, UpstreamError> {
         match tokio::time::timeout(self.timeouts.response, send).await {
             Ok(Ok(response)) => Ok(response),
-            Ok(Err(source)) => Err(UpstreamError::Request {
-                url: redacted(url),
-                source,
-            }),
+            Ok(Err(source)) => Err(UpstreamError::request(url, source)),
             Err(_) => Err(UpstreamError::Timeout {
                 url: redacted(url),
                 seconds: self.timeouts.response.as_secs(),
@@ -318,7 +372,7 @@ pub async fn read_capped(
             .await
             .map_err(|source| UpstreamError::Request {
                 url: url.clone(),
-                source,
+                source: source.without_url(),
             })?;
         let Some(chunk) = chunk else {
             return Ok(body);

@@ -40,7 +40,8 @@ pub(crate) enum RegistryCommand {
     /// Connect a registry: static credentials, anonymous (needs approval), a Google service
     /// account, or an AWS role for ECR. HOST may be a host, a pasted browser URL or an image
     /// reference; Docker Hub's names are one registry.
-    Add(AddArgs),
+    // Boxed: its arguments are by far the largest of the commands'.
+    Add(Box<AddArgs>),
     /// List connected registries (never their secrets).
     List,
     /// Show one connected registry.
@@ -93,6 +94,11 @@ pub(crate) struct AddArgs {
     /// Talk plain HTTP to the registry (labs and tests only).
     #[arg(long)]
     plain_http: bool,
+    /// A host (HOST or HOST:PORT) the registry redirects blobs to that sits on a private
+    /// address (on-prem object storage); redirects elsewhere reach public addresses only.
+    /// Repeat for several.
+    #[arg(long = "storage-host", value_name = "HOST")]
+    storage_hosts: Vec<String>,
     /// Who connects it (default: the local user).
     #[arg(long)]
     by: Option<String>,
@@ -358,6 +364,7 @@ fn add_request(args: &AddArgs) -> anyhow::Result<AddRegistry> {
         region: args.region.clone(),
         plain_http: args.plain_http,
         ca_pem,
+        storage_hosts: args.storage_hosts.clone(),
         connected_by,
     })
 }
@@ -468,6 +475,7 @@ mod tests {
             approved: true,
             plain_http: false,
             private_ca: false,
+            storage_hosts: Vec::new(),
         };
         let text = describe(&view);
         assert!(!text.chars().any(char::is_control), "{text:?}");

@@ -50,4 +50,7 @@ pub struct ConnectionView {
     pub plain_http: bool,
     /// Whether it carries its own CA bundle.
     pub private_ca: bool,
+    /// Hosts its redirects may lead to even on a private address (its blob storage).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub storage_hosts: Vec<String>,
 }

@@ -38,6 +38,10 @@ pub struct AddRegistry {
     /// A CA bundle (PEM) for a registry with a private CA.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_pem: Option<String>,
+    /// Hosts (`HOST` or `HOST:PORT`) the registry's redirects may lead to even on a private
+    /// address: its blob storage.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub storage_hosts: Vec<String>,
     /// Who connects it.
     pub connected_by: String,
 }

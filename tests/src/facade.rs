@@ -31,6 +31,9 @@ pub struct UpstreamEntry {
     pub credentials: Option<(String, String)>,
     /// A private CA bundle (PEM file) for this upstream.
     pub ca_file: Option<PathBuf>,
+    /// Hosts its redirects may lead to on any address (`storage_hosts`): tests list the
+    /// loopback servers that play blob storage.
+    pub storage_hosts: Vec<String>,
 }
 
 /// How to start the facade.
@@ -91,6 +94,7 @@ impl UpstreamEntry {
             plain_http: true,
             credentials: None,
             ca_file: None,
+            storage_hosts: Vec::new(),
         }
     }
 
@@ -102,6 +106,7 @@ impl UpstreamEntry {
             plain_http: false,
             credentials: None,
             ca_file,
+            storage_hosts: Vec::new(),
         }
     }
 
@@ -112,7 +117,14 @@ impl UpstreamEntry {
             plain_http: true,
             credentials: Some((username.to_owned(), token.to_owned())),
             ca_file: None,
+            storage_hosts: Vec::new(),
         }
+    }
+
+    /// This entry, with `host` (`HOST:PORT`) listed as its blob storage.
+    pub fn storage(mut self, host: &str) -> Self {
+        self.storage_hosts.push(host.to_owned());
+        self
     }
 }
 
@@ -200,6 +212,14 @@ impl FacadeFixture {
             if let Some(ca_file) = &upstream.ca_file {
                 let _ = writeln!(toml, "ca_file = \"{}\"", ca_file.display());
             }
+            if !upstream.storage_hosts.is_empty() {
+                let hosts: Vec<String> = upstream
+                    .storage_hosts
+                    .iter()
+                    .map(|h| format!("\"{h}\""))
+                    .collect();
+                let _ = writeln!(toml, "storage_hosts = [{}]", hosts.join(", "));
+            }
             if let Some((username, token)) = &upstream.credentials {
                 let token_file = write(&format!("upstream-{i}.token"), token.as_bytes())?;
                 let _ = write!(
@@ -212,8 +232,12 @@ impl FacadeFixture {
         let config_path = write("facade.toml", toml.as_bytes())?;
         let config =
             Config::load(&config_path).map_err(|e| FixtureError::Invalid(e.to_string()))?;
-        let upstreams = ConfiguredUpstreams::new(&config.upstreams, config.limits.upstream())
-            .map_err(|e| FixtureError::Invalid(e.to_string()))?;
+        let upstreams = ConfiguredUpstreams::new(
+            &config.upstreams,
+            config.limits.upstream(),
+            &config.own_listeners(),
+        )
+        .map_err(|e| FixtureError::Invalid(e.to_string()))?;
 
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -425,8 +449,12 @@ impl FacadeFixture {
         let mut config = self.config.clone();
         config.listen = self.device_addr;
         config.operator_listen = SocketAddr::from(([127, 0, 0, 1], 0));
-        let upstreams = ConfiguredUpstreams::new(&config.upstreams, config.limits.upstream())
-            .map_err(|e| FixtureError::Invalid(e.to_string()))?;
+        let upstreams = ConfiguredUpstreams::new(
+            &config.upstreams,
+            config.limits.upstream(),
+            &config.own_listeners(),
+        )
+        .map_err(|e| FixtureError::Invalid(e.to_string()))?;
         let upstreams = Arc::new(upstreams);
         let mut tries = 0;
         let running = loop {

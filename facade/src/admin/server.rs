@@ -173,6 +173,7 @@ fn add_registry(state: &AdminState, body: &[u8]) -> Reply {
             credentials,
             plain_http: request.plain_http,
             ca_pem: request.ca_pem.clone(),
+            storage_hosts: request.storage_hosts.clone(),
             connected_by: request.connected_by.clone(),
         },
         SystemTime::now(),
@@ -314,9 +315,9 @@ fn store_reply(result: Result<ConnectionView, ConnectionError>) -> Reply {
 
 fn store_error(e: &ConnectionError) -> Reply {
     let (status, code) = match e {
-        ConnectionError::InvalidRegistry(_) | ConnectionError::InvalidCredentials { .. } => {
-            (StatusCode::BAD_REQUEST, "INVALID")
-        }
+        ConnectionError::InvalidRegistry(_)
+        | ConnectionError::InvalidCredentials { .. }
+        | ConnectionError::InvalidStorageHost(_) => (StatusCode::BAD_REQUEST, "INVALID"),
         ConnectionError::NotFound { .. } => (StatusCode::NOT_FOUND, "NOT_FOUND"),
         ConnectionError::Exists { .. } => (StatusCode::CONFLICT, "EXISTS"),
         _ => {

@@ -84,6 +84,7 @@ fn add_static(registry: &str) -> AddRegistry {
         region: None,
         plain_http: false,
         ca_pem: None,
+        storage_hosts: Vec::new(),
         connected_by: "alice".into(),
     }
 }

@@ -66,6 +66,8 @@ pub struct NewConnection {
     pub plain_http: bool,
     /// A CA bundle (PEM) for registries with a private CA.
     pub ca_pem: Option<String>,
+    /// Hosts its redirects may lead to even on a private address (`HOST` or `HOST:PORT`).
+    pub storage_hosts: Vec<String>,
     /// Who connects it (the operator's name).
     pub connected_by: String,
 }
@@ -83,6 +85,11 @@ pub(crate) struct StoredRecord {
     pub(crate) plain_http: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) ca_pem: Option<String>,
+    /// Where redirects may lead even on a private address (checked `StorageHost`s, as
+    /// written by their `Display`). Like `plain_http` and `ca_pem`, it widens where the
+    /// facade connects: whatever authenticates the record's fields must cover it too.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) storage_hosts: Vec<String>,
     pub(crate) connected_by: String,
     pub(crate) connected_at: u64,
     pub(crate) approved: bool,
@@ -99,6 +106,7 @@ impl StoredRecord {
             approved: self.approved,
             plain_http: self.plain_http,
             private_ca: self.ca_pem.is_some(),
+            storage_hosts: self.storage_hosts.clone(),
         }
     }
 }

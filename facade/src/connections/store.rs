@@ -13,6 +13,7 @@ use super::pasted;
 use super::record::{ConnectionCredentials, NewConnection, StoredRecord};
 use crate::cloud::ecr::EcrRole;
 use crate::cloud::gcp::ServiceAccountKey;
+use crate::registry_client::{InvalidStorageHost, StorageHost};
 use crate::seal::{MasterKey, SealError};
 
 /// The connections folder inside the facade's state dir.
@@ -37,6 +38,8 @@ pub struct Connection {
     pub plain_http: bool,
     /// Its own CA bundle (PEM), if any.
     pub ca_pem: Option<String>,
+    /// Hosts its redirects may lead to even on a private address.
+    pub storage_hosts: Vec<StorageHost>,
     /// Whether it is approved for device traffic.
     pub approved: bool,
 }
@@ -68,6 +71,9 @@ pub enum ConnectionError {
         /// What is wrong.
         reason: String,
     },
+    /// A storage host given (or stored) is not `HOST` or `HOST:PORT`.
+    #[error(transparent)]
+    InvalidStorageHost(#[from] InvalidStorageHost),
     /// A file operation failed.
     #[error("{action} {path}: {source}")]
     Io {
@@ -159,6 +165,11 @@ impl Store {
                 (Some(role.role_arn.clone()), Some(json))
             }
         };
+        let storage_hosts = new
+            .storage_hosts
+            .iter()
+            .map(|text| text.parse::<StorageHost>().map(|host| host.to_string()))
+            .collect::<Result<Vec<_>, _>>()?;
         let sealed = match secret {
             Some(secret) => Some(self.key.seal(&host, &secret)?),
             None => None,
@@ -170,6 +181,7 @@ impl Store {
             sealed,
             plain_http: new.plain_http,
             ca_pem: new.ca_pem,
+            storage_hosts,
             connected_by: new.connected_by,
             connected_at: now
                 .duration_since(UNIX_EPOCH)
@@ -238,11 +250,17 @@ impl Store {
             return Ok(None);
         };
         let credentials = self.credentials(record)?;
+        let storage_hosts = record
+            .storage_hosts
+            .iter()
+            .map(|text| text.parse())
+            .collect::<Result<_, _>>()?;
         Ok(Some(Connection {
             registry: registry.clone(),
             credentials,
             plain_http: record.plain_http,
             ca_pem: record.ca_pem.clone(),
+            storage_hosts,
             approved: record.approved,
         }))
     }

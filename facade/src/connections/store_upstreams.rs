@@ -8,6 +8,7 @@
 //! removed connection stops being proxied at once.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use meshanics_shared::Registry;
@@ -26,7 +27,7 @@ use crate::config::UpstreamTimeouts;
 use crate::providers::{
     Anonymous, CredentialProvider, PresentedCredentials, Secret, StaticCredentials,
 };
-use crate::registry_client::{Endpoint, Upstream};
+use crate::registry_client::{Endpoint, RedirectRules, Upstream};
 
 /// What cloud connections need beyond their record.
 #[derive(Debug, Clone)]
@@ -51,6 +52,7 @@ pub struct StoreUpstreams {
     fallback: Option<Arc<dyn ApprovedUpstreams>>,
     timeouts: UpstreamTimeouts,
     cloud: CloudSettings,
+    own_listeners: Vec<SocketAddr>,
     clients: Mutex<HashMap<Registry, CachedClient>>,
 }
 
@@ -74,18 +76,21 @@ pub enum BuildError {
 // === impl StoreUpstreams ===
 
 impl StoreUpstreams {
-    /// Upstreams from `store`; registries it does not know are asked of `fallback`.
+    /// Upstreams from `store`; registries it does not know are asked of `fallback`. No
+    /// client follows a redirect to `own_listeners` (the facade's).
     pub fn new(
         store: Arc<Store>,
         fallback: Option<Arc<dyn ApprovedUpstreams>>,
         timeouts: UpstreamTimeouts,
         cloud: CloudSettings,
+        own_listeners: Vec<SocketAddr>,
     ) -> Self {
         StoreUpstreams {
             store,
             fallback,
             timeouts,
             cloud,
+            own_listeners,
             clients: Mutex::new(HashMap::new()),
         }
     }
@@ -174,6 +179,10 @@ impl StoreUpstreams {
         let endpoint = Endpoint {
             plain_http: connection.plain_http,
             ca,
+            redirects: RedirectRules::new(
+                connection.storage_hosts.clone(),
+                self.own_listeners.clone(),
+            ),
         };
         Upstream::new(
             connection.registry.clone(),
@@ -222,6 +231,9 @@ fn fingerprint(connection: &Connection) -> [u8; 32] {
     }
     text.push('\0');
     text.push_str(connection.ca_pem.as_deref().unwrap_or(""));
+    for host in &connection.storage_hosts {
+        text.push_str(&format!("\0{host}"));
+    }
     let mut out = [0u8; 32];
     out.copy_from_slice(digest(&SHA256, text.as_bytes()).as_ref());
     out

@@ -27,6 +27,7 @@ fn static_conn(registry: &str) -> NewConnection {
         },
         plain_http: false,
         ca_pem: None,
+        storage_hosts: Vec::new(),
         connected_by: "alice".into(),
     }
 }

@@ -1,12 +1,17 @@
 //! Bearer tokens from a registry's token endpoint (the Docker token flow), cached per scope
 //! until shortly before they expire, with one fetch at a time per scope so that a burst of
 //! device requests costs the token endpoint one request, not a stampede.
+//!
+//! Scopes name repositories, and devices choose repository names: the cache is a bounded LRU
+//! map, so a device trying name after name costs at most [`MAX_SCOPES`] entries and evicts
+//! the least recently used one in constant time.
 
-use std::collections::HashMap;
 use std::future::Future;
+use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use lru::LruCache;
 use serde::Deserialize;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -22,9 +27,14 @@ pub(super) const DEFAULT_LIFETIME: Duration = Duration::from_secs(60);
 pub(super) const MAX_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 /// How long before expiry a token is refreshed, at most.
 const MAX_MARGIN: Duration = Duration::from_secs(30);
-/// Past this many scopes, stale entries are dropped when a new one is added: devices choose
-/// repository names, and the cache must not grow with every name they try.
-const PRUNE_ABOVE: usize = 1024;
+/// The most scopes cached per upstream; past it, the least recently used one is dropped.
+pub(crate) const MAX_SCOPES: NonZeroUsize = match NonZeroUsize::new(1024) {
+    Some(bound) => bound,
+    None => NonZeroUsize::MIN,
+};
+
+/// One scope's token, locked while it is fetched.
+type Slot = Arc<tokio::sync::Mutex<Option<BearerToken>>>;
 
 /// A token endpoint's answer.
 #[derive(Debug, Clone, Deserialize)]
@@ -50,10 +60,10 @@ pub struct BearerToken {
     refresh_at: Instant,
 }
 
-/// Tokens per scope, with single-flight refresh.
-#[derive(Debug, Default)]
+/// Tokens per scope, with single-flight refresh, at most [`MAX_SCOPES`] scopes.
+#[derive(Debug)]
 pub struct BearerTokenCache {
-    slots: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<BearerToken>>>>>,
+    slots: Mutex<LruCache<String, Slot>>,
 }
 
 // === impl TokenResponse ===
@@ -108,6 +118,14 @@ impl BearerToken {
 
 // === impl BearerTokenCache ===
 
+impl Default for BearerTokenCache {
+    fn default() -> Self {
+        BearerTokenCache {
+            slots: Mutex::new(LruCache::new(MAX_SCOPES)),
+        }
+    }
+}
+
 impl BearerTokenCache {
     /// A fresh cached token for `scope`, waiting for a refresh in flight.
     pub async fn cached(&self, scope: &str) -> Option<Secret> {
@@ -148,16 +166,12 @@ impl BearerTokenCache {
         Ok(value)
     }
 
-    fn slot(&self, scope: &str) -> Option<Arc<tokio::sync::Mutex<Option<BearerToken>>>> {
+    /// The slot for `scope`, made (evicting the least recently used scope when full) if
+    /// there is none. An evicted slot with a fetch in flight finishes that fetch for its
+    /// waiters; the next request for its scope fetches again.
+    fn slot(&self, scope: &str) -> Option<Slot> {
         let mut slots = self.slots.lock().ok()?;
-        if !slots.contains_key(scope) && slots.len() >= PRUNE_ABOVE {
-            // Keep slots in use (a fetch in flight holds the lock) and fresh tokens.
-            slots.retain(|_, slot| match slot.try_lock() {
-                Ok(token) => token.as_ref().is_some_and(BearerToken::fresh),
-                Err(_) => true,
-            });
-        }
-        Some(slots.entry(scope.to_owned()).or_default().clone())
+        Some(slots.get_or_insert(scope.to_owned(), Slot::default).clone())
     }
 
     /// How many scopes are cached.
@@ -270,12 +284,48 @@ mod tests {
             token.refresh_at = Instant::now();
             Ok::<_, ()>(token)
         };
-        for i in 0..PRUNE_ABOVE + 10 {
+        for i in 0..MAX_SCOPES.get() + 10 {
             cache
                 .get_or_fetch(&format!("repository:r{i}:pull"), None, stale)
                 .await
                 .unwrap();
         }
-        assert!(cache.len() <= PRUNE_ABOVE, "{}", cache.len());
+        assert!(cache.len() <= MAX_SCOPES.get(), "{}", cache.len());
+    }
+
+    #[tokio::test]
+    async fn keeps_its_bound_and_evicts_the_least_recently_used_scope() {
+        let cache = BearerTokenCache::default();
+        let fresh = |v: String| async move {
+            Ok::<_, ()>(
+                response(&format!(r#"{{"token":"{v}"}}"#))
+                    .into_token(Instant::now())
+                    .unwrap(),
+            )
+        };
+        let scope = |i: usize| format!("repository:r{i}:pull");
+        for i in 0..MAX_SCOPES.get() {
+            cache
+                .get_or_fetch(&scope(i), None, || fresh(format!("t{i}")))
+                .await
+                .unwrap();
+        }
+        // r0 is the oldest entry, but used again: r1 is now the least recently used.
+        assert_eq!(cache.cached(&scope(0)).await.unwrap().expose(), "t0");
+        cache
+            .get_or_fetch(&scope(MAX_SCOPES.get()), None, || fresh("new".into()))
+            .await
+            .unwrap();
+        assert_eq!(cache.len(), MAX_SCOPES.get());
+        assert_eq!(cache.cached(&scope(1)).await, None, "the LRU scope stayed");
+        assert_eq!(cache.cached(&scope(0)).await.unwrap().expose(), "t0");
+        assert_eq!(
+            cache
+                .cached(&scope(MAX_SCOPES.get()))
+                .await
+                .unwrap()
+                .expose(),
+            "new"
+        );
     }
 }

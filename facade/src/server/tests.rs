@@ -91,7 +91,8 @@ crls = ["{crl}"]
 }
 
 async fn start_facade(config: &Config) -> Running {
-    let upstreams = ConfiguredUpstreams::new(&[], config.limits.upstream()).unwrap();
+    let upstreams =
+        ConfiguredUpstreams::new(&[], config.limits.upstream(), &config.own_listeners()).unwrap();
     start(config, Arc::new(upstreams)).await.unwrap()
 }
 

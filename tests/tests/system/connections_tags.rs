@@ -94,6 +94,7 @@ fn connect(facade: &FacadeFixture, host: &str) -> OperatorClient {
         region: None,
         plain_http: true,
         ca_pem: None,
+        storage_hosts: Vec::new(),
         connected_by: "test".into(),
     };
     facade.block_on(client.add(&request)).unwrap();

@@ -216,7 +216,7 @@ fn redirects_to_another_host_never_carry_authorization() {
     });
     let facade = facade(
         &registry,
-        UpstreamEntry::with_credentials(&registry.host(), "bot", "s3cret"),
+        UpstreamEntry::with_credentials(&registry.host(), "bot", "s3cret").storage(&storage.host()),
         &[],
     );
     let outcome = fetch(&facade, &registry, "blobs", &digest, false);
