@@ -21,6 +21,8 @@ pub use credentials::{CloudCredentials, CloudSource};
 use std::fmt;
 use std::time::{Duration, SystemTime};
 
+use zeroize::Zeroize as _;
+
 /// A short-lived registry credential, sent upstream as HTTP Basic.
 #[derive(Clone, PartialEq, Eq)]
 pub struct RegistryToken {
@@ -32,6 +34,13 @@ pub struct RegistryToken {
     pub expires_at: SystemTime,
     /// How long it was valid for when issued.
     pub lifetime: Duration,
+}
+
+/// The token is wiped from memory when dropped.
+impl Drop for RegistryToken {
+    fn drop(&mut self) {
+        self.password.zeroize();
+    }
 }
 
 impl fmt::Debug for RegistryToken {

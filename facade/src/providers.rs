@@ -12,10 +12,12 @@ use std::fmt;
 use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
+use zeroize::Zeroizing;
 
-/// A secret string (a token, a password). Its `Debug` and `Display` never show it.
+/// A secret string (a token, a password). Its `Debug` and `Display` never show it; clones
+/// share one copy, wiped from memory when the last one is dropped.
 #[derive(Clone, PartialEq, Eq)]
-pub struct Secret(Arc<str>);
+pub struct Secret(Arc<Zeroizing<String>>);
 
 /// What the facade presents to an upstream: a user name and a secret, used for HTTP Basic
 /// and for the Basic-authenticated token request of the bearer flow.
@@ -63,12 +65,12 @@ pub struct StaticCredentials(PresentedCredentials);
 impl Secret {
     /// Wraps a secret.
     pub fn new(secret: String) -> Self {
-        Secret(secret.into())
+        Secret(Arc::new(Zeroizing::new(secret)))
     }
 
     /// The secret itself, for the one place that sends it.
     pub fn expose(&self) -> &str {
-        &self.0
+        self.0.as_str()
     }
 }
 

@@ -60,7 +60,7 @@ impl CloudCredentials {
 impl CredentialProvider for CloudCredentials {
     fn credentials(&self) -> BoxFuture<'_, Result<Option<PresentedCredentials>, ProviderError>> {
         Box::pin(async move {
-            let token = self
+            let mut token = self
                 .cache
                 .get(&self.host, |now| async move {
                     match &self.source {
@@ -82,8 +82,8 @@ impl CredentialProvider for CloudCredentials {
                     }
                 })?;
             Ok(Some(PresentedCredentials {
-                username: token.username,
-                password: Secret::new(token.password),
+                username: std::mem::take(&mut token.username),
+                password: Secret::new(std::mem::take(&mut token.password)),
                 // ECR wants Basic at once; Google's registries answer the challenge flow.
                 preemptive_basic: matches!(self.source, CloudSource::Ecr(_)),
             }))

@@ -19,6 +19,7 @@ use base64::engine::general_purpose::STANDARD;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
+use zeroize::{Zeroize as _, Zeroizing};
 
 use super::gcp::form_encode;
 use super::{CloudError, RegistryToken};
@@ -41,6 +42,13 @@ pub struct EcrRole {
     pub external_id: Option<String>,
     /// The AWS region of the registry.
     pub region: String,
+}
+
+/// The external id is wiped from memory when the role is dropped.
+impl Drop for EcrRole {
+    fn drop(&mut self) {
+        self.external_id.zeroize();
+    }
 }
 
 impl fmt::Debug for EcrRole {
@@ -348,8 +356,9 @@ pub fn parse_authorization_response(
     let decoded = STANDARD
         .decode(data.authorization_token.trim())
         .map_err(|_| unreadable("authorizationToken is not base64"))?;
-    let decoded =
-        String::from_utf8(decoded).map_err(|_| unreadable("authorizationToken is not text"))?;
+    let decoded = Zeroizing::new(
+        String::from_utf8(decoded).map_err(|_| unreadable("authorizationToken is not text"))?,
+    );
     let (username, password) = decoded
         .split_once(':')
         .ok_or_else(|| unreadable("authorizationToken is not user:password"))?;

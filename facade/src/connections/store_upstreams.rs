@@ -4,14 +4,13 @@
 //! provider (static, anonymous, or a cloud token provider).
 //!
 //! Clients are reused while a connection stays the same, and rebuilt when an operator removes
-//! and re-adds it (a fingerprint of the record tells). The proxy asks on every request, so a
-//! removed connection stops being proxied at once.
+//! and re-adds it (the connection's generation tells); a removal drops its client at once.
+//! The proxy asks on every request, so a removed connection stops being proxied at once.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use meshanics_shared::Registry;
-use ring::digest::{SHA256, digest};
 use rustls::RootCertStore;
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject as _;
@@ -41,8 +40,8 @@ pub struct CloudSettings {
     pub ecr_endpoints: Option<Endpoints>,
 }
 
-/// A built client and the fingerprint of the connection it was built for.
-type CachedClient = ([u8; 32], Arc<Upstream>);
+/// A built client and the generation of the connection it was built for.
+type CachedClient = (u64, Arc<Upstream>);
 
 /// Upstreams from the connection store, falling back to another set (the config file's).
 #[derive(Debug)]
@@ -51,7 +50,7 @@ pub struct StoreUpstreams {
     fallback: Option<Arc<dyn ApprovedUpstreams>>,
     timeouts: UpstreamTimeouts,
     cloud: CloudSettings,
-    clients: Mutex<HashMap<Registry, CachedClient>>,
+    clients: Arc<Mutex<HashMap<Registry, CachedClient>>>,
 }
 
 /// Why a connection's client could not be built.
@@ -81,12 +80,18 @@ impl StoreUpstreams {
         timeouts: UpstreamTimeouts,
         cloud: CloudSettings,
     ) -> Self {
+        let clients: Arc<Mutex<HashMap<Registry, CachedClient>>> = Arc::default();
+        let dropped = clients.clone();
+        store.on_remove(move |registry| {
+            let mut clients = dropped.lock().unwrap_or_else(|p| p.into_inner());
+            clients.remove(registry);
+        });
         StoreUpstreams {
             store,
             fallback,
             timeouts,
             cloud,
-            clients: Mutex::new(HashMap::new()),
+            clients,
         }
     }
 
@@ -105,15 +110,17 @@ impl StoreUpstreams {
     }
 
     fn client_for(&self, connection: &Connection) -> Result<Arc<Upstream>, BuildError> {
-        let fingerprint = fingerprint(connection);
         let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((known, client)) = clients.get(&connection.registry)
-            && *known == fingerprint
+        if let Some((generation, client)) = clients.get(&connection.registry)
+            && *generation == connection.generation
         {
             return Ok(client.clone());
         }
         let client = Arc::new(self.build(connection)?);
-        clients.insert(connection.registry.clone(), (fingerprint, client.clone()));
+        clients.insert(
+            connection.registry.clone(),
+            (connection.generation, client.clone()),
+        );
         Ok(client)
     }
 
@@ -123,7 +130,7 @@ impl StoreUpstreams {
             host: host.clone(),
             reason,
         };
-        let credentials: Arc<dyn CredentialProvider> = match &connection.credentials {
+        let credentials: Arc<dyn CredentialProvider> = match &*connection.credentials {
             ConnectionCredentials::Anonymous => Arc::new(Anonymous),
             ConnectionCredentials::Static { username, token } => Arc::new(StaticCredentials::new(
                 PresentedCredentials::basic(username.clone(), Secret::new(token.clone())),
@@ -202,27 +209,4 @@ impl ApprovedUpstreams for StoreUpstreams {
             }
         }
     }
-}
-
-/// A digest of everything that shapes a connection's client (secrets included, hashed).
-fn fingerprint(connection: &Connection) -> [u8; 32] {
-    let mut text = format!("{}\0{}\0", connection.registry, connection.plain_http);
-    match &connection.credentials {
-        ConnectionCredentials::Anonymous => text.push_str("anonymous"),
-        ConnectionCredentials::Static { username, token } => {
-            text.push_str(&format!("static\0{username}\0{token}"));
-        }
-        ConnectionCredentials::Gcp { key_json } => text.push_str(&format!("gcp\0{key_json}")),
-        ConnectionCredentials::Ecr(role) => text.push_str(&format!(
-            "ecr\0{}\0{}\0{}",
-            role.role_arn,
-            role.external_id.as_deref().unwrap_or(""),
-            role.region
-        )),
-    }
-    text.push('\0');
-    text.push_str(connection.ca_pem.as_deref().unwrap_or(""));
-    let mut out = [0u8; 32];
-    out.copy_from_slice(digest(&SHA256, text.as_bytes()).as_ref());
-    out
 }
