@@ -9,7 +9,9 @@
 //!   base64 `AWS:<password>`, sent as Basic.
 //! - [`token_cache`]: the per-host cache with a refresh margin and single-flight refresh.
 //!
-//! The long-lived secret never leaves the facade: devices only ever see the facade.
+//! The long-lived secret never leaves the facade: devices only ever see the facade. Token
+//! requests follow no redirect (a signed assertion or request is for its endpoint only) and
+//! an answer is read up to [`MAX_TOKEN_ANSWER`] bytes.
 
 mod credentials;
 pub mod ecr;
@@ -22,6 +24,11 @@ use std::fmt;
 use std::time::{Duration, SystemTime};
 
 use zeroize::Zeroize as _;
+
+use crate::registry_client::{UpstreamError, read_capped};
+
+/// The largest token endpoint answer read (STS's XML, ECR's and Google's JSON are a few KiB).
+pub const MAX_TOKEN_ANSWER: usize = 64 * 1024;
 
 /// A short-lived registry credential, sent upstream as HTTP Basic.
 #[derive(Clone, PartialEq, Eq)]
@@ -90,6 +97,25 @@ pub enum CloudError {
         /// How long until the next attempt.
         retry_after: Duration,
     },
+    /// The endpoint answered a redirect: token requests never follow one (the request
+    /// carries a signed assertion or a signature, for this endpoint only).
+    #[error(
+        "{endpoint} answered a redirect (HTTP {status}); token requests do not follow redirects"
+    )]
+    Redirected {
+        /// The endpoint URL.
+        endpoint: String,
+        /// The HTTP status.
+        status: u16,
+    },
+    /// The endpoint's answer is larger than any token answer.
+    #[error("{endpoint} answered more than {limit} bytes; a token answer is smaller")]
+    TooLarge {
+        /// The endpoint URL.
+        endpoint: String,
+        /// The limit.
+        limit: usize,
+    },
     /// The endpoint answered something we cannot read.
     #[error("{endpoint} answered an unreadable token response: {reason}")]
     Response {
@@ -99,3 +125,39 @@ pub enum CloudError {
         reason: String,
     },
 }
+
+/// The body of a token endpoint's successful answer, up to [`MAX_TOKEN_ANSWER`] bytes; a
+/// redirect or another status is refused without reading the body.
+pub(crate) async fn read_token_answer(
+    response: reqwest::Response,
+    endpoint: &str,
+) -> Result<Vec<u8>, CloudError> {
+    let status = response.status();
+    if status.is_redirection() {
+        return Err(CloudError::Redirected {
+            endpoint: endpoint.to_owned(),
+            status: status.as_u16(),
+        });
+    }
+    if !status.is_success() {
+        return Err(CloudError::Refused {
+            endpoint: endpoint.to_owned(),
+            status: status.as_u16(),
+        });
+    }
+    read_capped(response, MAX_TOKEN_ANSWER)
+        .await
+        .map_err(|error| match error {
+            UpstreamError::TooLarge { limit, .. } => CloudError::TooLarge {
+                endpoint: endpoint.to_owned(),
+                limit,
+            },
+            other => CloudError::Request {
+                endpoint: endpoint.to_owned(),
+                reason: other.to_string(),
+            },
+        })
+}
+
+#[cfg(test)]
+mod tests;

@@ -22,7 +22,7 @@ use time::format_description::well_known::Rfc3339;
 use zeroize::{Zeroize as _, Zeroizing};
 
 use super::gcp::form_encode;
-use super::{CloudError, RegistryToken};
+use super::{CloudError, RegistryToken, read_token_answer};
 
 /// The session name the facade's assumed-role sessions carry (visible in CloudTrail).
 pub const SESSION_NAME: &str = "meshanics-facade";
@@ -181,7 +181,7 @@ impl EcrProvider {
         .send()
         .await
         .map_err(|e| request_err(endpoint, &e))?;
-        let body = read_success(response, endpoint).await?;
+        let body = read_token_answer(response, endpoint).await?;
         parse_assume_role_response(&body, endpoint)
     }
 
@@ -209,7 +209,7 @@ impl EcrProvider {
         .send()
         .await
         .map_err(|e| request_err(endpoint, &e))?;
-        let body = read_success(response, endpoint).await?;
+        let body = read_token_answer(response, endpoint).await?;
         parse_authorization_response(&body, endpoint, now)
     }
 }
@@ -275,23 +275,6 @@ fn request_err(endpoint: &str, e: &reqwest::Error) -> CloudError {
         endpoint: endpoint.to_owned(),
         reason: e.to_string(),
     }
-}
-
-async fn read_success(
-    response: reqwest::Response,
-    endpoint: &str,
-) -> Result<bytes::Bytes, CloudError> {
-    let status = response.status();
-    if !status.is_success() {
-        return Err(CloudError::Refused {
-            endpoint: endpoint.to_owned(),
-            status: status.as_u16(),
-        });
-    }
-    response
-        .bytes()
-        .await
-        .map_err(|e| request_err(endpoint, &e))
 }
 
 /// Reads STS's `AssumeRoleResponse` XML: the session's `AccessKeyId`, `SecretAccessKey`,

@@ -18,7 +18,7 @@ use rustls_pki_types::pem::PemObject as _;
 use serde::Deserialize;
 use zeroize::Zeroize as _;
 
-use super::{CloudError, RegistryToken};
+use super::{CloudError, RegistryToken, read_token_answer};
 
 /// The OAuth2 scope the assertion asks for.
 pub const SCOPE: &str = "https://www.googleapis.com/auth/cloud-platform";
@@ -177,14 +177,7 @@ impl ServiceAccountKey {
             .send()
             .await
             .map_err(request_err)?;
-        let status = response.status();
-        if !status.is_success() {
-            return Err(CloudError::Refused {
-                endpoint,
-                status: status.as_u16(),
-            });
-        }
-        let body = response.bytes().await.map_err(request_err)?;
+        let body = read_token_answer(response, &endpoint).await?;
         parse_token_response(&body, &endpoint, now)
     }
 }
