@@ -1,5 +1,5 @@
 //! Cloud credential providers: exchange a stored configuration for a short-lived registry
-//! credential, and cache it per host until shortly before it expires.
+//! credential, and cache it per connection until shortly before it expires.
 //!
 //! - [`gcp`]: a Google service-account key signs an RS256 JWT (RFC 7523) that the key's token
 //!   endpoint exchanges for an OAuth2 access token; the registry takes it as Basic
@@ -7,7 +7,8 @@
 //! - [`ecr`]: AWS STS `AssumeRole` (optionally with an external id), then ECR
 //!   `GetAuthorizationToken` with the session credentials, both SigV4-signed; the token is
 //!   base64 `AWS:<password>`, sent as Basic.
-//! - [`token_cache`]: the per-host cache with a refresh margin and single-flight refresh.
+//! - [`token_cache`]: the per-connection cache with a refresh margin and single-flight
+//!   refresh; a token the registry refuses (401) is dropped, and a removed connection's.
 //!
 //! The long-lived secret never leaves the facade: devices only ever see the facade. Token
 //! requests follow no redirect (a signed assertion or request is for its endpoint only) and

@@ -50,6 +50,14 @@ pub struct ProviderError {
 pub trait CredentialProvider: Send + Sync + fmt::Debug {
     /// The credentials to present now; `None` for anonymous access.
     fn credentials(&self) -> BoxFuture<'_, Result<Option<PresentedCredentials>, ProviderError>>;
+
+    /// The upstream answered 401 to `presented` (or its token endpoint refused them): a
+    /// provider with a short-lived token drops it, so the next request gets a new one. Fixed
+    /// credentials have nothing to drop.
+    fn rejected<'a>(&'a self, presented: &'a PresentedCredentials) -> BoxFuture<'a, ()> {
+        let _ = presented;
+        Box::pin(async {})
+    }
 }
 
 /// No credentials: a public registry.

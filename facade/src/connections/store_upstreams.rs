@@ -19,7 +19,7 @@ use super::{Connection, ConnectionCredentials, ConnectionError, Store};
 use crate::approval::ApprovedUpstreams;
 use crate::cloud::ecr::{AwsCredentials, EcrProvider, Endpoints};
 use crate::cloud::gcp::ServiceAccountKey;
-use crate::cloud::token_cache::CloudTokenCache;
+use crate::cloud::token_cache::{CloudTokenCache, TokenKey};
 use crate::cloud::{CloudCredentials, CloudSource};
 use crate::config::UpstreamTimeouts;
 use crate::providers::{
@@ -32,7 +32,7 @@ use crate::registry_client::{Endpoint, Upstream};
 pub struct CloudSettings {
     /// The client for token endpoints.
     pub client: reqwest::Client,
-    /// The per-host token cache shared by all cloud connections.
+    /// The token cache shared by all cloud connections (keyed by connection).
     pub cache: Arc<CloudTokenCache>,
     /// The facade's base AWS credentials (read once from the environment at start).
     pub aws: Option<AwsCredentials>,
@@ -81,10 +81,11 @@ impl StoreUpstreams {
         cloud: CloudSettings,
     ) -> Self {
         let clients: Arc<Mutex<HashMap<Registry, CachedClient>>> = Arc::default();
-        let dropped = clients.clone();
+        let (dropped, tokens) = (clients.clone(), cloud.cache.clone());
         store.on_remove(move |registry| {
             let mut clients = dropped.lock().unwrap_or_else(|p| p.into_inner());
             clients.remove(registry);
+            tokens.forget_host(registry.as_str());
         });
         StoreUpstreams {
             store,
@@ -126,6 +127,10 @@ impl StoreUpstreams {
 
     fn build(&self, connection: &Connection) -> Result<Upstream, BuildError> {
         let host = connection.registry.as_str().to_owned();
+        let token_key = TokenKey {
+            host: host.clone(),
+            connection: connection.generation,
+        };
         let unusable = |reason: String| BuildError::Unusable {
             host: host.clone(),
             reason,
@@ -139,7 +144,7 @@ impl StoreUpstreams {
                 let key =
                     ServiceAccountKey::parse(key_json).map_err(|e| unusable(e.to_string()))?;
                 Arc::new(CloudCredentials::new(
-                    host.clone(),
+                    token_key,
                     CloudSource::Gcp(Arc::new(key)),
                     self.cloud.client.clone(),
                     self.cloud.cache.clone(),
@@ -155,7 +160,7 @@ impl StoreUpstreams {
                     .clone()
                     .unwrap_or_else(|| Endpoints::for_region(&role.region));
                 Arc::new(CloudCredentials::new(
-                    host.clone(),
+                    token_key,
                     CloudSource::Ecr(Arc::new(EcrProvider::new(role.clone(), base, endpoints))),
                     self.cloud.client.clone(),
                     self.cloud.cache.clone(),
