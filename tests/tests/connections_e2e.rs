@@ -117,6 +117,23 @@ fn push(built: &BuiltImage, registry: &RegistryServer, tag: &str, creds: Option<
     skopeo::push_layout_as(&built.dir, "v1", &reference, creds).unwrap();
 }
 
+/// A registry that takes Basic `username:password`, with the image pushed to it as `v1`.
+fn registry_with_image(
+    work: &Path,
+    username: &str,
+    password: &str,
+) -> (RegistryServer, BuiltImage) {
+    let registry = RegistryServer::start(&Options::basic_auth(username, password)).unwrap();
+    let built = image(work);
+    push(
+        &built,
+        &registry,
+        "v1",
+        Some(&format!("{username}:{password}")),
+    );
+    (registry, built)
+}
+
 /// `skopeo copy --all` of `digest` through the facade with the device certificate.
 fn device_pull(
     facade: &FacadeFixture,
@@ -307,15 +324,7 @@ fn an_anonymous_connection_is_not_proxied_until_approved() {
 fn a_gcp_connection_pulls_with_exchanged_tokens_refreshing_once_when_they_expire() {
     let work = tempfile::tempdir().unwrap();
     let access_token = "ya29.fixed-access-token-for-the-registry";
-    let registry =
-        RegistryServer::start(&Options::basic_auth("oauth2accesstoken", access_token)).unwrap();
-    let built = image(work.path());
-    push(
-        &built,
-        &registry,
-        "v1",
-        Some(&format!("oauth2accesstoken:{access_token}")),
-    );
+    let (registry, built) = registry_with_image(work.path(), "oauth2accesstoken", access_token);
     let account =
         ServiceAccount::generate(work.path(), "puller@meshanics-test.iam.gserviceaccount.com")
             .unwrap();
@@ -432,9 +441,7 @@ struct EcrSetup {
 
 fn ecr_setup(password: &str) -> EcrSetup {
     let work = tempfile::tempdir().unwrap();
-    let registry = RegistryServer::start(&Options::basic_auth("AWS", password)).unwrap();
-    let built = image(work.path());
-    push(&built, &registry, "v1", Some(&format!("AWS:{password}")));
+    let (registry, built) = registry_with_image(work.path(), "AWS", password);
     let account = AwsAccount {
         region: "eu-west-1".into(),
         access_key_id: "AKIAMESHANICSTEST".into(),
@@ -540,15 +547,7 @@ fn a_cloud_token_the_registry_refuses_is_dropped_and_the_next_pull_exchanges_aga
 fn a_cloud_connection_removed_and_added_again_with_another_key_exchanges_the_new_key() {
     let work = tempfile::tempdir().unwrap();
     let access_token = "ya29.fixed-access-token-for-the-registry";
-    let registry =
-        RegistryServer::start(&Options::basic_auth("oauth2accesstoken", access_token)).unwrap();
-    let built = image(work.path());
-    push(
-        &built,
-        &registry,
-        "v1",
-        Some(&format!("oauth2accesstoken:{access_token}")),
-    );
+    let (registry, built) = registry_with_image(work.path(), "oauth2accesstoken", access_token);
     let facade = facade_with_connections(vec![], None);
     let mut servers = Vec::new();
     for name in ["first", "second"] {

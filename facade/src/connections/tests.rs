@@ -38,6 +38,16 @@ fn anonymous(registry: &str) -> NewConnection {
     }
 }
 
+/// A state dir whose store holds `new`, connected at `T0`.
+fn stored(new: NewConnection) -> tempfile::TempDir {
+    let state = tempfile::tempdir().unwrap();
+    Store::open(state.path(), key())
+        .unwrap()
+        .add(new, at(T0))
+        .unwrap();
+    state
+}
+
 /// Every byte under `dir`, as text, for grepping.
 fn everything_under(dir: &std::path::Path) -> String {
     let mut out = String::new();
@@ -152,11 +162,7 @@ fn removing_a_connection_stops_proxying_at_once() {
 
 #[test]
 fn survives_a_restart_with_credentials_intact() {
-    let state = tempfile::tempdir().unwrap();
-    Store::open(state.path(), key())
-        .unwrap()
-        .add(static_conn("ghcr.io"), at(T0))
-        .unwrap();
+    let state = stored(static_conn("ghcr.io"));
     let store = Store::open(state.path(), key()).unwrap();
     let connection = store
         .approved(&Registry::parse("ghcr.io").unwrap())
@@ -247,11 +253,7 @@ fn seals_an_ecr_role_configuration() {
 #[test]
 fn record_files_are_private() {
     use std::os::unix::fs::PermissionsExt as _;
-    let state = tempfile::tempdir().unwrap();
-    Store::open(state.path(), key())
-        .unwrap()
-        .add(static_conn("ghcr.io"), at(T0))
-        .unwrap();
+    let state = stored(static_conn("ghcr.io"));
     let mode = std::fs::metadata(state.path().join("connections/ghcr.io.json"))
         .unwrap()
         .permissions()

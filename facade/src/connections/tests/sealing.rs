@@ -65,58 +65,37 @@ fn assert_unopenable(err: &ConnectionError, state: &std::path::Path, host: &str)
     );
 }
 
+/// Stores `new`, sets `field` of its record file to `value`, and checks the store refuses it.
+fn assert_edit_refused(new: NewConnection, field: &str, value: Value) {
+    let host = Registry::parse(&new.registry).unwrap().as_str().to_owned();
+    let state = stored(new);
+    edit(state.path(), &host, field, value);
+    assert_unopenable(&refusal(state.path(), &host), state.path(), &host);
+}
+
 #[test]
 fn flipping_plain_http_in_a_stored_record_makes_it_refuse_to_open() {
-    let state = tempfile::tempdir().unwrap();
-    Store::open(state.path(), key())
-        .unwrap()
-        .add(static_conn("ghcr.io"), at(T0))
-        .unwrap();
-    edit(state.path(), "ghcr.io", "plain_http", Value::Bool(true));
-    assert_unopenable(&refusal(state.path(), "ghcr.io"), state.path(), "ghcr.io");
+    assert_edit_refused(static_conn("ghcr.io"), "plain_http", Value::Bool(true));
 }
 
 #[test]
 fn planting_a_ca_in_a_stored_record_makes_it_refuse_to_open() {
-    let state = tempfile::tempdir().unwrap();
-    Store::open(state.path(), key())
-        .unwrap()
-        .add(static_conn("ghcr.io"), at(T0))
-        .unwrap();
-    edit(
-        state.path(),
-        "ghcr.io",
-        "ca_pem",
-        Value::String("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n".into()),
-    );
-    assert_unopenable(&refusal(state.path(), "ghcr.io"), state.path(), "ghcr.io");
+    let pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+    assert_edit_refused(static_conn("ghcr.io"), "ca_pem", Value::String(pem.into()));
 }
 
 #[test]
 fn approving_an_anonymous_record_by_editing_its_file_makes_it_refuse_to_open() {
-    let state = tempfile::tempdir().unwrap();
-    Store::open(state.path(), key())
-        .unwrap()
-        .add(anonymous("quay.io"), at(T0))
-        .unwrap();
-    edit(state.path(), "quay.io", "approved", Value::Bool(true));
-    assert_unopenable(&refusal(state.path(), "quay.io"), state.path(), "quay.io");
+    assert_edit_refused(anonymous("quay.io"), "approved", Value::Bool(true));
 }
 
 #[test]
 fn changing_who_connected_a_record_makes_it_refuse_to_open() {
-    let state = tempfile::tempdir().unwrap();
-    Store::open(state.path(), key())
-        .unwrap()
-        .add(static_conn("ghcr.io"), at(T0))
-        .unwrap();
-    edit(
-        state.path(),
-        "ghcr.io",
+    assert_edit_refused(
+        static_conn("ghcr.io"),
         "connected_by",
         Value::String("mallory".into()),
     );
-    assert_unopenable(&refusal(state.path(), "ghcr.io"), state.path(), "ghcr.io");
 }
 
 #[test]
@@ -168,11 +147,7 @@ fn records_in_the_old_format_are_migrated_at_start() {
 
 #[test]
 fn a_record_in_the_old_format_is_refused_once_the_store_was_migrated() {
-    let state = tempfile::tempdir().unwrap();
-    Store::open(state.path(), key())
-        .unwrap()
-        .add(static_conn("ghcr.io"), at(T0))
-        .unwrap();
+    let state = stored(static_conn("ghcr.io"));
     // An old backup of the record, restored over the migrated one, with plain HTTP turned on.
     let restored = LEGACY_STATIC.replace("\"plain_http\": false", "\"plain_http\": true");
     std::fs::write(record_path(state.path(), "ghcr.io"), restored).unwrap();
@@ -186,11 +161,7 @@ fn a_record_in_the_old_format_is_refused_once_the_store_was_migrated() {
 
 #[test]
 fn a_store_opened_with_another_master_key_refuses_to_start_naming_the_record() {
-    let state = tempfile::tempdir().unwrap();
-    Store::open(state.path(), key())
-        .unwrap()
-        .add(static_conn("ghcr.io"), at(T0))
-        .unwrap();
+    let state = stored(static_conn("ghcr.io"));
     let Err(err) = Store::open(state.path(), MasterKey::from_bytes(&[1u8; 32]).unwrap()) else {
         panic!("the store opened under another master key");
     };
@@ -204,11 +175,7 @@ fn a_store_opened_with_another_master_key_refuses_to_start_naming_the_record() {
 
 #[test]
 fn connection_secrets_are_unsealed_once_not_per_request() {
-    let state = tempfile::tempdir().unwrap();
-    Store::open(state.path(), key())
-        .unwrap()
-        .add(static_conn("ghcr.io"), at(T0))
-        .unwrap();
+    let state = stored(static_conn("ghcr.io"));
     let store = Store::open(state.path(), key()).unwrap();
     let registry = Registry::parse("ghcr.io").unwrap();
     for _ in 0..100 {
