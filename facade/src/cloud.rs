@@ -1,5 +1,5 @@
 //! Cloud credential providers: exchange a stored configuration for a short-lived registry
-//! credential, and cache it per host until shortly before it expires.
+//! credential, and cache it per connection until shortly before it expires.
 //!
 //! - [`gcp`]: a Google service-account key signs an RS256 JWT (RFC 7523) that the key's token
 //!   endpoint exchanges for an OAuth2 access token; the registry takes it as Basic
@@ -7,9 +7,12 @@
 //! - [`ecr`]: AWS STS `AssumeRole` (optionally with an external id), then ECR
 //!   `GetAuthorizationToken` with the session credentials, both SigV4-signed; the token is
 //!   base64 `AWS:<password>`, sent as Basic.
-//! - [`token_cache`]: the per-host cache with a refresh margin and single-flight refresh.
+//! - [`token_cache`]: the per-connection cache with a refresh margin and single-flight
+//!   refresh; a token the registry refuses (401) is dropped, and a removed connection's.
 //!
-//! The long-lived secret never leaves the facade: devices only ever see the facade.
+//! The long-lived secret never leaves the facade: devices only ever see the facade. Token
+//! requests follow no redirect (a signed assertion or request is for its endpoint only) and
+//! an answer is read up to [`MAX_TOKEN_ANSWER`] bytes.
 
 mod credentials;
 pub mod ecr;
@@ -20,6 +23,13 @@ pub use credentials::{CloudCredentials, CloudSource};
 
 use std::fmt;
 use std::time::{Duration, SystemTime};
+
+use zeroize::Zeroize as _;
+
+use crate::registry_client::{UpstreamError, read_capped};
+
+/// The largest token endpoint answer read (STS's XML, ECR's and Google's JSON are a few KiB).
+pub const MAX_TOKEN_ANSWER: usize = 64 * 1024;
 
 /// A short-lived registry credential, sent upstream as HTTP Basic.
 #[derive(Clone, PartialEq, Eq)]
@@ -32,6 +42,13 @@ pub struct RegistryToken {
     pub expires_at: SystemTime,
     /// How long it was valid for when issued.
     pub lifetime: Duration,
+}
+
+/// The token is wiped from memory when dropped.
+impl Drop for RegistryToken {
+    fn drop(&mut self) {
+        self.password.zeroize();
+    }
 }
 
 impl fmt::Debug for RegistryToken {
@@ -81,6 +98,25 @@ pub enum CloudError {
         /// How long until the next attempt.
         retry_after: Duration,
     },
+    /// The endpoint answered a redirect: token requests never follow one (the request
+    /// carries a signed assertion or a signature, for this endpoint only).
+    #[error(
+        "{endpoint} answered a redirect (HTTP {status}); token requests do not follow redirects"
+    )]
+    Redirected {
+        /// The endpoint URL.
+        endpoint: String,
+        /// The HTTP status.
+        status: u16,
+    },
+    /// The endpoint's answer is larger than any token answer.
+    #[error("{endpoint} answered more than {limit} bytes; a token answer is smaller")]
+    TooLarge {
+        /// The endpoint URL.
+        endpoint: String,
+        /// The limit.
+        limit: usize,
+    },
     /// The endpoint answered something we cannot read.
     #[error("{endpoint} answered an unreadable token response: {reason}")]
     Response {
@@ -90,3 +126,39 @@ pub enum CloudError {
         reason: String,
     },
 }
+
+/// The body of a token endpoint's successful answer, up to [`MAX_TOKEN_ANSWER`] bytes; a
+/// redirect or another status is refused without reading the body.
+pub(crate) async fn read_token_answer(
+    response: reqwest::Response,
+    endpoint: &str,
+) -> Result<Vec<u8>, CloudError> {
+    let status = response.status();
+    if status.is_redirection() {
+        return Err(CloudError::Redirected {
+            endpoint: endpoint.to_owned(),
+            status: status.as_u16(),
+        });
+    }
+    if !status.is_success() {
+        return Err(CloudError::Refused {
+            endpoint: endpoint.to_owned(),
+            status: status.as_u16(),
+        });
+    }
+    read_capped(response, MAX_TOKEN_ANSWER)
+        .await
+        .map_err(|error| match error {
+            UpstreamError::TooLarge { limit, .. } => CloudError::TooLarge {
+                endpoint: endpoint.to_owned(),
+                limit,
+            },
+            other => CloudError::Request {
+                endpoint: endpoint.to_owned(),
+                reason: other.to_string(),
+            },
+        })
+}
+
+#[cfg(test)]
+mod tests;

@@ -32,7 +32,8 @@
 //! master_key_file = "/etc/meshanics/master-key"  # seals connection credentials (32 random
 //!                                    # bytes or 64 hex, mode 0600); or the systemd
 //!                                    # credential `master-key`. Without a key, connections
-//!                                    # (and the operator socket) are off.
+//!                                    # (and the operator socket) are off. Every record is
+//!                                    # opened at start: one this key does not open exits 64.
 //!
 //! [cloud]                            # all optional
 //! ecr_sts_endpoint = "https://sts.eu-west-1.amazonaws.com/"   # default: the role's region

@@ -6,7 +6,8 @@
 //! port is kept).
 //! Each connection is one JSON file in `<state>/connections/`, written atomically; its secret
 //! (a token, a service-account key, a role configuration) is sealed under the master key with
-//! the host as associated data (see [`crate::seal`]). Nothing here returns a secret to a
+//! every public field of the record as associated data (see [`crate::seal`]). Every record is opened when the facade starts: one that does not open stops
+//! it (exit 64) instead of failing device requests. Nothing here returns a secret to a
 //! caller outside the facade: a [`ConnectionView`](meshanics_operator_api::ConnectionView)
 //! (the operator API's type) is what lists and shows are made of.
 //!
@@ -57,6 +58,20 @@ pub enum SetupError {
     /// The token client could not be built.
     #[error(transparent)]
     Client(#[from] crate::http_client::HttpClientError),
+}
+
+// === impl SetupError ===
+
+impl SetupError {
+    /// Whether the operator has to act before the facade can start: a record does not open
+    /// under the master key (the wrong key, or a record altered or restored without it). The
+    /// binary exits 64 for these, as for a bad configuration.
+    pub fn needs_operator(&self) -> bool {
+        matches!(
+            self,
+            SetupError::Store(ConnectionError::Unopenable { .. } | ConnectionError::Legacy { .. })
+        )
+    }
 }
 
 impl Connections {

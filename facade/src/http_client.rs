@@ -35,13 +35,16 @@ pub fn builder(roots: RootCertStore) -> Result<reqwest::ClientBuilder, HttpClien
     Ok(reqwest::Client::builder().use_preconfigured_tls(config))
 }
 
-/// A client trusting `roots`, with connect and overall timeouts (token endpoints).
+/// A client for token endpoints trusting `roots`, with connect and overall timeouts. It
+/// follows no redirect: a token request carries a signed assertion or a signature meant for
+/// its endpoint alone, which a redirect would re-send elsewhere (and over plain HTTP).
 pub fn client(
     roots: RootCertStore,
     connect_timeout: Duration,
     timeout: Duration,
 ) -> Result<reqwest::Client, HttpClientError> {
     builder(roots)?
+        .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(connect_timeout)
         .timeout(timeout)
         .build()

@@ -39,7 +39,7 @@
 //!   rest under the operator's master key; [`connections::pasted`] reduces what an operator
 //!   pastes (a host, a reference, a registry's web page) to the registry it is keyed by.
 //! - [`cloud`]: cloud credentials (Google service accounts, AWS roles for ECR) exchanged for
-//!   short-lived registry tokens, cached per host.
+//!   short-lived registry tokens, cached per connection (dropped on a 401 and on removal).
 //! - [`tags`]: tag listing with `Link` pagination, and the newest-likely-first ordering.
 //! - [`http_client`]: the one outbound HTTP client set-up (ring TLS provider), shared by the
 //!   registry client and the cloud token client.

@@ -1,6 +1,7 @@
 //! `meshanics-facade`: the registry facade's binary. Reads the config once (exit 64 on a bad
-//! one, naming the key and the file), serves until SIGTERM or SIGINT, then drains. SIGHUP
-//! re-reads the `[tls]` files (device CA, CRLs, certificate and key; see
+//! one, naming the key and the file, and on a connection record the master key does not
+//! open, naming the record), serves until SIGTERM or SIGINT, then drains. SIGHUP re-reads
+//! the `[tls]` files (device CA, CRLs, certificate and key; see
 //! [`meshanics_facade::device_tls`]) without a restart.
 
 use std::path::PathBuf;
@@ -72,6 +73,12 @@ fn main() -> ExitCode {
         };
         match Connections::open(&config, key, aws, Some(configured.clone())) {
             Ok(connections) => Some(connections),
+            // Every record was opened: a wrong master key (or a record altered without it)
+            // stops the facade here, naming the record, rather than answering devices 404.
+            Err(error) if error.needs_operator() => {
+                eprintln!("meshanics-facade: opening the connection store: {error}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
             Err(error) => {
                 eprintln!("meshanics-facade: opening the connection store: {error}");
                 return ExitCode::FAILURE;

@@ -12,10 +12,12 @@ use std::fmt;
 use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
+use zeroize::Zeroizing;
 
-/// A secret string (a token, a password). Its `Debug` and `Display` never show it.
+/// A secret string (a token, a password). Its `Debug` and `Display` never show it; clones
+/// share one copy, wiped from memory when the last one is dropped.
 #[derive(Clone, PartialEq, Eq)]
-pub struct Secret(Arc<str>);
+pub struct Secret(Arc<Zeroizing<String>>);
 
 /// What the facade presents to an upstream: a user name and a secret, used for HTTP Basic
 /// and for the Basic-authenticated token request of the bearer flow.
@@ -48,6 +50,14 @@ pub struct ProviderError {
 pub trait CredentialProvider: Send + Sync + fmt::Debug {
     /// The credentials to present now; `None` for anonymous access.
     fn credentials(&self) -> BoxFuture<'_, Result<Option<PresentedCredentials>, ProviderError>>;
+
+    /// The upstream answered 401 to `presented` (or its token endpoint refused them): a
+    /// provider with a short-lived token drops it, so the next request gets a new one. Fixed
+    /// credentials have nothing to drop.
+    fn rejected<'a>(&'a self, presented: &'a PresentedCredentials) -> BoxFuture<'a, ()> {
+        let _ = presented;
+        Box::pin(async {})
+    }
 }
 
 /// No credentials: a public registry.
@@ -63,12 +73,12 @@ pub struct StaticCredentials(PresentedCredentials);
 impl Secret {
     /// Wraps a secret.
     pub fn new(secret: String) -> Self {
-        Secret(secret.into())
+        Secret(Arc::new(Zeroizing::new(secret)))
     }
 
     /// The secret itself, for the one place that sends it.
     pub fn expose(&self) -> &str {
-        &self.0
+        self.0.as_str()
     }
 }
 

@@ -251,6 +251,7 @@ impl Upstream {
         if response.status() != StatusCode::UNAUTHORIZED || !self.is_own(response.url()) {
             return Ok(response);
         }
+        self.refused(&response, authorization.as_ref()).await;
         let Some(challenge) = Challenge::from_headers(response.headers()) else {
             return Ok(response);
         };
@@ -261,7 +262,9 @@ impl Upstream {
         if authorization.is_none() {
             return Ok(response);
         }
-        self.send(outgoing, url, authorization.as_ref()).await
+        let response = self.send(outgoing, url, authorization.as_ref()).await?;
+        self.refused(&response, authorization.as_ref()).await;
+        Ok(response)
     }
 
     /// Sends one request, following redirects; `Authorization` only within the upstream's

@@ -1,10 +1,13 @@
-//! Sealing secrets at rest: ChaCha20-Poly1305 under the operator's master key, with the
-//! registry host as associated data.
+//! Sealing secrets at rest: ChaCha20-Poly1305 under the operator's master key, with
+//! associated data the caller chooses.
 //!
-//! The host is bound into every sealed record, so a record copied into another connection's
-//! file (or renamed to another host) fails to open instead of lending its credential to a
-//! host the operator never gave it to. A fresh random nonce per seal; the sealed form is
-//! `v1:` + base64(nonce || ciphertext || tag).
+//! The connection store passes every public field of a record (host, provider, username,
+//! plain HTTP, CA bundle, approval, who and when) in one canonical encoding, so a record
+//! copied into another connection's file, renamed to another host, or with a single public
+//! field edited fails to open instead of lending its credential to a host, a transport or a
+//! CA the operator never chose. A fresh random nonce per seal; the sealed form is `v2:` +
+//! base64(nonce || ciphertext || tag). The first format, `v1:`, bound only the host; it is
+//! read once, to migrate ([`MasterKey::open_v1`]).
 //!
 //! The master key is 32 random bytes, read from a file the operator provides (mode 0600 or
 //! stricter, refused otherwise) or from systemd's `$CREDENTIALS_DIRECTORY/master-key`. Raw
@@ -12,19 +15,26 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use ring::rand::{SecureRandom, SystemRandom};
+use zeroize::Zeroizing;
 
 /// The file name of the master key in a systemd credentials directory.
 pub const CREDENTIAL_NAME: &str = "master-key";
-const PREFIX: &str = "v1:";
+/// The current sealed form: the caller's associated data.
+const PREFIX: &str = "v2:";
+/// The first sealed form: the host alone as associated data.
+const PREFIX_V1: &str = "v1:";
 
 /// The key that seals stored credentials.
 pub struct MasterKey {
     key: LessSafeKey,
+    /// How many records were opened (tests check that secrets are opened once, not per use).
+    opens: AtomicU64,
 }
 
 /// Why a master key could not be loaded, or a secret sealed or opened.
@@ -63,9 +73,9 @@ pub enum SealError {
     #[error("the system random number generator failed")]
     Random,
     /// A sealed record is malformed, was sealed for another host or under another key, or
-    /// was altered.
+    /// was altered (its secret, or any field of its associated data).
     #[error(
-        "the stored secret for {host} cannot be opened (altered, moved from another host, or sealed under another master key)"
+        "the stored record for {host} cannot be opened: altered (a field changed without the master key), moved from another host, or sealed under another master key"
     )]
     Open {
         /// The host the record was opened for.
@@ -116,6 +126,7 @@ impl MasterKey {
         let key = UnboundKey::new(&CHACHA20_POLY1305, raw).ok()?;
         Some(MasterKey {
             key: LessSafeKey::new(key),
+            opens: AtomicU64::new(0),
         })
     }
 
@@ -128,8 +139,8 @@ impl MasterKey {
         Ok(raw.iter().map(|b| format!("{b:02x}")).collect())
     }
 
-    /// Seals `secret` for `host`.
-    pub fn seal(&self, host: &str, secret: &[u8]) -> Result<String, SealError> {
+    /// Seals `secret` with `aad` as associated data.
+    pub fn seal(&self, aad: &[u8], secret: &[u8]) -> Result<String, SealError> {
         let mut nonce = [0u8; NONCE_LEN];
         SystemRandom::new()
             .fill(&mut nonce)
@@ -138,7 +149,7 @@ impl MasterKey {
         self.key
             .seal_in_place_append_tag(
                 Nonce::assume_unique_for_key(nonce),
-                Aad::from(host.as_bytes()),
+                Aad::from(aad),
                 &mut buf,
             )
             .map_err(|_| SealError::Random)?;
@@ -147,21 +158,58 @@ impl MasterKey {
         Ok(format!("{PREFIX}{}", STANDARD.encode(out)))
     }
 
-    /// Opens a record sealed for `host`.
-    pub fn open(&self, host: &str, sealed: &str) -> Result<Vec<u8>, SealError> {
+    /// Opens a `v2:` record sealed with `aad`; `host` names it in errors.
+    pub fn open(
+        &self,
+        host: &str,
+        aad: &[u8],
+        sealed: &str,
+    ) -> Result<Zeroizing<Vec<u8>>, SealError> {
+        self.open_as(PREFIX, host, aad, sealed)
+    }
+
+    /// Opens a record of the first format (`v1:`, the host alone as associated data): only to
+    /// migrate it.
+    pub fn open_v1(&self, host: &str, sealed: &str) -> Result<Zeroizing<Vec<u8>>, SealError> {
+        self.open_as(PREFIX_V1, host, host.as_bytes(), sealed)
+    }
+
+    fn open_as(
+        &self,
+        prefix: &str,
+        host: &str,
+        aad: &[u8],
+        sealed: &str,
+    ) -> Result<Zeroizing<Vec<u8>>, SealError> {
+        self.opens.fetch_add(1, Ordering::Relaxed);
         let fail = || SealError::Open {
             host: host.to_owned(),
         };
-        let body = sealed.strip_prefix(PREFIX).ok_or_else(fail)?;
+        let body = sealed.strip_prefix(prefix).ok_or_else(fail)?;
         let bytes = STANDARD.decode(body).map_err(|_| fail())?;
         let (nonce, ciphertext) = bytes.split_at_checked(NONCE_LEN).ok_or_else(fail)?;
         let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| fail())?;
-        let mut buf = ciphertext.to_vec();
-        let plain = self
+        let mut buf = Zeroizing::new(ciphertext.to_vec());
+        let plain_len = self
             .key
-            .open_in_place(nonce, Aad::from(host.as_bytes()), &mut buf)
-            .map_err(|_| fail())?;
-        Ok(plain.to_vec())
+            .open_in_place(nonce, Aad::from(aad), &mut buf)
+            .map_err(|_| fail())?
+            .len();
+        buf.truncate(plain_len);
+        Ok(buf)
+    }
+}
+
+/// Whether `sealed` is in the first format (`v1:`), which bound only the host.
+pub fn is_v1(sealed: &str) -> bool {
+    sealed.starts_with(PREFIX_V1)
+}
+
+impl MasterKey {
+    /// How many times a record was opened with this key.
+    #[cfg(test)]
+    pub(crate) fn opens(&self) -> u64 {
+        self.opens.load(Ordering::Relaxed)
     }
 }
 
@@ -191,44 +239,57 @@ mod tests {
     }
 
     #[test]
-    fn opens_what_it_sealed_for_the_same_host() {
-        let sealed = key().seal("ghcr.io", b"ghp_token").unwrap();
-        assert!(sealed.starts_with("v1:"));
+    fn opens_what_it_sealed_with_the_same_associated_data() {
+        let sealed = key().seal(b"ghcr.io|static", b"ghp_token").unwrap();
+        assert!(sealed.starts_with("v2:"));
         assert!(!sealed.contains("ghp_token"));
-        assert_eq!(key().open("ghcr.io", &sealed).unwrap(), b"ghp_token");
+        let opened = key().open("ghcr.io", b"ghcr.io|static", &sealed).unwrap();
+        assert_eq!(opened.as_slice(), b"ghp_token");
     }
 
     #[test]
-    fn refuses_a_record_moved_to_another_host() {
-        let sealed = key().seal("ghcr.io", b"ghp_token").unwrap();
-        let err = key().open("quay.io", &sealed).unwrap_err();
-        assert!(matches!(err, SealError::Open { ref host } if host == "quay.io"));
+    fn refuses_a_record_whose_associated_data_changed() {
+        let sealed = key().seal(b"ghcr.io|https", b"ghp_token").unwrap();
+        let err = key().open("ghcr.io", b"ghcr.io|http", &sealed).unwrap_err();
+        assert!(matches!(err, SealError::Open { ref host } if host == "ghcr.io"));
     }
 
     #[test]
     fn refuses_a_record_sealed_under_another_key() {
-        let sealed = key().seal("ghcr.io", b"x").unwrap();
+        let sealed = key().seal(b"a", b"x").unwrap();
         let other = MasterKey::from_bytes(&[8u8; 32]).unwrap();
-        assert!(other.open("ghcr.io", &sealed).is_err());
+        assert!(other.open("ghcr.io", b"a", &sealed).is_err());
     }
 
     #[test]
     fn refuses_an_altered_record() {
-        let sealed = key().seal("ghcr.io", b"secret").unwrap();
+        let sealed = key().seal(b"a", b"secret").unwrap();
         let mut bytes = STANDARD.decode(&sealed[3..]).unwrap();
         let last = bytes.len() - 1;
         bytes[last] ^= 1;
-        let altered = format!("v1:{}", STANDARD.encode(bytes));
-        assert!(key().open("ghcr.io", &altered).is_err());
-        assert!(key().open("ghcr.io", "v1:AAAA").is_err());
-        assert!(key().open("ghcr.io", "plain text").is_err());
+        let altered = format!("v2:{}", STANDARD.encode(bytes));
+        assert!(key().open("ghcr.io", b"a", &altered).is_err());
+        assert!(key().open("ghcr.io", b"a", "v2:AAAA").is_err());
+        assert!(key().open("ghcr.io", b"a", "plain text").is_err());
+    }
+
+    #[test]
+    fn opens_the_first_format_only_where_asked_to() {
+        // Sealed by the first format under [42; 32] for ghcr.io: "ghp_SuperSecretToken123".
+        let v1 = "v1:zVoFAL6mNISVwHCq7x9YHrdc2bnPV+FkBy3E592vqUy3WTa6Z1KBsO1N7m8rS2uYkMof";
+        let key = MasterKey::from_bytes(&[42u8; 32]).unwrap();
+        assert!(is_v1(v1));
+        let opened = key.open_v1("ghcr.io", v1).unwrap();
+        assert_eq!(opened.as_slice(), b"ghp_SuperSecretToken123");
+        assert!(key.open_v1("quay.io", v1).is_err());
+        assert!(key.open("ghcr.io", b"ghcr.io", v1).is_err());
     }
 
     #[test]
     fn uses_a_fresh_nonce_for_every_seal() {
         assert_ne!(
-            key().seal("h", b"same").unwrap(),
-            key().seal("h", b"same").unwrap()
+            key().seal(b"a", b"same").unwrap(),
+            key().seal(b"a", b"same").unwrap()
         );
     }
 

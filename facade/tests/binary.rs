@@ -149,3 +149,74 @@ fn ping(dir: &Path, addr: &str) -> u16 {
         response.status().as_u16()
     })
 }
+
+#[test]
+fn a_wrong_master_key_exits_64_naming_the_connection_record() {
+    use std::os::unix::fs::PermissionsExt as _;
+    use std::time::UNIX_EPOCH;
+
+    use meshanics_facade::connections::{ConnectionCredentials, NewConnection, Store};
+    use meshanics_facade::seal::MasterKey;
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "server.key");
+    // A connection sealed under one key...
+    Store::open(dir.path(), MasterKey::from_bytes(&[1u8; 32]).unwrap())
+        .unwrap()
+        .add(
+            NewConnection {
+                registry: "ghcr.io".into(),
+                credentials: ConnectionCredentials::Static {
+                    username: "robot".into(),
+                    token: "ghp_token".into(),
+                },
+                plain_http: false,
+                ca_pem: None,
+                storage_hosts: Vec::new(),
+                connected_by: "alice".into(),
+            },
+            UNIX_EPOCH + Duration::from_secs(1_800_000_000),
+        )
+        .unwrap();
+    // ...and the facade started with another.
+    let key_file = dir.path().join("master-key");
+    std::fs::write(&key_file, [2u8; 32]).unwrap();
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        format!("master_key_file = \"{}\"\n{text}", key_file.display()),
+    )
+    .unwrap();
+
+    let mut child = Command::new(BIN)
+        .arg("--config")
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A facade that does not notice serves on: stop it rather than hang the test.
+    let status = (0..300).find_map(|_| {
+        let status = child.try_wait().unwrap();
+        if status.is_none() {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        status
+    });
+    if status.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(64),
+        "the facade started with a master key that opens no record: {stderr}"
+    );
+    assert!(
+        stderr.contains("ghcr.io.json") && stderr.contains("master key"),
+        "{stderr}"
+    );
+}

@@ -4,11 +4,13 @@
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
+use zeroize::Zeroize as _;
 
 use crate::connection::ProviderKind;
 
-/// `POST /v1/registries`: connect a registry.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// `POST /v1/registries`: connect a registry. Its `Debug` never shows the token, the key or
+/// the external id, and they are wiped from memory when it is dropped.
+#[derive(Clone, Serialize, Deserialize)]
 pub struct AddRegistry {
     /// The registry as typed or pasted (host, URL or image reference).
     pub registry: String,
@@ -44,6 +46,34 @@ pub struct AddRegistry {
     pub storage_hosts: Vec<String>,
     /// Who connects it.
     pub connected_by: String,
+}
+
+impl fmt::Debug for AddRegistry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let redacted = |secret: &Option<String>| secret.as_ref().map(|_| "<redacted>");
+        f.debug_struct("AddRegistry")
+            .field("registry", &self.registry)
+            .field("provider", &self.provider)
+            .field("username", &self.username)
+            .field("token", &redacted(&self.token))
+            .field("gcp_key_json", &redacted(&self.gcp_key_json))
+            .field("role_arn", &self.role_arn)
+            .field("external_id", &redacted(&self.external_id))
+            .field("region", &self.region)
+            .field("plain_http", &self.plain_http)
+            .field("ca_pem", &self.ca_pem.as_ref().map(|_| "<PEM>"))
+            .field("storage_hosts", &self.storage_hosts)
+            .field("connected_by", &self.connected_by)
+            .finish()
+    }
+}
+
+impl Drop for AddRegistry {
+    fn drop(&mut self) {
+        self.token.zeroize();
+        self.gcp_key_json.zeroize();
+        self.external_id.zeroize();
+    }
 }
 
 /// `GET /v1/tags`: a repository's tags.
@@ -187,3 +217,34 @@ pub struct ImportResponse {
 /// An error body: `{"errors":[{"code","message"}]}`, the same OCI-style body every server of
 /// the project writes.
 pub use meshanics_shared::oci_error::{ErrorBody, ErrorEntry};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_add_request_never_shows_its_secrets_in_debug_output() {
+        let request = AddRegistry {
+            registry: "ghcr.io".into(),
+            provider: ProviderKind::Static,
+            username: Some("robot".into()),
+            token: Some("ghp_tok3n".into()),
+            gcp_key_json: Some(r#"{"private_key":"-----BEGIN PRIVATE KEY-----"}"#.into()),
+            role_arn: Some("arn:aws:iam::123456789012:role/pull".into()),
+            external_id: Some("ext-s3cret".into()),
+            region: Some("eu-west-1".into()),
+            plain_http: false,
+            ca_pem: None,
+            storage_hosts: vec!["blobs.example:9000".into()],
+            connected_by: "alice".into(),
+        };
+        let shown = format!("{request:?}");
+        for secret in ["ghp_tok3n", "PRIVATE KEY", "ext-s3cret"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert!(
+            shown.contains("robot") && shown.contains("ghcr.io"),
+            "{shown}"
+        );
+    }
+}

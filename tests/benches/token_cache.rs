@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use meshanics_facade::cloud::gcp::ServiceAccountKey;
-use meshanics_facade::cloud::token_cache::{Clock, CloudTokenCache, MarginPolicy};
+use meshanics_facade::cloud::token_cache::{Clock, CloudTokenCache, MarginPolicy, TokenKey};
 use meshanics_facade::http_client;
 use meshanics_tests::gcp_server::{GcpTokenServer, ServiceAccount};
 
@@ -62,6 +62,10 @@ fn main() {
             "{:<10} {:>12} {:>10} {:>14} {:>14} {:>14}",
             "window", "token calls", "expected", "hit p50 (µs)", "hit p99 (µs)", "refresh (ms)"
         );
+        let connection = TokenKey {
+            host: "europe-docker.pkg.dev".into(),
+            connection: 1,
+        };
         for window in [Duration::from_secs(600), Duration::from_secs(10 * 3600)] {
             let start = SystemTime::now();
             let clock = Arc::new(SimulatedClock(Mutex::new(start)));
@@ -77,7 +81,7 @@ fn main() {
                 let (key, client) = (key.clone(), client.clone());
                 let t = Instant::now();
                 let token = cache
-                    .get("europe-docker.pkg.dev", |sim_now| async move {
+                    .get(&connection, |sim_now| async move {
                         // The assertion is signed at real time (the server checks it); the
                         // token's expiry is placed on the simulated timeline.
                         let mut token = key.fetch(&client, SystemTime::now()).await?;

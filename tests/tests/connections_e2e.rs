@@ -117,6 +117,23 @@ fn push(built: &BuiltImage, registry: &RegistryServer, tag: &str, creds: Option<
     skopeo::push_layout_as(&built.dir, "v1", &reference, creds).unwrap();
 }
 
+/// A registry that takes Basic `username:password`, with the image pushed to it as `v1`.
+fn registry_with_image(
+    work: &Path,
+    username: &str,
+    password: &str,
+) -> (RegistryServer, BuiltImage) {
+    let registry = RegistryServer::start(&Options::basic_auth(username, password)).unwrap();
+    let built = image(work);
+    push(
+        &built,
+        &registry,
+        "v1",
+        Some(&format!("{username}:{password}")),
+    );
+    (registry, built)
+}
+
 /// `skopeo copy --all` of `digest` through the facade with the device certificate.
 fn device_pull(
     facade: &FacadeFixture,
@@ -307,15 +324,7 @@ fn an_anonymous_connection_is_not_proxied_until_approved() {
 fn a_gcp_connection_pulls_with_exchanged_tokens_refreshing_once_when_they_expire() {
     let work = tempfile::tempdir().unwrap();
     let access_token = "ya29.fixed-access-token-for-the-registry";
-    let registry =
-        RegistryServer::start(&Options::basic_auth("oauth2accesstoken", access_token)).unwrap();
-    let built = image(work.path());
-    push(
-        &built,
-        &registry,
-        "v1",
-        Some(&format!("oauth2accesstoken:{access_token}")),
-    );
+    let (registry, built) = registry_with_image(work.path(), "oauth2accesstoken", access_token);
     let account =
         ServiceAccount::generate(work.path(), "puller@meshanics-test.iam.gserviceaccount.com")
             .unwrap();
@@ -417,13 +426,22 @@ fn a_failed_token_refresh_is_a_503_with_retry_after_and_no_upstream_text() {
     assert_eq!(server.rejected(), 1);
 }
 
-#[test]
-fn an_ecr_connection_assumes_the_role_and_pulls() {
+/// A registry that takes `AWS:<password>`, the image pushed to it, a local STS and ECR, and a
+/// facade whose ECR endpoints are those; its connection is not added yet.
+struct EcrSetup {
+    work: tempfile::TempDir,
+    registry: RegistryServer,
+    built: BuiltImage,
+    account: AwsAccount,
+    aws: AwsServer,
+    facade: FacadeFixture,
+    /// The AWS server's runtime: it needs one before the facade exists.
+    _rt: tokio::runtime::Runtime,
+}
+
+fn ecr_setup(password: &str) -> EcrSetup {
     let work = tempfile::tempdir().unwrap();
-    let password = "ecr-fixed-password-for-the-registry";
-    let registry = RegistryServer::start(&Options::basic_auth("AWS", password)).unwrap();
-    let built = image(work.path());
-    push(&built, &registry, "v1", Some(&format!("AWS:{password}")));
+    let (registry, built) = registry_with_image(work.path(), "AWS", password);
     let account = AwsAccount {
         region: "eu-west-1".into(),
         access_key_id: "AKIAMESHANICSTEST".into(),
@@ -431,7 +449,6 @@ fn an_ecr_connection_assumes_the_role_and_pulls() {
         role_arn: "arn:aws:iam::123456789012:role/meshanics-pull".into(),
         external_id: Some("ext-77".into()),
     };
-    // The AWS server needs a runtime before the facade exists: start it on its own.
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -451,34 +468,124 @@ fn an_ecr_connection_assumes_the_role_and_pulls() {
             expires_at: None,
         }),
     );
-    let host = registry.host();
-    let (code, _, err) = meshctl(
-        &facade,
-        &[
-            "registry",
-            "add",
-            &host,
-            "--ecr-role-arn",
-            &account.role_arn,
-            "--external-id",
-            "ext-77",
-            "--region",
-            "eu-west-1",
-            "--plain-http",
-        ],
-    );
-    assert_eq!(code, 0, "{err}");
-    device_pull(
-        &facade,
-        &registry,
-        built.index.digest.as_ref(),
-        &work.path().join("pulled"),
-    )
-    .unwrap();
+    EcrSetup {
+        work,
+        registry,
+        built,
+        account,
+        aws,
+        facade,
+        _rt: rt,
+    }
+}
+
+impl EcrSetup {
+    fn connect(&self) {
+        let host = self.registry.host();
+        let (code, _, err) = meshctl(
+            &self.facade,
+            &[
+                "registry",
+                "add",
+                &host,
+                "--ecr-role-arn",
+                &self.account.role_arn,
+                "--external-id",
+                "ext-77",
+                "--region",
+                "eu-west-1",
+                "--plain-http",
+            ],
+        );
+        assert_eq!(code, 0, "{err}");
+    }
+
+    fn pull(&self, into: &str) -> Result<(), String> {
+        device_pull(
+            &self.facade,
+            &self.registry,
+            self.built.index.digest.as_ref(),
+            &self.work.path().join(into),
+        )
+    }
+}
+
+#[test]
+fn an_ecr_connection_assumes_the_role_and_pulls() {
+    let password = "ecr-fixed-password-for-the-registry";
+    let setup = ecr_setup(password);
+    setup.connect();
+    setup.pull("pulled").unwrap();
+    let (aws, facade) = (&setup.aws, &setup.facade);
     assert_eq!(aws.assume_calls(), 1);
     assert_eq!(aws.token_calls(), 1);
     assert!(aws.refusals().is_empty(), "{:?}", aws.refusals());
-    assert_nowhere(password, &facade, &[]);
-    assert_nowhere("base-secret-key-never-logged", &facade, &[]);
-    assert_nowhere("ext-77", &facade, &[]);
+    assert_nowhere(password, facade, &[]);
+    assert_nowhere("base-secret-key-never-logged", facade, &[]);
+    assert_nowhere("ext-77", facade, &[]);
+}
+
+#[test]
+fn a_cloud_token_the_registry_refuses_is_dropped_and_the_next_pull_exchanges_again() {
+    let password = "ecr-fixed-password-for-the-registry";
+    let setup = ecr_setup(password);
+    // The first token ECR hands out is one the registry does not take (revoked, say).
+    setup.aws.set_fixed_password(Some("revoked-ecr-password"));
+    setup.connect();
+    assert!(
+        setup.pull("refused").is_err(),
+        "pulled with a refused token"
+    );
+    let exchanges = setup.aws.token_calls();
+    assert!(exchanges >= 1);
+    setup.aws.set_fixed_password(Some(password));
+    setup.pull("pulled").unwrap();
+    assert_eq!(setup.aws.token_calls(), exchanges + 1);
+}
+
+#[test]
+fn a_cloud_connection_removed_and_added_again_with_another_key_exchanges_the_new_key() {
+    let work = tempfile::tempdir().unwrap();
+    let access_token = "ya29.fixed-access-token-for-the-registry";
+    let (registry, built) = registry_with_image(work.path(), "oauth2accesstoken", access_token);
+    let facade = facade_with_connections(vec![], None);
+    let mut servers = Vec::new();
+    for name in ["first", "second"] {
+        let account = ServiceAccount::generate(
+            work.path(),
+            &format!("{name}@meshanics-test.iam.gserviceaccount.com"),
+        )
+        .unwrap();
+        let server = facade
+            .block_on(GcpTokenServer::start(account.clone()))
+            .unwrap();
+        server.set_fixed_token(Some(access_token));
+        servers.push((account, server));
+    }
+    let host = registry.host();
+    let digest = built.index.digest.as_ref();
+    for (i, (account, server)) in servers.iter().enumerate() {
+        if i > 0 {
+            let (code, _, err) = meshctl(&facade, &["registry", "remove", &host]);
+            assert_eq!(code, 0, "{err}");
+        }
+        add_gcp_connection(
+            &facade,
+            work.path(),
+            &host,
+            &account.key_json(&server.token_uri()),
+        );
+        device_pull(
+            &facade,
+            &registry,
+            digest,
+            &work.path().join(format!("pull-{i}")),
+        )
+        .unwrap();
+        assert_eq!(
+            server.requests(),
+            1,
+            "connection {i} did not exchange its own key"
+        );
+    }
 }

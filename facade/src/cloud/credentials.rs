@@ -1,5 +1,6 @@
 //! Cloud credentials as the registry client sees them: a [`CredentialProvider`] that answers
-//! with the cached short-lived token, refreshing it through the provider when stale.
+//! with the connection's cached short-lived token, refreshing it through the provider when
+//! stale, and dropping it when the registry refuses it.
 
 use std::fmt;
 use std::sync::Arc;
@@ -9,7 +10,7 @@ use futures_util::future::BoxFuture;
 use super::CloudError;
 use super::ecr::EcrProvider;
 use super::gcp::ServiceAccountKey;
-use super::token_cache::CloudTokenCache;
+use super::token_cache::{CloudTokenCache, TokenKey};
 use crate::providers::{CredentialProvider, PresentedCredentials, ProviderError, Secret};
 
 /// Where a connection's short-lived tokens come from.
@@ -24,7 +25,7 @@ pub enum CloudSource {
 /// The credential provider of one cloud connection.
 #[derive(Clone)]
 pub struct CloudCredentials {
-    host: String,
+    key: TokenKey,
     source: CloudSource,
     client: reqwest::Client,
     cache: Arc<CloudTokenCache>,
@@ -33,16 +34,16 @@ pub struct CloudCredentials {
 // === impl CloudCredentials ===
 
 impl CloudCredentials {
-    /// Tokens for `host` from `source`, fetched with `client`, cached in `cache` (one cache
-    /// for the whole facade, keyed by host).
+    /// Tokens for the connection `key` from `source`, fetched with `client`, cached in
+    /// `cache` (one cache for the whole facade, keyed by connection).
     pub fn new(
-        host: String,
+        key: TokenKey,
         source: CloudSource,
         client: reqwest::Client,
         cache: Arc<CloudTokenCache>,
     ) -> Self {
         CloudCredentials {
-            host,
+            key,
             source,
             client,
             cache,
@@ -60,9 +61,9 @@ impl CloudCredentials {
 impl CredentialProvider for CloudCredentials {
     fn credentials(&self) -> BoxFuture<'_, Result<Option<PresentedCredentials>, ProviderError>> {
         Box::pin(async move {
-            let token = self
+            let mut token = self
                 .cache
-                .get(&self.host, |now| async move {
+                .get(&self.key, |now| async move {
                     match &self.source {
                         CloudSource::Gcp(key) => key.fetch(&self.client, now).await,
                         CloudSource::Ecr(role) => role.fetch(&self.client, now).await,
@@ -70,10 +71,10 @@ impl CredentialProvider for CloudCredentials {
                 })
                 .await
                 .map_err(|error| {
-                    tracing::warn!(host = %self.host, provider = self.kind(), %error, "token refresh failed");
+                    tracing::warn!(host = %self.key.host, provider = self.kind(), %error, "token refresh failed");
                     ProviderError {
                         provider: self.kind(),
-                        host: self.host.clone(),
+                        host: self.key.host.clone(),
                         reason: error.to_string(),
                         retry_after: match error {
                             CloudError::RecentlyFailed { retry_after, .. } => Some(retry_after),
@@ -82,11 +83,20 @@ impl CredentialProvider for CloudCredentials {
                     }
                 })?;
             Ok(Some(PresentedCredentials {
-                username: token.username,
-                password: Secret::new(token.password),
+                username: std::mem::take(&mut token.username),
+                password: Secret::new(std::mem::take(&mut token.password)),
                 // ECR wants Basic at once; Google's registries answer the challenge flow.
                 preemptive_basic: matches!(self.source, CloudSource::Ecr(_)),
             }))
+        })
+    }
+
+    fn rejected<'a>(&'a self, presented: &'a PresentedCredentials) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            tracing::info!(host = %self.key.host, provider = self.kind(), "the registry refused the token: it is dropped");
+            self.cache
+                .reject(&self.key, presented.password.expose())
+                .await;
         })
     }
 }
@@ -94,7 +104,8 @@ impl CredentialProvider for CloudCredentials {
 impl fmt::Debug for CloudCredentials {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CloudCredentials")
-            .field("host", &self.host)
+            .field("host", &self.key.host)
+            .field("connection", &self.key.connection)
             .field("provider", &self.kind())
             .finish_non_exhaustive()
     }

@@ -19,9 +19,10 @@ use base64::engine::general_purpose::STANDARD;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
+use zeroize::{Zeroize as _, Zeroizing};
 
 use super::gcp::form_encode;
-use super::{CloudError, RegistryToken};
+use super::{CloudError, RegistryToken, read_token_answer};
 
 /// The session name the facade's assumed-role sessions carry (visible in CloudTrail).
 pub const SESSION_NAME: &str = "meshanics-facade";
@@ -41,6 +42,13 @@ pub struct EcrRole {
     pub external_id: Option<String>,
     /// The AWS region of the registry.
     pub region: String,
+}
+
+/// The external id is wiped from memory when the role is dropped.
+impl Drop for EcrRole {
+    fn drop(&mut self) {
+        self.external_id.zeroize();
+    }
 }
 
 impl fmt::Debug for EcrRole {
@@ -173,7 +181,7 @@ impl EcrProvider {
         .send()
         .await
         .map_err(|e| request_err(endpoint, &e))?;
-        let body = read_success(response, endpoint).await?;
+        let body = read_token_answer(response, endpoint).await?;
         parse_assume_role_response(&body, endpoint)
     }
 
@@ -201,7 +209,7 @@ impl EcrProvider {
         .send()
         .await
         .map_err(|e| request_err(endpoint, &e))?;
-        let body = read_success(response, endpoint).await?;
+        let body = read_token_answer(response, endpoint).await?;
         parse_authorization_response(&body, endpoint, now)
     }
 }
@@ -269,23 +277,6 @@ fn request_err(endpoint: &str, e: &reqwest::Error) -> CloudError {
     }
 }
 
-async fn read_success(
-    response: reqwest::Response,
-    endpoint: &str,
-) -> Result<bytes::Bytes, CloudError> {
-    let status = response.status();
-    if !status.is_success() {
-        return Err(CloudError::Refused {
-            endpoint: endpoint.to_owned(),
-            status: status.as_u16(),
-        });
-    }
-    response
-        .bytes()
-        .await
-        .map_err(|e| request_err(endpoint, &e))
-}
-
 /// Reads STS's `AssumeRoleResponse` XML: the session's `AccessKeyId`, `SecretAccessKey`,
 /// `SessionToken` and `Expiration`.
 pub fn parse_assume_role_response(
@@ -348,8 +339,9 @@ pub fn parse_authorization_response(
     let decoded = STANDARD
         .decode(data.authorization_token.trim())
         .map_err(|_| unreadable("authorizationToken is not base64"))?;
-    let decoded =
-        String::from_utf8(decoded).map_err(|_| unreadable("authorizationToken is not text"))?;
+    let decoded = Zeroizing::new(
+        String::from_utf8(decoded).map_err(|_| unreadable("authorizationToken is not text"))?,
+    );
     let (username, password) = decoded
         .split_once(':')
         .ok_or_else(|| unreadable("authorizationToken is not user:password"))?;

@@ -16,8 +16,9 @@ use ring::signature::{RSA_PKCS1_SHA256, RsaKeyPair};
 use rustls_pki_types::PrivateKeyDer;
 use rustls_pki_types::pem::PemObject as _;
 use serde::Deserialize;
+use zeroize::Zeroize as _;
 
-use super::{CloudError, RegistryToken};
+use super::{CloudError, RegistryToken, read_token_answer};
 
 /// The OAuth2 scope the assertion asks for.
 pub const SCOPE: &str = "https://www.googleapis.com/auth/cloud-platform";
@@ -36,6 +37,7 @@ pub struct ServiceAccountKey {
     key: RsaKeyPair,
 }
 
+/// A key file as parsed; its private key is wiped from memory when dropped.
 #[derive(Deserialize)]
 struct RawKey {
     #[serde(rename = "type")]
@@ -45,6 +47,12 @@ struct RawKey {
     #[serde(default)]
     private_key_id: Option<String>,
     token_uri: String,
+}
+
+impl Drop for RawKey {
+    fn drop(&mut self) {
+        self.private_key.zeroize();
+    }
 }
 
 /// Google's OAuth2 token endpoint answer.
@@ -64,7 +72,7 @@ impl ServiceAccountKey {
             provider: "gcp",
             reason,
         };
-        let raw: RawKey = serde_json::from_str(json)
+        let mut raw: RawKey = serde_json::from_str(json)
             .map_err(|e| config(format!("not a service-account key file: {e}")))?;
         if raw.kind.as_deref().is_some_and(|k| k != "service_account") {
             return Err(config("the key file's type is not service_account".into()));
@@ -72,19 +80,22 @@ impl ServiceAccountKey {
         if !raw.token_uri.starts_with("https://") && !raw.token_uri.starts_with("http://") {
             return Err(config("token_uri is not an http(s) URL".into()));
         }
-        let der = PrivateKeyDer::from_pem_slice(raw.private_key.as_bytes())
+        let mut der = PrivateKeyDer::from_pem_slice(raw.private_key.as_bytes())
             .map_err(|e| config(format!("private_key is not a PEM private key: {e}")))?;
-        let PrivateKeyDer::Pkcs8(pkcs8) = der else {
-            return Err(config(
+        let key = match &der {
+            PrivateKeyDer::Pkcs8(pkcs8) => RsaKeyPair::from_pkcs8(pkcs8.secret_pkcs8_der())
+                .map_err(|e| config(format!("private_key is not a usable RSA key: {e}"))),
+            _ => Err(config(
                 "private_key must be PKCS#8 (BEGIN PRIVATE KEY)".into(),
-            ));
+            )),
         };
-        let key = RsaKeyPair::from_pkcs8(pkcs8.secret_pkcs8_der())
-            .map_err(|e| config(format!("private_key is not a usable RSA key: {e}")))?;
+        // The DER copy is wiped at once; ring keeps its own form of the key.
+        der.zeroize();
+        let key = key?;
         Ok(ServiceAccountKey {
-            client_email: raw.client_email,
-            private_key_id: raw.private_key_id,
-            token_uri: raw.token_uri,
+            client_email: std::mem::take(&mut raw.client_email),
+            private_key_id: raw.private_key_id.take(),
+            token_uri: std::mem::take(&mut raw.token_uri),
             key,
         })
     }
@@ -166,14 +177,7 @@ impl ServiceAccountKey {
             .send()
             .await
             .map_err(request_err)?;
-        let status = response.status();
-        if !status.is_success() {
-            return Err(CloudError::Refused {
-                endpoint,
-                status: status.as_u16(),
-            });
-        }
-        let body = response.bytes().await.map_err(request_err)?;
+        let body = read_token_answer(response, &endpoint).await?;
         parse_token_response(&body, &endpoint, now)
     }
 }

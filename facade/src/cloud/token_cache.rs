@@ -1,11 +1,15 @@
-//! Short-lived registry tokens cached per host, refreshed shortly before they expire, one
-//! refresh at a time.
+//! Short-lived registry tokens cached per connection ([`TokenKey`]: the host and the
+//! connection's generation), refreshed shortly before they expire, one refresh at a time.
+//!
+//! A token the registry refused is dropped ([`CloudTokenCache::reject`]), and a removed
+//! connection's tokens with it ([`CloudTokenCache::forget_host`]): a registry connected again
+//! with another role or key never gets the old connection's token.
 //!
 //! A token is used until `expires_at - margin`, where the margin is the smaller of a fixed
 //! duration (default 5 minutes) and a fraction of the token's lifetime (default 10 %), so a
 //! 12-hour ECR token is renewed 5 minutes early and a 60-second token 6 seconds early.
 //!
-//! Each host has its own async mutex: the first caller that finds the token stale refreshes
+//! Each connection has its own async mutex: the first caller that finds the token stale refreshes
 //! it while the others wait, and they all get the new token (single flight: 50 concurrent
 //! pulls, one token request). A failed refresh is remembered for a short back-off, so a
 //! token endpoint that is down is not hammered by every waiting pull; callers get
@@ -64,18 +68,27 @@ impl MarginPolicy {
     }
 }
 
+/// Which connection a token belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TokenKey {
+    /// The registry host.
+    pub host: String,
+    /// The connection's generation (see [`crate::connections::Connection::generation`]).
+    pub connection: u64,
+}
+
 #[derive(Debug, Default)]
 struct Slot {
     token: Option<RegistryToken>,
     failed_at: Option<SystemTime>,
 }
 
-/// The per-host token cache.
+/// The per-connection token cache.
 #[derive(Debug)]
 pub struct CloudTokenCache {
     policy: MarginPolicy,
     clock: Arc<dyn Clock>,
-    slots: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Slot>>>>,
+    slots: Mutex<HashMap<TokenKey, Arc<tokio::sync::Mutex<Slot>>>>,
     refreshes: AtomicU64,
     hits: AtomicU64,
 }
@@ -94,16 +107,16 @@ impl CloudTokenCache {
         }
     }
 
-    /// The token for `host`: the cached one while fresh, else the result of `refresh(now)`
-    /// (called by one caller at a time per host).
-    pub async fn get<F, Fut>(&self, host: &str, refresh: F) -> Result<RegistryToken, CloudError>
+    /// The token for `key`: the cached one while fresh, else the result of `refresh(now)`
+    /// (called by one caller at a time per connection).
+    pub async fn get<F, Fut>(&self, key: &TokenKey, refresh: F) -> Result<RegistryToken, CloudError>
     where
         F: FnOnce(SystemTime) -> Fut,
         Fut: Future<Output = Result<RegistryToken, CloudError>>,
     {
         let slot = {
             let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-            slots.entry(host.to_owned()).or_default().clone()
+            slots.entry(key.clone()).or_default().clone()
         };
         let mut slot = slot.lock().await;
         let now = self.clock.now();
@@ -118,7 +131,7 @@ impl CloudTokenCache {
             let since = now.duration_since(failed_at).unwrap_or_default();
             if since < self.policy.failure_backoff {
                 return Err(CloudError::RecentlyFailed {
-                    host: host.to_owned(),
+                    host: key.host.clone(),
                     retry_after: self.policy.failure_backoff - since,
                 });
             }
@@ -138,10 +151,31 @@ impl CloudTokenCache {
         }
     }
 
-    /// Forgets the token for `host` (after the registry refused it).
-    pub fn invalidate(&self, host: &str) {
+    /// Drops the token of `key` if it is still `password` (the registry refused it): the
+    /// next caller refreshes. A newer token is kept, so many requests refused at once cause
+    /// one refresh, not one each.
+    pub async fn reject(&self, key: &TokenKey, password: &str) {
+        let slot = {
+            let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+            slots.get(key).cloned()
+        };
+        let Some(slot) = slot else {
+            return;
+        };
+        let mut slot = slot.lock().await;
+        if slot
+            .token
+            .as_ref()
+            .is_some_and(|token| token.password == password)
+        {
+            slot.token = None;
+        }
+    }
+
+    /// Forgets every token of `host`'s connections (the connection was removed).
+    pub fn forget_host(&self, host: &str) {
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-        slots.remove(host);
+        slots.retain(|key, _| key.host != host);
     }
 
     /// How many refreshes were started.

@@ -1,8 +1,18 @@
 //! The connection store: one JSON file per connection in `<state>/connections/`.
+//!
+//! Every record is opened when the store opens (a wrong master key, or a record altered
+//! without it, stops the facade at start instead of failing device requests one by one), and
+//! its opened credentials are kept in memory for as long as the connection exists: a device
+//! request never unseals anything. Records of the first format are migrated then, once
+//! ([`load`]).
+
+mod load;
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::RwLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use meshanics_operator_api::{ConnectionView, ProviderKind};
@@ -19,12 +29,24 @@ use crate::seal::{MasterKey, SealError};
 /// The connections folder inside the facade's state dir.
 pub(super) const CONNECTIONS_DIR: &str = "connections";
 
+/// What the store calls when a connection is removed (to drop clients and cached tokens).
+type RemovalHook = Box<dyn Fn(&Registry) + Send + Sync>;
+
 /// The connection store.
-#[derive(Debug)]
 pub struct Store {
     dir: PathBuf,
     key: MasterKey,
-    records: RwLock<BTreeMap<Registry, StoredRecord>>,
+    records: RwLock<BTreeMap<Registry, Entry>>,
+    next_generation: AtomicU64,
+    on_remove: RwLock<Vec<RemovalHook>>,
+}
+
+/// A record and its credentials, opened once.
+#[derive(Debug)]
+struct Entry {
+    record: StoredRecord,
+    credentials: Arc<ConnectionCredentials>,
+    generation: u64,
 }
 
 /// A connection opened for use by the facade (credentials in memory).
@@ -32,8 +54,13 @@ pub struct Store {
 pub struct Connection {
     /// The registry.
     pub registry: Registry,
-    /// Its credentials.
-    pub credentials: ConnectionCredentials,
+    /// Which connection this is: every add (and every start of the facade) gives a new
+    /// generation, an approval keeps it. Clients and cloud tokens are kept per generation,
+    /// so a registry removed and connected again with other credentials never gets the old
+    /// connection's.
+    pub generation: u64,
+    /// Its credentials, opened once when the store loaded or added the connection.
+    pub credentials: Arc<ConnectionCredentials>,
     /// Plain HTTP upstream.
     pub plain_http: bool,
     /// Its own CA bundle (PEM), if any.
@@ -96,39 +123,53 @@ pub enum ConnectionError {
     /// Sealing or opening a secret failed.
     #[error(transparent)]
     Seal(#[from] SealError),
+    /// A stored record does not open under this master key: it was altered (a field changed
+    /// without the key), moved from another host, or sealed under another master key.
+    #[error("connection record {path}: {source}")]
+    Unopenable {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: SealError,
+    },
+    /// A record in the old format appeared after the store was migrated to the current one:
+    /// it was restored or planted, and is not trusted.
+    #[error(
+        "connection record {path} is in the old format, which this store no longer accepts (it was migrated): remove it and connect {host} again"
+    )]
+    Legacy {
+        /// The file.
+        path: PathBuf,
+        /// The host it names.
+        host: String,
+    },
 }
 
 // === impl Store ===
 
 impl Store {
-    /// Opens (creating if needed) the store under `state_dir`, loading every record.
+    /// Opens (creating if needed) the store under `state_dir` and every record in it,
+    /// migrating records of the first format unless the store was already migrated.
     pub fn open(state_dir: &Path, key: MasterKey) -> Result<Self, ConnectionError> {
         let dir = state_dir.join(CONNECTIONS_DIR);
         create_private_dir(&dir)?;
-        let mut records = BTreeMap::new();
-        let entries = std::fs::read_dir(&dir).map_err(io("listing", &dir))?;
-        for entry in entries {
-            let path = entry.map_err(io("listing", &dir))?.path();
-            if path.extension().is_none_or(|e| e != "json") {
-                continue;
-            }
-            let bytes = std::fs::read(&path).map_err(io("reading", &path))?;
-            let record: StoredRecord =
-                serde_json::from_slice(&bytes).map_err(|e| ConnectionError::Corrupt {
-                    path: path.clone(),
-                    reason: e.to_string(),
-                })?;
-            let registry = Registry::parse(&record.host).map_err(|e| ConnectionError::Corrupt {
-                path: path.clone(),
-                reason: e.to_string(),
-            })?;
-            records.insert(registry, record);
-        }
-        Ok(Store {
+        let store = Store {
             dir,
             key,
-            records: RwLock::new(records),
-        })
+            records: RwLock::new(BTreeMap::new()),
+            next_generation: AtomicU64::new(1),
+            on_remove: RwLock::new(Vec::new()),
+        };
+        let records = store.load()?;
+        *store.records.write().unwrap_or_else(|p| p.into_inner()) = records;
+        Ok(store)
+    }
+
+    /// Calls `hook` with the registry whenever a connection is removed.
+    pub fn on_remove(&self, hook: impl Fn(&Registry) + Send + Sync + 'static) {
+        let mut hooks = self.on_remove.write().unwrap_or_else(|p| p.into_inner());
+        hooks.push(Box::new(hook));
     }
 
     /// Connects a registry. Anonymous connections start unapproved; others are approved.
@@ -143,26 +184,22 @@ impl Store {
             host: host.clone(),
             reason: reason.to_owned(),
         };
-        let (username, secret) = match &new.credentials {
-            ConnectionCredentials::Anonymous => (None, None),
+        let username = match &new.credentials {
+            ConnectionCredentials::Anonymous => None,
             ConnectionCredentials::Static { username, token } => {
                 if username.is_empty() || token.is_empty() {
                     return Err(invalid("a static connection needs a username and a token"));
                 }
-                (Some(username.clone()), Some(token.clone().into_bytes()))
+                Some(username.clone())
             }
             ConnectionCredentials::Gcp { key_json } => {
                 let key =
                     ServiceAccountKey::parse(key_json).map_err(|e| invalid(&e.to_string()))?;
-                (
-                    Some(key.client_email().to_owned()),
-                    Some(key_json.clone().into_bytes()),
-                )
+                Some(key.client_email().to_owned())
             }
             ConnectionCredentials::Ecr(role) => {
                 validate_role(role).map_err(&invalid)?;
-                let json = serde_json::to_vec(role).map_err(|e| invalid(&e.to_string()))?;
-                (Some(role.role_arn.clone()), Some(json))
+                Some(role.role_arn.clone())
             }
         };
         let storage_hosts = new
@@ -170,15 +207,13 @@ impl Store {
             .iter()
             .map(|text| text.parse::<StorageHost>().map(|host| host.to_string()))
             .collect::<Result<Vec<_>, _>>()?;
-        let sealed = match secret {
-            Some(secret) => Some(self.key.seal(&host, &secret)?),
-            None => None,
-        };
-        let record = StoredRecord {
+        let kind = new.credentials.kind();
+        let credentials = Arc::new(new.credentials);
+        let mut record = StoredRecord {
             host: host.clone(),
-            provider: new.credentials.kind(),
+            provider: kind,
             username,
-            sealed,
+            sealed: None,
             plain_http: new.plain_http,
             ca_pem: new.ca_pem,
             storage_hosts,
@@ -187,22 +222,30 @@ impl Store {
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_secs())
                 .unwrap_or(0),
-            approved: new.credentials.kind() != ProviderKind::Anonymous,
+            approved: kind != ProviderKind::Anonymous,
         };
+        self.seal(&mut record, &credentials)?;
         let mut records = self.records.write().unwrap_or_else(|p| p.into_inner());
         if records.contains_key(&registry) {
             return Err(ConnectionError::Exists { host });
         }
         self.write(&registry, &record)?;
         let view = record.view();
-        records.insert(registry, record);
+        records.insert(
+            registry,
+            Entry {
+                record,
+                credentials,
+                generation: self.next_generation(),
+            },
+        );
         Ok(view)
     }
 
     /// Every connection, sorted by host.
     pub fn list(&self) -> Vec<ConnectionView> {
         let records = self.records.read().unwrap_or_else(|p| p.into_inner());
-        records.values().map(StoredRecord::view).collect()
+        records.values().map(|entry| entry.record.view()).collect()
     }
 
     /// One connection, by host or URL.
@@ -211,7 +254,7 @@ impl Store {
         let records = self.records.read().unwrap_or_else(|p| p.into_inner());
         records
             .get(&registry)
-            .map(StoredRecord::view)
+            .map(|entry| entry.record.view())
             .ok_or_else(|| not_found(&registry))
     }
 
@@ -219,26 +262,34 @@ impl Store {
     pub fn approve(&self, registry: &str) -> Result<ConnectionView, ConnectionError> {
         let registry = pasted::registry(registry)?;
         let mut records = self.records.write().unwrap_or_else(|p| p.into_inner());
-        let record = records
+        let entry = records
             .get_mut(&registry)
             .ok_or_else(|| not_found(&registry))?;
-        let mut updated = record.clone();
+        let mut updated = entry.record.clone();
         updated.approved = true;
+        self.seal(&mut updated, &entry.credentials)?;
         self.write(&registry, &updated)?;
-        *record = updated;
-        Ok(record.view())
+        entry.record = updated;
+        Ok(entry.record.view())
     }
 
     /// Removes a connection; the facade stops proxying it at once.
     pub fn remove(&self, registry: &str) -> Result<ConnectionView, ConnectionError> {
         let registry = pasted::registry(registry)?;
-        let mut records = self.records.write().unwrap_or_else(|p| p.into_inner());
-        let record = records.get(&registry).ok_or_else(|| not_found(&registry))?;
-        let path = self.path_for(&registry);
-        std::fs::remove_file(&path).map_err(io("removing", &path))?;
-        sync_dir(&self.dir).map_err(fs_error)?;
-        let view = record.view();
-        records.remove(&registry);
+        let view = {
+            let mut records = self.records.write().unwrap_or_else(|p| p.into_inner());
+            let entry = records.get(&registry).ok_or_else(|| not_found(&registry))?;
+            let path = self.path_for(&registry);
+            std::fs::remove_file(&path).map_err(io("removing", &path))?;
+            sync_dir(&self.dir).map_err(fs_error)?;
+            let view = entry.record.view();
+            records.remove(&registry);
+            view
+        };
+        let hooks = self.on_remove.read().unwrap_or_else(|p| p.into_inner());
+        for hook in hooks.iter() {
+            hook(&registry);
+        }
         Ok(view)
     }
 
@@ -246,22 +297,23 @@ impl Store {
     /// operator's tag browsing and import), or `None`.
     pub fn connection(&self, registry: &Registry) -> Result<Option<Connection>, ConnectionError> {
         let records = self.records.read().unwrap_or_else(|p| p.into_inner());
-        let Some(record) = records.get(registry) else {
+        let Some(entry) = records.get(registry) else {
             return Ok(None);
         };
-        let credentials = self.credentials(record)?;
-        let storage_hosts = record
+        let storage_hosts = entry
+            .record
             .storage_hosts
             .iter()
             .map(|text| text.parse())
             .collect::<Result<_, _>>()?;
         Ok(Some(Connection {
             registry: registry.clone(),
-            credentials,
-            plain_http: record.plain_http,
-            ca_pem: record.ca_pem.clone(),
+            generation: entry.generation,
+            credentials: entry.credentials.clone(),
+            plain_http: entry.record.plain_http,
+            ca_pem: entry.record.ca_pem.clone(),
             storage_hosts,
-            approved: record.approved,
+            approved: entry.record.approved,
         }))
     }
 
@@ -271,33 +323,31 @@ impl Store {
         Ok(self.connection(registry)?.filter(|c| c.approved))
     }
 
-    fn credentials(&self, record: &StoredRecord) -> Result<ConnectionCredentials, ConnectionError> {
-        let host = &record.host;
-        let secret = match &record.sealed {
-            Some(sealed) => Some(self.key.open(host, sealed)?),
-            None => None,
-        };
-        let corrupt = |reason: &str| ConnectionError::InvalidCredentials {
-            host: host.clone(),
-            reason: reason.to_owned(),
-        };
-        let text = || {
-            secret
-                .clone()
-                .and_then(|s| String::from_utf8(s).ok())
-                .ok_or_else(|| corrupt("the sealed secret is missing or not text"))
-        };
-        Ok(match record.provider {
-            ProviderKind::Anonymous => ConnectionCredentials::Anonymous,
-            ProviderKind::Static => ConnectionCredentials::Static {
-                username: record.username.clone().unwrap_or_default(),
-                token: text()?,
-            },
-            ProviderKind::Gcp => ConnectionCredentials::Gcp { key_json: text()? },
-            ProviderKind::Ecr => ConnectionCredentials::Ecr(
-                serde_json::from_str(&text()?).map_err(|e| corrupt(&e.to_string()))?,
-            ),
-        })
+    /// Seals `credentials` into `record`, with all its public fields as associated data.
+    fn seal(
+        &self,
+        record: &mut StoredRecord,
+        credentials: &ConnectionCredentials,
+    ) -> Result<(), ConnectionError> {
+        let secret = credentials
+            .secret()
+            .map_err(|e| ConnectionError::InvalidCredentials {
+                host: record.host.clone(),
+                reason: e.to_string(),
+            })?;
+        let sealed = self.key.seal(&record.associated_data(), &secret)?;
+        record.sealed = Some(sealed);
+        Ok(())
+    }
+
+    fn next_generation(&self) -> u64 {
+        self.next_generation.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// How many times a record's secret was opened.
+    #[cfg(test)]
+    pub(super) fn unseals(&self) -> u64 {
+        self.key.opens()
     }
 
     fn path_for(&self, registry: &Registry) -> PathBuf {
@@ -313,12 +363,26 @@ impl Store {
 
     /// Writes a record atomically: a private temp file, fsync, rename, fsync the folder.
     fn write(&self, registry: &Registry, record: &StoredRecord) -> Result<(), ConnectionError> {
-        let path = self.path_for(registry);
+        self.write_to(&self.path_for(registry), record)
+    }
+
+    /// Writes a record to `path` atomically.
+    fn write_to(&self, path: &Path, record: &StoredRecord) -> Result<(), ConnectionError> {
         let bytes = serde_json::to_vec_pretty(record).map_err(|e| ConnectionError::Corrupt {
-            path: path.clone(),
+            path: path.to_owned(),
             reason: e.to_string(),
         })?;
-        write_atomic_with_mode(&path, &bytes, 0o600).map_err(fs_error)
+        write_atomic_with_mode(path, &bytes, 0o600).map_err(fs_error)
+    }
+}
+
+impl fmt::Debug for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let records = self.records.read().unwrap_or_else(|p| p.into_inner());
+        f.debug_struct("Store")
+            .field("dir", &self.dir)
+            .field("connections", &records.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
     }
 }
 

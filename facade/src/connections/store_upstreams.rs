@@ -4,15 +4,14 @@
 //! provider (static, anonymous, or a cloud token provider).
 //!
 //! Clients are reused while a connection stays the same, and rebuilt when an operator removes
-//! and re-adds it (a fingerprint of the record tells). The proxy asks on every request, so a
-//! removed connection stops being proxied at once.
+//! and re-adds it (the connection's generation tells); a removal drops its client at once.
+//! The proxy asks on every request, so a removed connection stops being proxied at once.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use meshanics_shared::Registry;
-use ring::digest::{SHA256, digest};
 use rustls::RootCertStore;
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject as _;
@@ -21,7 +20,7 @@ use super::{Connection, ConnectionCredentials, ConnectionError, Store};
 use crate::approval::ApprovedUpstreams;
 use crate::cloud::ecr::{AwsCredentials, EcrProvider, Endpoints};
 use crate::cloud::gcp::ServiceAccountKey;
-use crate::cloud::token_cache::CloudTokenCache;
+use crate::cloud::token_cache::{CloudTokenCache, TokenKey};
 use crate::cloud::{CloudCredentials, CloudSource};
 use crate::config::UpstreamTimeouts;
 use crate::providers::{
@@ -34,7 +33,7 @@ use crate::registry_client::{Endpoint, RedirectRules, Upstream};
 pub struct CloudSettings {
     /// The client for token endpoints.
     pub client: reqwest::Client,
-    /// The per-host token cache shared by all cloud connections.
+    /// The token cache shared by all cloud connections (keyed by connection).
     pub cache: Arc<CloudTokenCache>,
     /// The facade's base AWS credentials (read once from the environment at start).
     pub aws: Option<AwsCredentials>,
@@ -42,8 +41,8 @@ pub struct CloudSettings {
     pub ecr_endpoints: Option<Endpoints>,
 }
 
-/// A built client and the fingerprint of the connection it was built for.
-type CachedClient = ([u8; 32], Arc<Upstream>);
+/// A built client and the generation of the connection it was built for.
+type CachedClient = (u64, Arc<Upstream>);
 
 /// Upstreams from the connection store, falling back to another set (the config file's).
 #[derive(Debug)]
@@ -53,7 +52,7 @@ pub struct StoreUpstreams {
     timeouts: UpstreamTimeouts,
     cloud: CloudSettings,
     own_listeners: Vec<SocketAddr>,
-    clients: Mutex<HashMap<Registry, CachedClient>>,
+    clients: Arc<Mutex<HashMap<Registry, CachedClient>>>,
 }
 
 /// Why a connection's client could not be built.
@@ -85,13 +84,20 @@ impl StoreUpstreams {
         cloud: CloudSettings,
         own_listeners: Vec<SocketAddr>,
     ) -> Self {
+        let clients: Arc<Mutex<HashMap<Registry, CachedClient>>> = Arc::default();
+        let (dropped, tokens) = (clients.clone(), cloud.cache.clone());
+        store.on_remove(move |registry| {
+            let mut clients = dropped.lock().unwrap_or_else(|p| p.into_inner());
+            clients.remove(registry);
+            tokens.forget_host(registry.as_str());
+        });
         StoreUpstreams {
             store,
             fallback,
             timeouts,
             cloud,
             own_listeners,
-            clients: Mutex::new(HashMap::new()),
+            clients,
         }
     }
 
@@ -110,25 +116,31 @@ impl StoreUpstreams {
     }
 
     fn client_for(&self, connection: &Connection) -> Result<Arc<Upstream>, BuildError> {
-        let fingerprint = fingerprint(connection);
         let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((known, client)) = clients.get(&connection.registry)
-            && *known == fingerprint
+        if let Some((generation, client)) = clients.get(&connection.registry)
+            && *generation == connection.generation
         {
             return Ok(client.clone());
         }
         let client = Arc::new(self.build(connection)?);
-        clients.insert(connection.registry.clone(), (fingerprint, client.clone()));
+        clients.insert(
+            connection.registry.clone(),
+            (connection.generation, client.clone()),
+        );
         Ok(client)
     }
 
     fn build(&self, connection: &Connection) -> Result<Upstream, BuildError> {
         let host = connection.registry.as_str().to_owned();
+        let token_key = TokenKey {
+            host: host.clone(),
+            connection: connection.generation,
+        };
         let unusable = |reason: String| BuildError::Unusable {
             host: host.clone(),
             reason,
         };
-        let credentials: Arc<dyn CredentialProvider> = match &connection.credentials {
+        let credentials: Arc<dyn CredentialProvider> = match &*connection.credentials {
             ConnectionCredentials::Anonymous => Arc::new(Anonymous),
             ConnectionCredentials::Static { username, token } => Arc::new(StaticCredentials::new(
                 PresentedCredentials::basic(username.clone(), Secret::new(token.clone())),
@@ -137,7 +149,7 @@ impl StoreUpstreams {
                 let key =
                     ServiceAccountKey::parse(key_json).map_err(|e| unusable(e.to_string()))?;
                 Arc::new(CloudCredentials::new(
-                    host.clone(),
+                    token_key,
                     CloudSource::Gcp(Arc::new(key)),
                     self.cloud.client.clone(),
                     self.cloud.cache.clone(),
@@ -153,7 +165,7 @@ impl StoreUpstreams {
                     .clone()
                     .unwrap_or_else(|| Endpoints::for_region(&role.region));
                 Arc::new(CloudCredentials::new(
-                    host.clone(),
+                    token_key,
                     CloudSource::Ecr(Arc::new(EcrProvider::new(role.clone(), base, endpoints))),
                     self.cloud.client.clone(),
                     self.cloud.cache.clone(),
@@ -211,30 +223,4 @@ impl ApprovedUpstreams for StoreUpstreams {
             }
         }
     }
-}
-
-/// A digest of everything that shapes a connection's client (secrets included, hashed).
-fn fingerprint(connection: &Connection) -> [u8; 32] {
-    let mut text = format!("{}\0{}\0", connection.registry, connection.plain_http);
-    match &connection.credentials {
-        ConnectionCredentials::Anonymous => text.push_str("anonymous"),
-        ConnectionCredentials::Static { username, token } => {
-            text.push_str(&format!("static\0{username}\0{token}"));
-        }
-        ConnectionCredentials::Gcp { key_json } => text.push_str(&format!("gcp\0{key_json}")),
-        ConnectionCredentials::Ecr(role) => text.push_str(&format!(
-            "ecr\0{}\0{}\0{}",
-            role.role_arn,
-            role.external_id.as_deref().unwrap_or(""),
-            role.region
-        )),
-    }
-    text.push('\0');
-    text.push_str(connection.ca_pem.as_deref().unwrap_or(""));
-    for host in &connection.storage_hosts {
-        text.push_str(&format!("\0{host}"));
-    }
-    let mut out = [0u8; 32];
-    out.copy_from_slice(digest(&SHA256, text.as_bytes()).as_ref());
-    out
 }

@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use base64::Engine as _;
-use http::HeaderValue;
+use http::{HeaderValue, StatusCode};
 use reqwest::Url;
 
 use super::{
@@ -106,6 +106,17 @@ impl Upstream {
         }
     }
 
+    /// Tells the credential provider that the upstream's own origin answered 401 to the
+    /// Basic credentials it supplied (a cloud provider then drops its short-lived token).
+    pub(super) async fn refused(&self, response: &reqwest::Response, sent: Option<&Authorization>) {
+        if response.status() == StatusCode::UNAUTHORIZED
+            && self.is_own(response.url())
+            && let Some(Authorization::Basic(presented)) = sent
+        {
+            self.credentials.rejected(presented).await;
+        }
+    }
+
     /// Asks the token endpoint for a token (Docker token spec), with Basic credentials when
     /// there are any.
     async fn fetch_token(
@@ -141,6 +152,9 @@ impl Upstream {
         }
         let response = self.timed(&url, builder.send()).await?;
         let status = response.status();
+        if let (StatusCode::UNAUTHORIZED, Some(presented)) = (status, credentials) {
+            self.credentials.rejected(presented).await;
+        }
         if !status.is_success() {
             return Err(token_err(format!("answered {status}")));
         }

@@ -12,10 +12,18 @@ use std::time::{Duration, SystemTime};
 use meshanics_facade::cloud::CloudError;
 use meshanics_facade::cloud::ecr::{AwsCredentials, EcrProvider, EcrRole, Endpoints};
 use meshanics_facade::cloud::gcp::ServiceAccountKey;
-use meshanics_facade::cloud::token_cache::{CloudTokenCache, MarginPolicy, SystemClock};
+use meshanics_facade::cloud::token_cache::{CloudTokenCache, MarginPolicy, SystemClock, TokenKey};
 use meshanics_facade::http_client;
 use meshanics_tests::aws_server::{AwsAccount, AwsServer};
 use meshanics_tests::gcp_server::{GcpTokenServer, ServiceAccount};
+
+/// The cache key of the one connection to `host` in these tests.
+fn connection(host: &str) -> TokenKey {
+    TokenKey {
+        host: host.into(),
+        connection: 1,
+    }
+}
 
 fn client() -> reqwest::Client {
     http_client::client(
@@ -94,7 +102,7 @@ async fn fifty_concurrent_pulls_cause_exactly_one_token_request() {
         let (cache, key, client) = (cache.clone(), key.clone(), client.clone());
         tasks.push(tokio::spawn(async move {
             cache
-                .get("europe-docker.pkg.dev", |now| async move {
+                .get(&connection("europe-docker.pkg.dev"), |now| async move {
                     key.fetch(&client, now).await
                 })
                 .await
@@ -116,12 +124,18 @@ async fn a_token_expiring_mid_run_is_refreshed_once() {
     let cache = CloudTokenCache::new(MarginPolicy::default(), Arc::new(SystemClock));
     let client = client();
     let fetch = |now| key.fetch(&client, now);
-    let first = cache.get("gcr.io", fetch).await.unwrap();
-    assert_eq!(cache.get("gcr.io", fetch).await.unwrap(), first);
+    let first = cache.get(&connection("gcr.io"), fetch).await.unwrap();
+    assert_eq!(
+        cache.get(&connection("gcr.io"), fetch).await.unwrap(),
+        first
+    );
     tokio::time::sleep(Duration::from_millis(2100)).await;
-    let second = cache.get("gcr.io", fetch).await.unwrap();
+    let second = cache.get(&connection("gcr.io"), fetch).await.unwrap();
     assert_ne!(second.password, first.password);
-    assert_eq!(cache.get("gcr.io", fetch).await.unwrap(), second);
+    assert_eq!(
+        cache.get(&connection("gcr.io"), fetch).await.unwrap(),
+        second
+    );
     assert_eq!(server.requests(), 2);
 }
 

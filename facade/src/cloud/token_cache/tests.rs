@@ -23,6 +23,13 @@ impl Clock for ManualClock {
     }
 }
 
+fn key(host: &str, connection: u64) -> TokenKey {
+    TokenKey {
+        host: host.into(),
+        connection,
+    }
+}
+
 fn token(now: SystemTime, lifetime: Duration, n: u64) -> RegistryToken {
     RegistryToken {
         username: "u".into(),
@@ -58,11 +65,11 @@ async fn serves_a_fresh_token_from_the_cache_and_refreshes_before_expiry() {
         let n = calls.fetch_add(1, Ordering::SeqCst);
         async move { Ok(token(now, Duration::from_secs(3600), n)) }
     };
-    assert_eq!(cache.get("h", fetch).await.unwrap().password, "t0");
+    assert_eq!(cache.get(&key("h", 1), fetch).await.unwrap().password, "t0");
     clock.advance(Duration::from_secs(3600 - 301));
-    assert_eq!(cache.get("h", fetch).await.unwrap().password, "t0");
+    assert_eq!(cache.get(&key("h", 1), fetch).await.unwrap().password, "t0");
     clock.advance(Duration::from_secs(2)); // now inside the 5-minute margin
-    assert_eq!(cache.get("h", fetch).await.unwrap().password, "t1");
+    assert_eq!(cache.get(&key("h", 1), fetch).await.unwrap().password, "t1");
     assert_eq!(calls.load(Ordering::SeqCst), 2);
     assert_eq!(cache.refreshes(), 2);
     assert_eq!(cache.hits(), 1);
@@ -73,13 +80,13 @@ async fn keeps_hosts_apart() {
     let clock = ManualClock::new();
     let cache = CloudTokenCache::new(MarginPolicy::default(), clock);
     let a = cache
-        .get("a", |now| async move {
+        .get(&key("a", 1), |now| async move {
             Ok(token(now, Duration::from_secs(60), 1))
         })
         .await
         .unwrap();
     let b = cache
-        .get("b", |now| async move {
+        .get(&key("b", 1), |now| async move {
             Ok(token(now, Duration::from_secs(60), 2))
         })
         .await
@@ -100,7 +107,7 @@ async fn fifty_concurrent_callers_cause_exactly_one_refresh() {
         let calls = calls.clone();
         tasks.push(tokio::spawn(async move {
             cache
-                .get("registry.example.com", |now| async move {
+                .get(&key("registry.example.com", 1), |now| async move {
                     calls.fetch_add(1, Ordering::SeqCst);
                     // Slow enough that every other caller arrives while this one refreshes.
                     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -130,17 +137,17 @@ async fn remembers_a_failed_refresh_for_the_backoff_then_tries_again() {
         }
     };
     assert!(matches!(
-        cache.get("h", failing).await,
+        cache.get(&key("h", 1), failing).await,
         Err(CloudError::Refused { .. })
     ));
-    let again = cache.get("h", failing).await.unwrap_err();
+    let again = cache.get(&key("h", 1), failing).await.unwrap_err();
     assert!(
         matches!(again, CloudError::RecentlyFailed { retry_after, .. } if retry_after == Duration::from_secs(5))
     );
     assert_eq!(calls.load(Ordering::SeqCst), 1);
     clock.advance(Duration::from_secs(6));
     let ok = cache
-        .get("h", |now| async move {
+        .get(&key("h", 1), |now| async move {
             Ok(token(now, Duration::from_secs(60), 9))
         })
         .await;
@@ -148,21 +155,56 @@ async fn remembers_a_failed_refresh_for_the_backoff_then_tries_again() {
 }
 
 #[tokio::test]
-async fn invalidate_forces_a_refresh() {
-    let clock = ManualClock::new();
-    let cache = CloudTokenCache::new(MarginPolicy::default(), clock);
+async fn a_new_connection_to_the_same_host_gets_a_token_of_its_own() {
+    let cache = CloudTokenCache::new(MarginPolicy::default(), ManualClock::new());
     let first = cache
-        .get("h", |now| async move {
+        .get(&key("h", 1), |now| async move {
             Ok(token(now, Duration::from_secs(3600), 1))
         })
         .await
         .unwrap();
-    cache.invalidate("h");
     let second = cache
-        .get("h", |now| async move {
+        .get(&key("h", 2), |now| async move {
             Ok(token(now, Duration::from_secs(3600), 2))
         })
         .await
         .unwrap();
     assert_ne!(first.password, second.password);
+    assert_eq!(cache.refreshes(), 2);
+}
+
+#[tokio::test]
+async fn a_refused_token_is_dropped_and_the_next_caller_refreshes() {
+    let cache = CloudTokenCache::new(MarginPolicy::default(), ManualClock::new());
+    let calls = AtomicU64::new(0);
+    let fetch = |now| {
+        let n = calls.fetch_add(1, Ordering::SeqCst);
+        async move { Ok(token(now, Duration::from_secs(3600), n)) }
+    };
+    assert_eq!(cache.get(&key("h", 1), fetch).await.unwrap().password, "t0");
+    cache.reject(&key("h", 1), "t0").await;
+    assert_eq!(cache.get(&key("h", 1), fetch).await.unwrap().password, "t1");
+    // A refusal of the token already replaced keeps the new one.
+    cache.reject(&key("h", 1), "t0").await;
+    assert_eq!(cache.get(&key("h", 1), fetch).await.unwrap().password, "t1");
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn forgetting_a_host_drops_the_tokens_of_its_connections_only() {
+    let cache = CloudTokenCache::new(MarginPolicy::default(), ManualClock::new());
+    let calls = AtomicU64::new(0);
+    let fetch = |now| {
+        let n = calls.fetch_add(1, Ordering::SeqCst);
+        async move { Ok(token(now, Duration::from_secs(3600), n)) }
+    };
+    cache.get(&key("h", 1), fetch).await.unwrap();
+    cache.get(&key("other", 2), fetch).await.unwrap();
+    cache.forget_host("h");
+    assert_eq!(cache.get(&key("h", 1), fetch).await.unwrap().password, "t2");
+    assert_eq!(
+        cache.get(&key("other", 2), fetch).await.unwrap().password,
+        "t1"
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
 }
