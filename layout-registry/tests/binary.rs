@@ -5,8 +5,6 @@
 //! This test is also why `cargo test --workspace` builds the binary that the demo and the
 //! whole-system tests start (cargo builds a package's binaries for its integration tests).
 
-#![expect(clippy::expect_used, reason = "tests: a failed setup is a failed test")]
-
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::TcpStream;
 use std::process::{Command, Stdio};
