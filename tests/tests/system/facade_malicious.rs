@@ -53,7 +53,7 @@ fn fetch(
     digest: &Digest,
     http2: bool,
 ) -> Outcome {
-    let path = device_path(&upstream.host(), "team/app", kind, &digest.to_string());
+    let path = device_path(&upstream.host(), "team/app", kind, digest.as_ref());
     let response = facade
         .device_request(reqwest::Method::GET, &path, &[], http2)
         .unwrap();
@@ -134,7 +134,7 @@ fn bodies_longer_than_the_content_are_aborted() {
     assert_never_clean_wrong_content(&outcome, &digest);
 
     // The same through a path the script answers chunked (the repository name differs).
-    let path = device_path(&server.host(), "team/chunked", "blobs", &digest.to_string());
+    let path = device_path(&server.host(), "team/chunked", "blobs", digest.as_ref());
     let DeviceResponse { status, clean, .. } = facade
         .device_request(reqwest::Method::GET, &path, &[], false)
         .unwrap();

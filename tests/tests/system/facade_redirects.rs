@@ -68,7 +68,7 @@ fn get_blob(
     digest: &Digest,
     range: Option<&str>,
 ) -> DeviceResponse {
-    let path = device_path(&upstream.host(), "team/app", "blobs", &digest.to_string());
+    let path = device_path(&upstream.host(), "team/app", "blobs", digest.as_ref());
     let headers: Vec<(&str, &str)> = range.map(|range| ("Range", range)).into_iter().collect();
     facade
         .device_request(reqwest::Method::GET, &path, &headers, false)

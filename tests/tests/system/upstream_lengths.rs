@@ -25,7 +25,7 @@ fn ask(
     digest: &Digest,
     http2: bool,
 ) -> (u16, Option<String>, Vec<u8>, bool) {
-    let path = device_path(&upstream.host(), "team/app", kind, &digest.to_string());
+    let path = device_path(&upstream.host(), "team/app", kind, digest.as_ref());
     let response = facade.device_request(method, &path, &[], http2).unwrap();
     let code = serde_json::from_slice::<serde_json::Value>(&response.body)
         .ok()
