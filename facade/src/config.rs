@@ -524,4 +524,4 @@ impl RawUpstream {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -69,6 +69,18 @@ pub enum Who {
     Nobody,
 }
 
+/// What a device got for one request: the status, the body bytes until it ended, and
+/// whether it ended cleanly (not aborted).
+#[derive(Debug)]
+pub struct DeviceResponse {
+    /// The status code.
+    pub status: u16,
+    /// The body, as far as it came.
+    pub body: Vec<u8>,
+    /// Whether the body ended cleanly rather than being cut off.
+    pub clean: bool,
+}
+
 /// A running facade; shut down on drop.
 #[derive(Debug)]
 pub struct FacadeFixture {
@@ -131,6 +143,23 @@ impl UpstreamEntry {
 // === impl FacadeFixture ===
 
 impl FacadeFixture {
+    /// A facade with `entry` as its one approved upstream, and default options else.
+    pub fn with_upstream(entry: UpstreamEntry) -> Result<Self, FixtureError> {
+        Self::start(&FacadeOptions {
+            upstreams: vec![entry],
+            ..FacadeOptions::default()
+        })
+    }
+
+    /// A facade running the connection store and the operator socket, and default options
+    /// else.
+    pub fn with_connections() -> Result<Self, FixtureError> {
+        Self::start(&FacadeOptions {
+            connections: true,
+            ..FacadeOptions::default()
+        })
+    }
+
     /// Writes the PKI and config, and starts the facade.
     pub fn start(options: &FacadeOptions) -> Result<Self, FixtureError> {
         let pki_err =
@@ -374,6 +403,40 @@ impl FacadeFixture {
         builder.build().map_err(|e| invalid(&e))
     }
 
+    /// `method` on `path` of the device listener with `headers`, as the good device (over
+    /// HTTP/2 when `http2`, else HTTP/1.1); the body is read until it ends or breaks off.
+    pub fn device_request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        http2: bool,
+    ) -> Result<DeviceResponse, FixtureError> {
+        let invalid = |e: &dyn std::fmt::Display| FixtureError::Invalid(e.to_string());
+        let client = self.client(Who::Device, http2)?;
+        let mut request = client.request(method, self.url(path));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        self.block_on(async {
+            let mut response = request.send().await.map_err(|e| invalid(&e))?;
+            let status = response.status().as_u16();
+            let mut body = Vec::new();
+            let clean = loop {
+                match response.chunk().await {
+                    Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+                    Ok(None) => break true,
+                    Err(_) => break false,
+                }
+            };
+            Ok(DeviceResponse {
+                status,
+                body,
+                clean,
+            })
+        })
+    }
+
     /// The rustls client configuration of `who` (ALPN `http/1.1`), for tests that speak TLS
     /// themselves.
     pub fn tls_config(&self, who: Who) -> Result<rustls::ClientConfig, FixtureError> {
@@ -511,6 +574,40 @@ impl FacadeFixture {
             .iter()
             .find(|(w, _)| *w == who)
             .map(|(_, issued)| issued)
+    }
+}
+
+/// The device listener's path of `kind` (`blobs` or `manifests`) `reference` in
+/// `repository` of upstream `host`: `/v2/127.0.0.1_PORT/<repository>/<kind>/<reference>`.
+pub fn device_path(host: &str, repository: &str, kind: &str, reference: &str) -> String {
+    format!(
+        "/v2/{}/{kind}/{reference}",
+        device_repository(host, repository)
+    )
+}
+
+/// A request to connect `registry` over plain HTTP (no CA, GCP key or AWS role) through
+/// `provider` with `credentials` (username, token), following redirects to `storage_hosts`;
+/// connected by `test`.
+pub fn plain_http_connection(
+    registry: String,
+    provider: meshanics_operator_api::ProviderKind,
+    credentials: Option<(&str, &str)>,
+    storage_hosts: Vec<String>,
+) -> meshanics_operator_api::AddRegistry {
+    meshanics_operator_api::AddRegistry {
+        registry,
+        provider,
+        username: credentials.map(|(username, _)| username.to_owned()),
+        token: credentials.map(|(_, token)| token.to_owned()),
+        gcp_key_json: None,
+        role_arn: None,
+        external_id: None,
+        region: None,
+        plain_http: true,
+        ca_pem: None,
+        storage_hosts,
+        connected_by: "test".into(),
     }
 }
 

@@ -159,6 +159,18 @@ fn last_attempt(err: Error) -> Error {
     }
 }
 
+/// Fetches `timestamp.cose` (guarded by `within` for 20 s), which must fail, and returns the
+/// last attempt's error.
+async fn fetch_timestamp_last_error(client: &Client) -> Error {
+    let err = within(
+        Duration::from_secs(20),
+        client.fetch_meta("timestamp.cose", 1024),
+    )
+    .await
+    .unwrap_err();
+    last_attempt(err)
+}
+
 #[tokio::test]
 async fn a_facade_that_never_answers_fails_the_request_after_the_header_deadline() {
     for alpn in [&b"h2"[..], b"http/1.1"] {
@@ -174,13 +186,7 @@ async fn a_facade_that_never_answers_fails_the_request_after_the_header_deadline
             },
         )
         .await;
-        let err = within(
-            Duration::from_secs(20),
-            client.fetch_meta("timestamp.cose", 1024),
-        )
-        .await
-        .unwrap_err();
-        let err = last_attempt(err);
+        let err = fetch_timestamp_last_error(&client).await;
         let Error::ResponseTimeout { url, after } = &err else {
             panic!("{alpn:?}: expected a response timeout, got {err}");
         };
@@ -209,13 +215,7 @@ async fn a_silent_http2_peer_is_noticed_by_keep_alive_before_the_header_deadline
         },
     )
     .await;
-    let err = within(
-        Duration::from_secs(20),
-        client.fetch_meta("timestamp.cose", 1024),
-    )
-    .await
-    .unwrap_err();
-    let err = last_attempt(err);
+    let err = fetch_timestamp_last_error(&client).await;
     let Error::Http { url, .. } = &err else {
         panic!("expected the connection to be closed, got {err}");
     };
@@ -234,13 +234,7 @@ async fn a_body_that_stops_arriving_fails_after_the_stall_window() {
         },
     )
     .await;
-    let err = within(
-        Duration::from_secs(20),
-        client.fetch_meta("timestamp.cose", 1024),
-    )
-    .await
-    .unwrap_err();
-    let err = last_attempt(err);
+    let err = fetch_timestamp_last_error(&client).await;
     let Error::Stalled { url, .. } = &err else {
         panic!("expected a stalled transfer, got {err}");
     };

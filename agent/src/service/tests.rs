@@ -1,5 +1,4 @@
 use std::os::unix::net::UnixDatagram;
-use std::path::Path;
 
 use meshanics_shared::tls;
 
@@ -67,16 +66,16 @@ fn agent() -> (tempfile::TempDir, Agent) {
     (dir, agent)
 }
 
-/// Runs the service loop for `run_for` (of tokio's paused clock) under a systemd watchdog
-/// of `WatchdogSec=8s` (a ping every 4 s); returns the notifications it sent, in order.
+/// Runs the service loop of a fresh `agent()` for `run_for` (of tokio's paused clock) under a
+/// systemd watchdog of `WatchdogSec=8s` (a ping every 4 s); returns the notifications it
+/// sent, in order, with the agent and its state folder.
 async fn notifications<S: TargetSource>(
-    dir: &Path,
-    agent: &Agent,
     source: &mut S,
     schedule: Schedule,
     run_for: Duration,
-) -> Vec<String> {
-    let socket_path = dir.join("notify.sock");
+) -> (Vec<String>, Agent, tempfile::TempDir) {
+    let (dir, agent) = agent();
+    let socket_path = dir.path().join("notify.sock");
     let socket = UnixDatagram::bind(&socket_path).unwrap();
     // Read as systemd would, as the messages come: a datagram socket queues only a few, and
     // the agent's send waits when the queue is full.
@@ -101,7 +100,7 @@ async fn notifications<S: TargetSource>(
         ..Environment::default()
     });
     run(
-        agent,
+        &agent,
         source,
         &notifier,
         schedule,
@@ -109,7 +108,7 @@ async fn notifications<S: TargetSource>(
         tokio::time::sleep(run_for),
     )
     .await;
-    received.join().unwrap()
+    (received.join().unwrap(), agent, dir)
 }
 
 fn count(messages: &[String], f: impl Fn(&str) -> bool) -> usize {
@@ -118,12 +117,9 @@ fn count(messages: &[String], f: impl Fn(&str) -> bool) -> usize {
 
 #[tokio::test(start_paused = true)]
 async fn keeps_pinging_the_watchdog_while_cycles_fail_faster_than_the_ping_interval() {
-    let (dir, agent) = agent();
     // Each failed cycle is followed by a backoff of 1-2 s (the poll interval caps it), so no
     // cycle-plus-wait ever lasts a whole ping interval.
-    let messages = notifications(
-        dir.path(),
-        &agent,
+    let (messages, ..) = notifications(
         &mut FailsAtOnce,
         Schedule::from(Duration::from_secs(2)),
         Duration::from_secs(60),
@@ -165,10 +161,7 @@ impl TargetSource for Crawls {
 
 #[tokio::test(start_paused = true)]
 async fn the_watchdog_stops_when_a_cycle_makes_no_progress() {
-    let (dir, agent) = agent();
-    let messages = notifications(
-        dir.path(),
-        &agent,
+    let (messages, ..) = notifications(
         &mut Hangs,
         Schedule::from(Duration::from_secs(2)),
         Duration::from_secs(120),
@@ -188,11 +181,8 @@ async fn the_watchdog_stops_when_a_cycle_makes_no_progress() {
 
 #[tokio::test(start_paused = true)]
 async fn the_watchdog_keeps_pinging_while_a_long_cycle_makes_progress() {
-    let (dir, agent) = agent();
     let mut source = Crawls::default();
-    let messages = notifications(
-        dir.path(),
-        &agent,
+    let (messages, ..) = notifications(
         &mut source,
         Schedule::from(Duration::from_secs(2)),
         Duration::from_secs(60),
@@ -205,11 +195,8 @@ async fn the_watchdog_keeps_pinging_while_a_long_cycle_makes_progress() {
 
 #[tokio::test(start_paused = true)]
 async fn a_cycle_past_its_deadline_is_abandoned() {
-    let (dir, agent) = agent();
     let mut source = Crawls::default();
-    let messages = notifications(
-        dir.path(),
-        &agent,
+    let (messages, agent, _dir) = notifications(
         &mut source,
         Schedule {
             poll_interval: Duration::from_secs(2),

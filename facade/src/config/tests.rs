@@ -5,6 +5,30 @@ use meshanics_shared::devpki::DevCa;
 
 use super::*;
 
+/// A facade config on 127.0.0.1:0 (both listeners) keeping its state in `dir`, with
+/// `server.crt`, `server.key` and `ca.crt` there as its TLS files, and `extra` lines at the
+/// end of its `[tls]` table.
+pub(crate) fn toml_in(dir: &Path, extra: &str) -> String {
+    let path = |name: &str| dir.join(name).display().to_string();
+    format!(
+        r#"
+listen = "127.0.0.1:0"
+operator_listen = "127.0.0.1:0"
+state_dir = "{state}"
+
+[tls]
+certificate = "{cert}"
+private_key = "{key}"
+device_ca = "{ca}"
+{extra}
+"#,
+        state = dir.display(),
+        cert = path("server.crt"),
+        key = path("server.key"),
+        ca = path("ca.crt"),
+    )
+}
+
 /// A folder with a valid server certificate, key, device CA and token file.
 struct Files {
     dir: tempfile::TempDir,
@@ -30,23 +54,7 @@ impl Files {
     }
 
     fn toml(&self, extra: &str) -> String {
-        format!(
-            r#"
-listen = "127.0.0.1:0"
-operator_listen = "127.0.0.1:0"
-state_dir = "{state}"
-
-[tls]
-certificate = "{cert}"
-private_key = "{key}"
-device_ca = "{ca}"
-{extra}
-"#,
-            state = self.dir.path().display(),
-            cert = self.path("server.crt"),
-            key = self.path("server.key"),
-            ca = self.path("ca.crt"),
-        )
+        toml_in(self.dir.path(), extra)
     }
 
     fn parse(&self, text: &str) -> Result<Config, ConfigError> {

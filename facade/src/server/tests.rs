@@ -12,6 +12,7 @@ use tokio_rustls::TlsConnector;
 
 use super::*;
 use crate::ConfiguredUpstreams;
+use crate::config::tests::toml_in;
 
 const DAY: Duration = Duration::from_secs(86_400);
 
@@ -53,24 +54,8 @@ impl Pki {
     }
 
     fn config(&self) -> Config {
-        let text = format!(
-            r#"
-listen = "127.0.0.1:0"
-operator_listen = "127.0.0.1:0"
-state_dir = "{state}"
-
-[tls]
-certificate = "{cert}"
-private_key = "{key}"
-device_ca = "{ca}"
-crls = ["{crl}"]
-"#,
-            state = self.dir.path().display(),
-            cert = self.path("server.crt").display(),
-            key = self.path("server.key").display(),
-            ca = self.path("ca.crt").display(),
-            crl = self.path("devices.crl").display(),
-        );
+        let crl = self.path("devices.crl");
+        let text = toml_in(self.dir.path(), &format!(r#"crls = ["{}"]"#, crl.display()));
         Config::parse(&text, Path::new("facade.toml")).unwrap()
     }
 
@@ -153,17 +138,22 @@ async fn a_crl_reloaded_on_sighup_revokes_a_device_without_a_restart() {
     facade.shutdown().await;
 }
 
-#[tokio::test]
-async fn an_expired_crl_is_reported() {
-    let pki = Pki::new();
+/// A facade started with `devices.crl` replaced by one revoking device 0 that expired a day
+/// ago (issued eight days ago).
+async fn facade_with_an_expired_crl(pki: &Pki) -> Running {
     let now = SystemTime::now();
     let expired = pki
         .ca
         .crl_valid(&[&pki.devices[0]], now - 8 * DAY, now - DAY)
         .unwrap();
     pki.write("devices.crl", &expired);
+    start_facade(&pki.config()).await
+}
 
-    let facade = start_facade(&pki.config()).await;
+#[tokio::test]
+async fn an_expired_crl_is_reported() {
+    let pki = Pki::new();
+    let facade = facade_with_an_expired_crl(&pki).await;
 
     let metrics = facade.metrics().render();
     let file = pki.path("devices.crl").display().to_string();
@@ -177,14 +167,7 @@ async fn an_expired_crl_is_reported() {
 #[tokio::test]
 async fn an_expired_crl_still_revokes_and_lets_other_devices_in() {
     let pki = Pki::new();
-    let now = SystemTime::now();
-    let expired = pki
-        .ca
-        .crl_valid(&[&pki.devices[0]], now - 8 * DAY, now - DAY)
-        .unwrap();
-    pki.write("devices.crl", &expired);
-
-    let facade = start_facade(&pki.config()).await;
+    let facade = facade_with_an_expired_crl(&pki).await;
 
     let addr = facade.device_addr();
     let error = ping(addr, pki.client(0)).await.unwrap_err();
@@ -219,6 +202,22 @@ fn watch_for_changes(config: &Config, metrics: &Arc<Metrics>) -> watch::Sender<b
     stop
 }
 
+/// Waits until the device TLS of `config` is no longer `before`, and checks that the reload
+/// was counted as the one good one; returns the metrics rendered then.
+async fn a_good_reload(
+    config: &Config,
+    before: &Arc<rustls::ServerConfig>,
+    metrics: &Metrics,
+) -> String {
+    eventually("a reload", || !Arc::ptr_eq(before, &config.tls.config())).await;
+    let text = metrics.render();
+    assert!(
+        text.contains("facade_tls_reloads_total{outcome=\"ok\"} 1\n"),
+        "{text}"
+    );
+    text
+}
+
 #[tokio::test]
 async fn a_changed_crl_file_is_reloaded_without_a_signal() {
     let pki = Pki::new();
@@ -229,12 +228,7 @@ async fn a_changed_crl_file_is_reloaded_without_a_signal() {
 
     pki.write_crl(&[&pki.devices[0]]);
 
-    eventually("a reload", || !Arc::ptr_eq(&before, &config.tls.config())).await;
-    let text = metrics.render();
-    assert!(
-        text.contains("facade_tls_reloads_total{outcome=\"ok\"} 1\n"),
-        "{text}"
-    );
+    a_good_reload(&config, &before, &metrics).await;
 }
 
 #[tokio::test]
@@ -275,12 +269,7 @@ async fn a_reload_that_failed_is_counted_and_the_fixed_file_is_taken_next() {
     assert!(Arc::ptr_eq(&before, &config.tls.config()));
 
     pki.write_crl(&[&pki.devices[0]]);
-    eventually("a reload", || !Arc::ptr_eq(&before, &config.tls.config())).await;
-    let text = metrics.render();
-    assert!(
-        text.contains("facade_tls_reloads_total{outcome=\"ok\"} 1\n"),
-        "{text}"
-    );
+    let text = a_good_reload(&config, &before, &metrics).await;
     assert!(
         text.contains("facade_tls_reloads_total{outcome=\"failed\"} 1\n"),
         "{text}"

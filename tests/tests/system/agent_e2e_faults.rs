@@ -50,17 +50,10 @@ fn assert_failed_keeping(device: &AgentDevice, why: &[&str], kept: &BuiltImage) 
     status
 }
 
-/// Release 1 applied on a device, release 2 pushed but not yet published.
-struct TwoReleases {
-    s: UpdateChain,
-    device: AgentDevice,
-    v1: BuiltImage,
-    v2: BuiltImage,
-    /// The device's `current` and `previous` with release 1 applied.
-    before: Pointers,
-}
-
-fn v1_applied() -> TwoReleases {
+/// Release 1 applied on a device, release 2 pushed but not yet published: the chain, the
+/// device, the two releases, and the device's `current` and `previous` with release 1
+/// applied.
+fn v1_applied() -> (UpdateChain, AgentDevice, BuiltImage, BuiltImage, Pointers) {
     let mut s = setup();
     let v1 = push(&s, "v1", 16 * 1024);
     let v2 = push(&s, "v2", 24 * 1024);
@@ -68,13 +61,7 @@ fn v1_applied() -> TwoReleases {
     let device = s.device("gateway", "linux/amd64").unwrap();
     s.sync(&device).unwrap();
     let before = Pointers::read_in(device.state_dir()).unwrap();
-    TwoReleases {
-        s,
-        device,
-        v1,
-        v2,
-        before,
-    }
+    (s, device, v1, v2, before)
 }
 
 /// One platform, 64 KiB shared with every other release, `own` bytes of its own.
@@ -84,13 +71,7 @@ fn push(s: &UpdateChain, tag: &str, own: usize) -> BuiltImage {
 
 #[test]
 fn a_blob_tampered_with_upstream_is_refused_and_current_is_unchanged() {
-    let TwoReleases {
-        mut s,
-        device,
-        v1,
-        v2,
-        before,
-    } = v1_applied();
+    let (mut s, device, v1, v2, before) = v1_applied();
     assert!(before.current.is_some());
     let evil = &v2.blobs[0][2];
     let stored = s.registry.blob_data_path(&evil.digest);
@@ -113,13 +94,7 @@ fn a_blob_tampered_with_upstream_is_refused_and_current_is_unchanged() {
 
 #[test]
 fn an_expired_timestamp_applies_nothing_and_status_says_why() {
-    let TwoReleases {
-        mut s,
-        device,
-        v1,
-        v2,
-        before,
-    } = v1_applied();
+    let (mut s, device, v1, v2, before) = v1_applied();
     s.publish(&v2, None).unwrap();
     // The operator's timestamp went stale before the device saw the release.
     s.release.stale_timestamp().unwrap();

@@ -112,6 +112,34 @@ fn publish(
     registry.push_image(&image, work, tag, REPO).unwrap()
 }
 
+/// The folder two amd64 releases were built in, and a registry with them published: `v1`
+/// and `v2`, sharing a layer of `shared` bytes, each with one of its own of `own[0]` and
+/// `own[1]` bytes.
+fn two_releases(
+    shared: usize,
+    own: [usize; 2],
+) -> (tempfile::TempDir, TlsRegistry, BuiltImage, BuiltImage) {
+    let work = tempfile::tempdir().unwrap();
+    let registry = TlsRegistry::start().unwrap();
+    let v1 = publish(
+        &registry,
+        work.path(),
+        "v1",
+        &["linux/amd64"],
+        shared,
+        own[0],
+    );
+    let v2 = publish(
+        &registry,
+        work.path(),
+        "v2",
+        &["linux/amd64"],
+        shared,
+        own[1],
+    );
+    (work, registry, v1, v2)
+}
+
 /// A registry with release `v1` published: the start of most tests here.
 fn start(
     platforms: &[&str],
@@ -205,24 +233,7 @@ async fn an_arm64_device_gets_the_arm64_manifest_of_a_multi_arch_index() {
 
 #[tokio::test]
 async fn a_second_release_sharing_layers_fetches_only_the_new_blobs() {
-    let work = tempfile::tempdir().unwrap();
-    let registry = TlsRegistry::start().unwrap();
-    let v1 = publish(
-        &registry,
-        work.path(),
-        "v1",
-        &["linux/amd64"],
-        256 * 1024,
-        64 * 1024,
-    );
-    let v2 = publish(
-        &registry,
-        work.path(),
-        "v2",
-        &["linux/amd64"],
-        256 * 1024,
-        80 * 1024,
-    );
+    let (_work, registry, v1, v2) = two_releases(256 * 1024, [64 * 1024, 80 * 1024]);
     let shared = &v1.blobs[0][1];
     assert_eq!(shared, &v2.blobs[0][1], "the fixtures share the base layer");
     let device = Device::new(&registry, "linux/amd64");
@@ -334,24 +345,7 @@ async fn a_stalled_transfer_is_cut_and_resumed() {
 
 #[tokio::test]
 async fn a_blob_tampered_with_upstream_is_refused_and_current_is_unchanged() {
-    let work = tempfile::tempdir().unwrap();
-    let registry = TlsRegistry::start().unwrap();
-    let v1 = publish(
-        &registry,
-        work.path(),
-        "v1",
-        &["linux/amd64"],
-        64 * 1024,
-        16 * 1024,
-    );
-    let v2 = publish(
-        &registry,
-        work.path(),
-        "v2",
-        &["linux/amd64"],
-        64 * 1024,
-        24 * 1024,
-    );
+    let (_work, registry, v1, v2) = two_releases(64 * 1024, [16 * 1024, 24 * 1024]);
     let device = Device::new(&registry, "linux/amd64");
     device
         .pull_and_apply(&target(&registry, "app", &v1.index))

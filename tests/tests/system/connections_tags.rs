@@ -12,10 +12,8 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use meshanics_operator_api::{
-    AddRegistry, ClipReason, OperatorClient, Outcome, ProviderKind, TagList,
-};
-use meshanics_tests::facade::{FacadeFixture, FacadeOptions};
+use meshanics_operator_api::{ClipReason, OperatorClient, Outcome, ProviderKind, TagList};
+use meshanics_tests::facade::{FacadeFixture, plain_http_connection};
 use meshanics_tests::http_server::{TestRequest, TestResponse, TestServer, respond};
 
 const PAGE: usize = 10;
@@ -83,30 +81,13 @@ fn ecr(req: &TestRequest, base: &str, pages: &AtomicU64) -> TestResponse {
 
 fn connect(facade: &FacadeFixture, host: &str) -> OperatorClient {
     let client = OperatorClient::new(facade.admin_socket().unwrap());
-    let request = AddRegistry {
-        registry: host.into(),
-        provider: ProviderKind::Anonymous,
-        username: None,
-        token: None,
-        gcp_key_json: None,
-        role_arn: None,
-        external_id: None,
-        region: None,
-        plain_http: true,
-        ca_pem: None,
-        storage_hosts: Vec::new(),
-        connected_by: "test".into(),
-    };
+    let request = plain_http_connection(host.into(), ProviderKind::Anonymous, None, Vec::new());
     facade.block_on(client.add(&request)).unwrap();
     client
 }
 
 fn facade() -> FacadeFixture {
-    FacadeFixture::start(&FacadeOptions {
-        connections: true,
-        ..FacadeOptions::default()
-    })
-    .unwrap()
+    FacadeFixture::with_connections().unwrap()
 }
 
 fn newest_first() -> Vec<String> {
@@ -121,11 +102,7 @@ fn follows_quays_opaque_cursor_to_the_end_and_orders_newest_first() {
     let server = facade
         .block_on(TestServer::start(move |req| quay(&req, &counter)))
         .unwrap();
-    let host = server.addr().to_string();
-    let client = connect(&facade, &host);
-    let list = facade
-        .block_on(client.tags(&format!("{host}/team/app"), None))
-        .unwrap();
+    let list = list_team_app(&facade, &server);
     assert_eq!(list.tags, newest_first());
     assert!(!list.clipped);
     assert_eq!(list.seen, 25);
@@ -146,11 +123,7 @@ fn follows_ecrs_absolute_last_cursor_through_unsorted_pages() {
         }))
         .unwrap();
     base.set(server.base_url()).unwrap();
-    let host = server.addr().to_string();
-    let client = connect(&facade, &host);
-    let list = facade
-        .block_on(client.tags(&format!("{host}/team/app"), None))
-        .unwrap();
+    let list = list_team_app(&facade, &server);
     assert_eq!(list.tags, newest_first());
     assert!(!list.clipped);
     assert_eq!(pages.load(Ordering::SeqCst), 3);

@@ -11,7 +11,9 @@
 use std::sync::Arc;
 
 use meshanics_shared::Digest;
-use meshanics_tests::facade::{FacadeFixture, FacadeOptions, UpstreamEntry, Who};
+use meshanics_tests::facade::{
+    DeviceResponse, FacadeFixture, FacadeOptions, UpstreamEntry, device_path,
+};
 use meshanics_tests::oci_layout::pseudo_random;
 use meshanics_tests::scripted::{Recorded, Reply, ScriptedServer, ok, reply};
 
@@ -51,30 +53,16 @@ fn fetch(
     digest: &Digest,
     http2: bool,
 ) -> Outcome {
-    let client = facade.client(Who::Device, http2).unwrap();
-    let url = facade.url(&format!(
-        "/v2/{}/team/app/{kind}/{digest}",
-        upstream.host().replace(':', "_")
-    ));
-    facade.block_on(async {
-        let mut response = client.get(url).send().await.unwrap();
-        let status = response.status().as_u16();
-        let mut body = Vec::new();
-        let clean = loop {
-            match response.chunk().await {
-                Ok(Some(chunk)) => body.extend_from_slice(&chunk),
-                Ok(None) => break true,
-                Err(_) => break false,
-            }
-        };
-        let json = serde_json::from_slice(&body).ok();
-        Outcome {
-            status,
-            body,
-            clean,
-            json,
-        }
-    })
+    let path = device_path(&upstream.host(), "team/app", kind, digest.as_ref());
+    let response = facade
+        .device_request(reqwest::Method::GET, &path, &[], http2)
+        .unwrap();
+    Outcome {
+        json: serde_json::from_slice(&response.body).ok(),
+        status: response.status,
+        body: response.body,
+        clean: response.clean,
+    }
 }
 
 fn assert_never_clean_wrong_content(outcome: &Outcome, digest: &Digest) {
@@ -146,23 +134,10 @@ fn bodies_longer_than_the_content_are_aborted() {
     assert_never_clean_wrong_content(&outcome, &digest);
 
     // The same through a path the script answers chunked (the repository name differs).
-    let client = facade.client(Who::Device, false).unwrap();
-    let url = facade.url(&format!(
-        "/v2/{}/team/chunked/blobs/{digest}",
-        server.host().replace(':', "_")
-    ));
-    let (status, clean) = facade.block_on(async {
-        let mut response = client.get(url).send().await.unwrap();
-        let status = response.status().as_u16();
-        let clean = loop {
-            match response.chunk().await {
-                Ok(Some(_)) => {}
-                Ok(None) => break true,
-                Err(_) => break false,
-            }
-        };
-        (status, clean)
-    });
+    let path = device_path(&server.host(), "team/chunked", "blobs", digest.as_ref());
+    let DeviceResponse { status, clean, .. } = facade
+        .device_request(reqwest::Method::GET, &path, &[], false)
+        .unwrap();
     assert_eq!(status, 200);
     assert!(!clean, "chunked longer body ended cleanly");
 }

@@ -11,7 +11,9 @@
 )]
 
 use meshanics_shared::Digest;
-use meshanics_tests::facade::{FacadeFixture, FacadeOptions, UpstreamEntry, Who};
+use meshanics_tests::facade::{
+    DeviceResponse, FacadeFixture, UpstreamEntry, Who, device_path, plain_http_connection,
+};
 use meshanics_tests::facade_process::FacadeProcess;
 use meshanics_tests::scripted::{Recorded, Reply, ScriptedServer, ok, reply};
 
@@ -23,11 +25,7 @@ fn server(script: impl Fn(&Recorded) -> Reply + Send + Sync + 'static) -> Script
 }
 
 fn facade(entry: UpstreamEntry) -> FacadeFixture {
-    FacadeFixture::start(&FacadeOptions {
-        upstreams: vec![entry],
-        ..FacadeOptions::default()
-    })
-    .unwrap()
+    FacadeFixture::with_upstream(entry).unwrap()
 }
 
 /// An upstream that redirects every request to `location`.
@@ -64,45 +62,17 @@ fn internal_service() -> ScriptedServer {
     })
 }
 
-/// What a device got: the status, the bytes, and whether the body ended cleanly.
-struct Outcome {
-    status: u16,
-    body: Vec<u8>,
-    clean: bool,
-}
-
 fn get_blob(
     facade: &FacadeFixture,
     upstream: &ScriptedServer,
     digest: &Digest,
     range: Option<&str>,
-) -> Outcome {
-    let client = facade.client(Who::Device, false).unwrap();
-    let url = facade.url(&format!(
-        "/v2/{}/team/app/blobs/{digest}",
-        upstream.host().replace(':', "_")
-    ));
-    facade.block_on(async {
-        let mut request = client.get(url);
-        if let Some(range) = range {
-            request = request.header("Range", range);
-        }
-        let mut response = request.send().await.unwrap();
-        let status = response.status().as_u16();
-        let mut body = Vec::new();
-        let clean = loop {
-            match response.chunk().await {
-                Ok(Some(chunk)) => body.extend_from_slice(&chunk),
-                Ok(None) => break true,
-                Err(_) => break false,
-            }
-        };
-        Outcome {
-            status,
-            body,
-            clean,
-        }
-    })
+) -> DeviceResponse {
+    let path = device_path(&upstream.host(), "team/app", "blobs", digest.as_ref());
+    let headers: Vec<(&str, &str)> = range.map(|range| ("Range", range)).into_iter().collect();
+    facade
+        .device_request(reqwest::Method::GET, &path, &headers, false)
+        .unwrap()
 }
 
 fn holds(haystack: &[u8], needle: &[u8]) -> bool {
@@ -322,32 +292,22 @@ fn presigned_urls_never_reach_the_logs() {
 
 #[test]
 fn a_connections_storage_hosts_are_followed_and_others_are_not() {
-    use meshanics_operator_api::{AddRegistry, OperatorClient, ProviderKind};
+    use meshanics_operator_api::{OperatorClient, ProviderKind};
 
     let content = INTERNAL.repeat(100);
     let digest = Digest::sha256_of(&content);
     let storage = internal_service_with(content.clone());
     let listed = redirecting_to(format!("{}/bucket/blob", storage.base_url()));
     let unlisted = redirecting_to(format!("{}/bucket/blob", storage.base_url()));
-    let facade = FacadeFixture::start(&FacadeOptions {
-        connections: true,
-        ..FacadeOptions::default()
-    })
-    .unwrap();
+    let facade = FacadeFixture::with_connections().unwrap();
     let operator = OperatorClient::new(facade.admin_socket().unwrap());
-    let request = |registry: String, storage_hosts: Vec<String>| AddRegistry {
-        registry,
-        provider: ProviderKind::Static,
-        username: Some("bot".into()),
-        token: Some("TOKEN".into()),
-        gcp_key_json: None,
-        role_arn: None,
-        external_id: None,
-        region: None,
-        plain_http: true,
-        ca_pem: None,
-        storage_hosts,
-        connected_by: "test".into(),
+    let request = |registry: String, storage_hosts: Vec<String>| {
+        plain_http_connection(
+            registry,
+            ProviderKind::Static,
+            Some(("bot", "TOKEN")),
+            storage_hosts,
+        )
     };
     for (upstream, storage_hosts) in [(&listed, vec![storage.host()]), (&unlisted, Vec::new())] {
         let view = facade

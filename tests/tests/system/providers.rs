@@ -174,6 +174,24 @@ fn provider(
     )
 }
 
+/// Fetches a token through `provider(server, account, external_id, secret)`, which must be
+/// refused with a 403.
+async fn fetch_refused_with_403(
+    server: &AwsServer,
+    account: &AwsAccount,
+    external_id: Option<&str>,
+    secret: &str,
+) {
+    let err = provider(server, account, external_id, secret)
+        .fetch(&client(), SystemTime::now())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, CloudError::Refused { status: 403, .. }),
+        "{err}"
+    );
+}
+
 #[tokio::test]
 async fn ecr_role_is_assumed_and_exchanged_for_an_authorization_token() {
     let account = account(Some("ext-1234"));
@@ -202,14 +220,7 @@ async fn ecr_role_is_assumed_and_exchanged_for_an_authorization_token() {
 async fn ecr_refuses_a_wrong_external_id() {
     let account = account(Some("ext-1234"));
     let server = AwsServer::start(account.clone()).await.unwrap();
-    let err = provider(&server, &account, Some("guess"), "base-secret-key")
-        .fetch(&client(), SystemTime::now())
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(err, CloudError::Refused { status: 403, .. }),
-        "{err}"
-    );
+    fetch_refused_with_403(&server, &account, Some("guess"), "base-secret-key").await;
     assert_eq!(server.refusals(), ["AccessDenied: external id mismatch"]);
     assert_eq!(server.token_calls(), 0);
 }
@@ -218,14 +229,7 @@ async fn ecr_refuses_a_wrong_external_id() {
 async fn ecr_refuses_a_request_signed_with_the_wrong_secret() {
     let account = account(None);
     let server = AwsServer::start(account.clone()).await.unwrap();
-    let err = provider(&server, &account, None, "not-the-secret")
-        .fetch(&client(), SystemTime::now())
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(err, CloudError::Refused { status: 403, .. }),
-        "{err}"
-    );
+    fetch_refused_with_403(&server, &account, None, "not-the-secret").await;
     assert_eq!(
         server.refusals(),
         ["SignatureDoesNotMatch: signature differs"]
@@ -237,14 +241,7 @@ async fn ecr_refuses_an_expired_session_token() {
     let account = account(None);
     let server = AwsServer::start(account.clone()).await.unwrap();
     server.set_session_lifetime(Duration::ZERO);
-    let err = provider(&server, &account, None, "base-secret-key")
-        .fetch(&client(), SystemTime::now())
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(err, CloudError::Refused { status: 403, .. }),
-        "{err}"
-    );
+    fetch_refused_with_403(&server, &account, None, "base-secret-key").await;
     assert_eq!(server.assume_calls(), 1);
     assert!(
         server.refusals()[0].starts_with("ExpiredTokenException"),

@@ -9,15 +9,11 @@
 )]
 
 use meshanics_shared::Digest;
-use meshanics_tests::facade::{FacadeFixture, FacadeOptions, UpstreamEntry, Who};
+use meshanics_tests::facade::{FacadeFixture, UpstreamEntry, device_path};
 use meshanics_tests::scripted::{Reply, ScriptedServer, ok, reply};
 
 fn facade(upstream: &ScriptedServer) -> FacadeFixture {
-    FacadeFixture::start(&FacadeOptions {
-        upstreams: vec![UpstreamEntry::anonymous(&upstream.host())],
-        ..FacadeOptions::default()
-    })
-    .unwrap()
+    FacadeFixture::with_upstream(UpstreamEntry::anonymous(&upstream.host())).unwrap()
 }
 
 /// Status, error code and whether the body ended cleanly, for `method` on `kind`/`digest`.
@@ -29,27 +25,12 @@ fn ask(
     digest: &Digest,
     http2: bool,
 ) -> (u16, Option<String>, Vec<u8>, bool) {
-    let client = facade.client(Who::Device, http2).unwrap();
-    let url = facade.url(&format!(
-        "/v2/{}/team/app/{kind}/{digest}",
-        upstream.host().replace(':', "_")
-    ));
-    facade.block_on(async {
-        let mut response = client.request(method, url).send().await.unwrap();
-        let status = response.status().as_u16();
-        let mut body = Vec::new();
-        let clean = loop {
-            match response.chunk().await {
-                Ok(Some(chunk)) => body.extend_from_slice(&chunk),
-                Ok(None) => break true,
-                Err(_) => break false,
-            }
-        };
-        let code = serde_json::from_slice::<serde_json::Value>(&body)
-            .ok()
-            .and_then(|j| j.pointer("/errors/0/code")?.as_str().map(str::to_owned));
-        (status, code, body, clean)
-    })
+    let path = device_path(&upstream.host(), "team/app", kind, digest.as_ref());
+    let response = facade.device_request(method, &path, &[], http2).unwrap();
+    let code = serde_json::from_slice::<serde_json::Value>(&response.body)
+        .ok()
+        .and_then(|j| j.pointer("/errors/0/code")?.as_str().map(str::to_owned));
+    (response.status, code, response.body, response.clean)
 }
 
 #[test]
