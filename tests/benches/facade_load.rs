@@ -198,7 +198,9 @@ fn malformed_request(bad: Bad, targets: &Targets) -> (&'static str, String, u16)
     let base = &targets.base;
     match bad {
         Bad::Digest => ("GET", format!("{base}/blobs/sha256:xyz"), 400),
-        Bad::Tag => ("GET", format!("{base}/manifests/latest"), 400),
+        // The facade never resolves tags: a tag is a manifest it does not have (the
+        // distribution spec's conformance suite expects 404 MANIFEST_UNKNOWN there).
+        Bad::Tag => ("GET", format!("{base}/manifests/latest"), 404),
         Bad::UnknownRoute => ("GET", "/v2/_catalog/nothing/here".into(), 404),
         Bad::UnknownUpstream => (
             "GET",
