@@ -49,6 +49,29 @@ pub struct MetadataView {
     /// online-known time (RFC 3339). The root and targets expire against it; the timestamp
     /// against the system clock and the offline-known time alone (docs/metadata.md).
     pub effective_time: String,
+    /// This device's rollout wave in each target for it that has one.
+    pub rollouts: Vec<WaveView>,
+}
+
+/// Where this device stands in a target's signed rollout.
+#[derive(Debug, Clone, Serialize)]
+pub struct WaveView {
+    /// The target.
+    pub target: String,
+    /// This device's position in [0, 1).
+    pub position: f64,
+    /// Its wave, from 1.
+    pub wave: usize,
+    /// How many waves there are.
+    pub waves: usize,
+    /// The share of the fleet that applies once that wave opens, in millionths.
+    pub share: u32,
+    /// When it opens (RFC 3339).
+    pub opens: String,
+    /// The same, in Unix seconds.
+    pub opens_unix: u64,
+    /// Whether it has opened by the effective time.
+    pub open: bool,
 }
 
 /// One trusted role file.
@@ -145,6 +168,28 @@ pub fn read_metadata(config: &Config, system_now: UnixTime) -> Result<MetadataVi
     let trusted = TrustedSet::from_stored(&anchor, &stored)
         .map_err(metadata("verifying the trusted metadata"))?;
     let now = trusted.effective_time(system_now);
+    let mut rollouts = Vec::new();
+    if let Some(targets) = trusted.targets() {
+        let spki = crate::rollout::device_spki(&config.device.certificate)?;
+        for entry in targets.matching(&config.device.class, &config.device.platform) {
+            let Some(rollout) = &entry.rollout else {
+                continue;
+            };
+            let position = crate::rollout::position(&spki, &entry.name);
+            if let Some(placed) = rollout.place(position) {
+                rollouts.push(WaveView {
+                    target: entry.name.to_string(),
+                    position: position.fraction(),
+                    wave: placed.wave + 1,
+                    waves: rollout.waves.len(),
+                    share: placed.share,
+                    opens: placed.opens.to_string(),
+                    opens_unix: placed.opens.as_secs(),
+                    open: placed.opens <= now,
+                });
+            }
+        }
+    }
     Ok(MetadataView {
         root: role_view(trusted.root(), now),
         timestamp: trusted
@@ -152,6 +197,7 @@ pub fn read_metadata(config: &Config, system_now: UnixTime) -> Result<MetadataVi
             .map(|t| role_view(t, trusted.timestamp_time(system_now))),
         targets: trusted.targets().map(|t| role_view(t, now)),
         effective_time: now.to_string(),
+        rollouts,
     })
 }
 
