@@ -30,8 +30,9 @@ PINS = [
 ]
 
 
-def meshctl_repository(run, tmp_path):
-    """A repository signed by meshctl; returns its folder and the public keys by key id."""
+def meshctl_repository(run, tmp_path, *release_args: str):
+    """A repository signed by meshctl (`release_args` added to `meshctl release`); returns
+    its folder and the public keys by key id."""
     for name in ["root", "targets", "timestamp"]:
         run("key", "generate", "--out", f"keys/{name}")
     run(
@@ -45,6 +46,7 @@ def meshctl_repository(run, tmp_path):
         "release", "--dir", "meta", "--pins", "pins.json",
         "--targets-key", "keys/targets.key",
         "--timestamp-key", "keys/timestamp.key",
+        *release_args,
     )
     publics = {}
     for name in ["root", "targets", "timestamp"]:
@@ -53,8 +55,9 @@ def meshctl_repository(run, tmp_path):
     return tmp_path / "meta", publics
 
 
-def python_repository(tmp_path):
-    """A repository written and signed by the Python side alone, with one root rotation."""
+def python_repository(tmp_path, pins=PINS):
+    """A repository written and signed by the Python side alone, with one root rotation,
+    releasing `pins`."""
     root_key, root_key2, targets_key, timestamp_key = (fmt.Key() for _ in range(4))
     meta = tmp_path / "pymeta"
     meta.mkdir()
@@ -63,7 +66,7 @@ def python_repository(tmp_path):
     # Version 2 moves the root role to a new key: signed by the old and the new.
     root2 = fmt.root(2, [root_key2], [targets_key], [timestamp_key])
     (meta / "2.root.cose").write_bytes(fmt.sign(root2, [root_key, root_key2]))
-    signed_targets = fmt.sign(fmt.targets(1, PINS), [targets_key])
+    signed_targets = fmt.sign(fmt.targets(1, pins), [targets_key])
     (meta / "1.targets.cose").write_bytes(signed_targets)
     signed_timestamp = fmt.sign(fmt.timestamp(1, signed_targets, 1), [timestamp_key])
     (meta / "timestamp.cose").write_bytes(signed_timestamp)
@@ -172,26 +175,9 @@ def device_certificate(tmp_path, name: str, key) -> tuple[bytes, bytes]:
 
 
 def test_meshctl_waves_decode_verify_and_place_devices_the_same_in_python(run, tmp_path):
-    for name in ["root", "targets", "timestamp"]:
-        run("key", "generate", "--out", f"keys/{name}")
-    run(
-        "root", "init", "--dir", "meta",
-        "--root-key", "keys/root.key",
-        "--targets-key", "keys/targets.pub",
-        "--timestamp-key", "keys/timestamp.pub",
+    meta, publics = meshctl_repository(
+        run, tmp_path, "--waves", WAVES, "--rollout-start", START
     )
-    (tmp_path / "pins.json").write_text(json.dumps(PINS))
-    run(
-        "release", "--dir", "meta", "--pins", "pins.json",
-        "--targets-key", "keys/targets.key",
-        "--timestamp-key", "keys/timestamp.key",
-        "--waves", WAVES, "--rollout-start", START,
-    )
-    meta = tmp_path / "meta"
-    publics = {}
-    for name in ["root", "targets", "timestamp"]:
-        raw = fmt.public_key_from_pem((tmp_path / f"keys/{name}.pub").read_bytes())
-        publics[fmt.hashlib.sha256(raw).digest()] = raw
 
     # Python checks the signature over the payload that carries the waves, and decodes them.
     signed = (meta / "1.targets.cose").read_bytes()
@@ -235,17 +221,7 @@ def test_meshctl_waves_decode_verify_and_place_devices_the_same_in_python(run, t
 
 def python_waves_repository(tmp_path, rollout: dict):
     """A repository signed in Python whose "app" target carries `rollout`."""
-    root_key, targets_key, timestamp_key = (fmt.Key() for _ in range(3))
-    meta = tmp_path / "wavemeta"
-    meta.mkdir()
-    root1 = fmt.root(1, [root_key], [targets_key], [timestamp_key])
-    (meta / "1.root.cose").write_bytes(fmt.sign(root1, [root_key]))
-    pins = [dict(PINS[0], rollout=rollout), PINS[1]]
-    signed_targets = fmt.sign(fmt.targets(1, pins), [targets_key])
-    (meta / "1.targets.cose").write_bytes(signed_targets)
-    signed_timestamp = fmt.sign(fmt.timestamp(1, signed_targets, 1), [timestamp_key])
-    (meta / "timestamp.cose").write_bytes(signed_timestamp)
-    return meta
+    return python_repository(tmp_path, [dict(PINS[0], rollout=rollout), PINS[1]])
 
 
 def test_waves_signed_in_python_are_what_the_device_workflow_places_devices_by(run, tmp_path):

@@ -8,23 +8,7 @@ const START: u64 = 1_800_000_000;
 
 /// 1 % at once, 10 % after 2 h, 100 % after 24 h.
 fn standard() -> Rollout {
-    Rollout {
-        start: UnixTime::from_secs(START),
-        waves: vec![
-            Wave {
-                share: 10_000,
-                delay: 0,
-            },
-            Wave {
-                share: 100_000,
-                delay: 2 * HOUR,
-            },
-            Wave {
-                share: WHOLE,
-                delay: 24 * HOUR,
-            },
-        ],
-    }
+    meshanics_shared::metadata::rollout::example(UnixTime::from_secs(START))
 }
 
 fn at(secs: u64) -> UnixTime {

@@ -231,6 +231,20 @@ pub fn certificate_spki(der: &[u8]) -> Result<Vec<u8>, CertificateError> {
     Ok(cert.subject_public_key_info().as_ref().to_vec())
 }
 
+/// The rollout docs/metadata.md uses as its example, starting at `start`: 1 % of the fleet
+/// at once, 10 % after 2 h, everyone after 24 h. For tests.
+#[cfg(any(test, feature = "devpki"))]
+pub fn example(start: UnixTime) -> Rollout {
+    let wave = |share, hours: u64| Wave {
+        share,
+        delay: hours * 3600,
+    };
+    Rollout {
+        start,
+        waves: vec![wave(10_000, 0), wave(100_000, 2), wave(WHOLE, 24)],
+    }
+}
+
 // === impl Position ===
 
 impl Position {
@@ -290,7 +304,7 @@ mod tests {
     }
 
     fn standard() -> Rollout {
-        rollout(&[(10_000, 0), (100_000, 2 * HOUR), (WHOLE, 24 * HOUR)])
+        example(UnixTime::from_secs(1_000_000))
     }
 
     #[test]

@@ -5,7 +5,7 @@ use ciborium::Value;
 use super::simulator::{DAY, Simulator, T0};
 use crate::metadata::envelope::{Envelope, sign_payload};
 use crate::metadata::fetch::{FetchError, read_capped};
-use crate::metadata::rollout::{Rollout, RolloutError, WHOLE, Wave};
+use crate::metadata::rollout::{Rollout, RolloutError};
 use crate::metadata::{
     KeyId, MetadataError, PublicKey, Role, RoleType, Selectors, SigningKey, TargetError,
     TargetName, TargetsMeta, Timestamp, TrustedStore, UnixTime, UpstreamRepository, open, sign,
@@ -337,25 +337,8 @@ fn pins_json_decodes_into_target_entries() {
     assert!(entries[0].check().is_ok());
 }
 
-/// 1 % at T0, 10 % after 2 h, everyone after a day.
 fn waves() -> Rollout {
-    Rollout {
-        start: T0,
-        waves: vec![
-            Wave {
-                share: 10_000,
-                delay: 0,
-            },
-            Wave {
-                share: 100_000,
-                delay: 7200,
-            },
-            Wave {
-                share: WHOLE,
-                delay: DAY.as_secs(),
-            },
-        ],
-    }
+    crate::metadata::rollout::example(T0)
 }
 
 #[test]
@@ -373,7 +356,7 @@ fn a_rollout_is_a_map_of_start_and_waves_and_an_entry_without_one_encodes_as_bef
     // and what older devices read.
     assert_eq!(keys, ["name", "repository", "digest", "size", "media_type"]);
 
-    let mut staged = plain.clone();
+    let mut staged = plain;
     staged.rollout = Some(waves());
     let mut bytes = Vec::new();
     ciborium::ser::into_writer(&staged, &mut bytes).unwrap();
