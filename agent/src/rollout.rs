@@ -21,8 +21,11 @@
 use std::path::Path;
 
 use meshanics_shared::metadata::rollout::certificate_spki;
-use meshanics_shared::metadata::{Placement, Position, Rollout, TargetName, UnixTime};
+use meshanics_shared::metadata::{Placement, Position, Rollout, TargetName, Targets, UnixTime};
 use meshanics_shared::tls;
+use serde::Serialize;
+
+use crate::config::Config;
 
 use crate::error::{Error, Result};
 use crate::pull::PullTarget;
@@ -133,6 +136,53 @@ pub fn device_spki(path: &Path) -> Result<Vec<u8>> {
         path: path.to_owned(),
         reason: e.to_string(),
     })
+}
+
+/// Where this device stands in a target's signed rollout (for `status`).
+#[derive(Debug, Clone, Serialize)]
+pub struct WaveView {
+    /// The target.
+    pub target: String,
+    /// This device's position in [0, 1).
+    pub position: f64,
+    /// Its wave, from 1.
+    pub wave: usize,
+    /// How many waves there are.
+    pub waves: usize,
+    /// The share of the fleet that applies once that wave opens, in millionths.
+    pub share: u32,
+    /// When it opens (RFC 3339).
+    pub opens: String,
+    /// The same, in Unix seconds.
+    pub opens_unix: u64,
+    /// Whether it has opened by the effective time `now`.
+    pub open: bool,
+}
+
+/// This device's wave in each of `targets` for it that has a rollout, judged at the
+/// effective time `now`.
+pub fn waves(config: &Config, targets: &Targets, now: UnixTime) -> Result<Vec<WaveView>> {
+    let spki = device_spki(&config.device.certificate)?;
+    let mut views = Vec::new();
+    for entry in targets.matching(&config.device.class, &config.device.platform) {
+        let Some(rollout) = &entry.rollout else {
+            continue;
+        };
+        let position = position(&spki, &entry.name);
+        if let Some(placed) = rollout.place(position) {
+            views.push(WaveView {
+                target: entry.name.to_string(),
+                position: position.fraction(),
+                wave: placed.wave + 1,
+                waves: rollout.waves.len(),
+                share: placed.share,
+                opens: placed.opens.to_string(),
+                opens_unix: placed.opens.as_secs(),
+                open: placed.opens <= now,
+            });
+        }
+    }
+    Ok(views)
 }
 
 /// This device's position in the rollout of `target`, from its certificate's

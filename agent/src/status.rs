@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::rollout::WaveView;
 use crate::store::artifacts::scan_layout_in;
 use crate::store::{ArtifactState, LastResult, Pointers, last_result};
 
@@ -51,27 +52,6 @@ pub struct MetadataView {
     pub effective_time: String,
     /// This device's rollout wave in each target for it that has one.
     pub rollouts: Vec<WaveView>,
-}
-
-/// Where this device stands in a target's signed rollout.
-#[derive(Debug, Clone, Serialize)]
-pub struct WaveView {
-    /// The target.
-    pub target: String,
-    /// This device's position in [0, 1).
-    pub position: f64,
-    /// Its wave, from 1.
-    pub wave: usize,
-    /// How many waves there are.
-    pub waves: usize,
-    /// The share of the fleet that applies once that wave opens, in millionths.
-    pub share: u32,
-    /// When it opens (RFC 3339).
-    pub opens: String,
-    /// The same, in Unix seconds.
-    pub opens_unix: u64,
-    /// Whether it has opened by the effective time.
-    pub open: bool,
 }
 
 /// One trusted role file.
@@ -168,28 +148,10 @@ pub fn read_metadata(config: &Config, system_now: UnixTime) -> Result<MetadataVi
     let trusted = TrustedSet::from_stored(&anchor, &stored)
         .map_err(metadata("verifying the trusted metadata"))?;
     let now = trusted.effective_time(system_now);
-    let mut rollouts = Vec::new();
-    if let Some(targets) = trusted.targets() {
-        let spki = crate::rollout::device_spki(&config.device.certificate)?;
-        for entry in targets.matching(&config.device.class, &config.device.platform) {
-            let Some(rollout) = &entry.rollout else {
-                continue;
-            };
-            let position = crate::rollout::position(&spki, &entry.name);
-            if let Some(placed) = rollout.place(position) {
-                rollouts.push(WaveView {
-                    target: entry.name.to_string(),
-                    position: position.fraction(),
-                    wave: placed.wave + 1,
-                    waves: rollout.waves.len(),
-                    share: placed.share,
-                    opens: placed.opens.to_string(),
-                    opens_unix: placed.opens.as_secs(),
-                    open: placed.opens <= now,
-                });
-            }
-        }
-    }
+    let rollouts = match trusted.targets() {
+        Some(targets) => crate::rollout::waves(config, targets, now)?,
+        None => Vec::new(),
+    };
     Ok(MetadataView {
         root: role_view(trusted.root(), now),
         timestamp: trusted
