@@ -236,7 +236,14 @@ impl Filler {
         let path = self.cache.ingest_path(&digest);
         let opened = match resume {
             Some((file, verifier)) => Ok((file, verifier)),
-            None => File::create(&path).map(|file| (file, Verifier::new(digest.clone(), size))),
+            // Read and write: readers `pread` the same open file.
+            None => std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&path)
+                .map(|file| (file, Verifier::new(digest.clone(), size))),
         };
         let (file, mut verifier) = match opened {
             Ok(opened) => opened,
