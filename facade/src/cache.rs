@@ -32,6 +32,7 @@ use std::fs::File;
 use std::io::{self, Read as _};
 use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
@@ -79,6 +80,8 @@ pub struct Cache {
     max_bytes: u64,
     metrics: Arc<Metrics>,
     inner: Mutex<Inner>,
+    /// Names temporary description files apart.
+    writes: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -189,6 +192,7 @@ impl Cache {
             max_bytes,
             metrics,
             inner: Mutex::new(inner),
+            writes: AtomicU64::new(0),
         };
         let victims = {
             let mut inner = cache.lock();
@@ -261,7 +265,8 @@ impl Cache {
             Description::of(entry)
         };
         let path = self.description_path(digest);
-        let tmp = self.ingest_path(digest).with_extension("json");
+        let n = self.writes.fetch_add(1, Ordering::Relaxed);
+        let tmp = self.ingest_path(digest).with_extension(format!("{n}.json"));
         // Best effort: a pair not remembered across a restart is confirmed again.
         if let Err(error) = write_description(&tmp, &path, &description) {
             tracing::warn!(%digest, %error, "cache: could not record a confirmed repository");

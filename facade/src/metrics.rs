@@ -161,6 +161,12 @@ impl Metrics {
         self.streamed(bytes);
     }
 
+    /// Counts bytes streamed to a device straight from an upstream, uncached (already
+    /// counted in `facade_bytes_streamed_total`).
+    pub fn passed_through(&self, bytes: u64) {
+        self.cache.bytes_served[1].fetch_add(bytes, Ordering::Relaxed);
+    }
+
     /// Counts a finished fill by outcome, and the requests it served.
     pub fn cache_fill(&self, ok: bool, devices: u64) {
         let counter = if ok {

@@ -419,6 +419,24 @@ async fn passthrough(
     ask: Ask<'_>,
     response: Option<reqwest::Response>,
 ) -> Result<Response<Body>, Error> {
+    let reply = straight(ask, response).await?;
+    let metrics = ask.metrics.clone();
+    Ok(reply.map(|body| {
+        body.map_frame(move |frame| {
+            if let Some(data) = frame.data_ref() {
+                metrics.passed_through(data.len() as u64);
+            }
+            frame
+        })
+        .boxed_unsync()
+    }))
+}
+
+/// [`passthrough`], before its bytes are counted.
+async fn straight(
+    ask: Ask<'_>,
+    response: Option<reqwest::Response>,
+) -> Result<Response<Body>, Error> {
     let Ask {
         upstream,
         metrics,
