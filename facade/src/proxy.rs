@@ -8,7 +8,7 @@
 //! upstream `HEAD` first (refused as the upstream refuses, fetched again when the answer is
 //! unclear). `Range` (one `bytes=` range: 206, or 416 with `Content-Range: bytes */SIZE`) and
 //! `HEAD` are answered from the entry or from the fill in progress. A miss whose upstream is
-//! unreachable or failing is a 503 with `Retry-After` ([`Error::on_miss`]).
+//! unreachable, failing or rate-limiting is a 503 with `Retry-After` ([`Error::on_miss`]).
 //!
 //! Straight from the upstream:
 //!
