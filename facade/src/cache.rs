@@ -36,6 +36,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
+use meshanics_shared::digest::Algorithm;
 use meshanics_shared::{Digest, Registry, Repository, Verifier};
 use serde::{Deserialize, Serialize};
 
@@ -45,6 +46,7 @@ use crate::registry_client::ContentKind;
 mod fill;
 pub mod reader;
 
+pub(crate) use fill::media_type_of;
 pub use fill::{Fill, FillFailure, Filler, Head, Progress, SharedError};
 
 /// The size of the one buffer each device reader uses, and of the fill's writes at most
@@ -162,18 +164,13 @@ impl Cache {
                 .map_err(io_err("removing the ingest leftovers in", &ingest))?;
         }
         std::fs::create_dir_all(&ingest).map_err(io_err("creating", &ingest))?;
+        // Only the algorithms' folders are read: nothing else in `dir` is touched.
         let mut found = Vec::new();
-        for algorithm in std::fs::read_dir(dir).map_err(io_err("reading", dir))? {
-            let algorithm = algorithm.map_err(io_err("reading", dir))?;
-            let name = algorithm.file_name();
-            let Some(name) = name.to_str().filter(|n| *n != "ingest") else {
-                continue;
-            };
-            if !algorithm.path().is_dir() {
-                continue;
+        for algorithm in Algorithm::ALL {
+            let folder = dir.join(algorithm.name());
+            if folder.is_dir() {
+                scan(&folder, algorithm.name(), &mut found)?;
             }
-            let name = name.to_owned();
-            scan(&algorithm.path(), &name, &mut found)?;
         }
         found.sort_by_key(|(modified, _, _)| *modified);
         let mut inner = Inner {
@@ -232,7 +229,13 @@ impl Cache {
     /// used), a fill to join, or a miss. On a miss with `start`, a fill is registered under
     /// the same lock (so two requests never both start one) and returned for the caller to
     /// run.
-    pub fn lookup(self: &Arc<Self>, digest: &Digest, kind: ContentKind, pair: &Pair, start: bool) -> Lookup {
+    pub fn lookup(
+        self: &Arc<Self>,
+        digest: &Digest,
+        kind: ContentKind,
+        pair: &Pair,
+        start: bool,
+    ) -> Lookup {
         let mut inner = self.lock();
         if let Some(entry) = inner.entries.get(digest) {
             return Lookup::Hit(Hit {
@@ -414,9 +417,7 @@ impl Cache {
 
     /// Where committed content of `digest` lives.
     pub fn content_path(&self, digest: &Digest) -> PathBuf {
-        self.dir
-            .join(digest.algorithm().to_string())
-            .join(digest.hex())
+        self.dir.join(digest.algorithm().name()).join(digest.hex())
     }
 
     fn description_path(&self, digest: &Digest) -> PathBuf {
@@ -460,7 +461,9 @@ impl Cache {
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panic while holding the lock leaves consistent counts (no step panics midway).
-        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn publish_gauges(&self, inner: &Inner) {
@@ -545,11 +548,7 @@ fn read_entry(content: &Path) -> Option<(SystemTime, Entry)> {
     Some((meta.modified().unwrap_or(SystemTime::UNIX_EPOCH), entry))
 }
 
-fn write_description(
-    tmp: &Path,
-    path: &Path,
-    description: &Description,
-) -> Result<(), CacheError> {
+fn write_description(tmp: &Path, path: &Path, description: &Description) -> Result<(), CacheError> {
     let io_err = |operation, path: &Path| {
         let path = path.to_owned();
         move |source| CacheError::Io {
@@ -560,7 +559,8 @@ fn write_description(
     };
     let text = serde_json::to_vec(description).unwrap_or_default();
     let file = File::create(tmp).map_err(io_err("creating", tmp))?;
-    file.write_all_at(&text, 0).map_err(io_err("writing", tmp))?;
+    file.write_all_at(&text, 0)
+        .map_err(io_err("writing", tmp))?;
     file.sync_all().map_err(io_err("syncing", tmp))?;
     std::fs::rename(tmp, path).map_err(io_err("renaming into place", path))
 }

@@ -38,7 +38,7 @@ use tokio::sync::watch;
 
 use crate::body::{Body, Check, CheckedBody, Origin};
 use crate::cache::reader::Reader;
-use crate::cache::{Cache, Fill, Filler, Head, Lookup, Progress};
+use crate::cache::{Cache, Fill, Filler, Head, Lookup, Progress, media_type_of};
 use crate::config::Limits;
 use crate::error::Error;
 use crate::identity::DeviceIdentity;
@@ -72,12 +72,13 @@ pub async fn content(
     method: &Method,
     headers: &HeaderMap,
 ) -> Result<Response<Body>, Error> {
-    let upstream = shared
-        .upstreams
-        .approved(&target.upstream)
-        .ok_or_else(|| Error::UnknownUpstream {
-            registry: target.upstream.clone(),
-        })?;
+    let upstream =
+        shared
+            .upstreams
+            .approved(&target.upstream)
+            .ok_or_else(|| Error::UnknownUpstream {
+                registry: target.upstream.clone(),
+            })?;
     let ask = Ask {
         upstream: &upstream,
         metrics: &shared.metrics,
@@ -122,8 +123,7 @@ async fn cached(cache: &Arc<Cache>, ask: Ask<'_>) -> Result<Response<Body>, Erro
                 }
             }
             let path = hit.path.clone();
-            let file = match tokio::task::spawn_blocking(move || std::fs::File::open(path)).await
-            {
+            let file = match tokio::task::spawn_blocking(move || std::fs::File::open(path)).await {
                 Ok(Ok(file)) => Arc::new(file),
                 _ => {
                     // Evicted since the lookup, or removed behind the facade's back.
@@ -756,13 +756,7 @@ fn single_range(value: &HeaderValue) -> bool {
 }
 
 fn sniff_media_type(bytes: &[u8]) -> Option<HeaderValue> {
-    #[derive(serde::Deserialize)]
-    struct MediaType {
-        #[serde(rename = "mediaType")]
-        media_type: Option<String>,
-    }
-    let parsed: MediaType = serde_json::from_slice(bytes).ok()?;
-    HeaderValue::from_str(&parsed.media_type?).ok()
+    HeaderValue::from_str(&media_type_of(bytes)?).ok()
 }
 
 fn digest_value(digest: &Digest) -> HeaderValue {

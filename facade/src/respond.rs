@@ -451,7 +451,10 @@ mod tests {
         let response = error_response(&broken.on_miss(&digest));
         assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(response.headers()[RETRY_AFTER], "5");
-        assert_eq!(body_json(response).await["errors"][0]["code"], "UNAVAILABLE");
+        assert_eq!(
+            body_json(response).await["errors"][0]["code"],
+            "UNAVAILABLE"
+        );
         let limited = Error::UpstreamRateLimited {
             registry: registry(),
             retry_after: Some(HeaderValue::from_static("7")),

@@ -164,7 +164,9 @@ impl Reader {
         .await;
         let bytes = match read {
             Ok(Ok(bytes)) if !bytes.is_empty() => bytes,
-            Ok(Ok(_)) => return Err(format!("the cache file of {} ended early", self.digest).into()),
+            Ok(Ok(_)) => {
+                return Err(format!("the cache file of {} ended early", self.digest).into());
+            }
             Ok(Err(error)) => {
                 return Err(format!("reading the cache file of {}: {error}", self.digest).into());
             }

@@ -39,7 +39,11 @@ fn fed_fill(
     cache: &Arc<Cache>,
     digest: &Digest,
     size: u64,
-) -> (Arc<Fill>, mpsc::UnboundedSender<Chunk>, tokio::task::JoinHandle<()>) {
+) -> (
+    Arc<Fill>,
+    mpsc::UnboundedSender<Chunk>,
+    tokio::task::JoinHandle<()>,
+) {
     let mut filler = start(cache, digest);
     assert!(filler.reserve(size));
     let fill = filler.fill().clone();
@@ -126,7 +130,10 @@ async fn content_is_committed_only_after_its_size_and_digest_verified() {
         .wait_for(|p| matches!(p, Progress::Streaming { written, .. } if *written == 150_000))
         .await
         .unwrap();
-    assert!(!cache.contains(&digest), "committed before the whole arrived");
+    assert!(
+        !cache.contains(&digest),
+        "committed before the whole arrived"
+    );
     assert!(!cache.content_path(&digest).exists());
     feed.send(Ok(Bytes::copy_from_slice(&good[150_000..])))
         .unwrap();
@@ -156,7 +163,10 @@ async fn a_failed_fill_resets_every_reader_and_leaves_no_entry() {
         let mut received = Vec::new();
         let ended = drain(reader, &mut received).await;
         assert!(ended.is_err(), "a clean end after wrong bytes");
-        assert!(received.len() < good.len(), "the whole length was delivered");
+        assert!(
+            received.len() < good.len(),
+            "the whole length was delivered"
+        );
     }
     assert!(!cache.contains(&digest));
     assert!(!cache.content_path(&digest).exists());
@@ -212,7 +222,8 @@ async fn a_fast_reader_gets_everything_while_a_slow_one_has_read_little() {
         let mut received = Vec::new();
         drain(&mut fast, &mut received).await.map(|()| received)
     });
-    feed.send(Ok(Bytes::copy_from_slice(&good[..1000]))).unwrap();
+    feed.send(Ok(Bytes::copy_from_slice(&good[..1000])))
+        .unwrap();
     let mut slow_received = slow.next().await.unwrap().unwrap().to_vec();
     for part in good[1000..].chunks(100_000) {
         feed.send(Ok(Bytes::copy_from_slice(part))).unwrap();
@@ -294,7 +305,14 @@ async fn the_index_is_rebuilt_from_its_files_and_leftovers_are_never_served() {
     )
     .unwrap();
 
+    // Nothing but the algorithms' folders and `ingest` is the cache's to clean.
+    std::fs::create_dir(dir.path().join("other")).unwrap();
+    std::fs::write(dir.path().join("other/keep"), b"not cache content").unwrap();
+    std::fs::write(dir.path().join("keep"), b"not cache content").unwrap();
+
     let cache = open(dir.path(), 1 << 20);
+    assert!(dir.path().join("other/keep").exists());
+    assert!(dir.path().join("keep").exists());
     match cache.lookup(
         &digest,
         ContentKind::Blob,
@@ -334,7 +352,10 @@ async fn eviction_keeps_the_cap_and_takes_the_least_recently_used_first() {
     ));
     fill_whole(&cache, &c, 1000).await;
     assert!(cache.contains(&digests[0]));
-    assert!(!cache.contains(&digests[1]), "the least recently used stays");
+    assert!(
+        !cache.contains(&digests[1]),
+        "the least recently used stays"
+    );
     assert!(!cache.content_path(&digests[1]).exists());
     assert!(cache.contains(&digests[2]));
     assert_eq!(cache.bytes(), 8_000);
