@@ -150,14 +150,6 @@ impl Cache {
     /// Opens the cache in `dir` (made if missing), removing ingest leftovers and rebuilding
     /// the index from the committed files, evicting down to `max_bytes` if it shrank.
     pub fn open(dir: &Path, max_bytes: u64, metrics: Arc<Metrics>) -> Result<Cache, CacheError> {
-        let io_err = |operation, path: &Path| {
-            let path = path.to_owned();
-            move |source| CacheError::Io {
-                operation,
-                path,
-                source,
-            }
-        };
         let ingest = dir.join("ingest");
         if ingest.exists() {
             std::fs::remove_dir_all(&ingest)
@@ -353,14 +345,6 @@ impl Cache {
     ) -> Result<(), CacheError> {
         let digest = fill.digest();
         let ingest = self.ingest_path(digest);
-        let io_err = |operation, path: &Path| {
-            let path = path.to_owned();
-            move |source| CacheError::Io {
-                operation,
-                path,
-                source,
-            }
-        };
         file.sync_all().map_err(io_err("syncing", &ingest))?;
         let entry = Entry {
             size,
@@ -482,14 +466,9 @@ fn scan(
     algorithm: &str,
     found: &mut Vec<(SystemTime, Digest, Entry)>,
 ) -> Result<(), CacheError> {
-    let read_err = |source| CacheError::Io {
-        operation: "reading",
-        path: folder.to_owned(),
-        source,
-    };
     let mut names = BTreeSet::new();
-    for file in std::fs::read_dir(folder).map_err(read_err)? {
-        names.insert(file.map_err(read_err)?.file_name());
+    for file in std::fs::read_dir(folder).map_err(io_err("reading", folder))? {
+        names.insert(file.map_err(io_err("reading", folder))?.file_name());
     }
     for name in &names {
         let path = folder.join(name);
@@ -549,14 +528,6 @@ fn read_entry(content: &Path) -> Option<(SystemTime, Entry)> {
 }
 
 fn write_description(tmp: &Path, path: &Path, description: &Description) -> Result<(), CacheError> {
-    let io_err = |operation, path: &Path| {
-        let path = path.to_owned();
-        move |source| CacheError::Io {
-            operation,
-            path,
-            source,
-        }
-    };
     let text = serde_json::to_vec(description).unwrap_or_default();
     let file = File::create(tmp).map_err(io_err("creating", tmp))?;
     file.write_all_at(&text, 0)
@@ -568,11 +539,17 @@ fn write_description(tmp: &Path, path: &Path, description: &Description) -> Resu
 fn sync_dir(dir: &Path) -> Result<(), CacheError> {
     File::open(dir)
         .and_then(|folder| folder.sync_all())
-        .map_err(|source| CacheError::Io {
-            operation: "syncing the folder",
-            path: dir.to_owned(),
-            source,
-        })
+        .map_err(io_err("syncing the folder", dir))
+}
+
+/// Turns an I/O error of `operation` on `path` into a [`CacheError`].
+fn io_err(operation: &'static str, path: &Path) -> impl FnOnce(io::Error) -> CacheError {
+    let path = path.to_owned();
+    move |source| CacheError::Io {
+        operation,
+        path,
+        source,
+    }
 }
 
 // === impl Description ===

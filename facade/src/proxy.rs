@@ -300,10 +300,7 @@ fn answer(
     let (start, end) = span.unwrap_or((0, size));
     let metrics = ask.metrics.clone();
     let digest = target.digest.clone();
-    let reader = match progress {
-        Some(progress) => Reader::filling(file, progress, digest, (start, end), size, metrics),
-        None => Reader::committed(file, digest, (start, end), size, metrics),
-    };
+    let reader = Reader::new(file, progress, digest, (start, end), size, metrics);
     let mut reply = headers_only(&target.digest, content_type, end - start);
     *reply.body_mut() = reader.into_body();
     if span.is_some() {

@@ -84,9 +84,9 @@ async fn reader_of(fill: &Fill) -> Reader {
         other => panic!("no content: {other:?}"),
     };
     let metrics = Arc::new(Metrics::default());
-    Reader::filling(
+    Reader::new(
         file,
-        progress,
+        Some(progress),
         fill.digest().clone(),
         (0, size),
         size,
