@@ -247,24 +247,35 @@ impl Cache {
         Lookup::Start(Filler::new(self.clone(), fill))
     }
 
-    /// Records that `digest` was confirmed under `pair` (an upstream HEAD said so).
-    pub fn confirm(&self, digest: &Digest, pair: &Pair) {
+    /// Records that `digest` was confirmed under `pair` (an upstream HEAD said so): at once
+    /// in the index, and soon after in its description (the task returned writes it, when
+    /// there was something to write and a runtime to write it on).
+    pub fn confirm(&self, digest: &Digest, pair: &Pair) -> Option<tokio::task::JoinHandle<()>> {
         let description = {
             let mut inner = self.lock();
-            let Some(entry) = inner.entries.peek_mut(digest) else {
-                return;
-            };
+            let entry = inner.entries.peek_mut(digest)?;
             if !entry.pairs.insert(pair.clone()) {
-                return;
+                return None;
             }
             Description::of(entry)
         };
         let path = self.description_path(digest);
         let n = self.writes.fetch_add(1, Ordering::Relaxed);
         let tmp = self.ingest_path(digest).with_extension(format!("{n}.json"));
-        // Best effort: a pair not remembered across a restart is confirmed again.
-        if let Err(error) = write_description(&tmp, &path, &description) {
-            tracing::warn!(%digest, %error, "cache: could not record a confirmed repository");
+        let digest = digest.clone();
+        // Best effort: a pair not remembered across a restart is confirmed again. The file is
+        // written and synced off the runtime's threads.
+        let write = move || {
+            if let Err(error) = write_description(&tmp, &path, &description) {
+                tracing::warn!(%digest, %error, "cache: could not record a confirmed repository");
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => Some(runtime.spawn_blocking(write)),
+            Err(_) => {
+                write();
+                None
+            }
         }
     }
 

@@ -117,7 +117,7 @@ async fn cached(cache: &Arc<Cache>, ask: Ask<'_>) -> Result<Response<Body>, Erro
         Lookup::Hit(hit) => {
             if !hit.pair_known {
                 match confirm(ask, Some(hit.entry.size)).await {
-                    Confirmation::Yes => cache.confirm(digest, &pair),
+                    Confirmation::Yes => drop(cache.confirm(digest, &pair)),
                     Confirmation::Refused(error) => return Err(error),
                     Confirmation::Unknown => return miss(ask).await,
                 }

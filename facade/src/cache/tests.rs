@@ -283,7 +283,7 @@ async fn the_index_is_rebuilt_from_its_files_and_leftovers_are_never_served() {
             Registry::parse("other.example").unwrap(),
             Repository::parse("app").unwrap(),
         );
-        cache.confirm(&digest, &other);
+        cache.confirm(&digest, &other).unwrap().await.unwrap();
     }
     // What a facade killed mid-way leaves: an ingest file, content without a description,
     // a description whose size does not match its content.
