@@ -361,7 +361,7 @@ impl Cache {
             size,
             kind: fill.kind(),
             media_type,
-            pairs: BTreeSet::from([fill.pair().clone()]),
+            pairs: fill.pairs(),
         };
         let content = self.content_path(digest);
         let folder = content.parent().unwrap_or(&self.dir).to_owned();

@@ -141,7 +141,7 @@ async fn cached(cache: &Arc<Cache>, ask: Ask<'_>) -> Result<Response<Body>, Erro
         Lookup::Join(fill) => {
             if fill.pair() != &pair {
                 match confirm(ask, None).await {
-                    Confirmation::Yes => {}
+                    Confirmation::Yes => fill.confirm(pair),
                     Confirmation::Refused(error) => return Err(error),
                     Confirmation::Unknown => return miss(ask).await,
                 }

@@ -1,6 +1,7 @@
 //! A fill: one upstream fetch of a digest, written to the ingest file and published to every
 //! request that waits on it.
 
+use std::collections::BTreeSet;
 use std::fs::File;
 use std::os::unix::fs::FileExt as _;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -68,6 +69,8 @@ pub struct Fill {
     progress: watch::Sender<Progress>,
     devices: AtomicU64,
     handed_over: Mutex<Option<reqwest::Response>>,
+    /// Other pairs an upstream `HEAD` confirmed while it ran, recorded with it.
+    confirmed: Mutex<Vec<Pair>>,
 }
 
 /// Runs a fill: owns its registration, and on drop before an outcome (the task ended or was
@@ -114,6 +117,7 @@ impl Fill {
             progress: watch::Sender::new(Progress::Starting),
             devices: AtomicU64::new(0),
             handed_over: Mutex::new(None),
+            confirmed: Mutex::new(Vec::new()),
         }
     }
 
@@ -135,6 +139,23 @@ impl Fill {
     /// Follows the fill's progress.
     pub fn subscribe(&self) -> watch::Receiver<Progress> {
         self.progress.subscribe()
+    }
+
+    /// Records that the upstream confirmed this content under `pair` too (a request asked
+    /// under it joined): committed with it.
+    pub fn confirm(&self, pair: Pair) {
+        if let Ok(mut confirmed) = self.confirmed.lock() {
+            confirmed.push(pair);
+        }
+    }
+
+    /// The pairs to commit the content under.
+    pub(super) fn pairs(&self) -> BTreeSet<Pair> {
+        let mut pairs = BTreeSet::from([self.pair.clone()]);
+        if let Ok(confirmed) = self.confirmed.lock() {
+            pairs.extend(confirmed.iter().cloned());
+        }
+        pairs
     }
 
     /// Counts a request served from this fill.

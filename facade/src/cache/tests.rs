@@ -251,9 +251,19 @@ async fn concurrent_requests_for_a_digest_join_one_fill_then_hit() {
         Lookup::Join(joined) => assert!(Arc::ptr_eq(&joined, &fill)),
         other => panic!("expected to join the fill, got {other:?}"),
     }
+    // A request under another repository joined, confirmed by the upstream.
+    let confirmed = (
+        Registry::parse("r.example").unwrap(),
+        Repository::parse("team/other").unwrap(),
+    );
+    fill.confirm(confirmed.clone());
     feed.send(Ok(Bytes::from(good.clone()))).unwrap();
     drop(feed);
     task.await.unwrap();
+    match cache.lookup(&digest, ContentKind::Blob, &confirmed, true) {
+        Lookup::Hit(hit) => assert!(hit.pair_known, "the confirmed pair was not committed"),
+        other => panic!("expected a hit, got {other:?}"),
+    }
     let other = (
         Registry::parse("other.example").unwrap(),
         Repository::parse("app").unwrap(),
