@@ -213,6 +213,7 @@ fn index_target(registry: &RegistryServer, built: &BuiltImage) -> PullTarget {
         digest: built.index.digest.clone(),
         size: built.index.size,
         media_type: built.index.media_type.clone(),
+        rollout: None,
     }
 }
 
