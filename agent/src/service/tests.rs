@@ -62,6 +62,7 @@ fn agent() -> (tempfile::TempDir, Agent) {
         platform: Platform::parse("linux/amd64").unwrap(),
         concurrency: 1,
         hook: None,
+        health: None,
     };
     (dir, agent)
 }

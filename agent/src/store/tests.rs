@@ -3,7 +3,7 @@ use std::os::unix::fs::PermissionsExt;
 use meshanics_shared::{Digest, VerifyError};
 
 use super::*;
-use crate::testing::{applied, laid_out, pulled, pulled_with, store, store_with_space};
+use crate::testing::{applied, laid_out, pulled, pulled_with, release, store, store_with_space};
 
 fn writable(path: &Path) {
     fs_err::set_permissions(path, std::fs::Permissions::from_mode(0o644)).unwrap();
@@ -273,9 +273,9 @@ fn fsck_makes_the_index_match_the_files() {
 async fn gc_keeps_current_and_previous_and_removes_the_rest() {
     let (_dir, store) = store();
     let shared: &[u8] = b"base layer shared by all";
-    let one = pulled(&store, "one", &[shared, b"only in one"]);
-    let two = pulled(&store, "two", &[shared, b"only in two"]);
-    let three = pulled(&store, "three", &[shared, b"only in three"]);
+    let one = release(&store, "app", "one", &[shared, b"only in one"]);
+    let two = release(&store, "app", "two", &[shared, b"only in two"]);
+    let three = release(&store, "app", "three", &[shared, b"only in three"]);
     let stray = Digest::sha256_of(b"referenced by nothing");
     store.put(&stray, b"referenced by nothing").unwrap();
     let mut ids = Vec::new();
