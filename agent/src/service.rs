@@ -131,6 +131,11 @@ impl CycleOutcome {
         self.slots.iter().find(|s| s.target == target)
     }
 
+    /// What the cycle did for `target`, if it did not fail.
+    pub fn action(&self, target: &str) -> Option<&SlotAction> {
+        self.slot(target).and_then(|s| s.result.as_ref().ok())
+    }
+
     /// Bytes received for the cycle's pulls.
     pub fn received_bytes(&self) -> u64 {
         self.slots

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use meshanics_agent::metadata::MetadataSource;
 use meshanics_agent::progress::Silent;
-use meshanics_agent::service::{Agent, CycleOutcome};
+use meshanics_agent::service::{Agent, SlotAction};
 use meshanics_agent::store::{Pointers, StoreOptions};
 use meshanics_agent::{Error, status};
 use meshanics_shared::metadata::MetadataError;
@@ -204,7 +204,7 @@ fn the_facade_restarted_mid_stream_is_resumed_without_downloading_a_byte_twice()
 
     let total: u64 = built.all_blobs.values().sum();
     assert!(
-        matches!(outcome, CycleOutcome::Applied { received_bytes, .. } if received_bytes == total),
+        matches!(outcome.action("app"), Some(SlotAction::Applied { received_bytes, .. }) if *received_bytes == total),
         "{outcome:?}: expected exactly {total} bytes (restarted at {at_restart} of {})",
         shared.size
     );
