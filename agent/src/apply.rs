@@ -151,9 +151,6 @@ pub async fn apply(store: &Store, id: &str, checks: &Checks<'_>) -> Result<Appli
     });
     store.set_slot_state(&slot, &state)?;
     switch(store, &slot, &after)?;
-    if store.primary_slot()?.is_none() {
-        store.set_primary(Some(&slot))?;
-    }
     let path = store.layout_dir(id);
     let env = Env {
         slot: &slot,
@@ -345,12 +342,15 @@ async fn rollback(
 
 /// Points the slot's `previous`, then `current`, where `to` says (each link switched by a
 /// rename), then fsyncs the slot's folder once.
+/// The state directory's own links follow when this is the primary slot (or the first).
 fn switch(store: &Store, slot: &TargetName, to: &Pointers) -> Result<()> {
+    let primary = store.before_switch(slot, to)?;
     store.write_slot_link(slot, "previous", to.previous.as_deref())?;
     failpoint::hit("apply.between-pointers", &store.slot_dir(slot).display());
     store.write_slot_link(slot, "current", to.current.as_deref())?;
     failpoint::hit("apply.before-dir-fsync", &store.slot_dir(slot).display());
-    Ok(sync_dir(&store.slot_dir(slot))?)
+    sync_dir(&store.slot_dir(slot))?;
+    store.after_switch(slot, primary)
 }
 
 fn set_state(store: &Store, id: &str, state: ArtifactState) -> Result<()> {

@@ -18,7 +18,7 @@
 //! target the signed metadata lists for this device. A device with one target keeps the
 //! paths its hooks and tools used before slots; a state directory from before slots (its
 //! `current` pointing at a layout directly) is migrated when the store opens
-//! ([`Store::migrate_to_slots`]).
+//! (`Store::migrate_to_slots`).
 //!
 //! This module knows the format only; when to switch, roll back or retire is `apply`'s.
 
@@ -154,28 +154,68 @@ impl Store {
 
     /// The slot the state directory's `current` and `previous` follow, if any.
     pub fn primary_slot(&self) -> Result<Option<TargetName>> {
-        let Some(target) = read_link(&self.root().join("current"))? else {
-            return Ok(None);
-        };
-        let mut parts = target.components();
-        let slot = match (parts.next(), parts.next()) {
-            (Some(first), Some(name)) if first.as_os_str() == SLOTS_DIR => name.as_os_str(),
-            _ => return Ok(None),
-        };
-        Ok(slot.to_str().and_then(|s| TargetName::parse(s).ok()))
+        for name in ["current", "previous"] {
+            let Some(target) = read_link(&self.root().join(name))? else {
+                continue;
+            };
+            let mut parts = target.components();
+            return Ok(match (parts.next(), parts.next()) {
+                (Some(first), Some(slot)) if first.as_os_str() == SLOTS_DIR => slot
+                    .as_os_str()
+                    .to_str()
+                    .and_then(|s| TargetName::parse(s).ok()),
+                _ => None,
+            });
+        }
+        Ok(None)
     }
 
-    /// Makes the state directory's `current` and `previous` follow `slot` (or removes them),
-    /// unless they already do.
+    /// Makes the state directory's `current` and `previous` follow `slot` (or removes them).
+    /// A top-level link exists only while the slot's own link does, so it never dangles
+    /// (`previous` appears with the slot's first `previous`: see [`Store::after_switch`]).
     pub fn set_primary(&self, slot: Option<&TargetName>) -> Result<()> {
-        if self.primary_slot()?.as_ref() == slot && slot.is_some() {
-            return Ok(());
-        }
+        let mut changed = false;
         for name in ["previous", "current"] {
-            let target = slot.map(|s| Path::new(SLOTS_DIR).join(s.as_str()).join(name));
-            write_link(self.root(), name, target.as_deref())?;
+            let want = match slot {
+                Some(slot) if read_link(&self.slot_dir(slot).join(name))?.is_some() => {
+                    Some(Path::new(SLOTS_DIR).join(slot.as_str()).join(name))
+                }
+                _ => None,
+            };
+            if read_link(&self.root().join(name))? != want {
+                write_link(self.root(), name, want.as_deref())?;
+                changed = true;
+            }
         }
-        Ok(sync_dir(self.root())?)
+        if changed {
+            sync_dir(self.root())?;
+        }
+        Ok(())
+    }
+
+    /// Before the primary slot's links switch to `to`: removes the top-level links whose
+    /// slot link is about to go, so that none dangles. Returns whether `slot` is the primary
+    /// one (for [`Store::after_switch`]).
+    pub(crate) fn before_switch(&self, slot: &TargetName, to: &Pointers) -> Result<bool> {
+        let primary = self.primary_slot()?.as_ref() == Some(slot);
+        if primary && (to.current.is_none() || to.previous.is_none()) {
+            for (name, id) in [("previous", &to.previous), ("current", &to.current)] {
+                if id.is_none() {
+                    write_link(self.root(), name, None)?;
+                }
+            }
+            sync_dir(self.root())?;
+        }
+        Ok(primary)
+    }
+
+    /// After a slot's links switched: the top-level links follow the primary slot's links
+    /// that now exist; a slot becomes primary when there is none.
+    pub(crate) fn after_switch(&self, slot: &TargetName, was_primary: bool) -> Result<()> {
+        if was_primary || self.primary_slot()?.is_none() {
+            self.set_primary(Some(slot))?;
+        }
+        Ok(())
     }
 
     /// Removes a slot: its links, its state and its folder (the layouts stay, for `gc`). The

@@ -80,8 +80,11 @@ fn a_blob_tampered_with_upstream_is_refused_and_current_is_unchanged() {
     std::fs::write(&stored, &bytes).unwrap();
     s.publish(&v2, None).unwrap();
 
-    let err = s.sync(&device).unwrap_err();
+    let outcome = s.sync(&device).unwrap();
 
+    // The slot failed (the cycle itself went on: other targets would have been applied).
+    assert!(!outcome.is_ok());
+    let err = outcome.slot("app").unwrap().result.as_ref().unwrap_err();
     assert!(err.to_string().contains(evil.digest.hex()), "{err}");
     assert_eq!(Pointers::read_in(device.state_dir()).unwrap(), before);
     let blob = device
