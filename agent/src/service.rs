@@ -326,13 +326,17 @@ impl Agent {
             name: target.name.clone(),
             reason: e.to_string(),
         })?;
-        let state = self.store.slot_state(&slot)?;
-        if let Some(bad) = &state.bad
-            && bad.holds_back(&target.digest, checks.targets_version)
-        {
-            return Ok(SlotAction::HeldBack {
-                reason: bad.reason.clone(),
-            });
+        let mut state = self.store.slot_state(&slot)?;
+        if let Some(bad) = &state.bad {
+            if bad.holds_back(&target.digest, checks.targets_version) {
+                return Ok(SlotAction::HeldBack {
+                    reason: bad.reason.clone(),
+                });
+            }
+            // The signed metadata changed since: the release may be tried again.
+            info!(target = %slot, digest = %bad.target_digest, "the signed metadata changed; no release is held back any more");
+            state.bad = None;
+            self.store.set_slot_state(&slot, &state)?;
         }
         if state.pending.is_none() && self.holds(&slot, target)? {
             return Ok(SlotAction::UpToDate);

@@ -403,6 +403,19 @@ async fn a_target_failing_its_health_check_is_rolled_back_and_held_back_while_th
         manifest_of(&agent, "model"),
         Some(model1.manifest.digest.clone())
     );
+    let model = TargetName::parse("model").unwrap();
+    let bad = agent.store.slot_state(&model).unwrap().bad.unwrap();
+    assert_eq!(bad.targets_version, Some(3));
+
+    // The operator goes back to the first model release: nothing is held back any more.
+    v2.targets = vec![app2.target.clone(), model1.target.clone()];
+    v2.version = Some(4);
+    let fifth = agent.cycle(&mut v2, &Silent).await.unwrap();
+    assert!(matches!(
+        second_result(&fifth, "model"),
+        Ok(SlotAction::UpToDate)
+    ));
+    assert_eq!(agent.store.slot_state(&model).unwrap().bad, None);
 }
 
 fn second_result<'a>(outcome: &'a CycleOutcome, target: &str) -> &'a Result<SlotAction> {
