@@ -277,6 +277,12 @@ fn sync_once(config: &Config, bars: bool) -> anyhow::Result<ExitCode> {
                     .display()
             ),
             Ok(SlotAction::HeldBack { reason }) => println!("{target} held back: {reason}"),
+            Ok(SlotAction::Waiting {
+                opens,
+                received_bytes,
+            }) => println!(
+                "{target} waits for this device's rollout wave, which opens at {opens} ({received_bytes} bytes downloaded ahead)"
+            ),
             Err(err) => println!("{target} failed: {err}"),
         }
     }
@@ -323,6 +329,17 @@ fn status(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
             role("root:", &Some(m.root.clone()));
             role("timestamp:", &m.timestamp);
             role("targets:", &m.targets);
+            for w in &m.rollouts {
+                println!(
+                    "rollout:   {}: wave {} of {} ({} % of the fleet), {} {}",
+                    w.target,
+                    w.wave,
+                    w.waves,
+                    f64::from(w.share) / 10_000.0,
+                    if w.open { "opened" } else { "opens" },
+                    w.opens
+                );
+            }
         }
         (None, problem) => println!(
             "metadata:  unreadable: {}",
@@ -460,6 +477,7 @@ fn pull(
         digest: Digest::parse(digest).context("--digest")?,
         size,
         media_type,
+        rollout: None,
     };
     let runtime = runtime()?;
     let store = open_store(config)?;

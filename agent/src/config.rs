@@ -36,6 +36,10 @@
 //! health_check = ["/usr/bin/curl", "-fsS", "http://127.0.0.1:8080/healthz"]  # or a path
 //! health_settle = "10s"                   # wait after the hook before checking
 //! health_timeout = "1m"                   # a check still running then has failed
+//!
+//! [rollout]                               # optional
+//! download_ahead = false                  # true: pull a target before this device's
+//!                                         # rollout wave opens, apply it once it opens
 //! ```
 //!
 //! The hook and the health check run once per slot (one slot per target this device runs),
@@ -83,6 +87,16 @@ pub struct Config {
     pub hook: Option<Hook>,
     /// The health check run after the hook, if any.
     pub health: Option<HealthCheck>,
+    /// How the device follows signed rollout waves.
+    pub rollout: RolloutConfig,
+}
+
+/// `[rollout]`: how the device follows signed rollout waves (docs/metadata.md 4.4).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RolloutConfig {
+    /// Pull a target whose wave has not opened yet, so that it applies without a download
+    /// once the wave opens (default: false, the download waits for the wave too).
+    pub download_ahead: bool,
 }
 
 /// The facade's address and CA.
@@ -209,6 +223,8 @@ struct RawConfig {
     network: RawNetwork,
     #[serde(default)]
     apply: RawApply,
+    #[serde(default)]
+    rollout: RawRollout,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -271,6 +287,12 @@ struct RawApply {
 enum RawCommand {
     Path(PathBuf),
     Argv(Vec<String>),
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRollout {
+    download_ahead: Option<bool>,
 }
 
 /// Collects problems while the raw config is turned into a typed one.
@@ -545,6 +567,9 @@ impl Config {
                     timeout: hook_timeout,
                 }),
                 health,
+                rollout: RolloutConfig {
+                    download_ahead: raw.rollout.download_ahead.unwrap_or(false),
+                },
             }),
             _ => Err(c.problems),
         }

@@ -24,6 +24,8 @@
 //!   and applied to its own slot, unlisted slots retired) and the loop around it, with
 //!   [`notify`] for systemd (`READY`, `STATUS` naming every slot, `WATCHDOG`; the protocol
 //!   itself is `meshanics_shared::notify`).
+//! - [`rollout`]: signed rollout waves: this device's place in a target's rollout and the
+//!   one decision whether to apply it now.
 //! - [`status`]: what `status` shows, read from files alone (it works while the service
 //!   runs).
 //! - [`progress`]: bars on a terminal, log lines for journald.
@@ -46,6 +48,7 @@ pub mod metadata;
 pub mod notify;
 pub mod progress;
 pub mod pull;
+pub mod rollout;
 pub mod service;
 pub mod status;
 pub mod store;

@@ -32,6 +32,8 @@ pub struct PullTarget {
     pub size: u64,
     /// Its media type (an OCI or Docker manifest or index).
     pub media_type: String,
+    /// Its signed rollout as this device sees it; `None`: apply at once.
+    pub rollout: Option<crate::rollout::Gate>,
 }
 
 /// A pulled target: everything it needs is in the cache.

@@ -12,6 +12,10 @@
 //! `WATCHDOG`), and returns as soon as `shutdown` fires, even mid-download: dropping a
 //! download leaves its ingest file, which the next start resumes.
 //!
+//! A target with a signed rollout is pulled and applied only once this device's wave has
+//! opened (pulled before with `[rollout] download_ahead`): [`rollout::decide_target`], called
+//! once per slot, is the one place that decides it.
+//!
 //! Two limits keep a cycle from holding the agent for good: a cycle that runs past
 //! [`Schedule::cycle_deadline`] is abandoned (its downloads resume next cycle), and the
 //! watchdog is fed during a cycle only while it shows progress, so systemd restarts an agent
@@ -23,7 +27,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use meshanics_shared::Platform;
-use meshanics_shared::metadata::TargetName;
+use meshanics_shared::metadata::{TargetName, UnixTime};
 use tracing::{error, info, warn};
 
 use crate::apply::{self, Applied, Checks};
@@ -33,6 +37,7 @@ use crate::error::{Error, Result};
 use crate::notify::Notifier;
 use crate::progress::Progress;
 use crate::pull::{PullTarget, Puller};
+use crate::rollout::{self, Decision};
 use crate::store::index::now;
 use crate::store::{LastResult, OpenReport, Store, StoreOptions};
 
@@ -116,6 +121,13 @@ pub enum SlotAction {
         /// Why it failed then.
         reason: String,
     },
+    /// The listed release waits for this device's rollout wave.
+    Waiting {
+        /// When this device's wave opens.
+        opens: UnixTime,
+        /// Bytes received for its pull ahead of the wave (`[rollout] download_ahead`).
+        received_bytes: u64,
+    },
 }
 
 // === impl CycleOutcome ===
@@ -141,7 +153,10 @@ impl CycleOutcome {
         self.slots
             .iter()
             .map(|s| match &s.result {
-                Ok(SlotAction::Applied { received_bytes, .. }) => *received_bytes,
+                Ok(
+                    SlotAction::Applied { received_bytes, .. }
+                    | SlotAction::Waiting { received_bytes, .. },
+                ) => *received_bytes,
                 _ => 0,
             })
             .sum()
@@ -154,10 +169,12 @@ impl CycleOutcome {
         if self.slots.is_empty() {
             parts.insert(0, "no target for this device".to_owned());
         }
-        let busy = self
-            .slots
-            .iter()
-            .any(|s| !matches!(s.result, Ok(SlotAction::UpToDate)));
+        let busy = self.slots.iter().any(|s| {
+            !matches!(
+                s.result,
+                Ok(SlotAction::UpToDate | SlotAction::HeldBack { .. } | SlotAction::Waiting { .. })
+            )
+        });
         let text = parts.join("; ");
         if !self.is_ok() {
             format!("last update failed: {text}")
@@ -181,6 +198,9 @@ impl SlotOutcome {
             }
             Ok(SlotAction::HeldBack { .. }) => {
                 format!("{target} held back: its release failed its health check")
+            }
+            Ok(SlotAction::Waiting { opens, .. }) => {
+                format!("{target} waits for this device's rollout wave (opens {opens})")
             }
             Err(err) => format!("{target} failed: {err}"),
         }
@@ -338,8 +358,30 @@ impl Agent {
             state.bad = None;
             self.store.set_slot_state(&slot, &state)?;
         }
+        // Signed rollout waves: the one place the agent decides whether a target is applied
+        // (and whether it is downloaded before its wave opens).
+        let decision = rollout::decide_target(target);
+        let wave_opens = match decision {
+            Decision::Wait { opens, .. } => Some(opens.as_secs()),
+            Decision::Apply => None,
+        };
+        if state.wave_opens != wave_opens {
+            state.wave_opens = wave_opens;
+            self.store.set_slot_state(&slot, &state)?;
+        }
         if state.pending.is_none() && self.holds(&slot, target)? {
             return Ok(SlotAction::UpToDate);
+        }
+        if let Decision::Wait { opens, download } = decision {
+            let received_bytes = match download {
+                true => puller.pull(target).await?.received_bytes,
+                false => 0,
+            };
+            info!(target = %slot, %opens, downloaded = download, "waiting for this device's rollout wave");
+            return Ok(SlotAction::Waiting {
+                opens,
+                received_bytes,
+            });
         }
         let pulled = puller.pull(target).await?;
         let record = apply::materialize(&self.store, &pulled)?;

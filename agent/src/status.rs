@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::rollout::WaveView;
 use crate::store::artifacts::scan_layout_in;
 use crate::store::slots::{SLOTS_DIR, slot_names_in, slot_pointers_in, slot_state_in};
 use crate::store::{ArtifactState, BadRelease, LastResult, Pending, Pointers, last_result};
@@ -53,6 +54,8 @@ pub struct MetadataView {
     /// online-known time (RFC 3339). The root and targets expire against it; the timestamp
     /// against the system clock and the offline-known time alone (docs/metadata.md).
     pub effective_time: String,
+    /// This device's rollout wave in each target for it that has one.
+    pub rollouts: Vec<WaveView>,
 }
 
 /// One trusted role file.
@@ -106,8 +109,8 @@ pub struct SlotView {
     pub pending_health: Option<Pending>,
     /// The release held back after it failed its health check, and why.
     pub bad: Option<BadRelease>,
-    /// When this device's rollout wave for the target opens (RFC 3339), for a target with
-    /// rollout waves.
+    /// When this device's rollout wave for the target opens (RFC 3339), while the listed
+    /// release waits for it (the metadata view's `rollouts` has every wave).
     pub wave_opens: Option<String>,
 }
 
@@ -200,6 +203,10 @@ pub fn read_metadata(config: &Config, system_now: UnixTime) -> Result<MetadataVi
     let trusted = TrustedSet::from_stored(&anchor, &stored)
         .map_err(metadata("verifying the trusted metadata"))?;
     let now = trusted.effective_time(system_now);
+    let rollouts = match trusted.targets() {
+        Some(targets) => crate::rollout::waves(config, targets, now)?,
+        None => Vec::new(),
+    };
     Ok(MetadataView {
         root: role_view(trusted.root(), now),
         timestamp: trusted
@@ -207,6 +214,7 @@ pub fn read_metadata(config: &Config, system_now: UnixTime) -> Result<MetadataVi
             .map(|t| role_view(t, trusted.timestamp_time(system_now))),
         targets: trusted.targets().map(|t| role_view(t, now)),
         effective_time: now.to_string(),
+        rollouts,
     })
 }
 

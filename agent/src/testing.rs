@@ -91,6 +91,7 @@ fn build(store: &Store, name: &str, label: &str, layers: &[&[u8]], algorithm: Al
             digest: manifest.digest.clone(),
             size: manifest.size,
             media_type: OCI_MANIFEST.to_owned(),
+            rollout: None,
         },
         manifest,
         blobs,

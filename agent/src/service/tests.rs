@@ -541,3 +541,65 @@ async fn the_watchdog_keeps_being_fed_during_a_long_health_check() {
     );
     assert!(current_of(&agent, "app").is_some());
 }
+
+#[tokio::test]
+async fn a_target_waiting_for_its_rollout_wave_does_not_hold_back_the_other() {
+    use crate::rollout::Gate;
+    use crate::testing::release;
+    use meshanics_shared::metadata::{Position, UnixTime, rollout::example};
+    let (_dir, agent) = agent();
+    let app = release(&agent.store, "app", "app", &[b"app"]);
+    let mut model = release(&agent.store, "model", "model", &[b"weights"]);
+    let start = UnixTime::from_secs(1_700_000_000);
+    // The last place of the fleet: the last wave, a day after the start.
+    model.target.rollout = Some(Gate {
+        rollout: example(start),
+        position: Position::from_bits(u64::MAX),
+        now: start,
+        download_ahead: false,
+    });
+    let mut source = Listed {
+        targets: vec![model.target.clone(), app.target.clone()],
+        version: Some(1),
+    };
+
+    let outcome = agent.cycle(&mut source, &Silent).await.unwrap();
+
+    let opens = UnixTime::from_secs(start.as_secs() + 24 * 3600);
+    assert_eq!(
+        outcome.action("model"),
+        Some(&SlotAction::Waiting {
+            opens,
+            received_bytes: 0
+        })
+    );
+    assert!(matches!(
+        outcome.action("app"),
+        Some(SlotAction::Applied { .. })
+    ));
+    assert_eq!(current_of(&agent, "model"), None);
+    let model_slot = TargetName::parse("model").unwrap();
+    assert_eq!(
+        agent.store.slot_state(&model_slot).unwrap().wave_opens,
+        Some(opens.as_secs())
+    );
+    let text = outcome.describe();
+    assert!(
+        text.contains("model waits for this device's rollout wave") && text.contains("applied app"),
+        "{text}"
+    );
+
+    // The wave opens: applied, and the slot no longer shows an opening time.
+    if let Some(gate) = &mut source.targets[0].rollout {
+        gate.now = opens;
+    }
+    let outcome = agent.cycle(&mut source, &Silent).await.unwrap();
+    assert!(matches!(
+        outcome.action("model"),
+        Some(SlotAction::Applied { .. })
+    ));
+    assert_eq!(
+        agent.store.slot_state(&model_slot).unwrap().wave_opens,
+        None
+    );
+}

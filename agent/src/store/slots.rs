@@ -58,8 +58,8 @@ pub struct SlotState {
     /// changes.
     #[serde(default)]
     pub bad: Option<BadRelease>,
-    /// When this device's rollout wave for the target opens (Unix seconds), once rollout
-    /// waves decide it; `None` when the target has no waves.
+    /// When this device's rollout wave for the target opens (Unix seconds), while the
+    /// listed release waits for it; `None` when it does not wait.
     #[serde(default)]
     pub wave_opens: Option<u64>,
 }
