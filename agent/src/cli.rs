@@ -346,6 +346,9 @@ fn status(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
             problem.as_deref().unwrap_or("unknown")
         ),
     }
+    // The primary slot's, as `<state_dir>/current` and `previous` show it.
+    println!("current:   {}", line(&view.current));
+    println!("previous:  {}", line(&view.previous));
     if view.slots.is_empty() {
         println!("slots:     none");
     }
