@@ -8,17 +8,18 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use meshanics_agent::apply::{self, Applied};
+use meshanics_agent::apply::{self, Applied, Checks};
 use meshanics_agent::client::Client;
 use meshanics_agent::config::{Config, Environment};
 use meshanics_agent::metadata::MetadataSource;
 use meshanics_agent::notify;
 use meshanics_agent::progress::{Bars, LogLines, Progress};
 use meshanics_agent::pull::{PullTarget, Puller};
-use meshanics_agent::service::{self, Agent, CycleOutcome};
+use meshanics_agent::service::{self, Agent, SlotAction};
 use meshanics_agent::status::{ArtifactView, RoleView};
 use meshanics_agent::store::{LastResult, Store, StoreOptions};
 use meshanics_shared::media_type::OCI_INDEX;
+use meshanics_shared::metadata::TargetName;
 use meshanics_shared::{Digest, Repository};
 use tracing::{error, info};
 
@@ -62,7 +63,8 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
-    /// Show the applied artifacts, the cache and the last result.
+    /// Show every slot (applied, previous, pending health check, held-back release), the
+    /// cache and the last result.
     Status {
         /// Print JSON.
         #[arg(long)]
@@ -77,7 +79,7 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Remove cached blobs and layouts that neither the current nor the previous artifact uses.
+    /// Remove cached blobs and layouts that no slot's current or previous artifact uses.
     Gc {
         /// Print JSON.
         #[arg(long)]
@@ -99,7 +101,8 @@ enum Command {
         /// Its media type.
         #[arg(long, default_value = OCI_INDEX)]
         media_type: String,
-        /// The name to give the artifact (default: the repository).
+        /// The target name: the slot it is applied to (default: the repository's last
+        /// component).
         #[arg(long)]
         name: Option<String>,
         /// Pull into the cache only; do not switch `current`.
@@ -256,26 +259,41 @@ fn sync_once(config: &Config, bars: bool) -> anyhow::Result<ExitCode> {
     } else {
         Box::new(LogLines)
     };
-    match runtime.block_on(agent.cycle(&mut source, progress.as_ref()))? {
-        CycleOutcome::NothingToDo => println!("no target for this device"),
-        CycleOutcome::UpToDate { target } => println!("{target} is up to date"),
-        CycleOutcome::Waiting {
-            target,
-            opens,
-            received_bytes,
-        } => println!(
-            "{target} waits for this device's rollout wave, which opens at {opens} ({received_bytes} bytes downloaded ahead)"
-        ),
-        CycleOutcome::Applied {
-            target,
-            received_bytes,
-            ..
-        } => println!(
-            "applied {target} at {} ({received_bytes} bytes downloaded)",
-            config.state_dir.join("current").display()
-        ),
+    let outcome = runtime.block_on(agent.cycle(&mut source, progress.as_ref()))?;
+    if outcome.slots.is_empty() {
+        println!("no target for this device");
     }
-    Ok(ExitCode::SUCCESS)
+    for slot in &outcome.slots {
+        let target = &slot.target;
+        match &slot.result {
+            Ok(SlotAction::UpToDate) => println!("{target} is up to date"),
+            Ok(SlotAction::Applied { received_bytes, .. }) => println!(
+                "applied {target} at {} ({received_bytes} bytes downloaded)",
+                config
+                    .state_dir
+                    .join("slots")
+                    .join(target)
+                    .join("current")
+                    .display()
+            ),
+            Ok(SlotAction::HeldBack { reason }) => println!("{target} held back: {reason}"),
+            Ok(SlotAction::Waiting {
+                opens,
+                received_bytes,
+            }) => println!(
+                "{target} waits for this device's rollout wave, which opens at {opens} ({received_bytes} bytes downloaded ahead)"
+            ),
+            Err(err) => println!("{target} failed: {err}"),
+        }
+    }
+    for target in &outcome.retired {
+        println!("{target} retired: no longer listed for this device");
+    }
+    Ok(if outcome.is_ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn status(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
@@ -328,8 +346,49 @@ fn status(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
             problem.as_deref().unwrap_or("unknown")
         ),
     }
+    // The primary slot's, as `<state_dir>/current` and `previous` show it.
     println!("current:   {}", line(&view.current));
     println!("previous:  {}", line(&view.previous));
+    if view.slots.is_empty() {
+        println!("slots:     none");
+    }
+    for slot in &view.slots {
+        println!(
+            "slot:      {}{}",
+            slot.name,
+            if slot.primary {
+                " (primary: <state_dir>/current follows it)"
+            } else {
+                ""
+            }
+        );
+        println!("  current:   {}", line(&slot.current));
+        println!("  previous:  {}", line(&slot.previous));
+        if let Some(pending) = &slot.pending_health {
+            println!(
+                "  pending:   {} since {}: its checks have not passed yet",
+                pending.id,
+                meshanics_shared::metadata::UnixTime::from_secs(pending.since)
+            );
+        }
+        if let Some(bad) = &slot.bad {
+            println!(
+                "  held back: {} (until the signed metadata changes): {}",
+                bad.target_digest, bad.reason
+            );
+        }
+        if let Some(opens) = &slot.wave_opens {
+            println!("  wave opens: {opens}");
+        }
+        if let Some(last) = &slot.last_result {
+            println!(
+                "  last:      {} at {}: {}",
+                if last.ok { "ok" } else { "FAILED" },
+                meshanics_shared::metadata::UnixTime::from_secs(last.time),
+                last.message
+            );
+        }
+    }
     println!(
         "cache:     {} blobs, {} bytes; {} partial downloads, {} bytes",
         view.cache.blobs, view.cache.bytes, view.cache.partial_downloads, view.cache.partial_bytes
@@ -407,8 +466,16 @@ fn pull(
     no_apply: bool,
     bars: bool,
 ) -> anyhow::Result<ExitCode> {
+    let name = name.unwrap_or_else(|| {
+        repository
+            .rsplit('/')
+            .next()
+            .unwrap_or(repository)
+            .to_owned()
+    });
+    let slot = TargetName::parse(&name).context("--name (the slot's name)")?;
     let target = PullTarget {
-        name: name.unwrap_or_else(|| repository.to_owned()),
+        name,
         repository: Repository::parse(repository).context("--repository")?,
         digest: Digest::parse(digest).context("--digest")?,
         size,
@@ -430,13 +497,24 @@ fn pull(
         concurrency: config.concurrency,
         progress: progress.as_ref(),
     };
+    let checks = Checks {
+        hook: config.hook.as_ref(),
+        health: config.health.as_ref(),
+        ..Checks::default()
+    };
     let outcome = runtime.block_on(async {
+        // An apply a stop interrupted is finished (or rolled back) first, as `run` does.
+        for (slot, result) in apply::recover(&store, &checks).await? {
+            if let Err(err) = result {
+                error!(target = %slot, error = %err, "the interrupted apply was rolled back");
+            }
+        }
         let pulled = puller.pull(&target).await?;
         if no_apply {
             return Ok(None);
         }
-        let record = apply::lay_out(&store, &pulled)?;
-        let applied = apply::apply(&store, &record.id, config.hook.as_ref()).await?;
+        let record = apply::materialize(&store, &pulled)?;
+        let applied = apply::apply(&store, &record.id, &checks).await?;
         Ok::<_, meshanics_agent::Error>(Some((record, applied)))
     });
     match outcome {
@@ -445,7 +523,7 @@ fn pull(
                 "applied {} {} at {}",
                 record.name,
                 record.manifest_digest,
-                store.root().join("current").display()
+                store.slot_dir(&slot).join("current").display()
             );
         }
         Ok(Some((_, Applied::AlreadyCurrent))) => println!("already current"),

@@ -33,11 +33,20 @@
 //! [apply]                                 # optional
 //! hook = "/usr/libexec/meshanics/apply"
 //! hook_timeout = "5m"
+//! health_check = ["/usr/bin/curl", "-fsS", "http://127.0.0.1:8080/healthz"]  # or a path
+//! health_settle = "10s"                   # wait after the hook before checking
+//! health_timeout = "1m"                   # a check still running then has failed
 //!
 //! [rollout]                               # optional
 //! download_ahead = false                  # true: pull a target before this device's
 //!                                         # rollout wave opens, apply it once it opens
 //! ```
+//!
+//! The hook and the health check run once per slot (one slot per target this device runs),
+//! with the slot's details in their environment (`MESHANICS_EVENT`, `MESHANICS_PATH`,
+//! `MESHANICS_TARGET`, `MESHANICS_KIND`, ...: see the agent's README). A failing or
+//! timed-out health check rolls the slot back and holds that release back until the signed
+//! metadata changes.
 //!
 //! Durations are humantime's, as in the facade's config: `"500ms"`, `"30s"`, `"5m"`,
 //! `"1h 30m"`, `"2d"` (see [`meshanics_shared::duration`]).
@@ -76,6 +85,8 @@ pub struct Config {
     pub network: Network,
     /// The apply hook, if any.
     pub hook: Option<Hook>,
+    /// The health check run after the hook, if any.
+    pub health: Option<HealthCheck>,
     /// How the device follows signed rollout waves.
     pub rollout: RolloutConfig,
 }
@@ -133,6 +144,19 @@ pub struct Hook {
     /// The program to run.
     pub path: PathBuf,
     /// How long it may run.
+    pub timeout: Duration,
+}
+
+/// The health check: a command whose success says a freshly applied release works.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    /// The program to run (an executable file).
+    pub program: PathBuf,
+    /// Its arguments.
+    pub args: Vec<String>,
+    /// How long to wait after the hook before running it (the workload starting up).
+    pub settle: Duration,
+    /// How long it may run; one still running then has failed.
     pub timeout: Duration,
 }
 
@@ -252,6 +276,17 @@ struct RawNetwork {
 struct RawApply {
     hook: Option<PathBuf>,
     hook_timeout: Option<String>,
+    health_check: Option<RawCommand>,
+    health_settle: Option<String>,
+    health_timeout: Option<String>,
+}
+
+/// A command: a program's path, or the program and its arguments.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawCommand {
+    Path(PathBuf),
+    Argv(Vec<String>),
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -424,6 +459,43 @@ impl Config {
                 .map(Some),
             None => Some(None),
         };
+        let health_settle = c.duration("apply.health_settle", raw.apply.health_settle, "10s");
+        let health_timeout = c.duration("apply.health_timeout", raw.apply.health_timeout, "1m");
+        if health_timeout.is_some_and(|d| d.is_zero()) {
+            c.problem("apply.health_timeout", "must be above 0");
+        }
+        let health_command = match raw.apply.health_check {
+            None => Some(None),
+            Some(command) => {
+                let (program, args) = match command {
+                    RawCommand::Path(path) => (Some(path), Vec::new()),
+                    RawCommand::Argv(mut argv) => {
+                        let program = (!argv.is_empty()).then(|| PathBuf::from(argv.remove(0)));
+                        (program, argv)
+                    }
+                };
+                match program.map(resolve) {
+                    Some(program) => c.check(
+                        "apply.health_check",
+                        executable_file(&program).map(|()| Some((program, args))),
+                    ),
+                    None => {
+                        c.problem("apply.health_check", "names no program");
+                        None
+                    }
+                }
+            }
+        };
+        let health = match (health_command, health_settle, health_timeout) {
+            (Some(Some((program, args))), Some(settle), Some(timeout)) => Some(Some(HealthCheck {
+                program,
+                args,
+                settle,
+                timeout,
+            })),
+            (Some(None), Some(_), Some(_)) => Some(None),
+            _ => None,
+        };
 
         match (
             url,
@@ -445,6 +517,7 @@ impl Config {
             attempts,
             hook_timeout,
             hook,
+            health,
         ) {
             (
                 Some(url),
@@ -466,6 +539,7 @@ impl Config {
                 Some(attempts),
                 Some(hook_timeout),
                 Some(hook),
+                Some(health),
             ) if c.problems.is_empty() => Ok(Config {
                 facade: Facade { url, ca },
                 device: Device {
@@ -492,6 +566,7 @@ impl Config {
                     path,
                     timeout: hook_timeout,
                 }),
+                health,
                 rollout: RolloutConfig {
                     download_ahead: raw.rollout.download_ahead.unwrap_or(false),
                 },

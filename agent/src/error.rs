@@ -255,12 +255,28 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    /// The apply hook failed; `current` was rolled back.
+    /// The apply hook failed; the slot was rolled back.
     #[error("the apply hook {path} failed ({status}); rolled back to the previous artifact")]
     HookFailed {
         /// The hook.
         path: PathBuf,
         /// Its exit status, or `timed out after ...`.
+        status: String,
+    },
+    /// A freshly applied release failed its health check (or it timed out, or could not
+    /// start); its slot was rolled back and the release is held back until the signed
+    /// metadata changes.
+    #[error(
+        "the health check {program} failed for {target} {digest} ({status}); rolled back to the previous release, held back until the signed metadata changes"
+    )]
+    HealthCheckFailed {
+        /// The target (the slot's name).
+        target: String,
+        /// The release's target digest.
+        digest: Digest,
+        /// The health check's program.
+        program: PathBuf,
+        /// Its exit status, `timed out after ...` or why it could not start.
         status: String,
     },
 }

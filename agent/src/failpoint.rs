@@ -22,6 +22,7 @@ pub const POINTS: &[&str] = &[
     "layout.before-rename",
     "apply.between-pointers",
     "apply.before-dir-fsync",
+    "apply.before-health",
     "apply.before-state",
 ];
 

@@ -13,14 +13,17 @@
 //! - [`pull`]: one target by digest: the manifest (an index resolved to this device's
 //!   platform), then config and layers, with bounded parallelism, skipping cached blobs.
 //! - [`store`]: the content-addressed cache (`blobs/<sha256|sha512>/<hex>`, committed only
-//!   when size and digest match), its ingest files, its rebuildable sled index, `fsck` and `gc`, and
-//!   ([`store::artifacts`]) the artifact layouts and `current`/`previous` links as they lie
-//!   on disk. It depends on nothing above it.
-//! - [`apply`]: the OCI image layout writer ([`apply::layout`]), the atomic
-//!   `current`/`previous` switch, the apply hook and its rollback.
-//! - [`service`]: the update cycle (targets from a [`service::TargetSource`], pull, apply)
-//!   and the loop around it, with [`notify`] for systemd (`READY`, `STATUS`, `WATCHDOG`;
-//!   the protocol itself is `meshanics_shared::notify`).
+//!   when size and digest match), its ingest files, its rebuildable sled index, `fsck` and `gc`,
+//!   ([`store::artifacts`]) the artifact layouts as they lie on disk, and ([`store::slots`])
+//!   one slot per target: its `current`/`previous` links and its state (pending health
+//!   check, held-back release). It depends on nothing above it.
+//! - [`apply`]: materializing an artifact (the OCI image layout writer, [`apply::layout`]),
+//!   the atomic switch of a slot's `current`/`previous`, the apply hook, the health check,
+//!   rollback, recovery of an apply a stop interrupted, and retiring a slot.
+//! - [`service`]: the update cycle (targets from a [`service::TargetSource`], each pulled
+//!   and applied to its own slot, unlisted slots retired) and the loop around it, with
+//!   [`notify`] for systemd (`READY`, `STATUS` naming every slot, `WATCHDOG`; the protocol
+//!   itself is `meshanics_shared::notify`).
 //! - [`rollout`]: signed rollout waves: this device's place in a target's rollout and the
 //!   one decision whether to apply it now.
 //! - [`status`]: what `status` shows, read from files alone (it works while the service

@@ -161,6 +161,10 @@ impl TargetSource for MetadataSource {
     async fn targets(&mut self, client: &Client) -> Result<Vec<PullTarget>> {
         self.update(client).await
     }
+
+    fn targets_version(&self) -> Option<u64> {
+        self.last_report.as_ref().map(|r| r.targets_version)
+    }
 }
 
 /// `<state dir>/metadata`.

@@ -1,43 +1,59 @@
 //! The update cycle and the service loop around it.
 //!
-//! A cycle asks a [`TargetSource`] what this device must run, pulls every target into the
-//! cache, and applies the first one (unless it is current already and its layout intact).
+//! A cycle first finishes any apply a stop interrupted before its checks passed
+//! ([`apply::recover`]: it needs neither the facade nor the metadata), then asks a
+//! [`TargetSource`] what this device must run. Each target has its own slot: it is pulled,
+//! laid out and applied (unless it is current already and its layout intact, or its digest
+//! failed a health check under the same signed metadata), each on its own, so one target
+//! failing never blocks another. A slot whose target is no longer listed is retired. The
+//! source is where trust comes from: the signed metadata workflow implements it, and nothing
+//! here decides what a device runs. [`run`] repeats cycles every poll interval with jitter,
+//! backs off after failures, keeps systemd informed (`READY`, `STATUS` listing every slot,
+//! `WATCHDOG`), and returns as soon as `shutdown` fires, even mid-download: dropping a
+//! download leaves its ingest file, which the next start resumes.
+//!
 //! A target with a signed rollout is pulled and applied only once this device's wave has
-//! opened (pulled before with `[rollout] download_ahead`): [`rollout::decide_target`].
-//! The source is where trust comes from: the signed metadata workflow implements it, and
-//! nothing here decides what a device runs. [`run`] repeats cycles every poll interval with
-//! jitter, backs off after failures, keeps systemd informed (`READY`, `STATUS`, `WATCHDOG`),
-//! and returns as soon as `shutdown` fires, even mid-download: dropping a download leaves
-//! its ingest file, which the next start resumes.
+//! opened (pulled before with `[rollout] download_ahead`): [`rollout::decide_target`], called
+//! once per slot, is the one place that decides it.
 //!
 //! Two limits keep a cycle from holding the agent for good: a cycle that runs past
 //! [`Schedule::cycle_deadline`] is abandoned (its downloads resume next cycle), and the
 //! watchdog is fed during a cycle only while it shows progress, so systemd restarts an agent
-//! whose cycle is stuck.
+//! whose cycle is stuck (a hook or a health check announces its timeout, so a long one is
+//! progress).
 
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::time::Duration;
 
 use meshanics_shared::Platform;
+use meshanics_shared::metadata::{TargetName, UnixTime};
 use tracing::{error, info, warn};
 
-use crate::apply::{self, Applied};
+use crate::apply::{self, Applied, Checks};
 use crate::client::Client;
-use crate::config::{Config, Hook};
+use crate::config::{Config, HealthCheck, Hook};
 use crate::error::{Error, Result};
 use crate::notify::Notifier;
 use crate::progress::Progress;
 use crate::pull::{PullTarget, Puller};
 use crate::rollout::{self, Decision};
 use crate::store::index::now;
-use crate::store::{ArtifactState, LastResult, OpenReport, Pointers, Store, StoreOptions};
+use crate::store::{LastResult, OpenReport, Store, StoreOptions};
 
-/// Where a cycle's targets come from: the verified, device-filtered list of what to run,
-/// the one to apply first. An empty list means there is nothing to run.
+/// Where a cycle's targets come from: the verified, device-filtered list of what to run.
+/// An empty list means there is nothing to run (and every slot is retired).
 pub trait TargetSource {
     /// The targets now. Errors (unreachable facade, expired or invalid metadata) end the
-    /// cycle before anything is pulled.
+    /// cycle before anything is pulled or retired.
     fn targets(&mut self, client: &Client) -> impl Future<Output = Result<Vec<PullTarget>>>;
+
+    /// The version of the signed metadata the last [`TargetSource::targets`] came from: a
+    /// release that failed its health check is retried only once this (or its digest)
+    /// changes. `None` for a source without versions.
+    fn targets_version(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// Everything a cycle works with.
@@ -53,6 +69,8 @@ pub struct Agent {
     pub concurrency: usize,
     /// The apply hook.
     pub hook: Option<Hook>,
+    /// The health check after the hook.
+    pub health: Option<HealthCheck>,
 }
 
 /// How the service loop paces cycles.
@@ -67,34 +85,126 @@ pub struct Schedule {
 /// The cycle deadline when the configuration sets none (`agent.cycle_deadline`'s default).
 pub const DEFAULT_CYCLE_DEADLINE: Duration = Duration::from_secs(6 * 3600);
 
-/// What a cycle did.
+/// What a cycle did: one outcome per target, in the source's order, and the slots retired.
+#[derive(Debug, Default)]
+pub struct CycleOutcome {
+    /// Each target's slot.
+    pub slots: Vec<SlotOutcome>,
+    /// Slots retired because their target is no longer listed.
+    pub retired: Vec<String>,
+}
+
+/// What a cycle did for one target.
+#[derive(Debug)]
+pub struct SlotOutcome {
+    /// The target's name (the slot's).
+    pub target: String,
+    /// What happened, or why it failed (a hook or health check failure rolled it back).
+    pub result: Result<SlotAction>,
+}
+
+/// What a cycle did for one target that did not fail.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CycleOutcome {
-    /// The source listed no target.
-    NothingToDo,
-    /// The target to apply was current already.
-    UpToDate {
-        /// The target's name.
-        target: String,
-    },
-    /// The target to apply waits for this device's rollout wave.
-    Waiting {
-        /// The target's name.
-        target: String,
-        /// When this device's wave opens.
-        opens: meshanics_shared::metadata::UnixTime,
-        /// Bytes received for the cycle's pulls (downloads ahead of the wave).
-        received_bytes: u64,
-    },
-    /// A new artifact is current.
+pub enum SlotAction {
+    /// Its release was current already.
+    UpToDate,
+    /// A new release is current.
     Applied {
-        /// The target's name.
-        target: String,
         /// The new layout's id.
         layout: String,
-        /// Bytes received for the cycle's pulls.
+        /// Bytes received for its pull.
         received_bytes: u64,
     },
+    /// The listed release failed its health check under the same signed metadata: it is
+    /// not tried again until the metadata changes.
+    HeldBack {
+        /// Why it failed then.
+        reason: String,
+    },
+    /// The listed release waits for this device's rollout wave.
+    Waiting {
+        /// When this device's wave opens.
+        opens: UnixTime,
+        /// Bytes received for its pull ahead of the wave (`[rollout] download_ahead`).
+        received_bytes: u64,
+    },
+}
+
+// === impl CycleOutcome ===
+
+impl CycleOutcome {
+    /// Whether every slot succeeded (a held-back release counts as settled, not failed).
+    pub fn is_ok(&self) -> bool {
+        self.slots.iter().all(|s| s.result.is_ok())
+    }
+
+    /// The outcome for `target`.
+    pub fn slot(&self, target: &str) -> Option<&SlotOutcome> {
+        self.slots.iter().find(|s| s.target == target)
+    }
+
+    /// What the cycle did for `target`, if it did not fail.
+    pub fn action(&self, target: &str) -> Option<&SlotAction> {
+        self.slot(target).and_then(|s| s.result.as_ref().ok())
+    }
+
+    /// Bytes received for the cycle's pulls.
+    pub fn received_bytes(&self) -> u64 {
+        self.slots
+            .iter()
+            .map(|s| match &s.result {
+                Ok(
+                    SlotAction::Applied { received_bytes, .. }
+                    | SlotAction::Waiting { received_bytes, .. },
+                ) => *received_bytes,
+                _ => 0,
+            })
+            .sum()
+    }
+
+    /// One line for logs, `STATUS=` and the last result, naming every slot.
+    pub fn describe(&self) -> String {
+        let mut parts: Vec<String> = self.slots.iter().map(SlotOutcome::describe).collect();
+        parts.extend(self.retired.iter().map(|t| format!("{t} retired")));
+        if self.slots.is_empty() {
+            parts.insert(0, "no target for this device".to_owned());
+        }
+        let busy = self.slots.iter().any(|s| {
+            !matches!(
+                s.result,
+                Ok(SlotAction::UpToDate | SlotAction::HeldBack { .. } | SlotAction::Waiting { .. })
+            )
+        });
+        let text = parts.join("; ");
+        if !self.is_ok() {
+            format!("last update failed: {text}")
+        } else if busy || !self.retired.is_empty() {
+            text
+        } else {
+            format!("idle: {text}")
+        }
+    }
+}
+
+// === impl SlotOutcome ===
+
+impl SlotOutcome {
+    fn describe(&self) -> String {
+        let target = &self.target;
+        match &self.result {
+            Ok(SlotAction::UpToDate) => format!("{target} is up to date"),
+            Ok(SlotAction::Applied { received_bytes, .. }) => {
+                format!("applied {target} ({received_bytes} bytes downloaded)")
+            }
+            Ok(SlotAction::HeldBack { .. }) => {
+                format!("{target} held back: its release failed its health check")
+            }
+            Ok(SlotAction::Waiting { opens, .. }) => {
+                format!("{target} waits for this device's rollout wave (opens {opens})")
+            }
+            Err(err) => format!("{target} failed: {err}"),
+        }
+    }
 }
 
 // === impl Schedule ===
@@ -133,12 +243,25 @@ impl Agent {
                 platform: config.device.platform.clone(),
                 concurrency: config.concurrency,
                 hook: config.hook.clone(),
+                health: config.health.clone(),
             },
             report,
         ))
     }
 
-    /// One update cycle. Its result, success or failure, is recorded for `status`.
+    /// The hook and health check, announcing their bounds to the client's activity (what
+    /// the watchdog goes by).
+    pub fn checks(&self, targets_version: Option<u64>) -> Checks<'_> {
+        Checks {
+            hook: self.hook.as_ref(),
+            health: self.health.as_ref(),
+            activity: Some(self.client.activity()),
+            targets_version,
+        }
+    }
+
+    /// One update cycle. Its result, success or failure, is recorded for `status` (each
+    /// slot's in its own state too).
     pub async fn cycle<S: TargetSource>(
         &self,
         source: &mut S,
@@ -146,22 +269,14 @@ impl Agent {
     ) -> Result<CycleOutcome> {
         let result = self.cycle_inner(source, progress).await;
         let (ok, message, target) = match &result {
-            Ok(CycleOutcome::NothingToDo) => (true, "no target for this device".to_owned(), None),
-            Ok(CycleOutcome::UpToDate { target }) => (
-                true,
-                format!("{target} is up to date"),
-                Some(target.clone()),
+            Ok(outcome) => (
+                outcome.is_ok(),
+                outcome.describe(),
+                match outcome.slots.as_slice() {
+                    [one] => Some(one.target.clone()),
+                    _ => None,
+                },
             ),
-            Ok(CycleOutcome::Applied { target, .. }) => {
-                (true, format!("applied {target}"), Some(target.clone()))
-            }
-            Ok(CycleOutcome::Waiting { target, opens, .. }) => (
-                true,
-                format!("{target} waits for this device's rollout wave, which opens at {opens}"),
-                Some(target.clone()),
-            ),
-            // `apply` records its own failures with the hook's details.
-            Err(Error::HookFailed { .. }) => return result,
             Err(err) => (false, err.to_string(), None),
         };
         self.store.set_last_result(&LastResult {
@@ -178,17 +293,27 @@ impl Agent {
         source: &mut S,
         progress: &dyn Progress,
     ) -> Result<CycleOutcome> {
-        let targets = source.targets(&self.client).await?;
-        let Some(first) = targets.first() else {
-            return Ok(CycleOutcome::NothingToDo);
-        };
-        if targets.len() > 1 {
-            warn!(
-                count = targets.len(),
-                applied = %first.name,
-                "several targets match this device: all are cached, the first is applied"
-            );
+        // Boot-time safety first: an apply a stop interrupted is finished or rolled back
+        // before anything else, even when the facade cannot be reached.
+        for (slot, result) in apply::recover(&self.store, &self.checks(None)).await? {
+            if let Err(err) = result {
+                warn!(target = %slot, error = %err, "the interrupted apply was rolled back");
+            }
         }
+        let targets = source.targets(&self.client).await?;
+        let checks = self.checks(source.targets_version());
+        let mut outcome = CycleOutcome::default();
+        let listed: BTreeSet<&str> = targets.iter().map(|t| t.name.as_str()).collect();
+        for slot in self.store.slot_names()? {
+            if !listed.contains(slot.as_str()) {
+                apply::retire(&self.store, &slot, &checks).await?;
+                outcome.retired.push(slot.to_string());
+            }
+        }
+        let primary = targets
+            .first()
+            .and_then(|t| TargetName::parse(&t.name).ok());
+        self.store.set_primary(primary.as_ref())?;
         let puller = Puller {
             client: &self.client,
             store: &self.store,
@@ -196,92 +321,115 @@ impl Agent {
             concurrency: self.concurrency,
             progress,
         };
-        match self.current_state(first)? {
-            Some(ArtifactState::Current) => {
-                return Ok(CycleOutcome::UpToDate {
-                    target: first.name.clone(),
+        for target in &targets {
+            let result = self.slot_cycle(target, &puller, &checks).await;
+            if let Err(err) = &result {
+                self.record_failure(target, err)?;
+            }
+            outcome.slots.push(SlotOutcome {
+                target: target.name.clone(),
+                result,
+            });
+        }
+        Ok(outcome)
+    }
+
+    /// One target's slot: held back, up to date, or pulled and applied.
+    async fn slot_cycle(
+        &self,
+        target: &PullTarget,
+        puller: &Puller<'_>,
+        checks: &Checks<'_>,
+    ) -> Result<SlotAction> {
+        let slot = TargetName::parse(&target.name).map_err(|e| Error::InvalidName {
+            what: "target",
+            name: target.name.clone(),
+            reason: e.to_string(),
+        })?;
+        let mut state = self.store.slot_state(&slot)?;
+        if let Some(bad) = &state.bad {
+            if bad.holds_back(&target.digest, checks.targets_version) {
+                return Ok(SlotAction::HeldBack {
+                    reason: bad.reason.clone(),
                 });
             }
-            // `current` holds this target but its apply never finished (a crash during the
-            // hook): finish that apply rather than lay the same artifact out again, which
-            // would make it its own `previous`.
-            Some(_) => {
-                if let Some(id) = Pointers::read(&self.store)?.current {
-                    self.expect_hook();
-                    apply::apply(&self.store, &id, self.hook.as_ref()).await?;
-                    return Ok(CycleOutcome::Applied {
-                        target: first.name.clone(),
-                        layout: id,
-                        received_bytes: 0,
-                    });
-                }
-            }
-            None => {}
+            // The signed metadata changed since: the release may be tried again.
+            info!(target = %slot, digest = %bad.target_digest, "the signed metadata changed; no release is held back any more");
+            state.bad = None;
+            self.store.set_slot_state(&slot, &state)?;
         }
         // Signed rollout waves: the one place the agent decides whether a target is applied
         // (and whether it is downloaded before its wave opens).
-        let decisions: Vec<Decision> = targets.iter().map(rollout::decide_target).collect();
-        let mut received = 0;
-        let mut pulled = Vec::new();
-        for (target, decision) in targets.iter().zip(&decisions) {
-            if !decision.pulls() {
-                continue;
-            }
-            let p = puller.pull(target).await?;
-            received += p.received_bytes;
-            pulled.push(p);
+        let decision = rollout::decide_target(target);
+        let wave_opens = match decision {
+            Decision::Wait { opens, .. } => Some(opens.as_secs()),
+            Decision::Apply => None,
+        };
+        if state.wave_opens != wave_opens {
+            state.wave_opens = wave_opens;
+            self.store.set_slot_state(&slot, &state)?;
         }
-        if let Some(&Decision::Wait { opens, download }) = decisions.first() {
-            info!(target = %first.name, %opens, downloaded = download, "waiting for this device's rollout wave");
-            return Ok(CycleOutcome::Waiting {
-                target: first.name.clone(),
+        if state.pending.is_none() && self.holds(&slot, target)? {
+            return Ok(SlotAction::UpToDate);
+        }
+        if let Decision::Wait { opens, download } = decision {
+            let received_bytes = match download {
+                true => puller.pull(target).await?.received_bytes,
+                false => 0,
+            };
+            info!(target = %slot, %opens, downloaded = download, "waiting for this device's rollout wave");
+            return Ok(SlotAction::Waiting {
                 opens,
-                received_bytes: received,
+                received_bytes,
             });
         }
-        let Some(main) = pulled.first() else {
-            return Ok(CycleOutcome::NothingToDo);
-        };
-        let record = apply::lay_out(&self.store, main)?;
-        self.expect_hook();
-        match apply::apply(&self.store, &record.id, self.hook.as_ref()).await? {
-            Applied::AlreadyCurrent => Ok(CycleOutcome::UpToDate {
-                target: main.target.name.clone(),
-            }),
-            Applied::Switched { current, .. } => Ok(CycleOutcome::Applied {
-                target: main.target.name.clone(),
+        let pulled = puller.pull(target).await?;
+        let record = apply::materialize(&self.store, &pulled)?;
+        match apply::apply(&self.store, &record.id, checks).await? {
+            Applied::AlreadyCurrent => Ok(SlotAction::UpToDate),
+            Applied::Switched { current, .. } => Ok(SlotAction::Applied {
                 layout: current,
-                received_bytes: received,
+                received_bytes: pulled.received_bytes,
             }),
         }
     }
 
-    /// The apply hook runs next: no sign of life comes from it, but its own timeout bounds
-    /// it (plus a little for killing it and rolling back), so the watchdog waits that long.
-    fn expect_hook(&self) {
-        if let Some(hook) = &self.hook {
-            self.client
-                .activity()
-                .expect_within(hook.timeout.saturating_add(Duration::from_secs(30)));
+    /// Records a slot's failure in its state, unless `apply` did (hook and health check
+    /// failures, with their rollback).
+    fn record_failure(&self, target: &PullTarget, err: &Error) -> Result<()> {
+        if matches!(
+            err,
+            Error::HookFailed { .. } | Error::HookSpawn { .. } | Error::HealthCheckFailed { .. }
+        ) {
+            return Ok(());
         }
+        let Ok(slot) = TargetName::parse(&target.name) else {
+            return Ok(());
+        };
+        let mut state = self.store.slot_state(&slot)?;
+        state.last_result = Some(LastResult {
+            time: now(),
+            target: Some(target.name.clone()),
+            ok: false,
+            message: err.to_string(),
+        });
+        self.store.set_slot_state(&slot, &state)
     }
 
-    /// The recorded state of `current` when it holds `target` with every blob of its layout
-    /// in place (`Current` once its apply finished), `None` when it holds something else.
-    fn current_state(&self, target: &PullTarget) -> Result<Option<ArtifactState>> {
-        let Some(id) = Pointers::read(&self.store)?.current else {
-            return Ok(None);
+    /// Whether the slot's `current` holds `target` with every blob of its layout in place.
+    fn holds(&self, slot: &TargetName, target: &PullTarget) -> Result<bool> {
+        let Some(id) = self.store.slot_pointers(slot)?.current else {
+            return Ok(false);
         };
         let Some(record) = self.store.index().artifact(&id)? else {
-            return Ok(None);
+            return Ok(false);
         };
-        let holds = record.target_digest == target.digest
+        Ok(record.target_digest == target.digest
             && record.repository == target.repository.as_str()
             && record
                 .blobs
                 .iter()
-                .all(|d| self.store.layout_blob_path(&id, d).exists());
-        Ok(holds.then_some(record.state))
+                .all(|d| self.store.layout_blob_path(&id, d).exists()))
     }
 }
 
@@ -378,12 +526,20 @@ pub async fn run<S: TargetSource>(
             }
         }
         let wait = match outcome {
-            Ok(outcome) => {
+            Ok(outcome) if outcome.is_ok() => {
                 failures = 0;
-                let text = describe(&outcome);
+                let text = outcome.describe();
                 info!("{text}");
                 notifier.status(&text);
                 jitter(poll_interval)
+            }
+            // A slot failed (the others went on): retry sooner, as after a failed cycle.
+            Ok(outcome) => {
+                failures = failures.saturating_add(1);
+                let text = outcome.describe();
+                error!(failures, "{text}");
+                notifier.status(&text);
+                backoff(failures, poll_interval)
             }
             Err(err) => {
                 failures = failures.saturating_add(1);
@@ -421,21 +577,6 @@ pub async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => info!("SIGTERM: stopping"),
         _ = int.recv() => info!("SIGINT: stopping"),
-    }
-}
-
-fn describe(outcome: &CycleOutcome) -> String {
-    match outcome {
-        CycleOutcome::NothingToDo => "idle: no target for this device".to_owned(),
-        CycleOutcome::UpToDate { target } => format!("idle: {target} is up to date"),
-        CycleOutcome::Waiting { target, opens, .. } => {
-            format!("idle: {target} waits for this device's rollout wave (opens {opens})")
-        }
-        CycleOutcome::Applied {
-            target,
-            received_bytes,
-            ..
-        } => format!("applied {target} ({received_bytes} bytes downloaded)"),
     }
 }
 

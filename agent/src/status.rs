@@ -1,6 +1,6 @@
 //! What `status` reports, read from the state directory's files alone: the trusted metadata
-//! files (verified from the trust anchor), the links, the layouts, the blob folder and the
-//! last-result file. It takes no lock and opens no index,
+//! files (verified from the trust anchor), every slot's links and state file, the layouts,
+//! the blob folder and the last-result file. It takes no lock and opens no index,
 //! so it works while the service is running.
 
 use std::path::{Path, PathBuf};
@@ -13,7 +13,8 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::rollout::WaveView;
 use crate::store::artifacts::scan_layout_in;
-use crate::store::{ArtifactState, LastResult, Pointers, last_result};
+use crate::store::slots::{SLOTS_DIR, slot_names_in, slot_pointers_in, slot_state_in};
+use crate::store::{ArtifactState, BadRelease, LastResult, Pending, Pointers, last_result};
 
 /// The device's state.
 #[derive(Debug, Clone, Serialize)]
@@ -27,10 +28,13 @@ pub struct Status {
     pub metadata: Option<MetadataView>,
     /// Why the trusted metadata could not be read.
     pub metadata_problem: Option<String>,
-    /// The applied artifact.
+    /// The primary slot's applied artifact (what the state directory's `current` link
+    /// follows: the first target listed for this device).
     pub current: Option<ArtifactView>,
     /// The one before it (what a rollback returns to).
     pub previous: Option<ArtifactView>,
+    /// Every slot: one per target this device runs, by name.
+    pub slots: Vec<SlotView>,
     /// The cache.
     pub cache: CacheView,
     /// The last cycle's result.
@@ -85,6 +89,31 @@ pub struct ArtifactView {
     pub layout: PathBuf,
 }
 
+/// One target's slot.
+#[derive(Debug, Clone, Serialize)]
+pub struct SlotView {
+    /// The target's name.
+    pub name: String,
+    /// The slot's folder (its `current` and `previous` links are there).
+    pub path: PathBuf,
+    /// Whether the state directory's `current` and `previous` follow this slot.
+    pub primary: bool,
+    /// The applied release.
+    pub current: Option<ArtifactView>,
+    /// The one before it (what a rollback returns to).
+    pub previous: Option<ArtifactView>,
+    /// The slot's last apply, rollback or failure.
+    pub last_result: Option<LastResult>,
+    /// An apply whose health check has not passed yet (finished or rolled back at the next
+    /// start if the agent stopped).
+    pub pending_health: Option<Pending>,
+    /// The release held back after it failed its health check, and why.
+    pub bad: Option<BadRelease>,
+    /// When this device's rollout wave for the target opens (RFC 3339), while the listed
+    /// release waits for it (the metadata view's `rollouts` has every wave).
+    pub wave_opens: Option<String>,
+}
+
 /// The cache's size.
 #[derive(Debug, Clone, Serialize)]
 pub struct CacheView {
@@ -120,6 +149,7 @@ pub fn read(config: &Config) -> Result<Status> {
         device_class: config.device.class.clone(),
         current: view(root, pointers.current.as_deref()),
         previous: view(root, pointers.previous.as_deref()),
+        slots: slots(root)?,
         cache: CacheView {
             blobs,
             bytes,
@@ -128,6 +158,31 @@ pub fn read(config: &Config) -> Result<Status> {
         },
         last_result: last_result::read(root)?,
     })
+}
+
+/// Every slot's view, by name.
+fn slots(root: &Path) -> Result<Vec<SlotView>> {
+    let primary = fs_err::read_link(root.join("current")).ok();
+    let mut out = Vec::new();
+    for name in slot_names_in(root)? {
+        let pointers = slot_pointers_in(root, &name)?;
+        let state = slot_state_in(root, &name)?;
+        let path = root.join(SLOTS_DIR).join(name.as_str());
+        out.push(SlotView {
+            primary: primary
+                .as_ref()
+                .is_some_and(|p| p.parent() == Some(&Path::new(SLOTS_DIR).join(name.as_str()))),
+            name: name.to_string(),
+            path,
+            current: view(root, pointers.current.as_deref()),
+            previous: view(root, pointers.previous.as_deref()),
+            last_result: state.last_result,
+            pending_health: state.pending,
+            bad: state.bad,
+            wave_opens: state.wave_opens.map(|t| UnixTime::from_secs(t).to_string()),
+        });
+    }
+    Ok(out)
 }
 
 /// The trusted metadata files in the state directory, verified from the trust anchor as

@@ -8,7 +8,9 @@
 //!   cache/ingest/<alg>-<hex>  partial downloads, resumed with Range after an interruption
 //!   cache/index/              the sled index (sizes, last use, artifacts, last result)
 //!   artifacts/<id>/           OCI image layouts of pulled artifacts (see [`artifacts`])
-//!   current, previous         symlinks to the applied and the previously applied layout
+//!   slots/<target>/           one per target: its `current` and `previous` links and its
+//!                             state (see [`slots`])
+//!   current, previous         symlinks to the primary slot's `current` and `previous`
 //!   last-result.json          the last cycle's outcome, for `status`
 //! ```
 //!
@@ -23,6 +25,7 @@ mod fsck;
 pub(crate) mod index;
 mod ingest;
 pub mod last_result;
+pub mod slots;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -37,6 +40,7 @@ pub use fsck::{FsckReport, GcReport};
 pub use index::{ArtifactRecord, ArtifactState, BlobRecord, Index};
 pub use ingest::Ingest;
 pub use last_result::LastResult;
+pub use slots::{BadRelease, Pending, SlotState};
 
 /// sled's cache: small, because the index is small and devices are (sled's default is 1 GiB).
 const INDEX_CACHE_BYTES: u64 = 4 * 1024 * 1024;
@@ -91,6 +95,9 @@ pub struct OpenReport {
     /// Committed blob files the index did not record (a crash between a blob's rename and
     /// its index record), now recorded.
     pub adopted: usize,
+    /// A state directory from before slots had its `current` and `previous` moved into
+    /// this slot.
+    pub migrated_to_slot: Option<String>,
 }
 
 // === impl Store ===
@@ -106,6 +113,7 @@ impl Store {
             root.to_owned(),
             root.join("cache/ingest"),
             root.join("artifacts"),
+            root.join(slots::SLOTS_DIR),
         ]
         .into_iter()
         .chain(blob_dirs)
@@ -132,6 +140,8 @@ impl Store {
             options,
             _lock: lock,
         };
+        store.finish_slot_removals()?;
+        report.migrated_to_slot = store.migrate_to_slots()?.map(String::from);
         if report.index_moved_to.is_some() || (store.index.is_empty() && store.has_any_blob()?) {
             store.rebuild_index()?;
             report.rebuilt = true;

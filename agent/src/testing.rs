@@ -53,8 +53,18 @@ pub(crate) fn pulled_with(
     layers: &[&[u8]],
     algorithm: Algorithm,
 ) -> Pulled {
+    build(store, name, name, layers, algorithm)
+}
+
+/// A release of the target `name` (its slot) labelled `label` in its config, so that two
+/// releases of one target differ in every blob but shared layers.
+pub(crate) fn release(store: &Store, name: &str, label: &str, layers: &[&[u8]]) -> Pulled {
+    build(store, name, label, layers, Algorithm::Sha256)
+}
+
+fn build(store: &Store, name: &str, label: &str, layers: &[&[u8]], algorithm: Algorithm) -> Pulled {
     let descriptor = |media_type: &str, bytes: &[u8]| descriptor_with(algorithm, media_type, bytes);
-    let config_bytes = format!(r#"{{"architecture":"amd64","os":"linux","name":"{name}"}}"#);
+    let config_bytes = format!(r#"{{"architecture":"amd64","os":"linux","name":"{label}"}}"#);
     let config = descriptor(OCI_CONFIG, config_bytes.as_bytes());
     store.put(&config.digest, config_bytes.as_bytes()).unwrap();
     let mut layer_descriptors = Vec::new();
@@ -96,10 +106,12 @@ pub(crate) fn laid_out(store: &Store, pulled: &Pulled) -> ArtifactRecord {
     crate::apply::lay_out(store, pulled).unwrap()
 }
 
-/// Lays `pulled` out and applies it (no hook), so that `current` points at it; returns the
-/// layout's id.
+/// Lays `pulled` out and applies it (no hook), so that its slot's `current` points at it;
+/// returns the layout's id.
 pub(crate) async fn applied(store: &Store, pulled: &Pulled) -> String {
     let record = laid_out(store, pulled);
-    crate::apply::apply(store, &record.id, None).await.unwrap();
+    crate::apply::apply(store, &record.id, &crate::apply::Checks::default())
+        .await
+        .unwrap();
     record.id
 }

@@ -233,3 +233,75 @@ fn status_reads_the_state_while_another_process_holds_it() {
     );
     drop(store);
 }
+
+/// Two slots as the service leaves them: `app` holding back a release that failed its health
+/// check, `model` with an apply whose checks have not passed yet.
+fn two_slots(state_dir: &Path) -> Digest {
+    use meshanics_agent::store::{BadRelease, LastResult, Pending, Pointers, SlotState};
+    use meshanics_shared::metadata::TargetName;
+    let (store, _) = Store::open(state_dir, StoreOptions::default()).unwrap();
+    let bad = Digest::sha256_of(b"release 2");
+    let app = SlotState {
+        last_result: Some(LastResult {
+            time: 1_700_000_000,
+            target: Some("app".into()),
+            ok: false,
+            message: "the health check failed".into(),
+        }),
+        bad: Some(BadRelease {
+            target_digest: bad.clone(),
+            targets_version: Some(4),
+            reason: "exit status: 1".into(),
+            time: 1_700_000_000,
+        }),
+        ..SlotState::default()
+    };
+    let model = SlotState {
+        pending: Some(Pending {
+            id: "0123456789abcdef-1".into(),
+            restore: Pointers::default(),
+            targets_version: Some(4),
+            since: 1_700_000_000,
+        }),
+        ..SlotState::default()
+    };
+    for (name, state) in [("app", app), ("model", model)] {
+        store
+            .set_slot_state(&TargetName::parse(name).unwrap(), &state)
+            .unwrap();
+    }
+    bad
+}
+
+#[test]
+fn status_lists_every_slot_with_its_pending_check_and_held_back_release() {
+    let device = Device::new();
+    let bad = two_slots(&device.state_dir());
+
+    let out = device.run(&["status", "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let slots = status["slots"].as_array().unwrap();
+    assert_eq!(slots.len(), 2);
+    assert_eq!(slots[0]["name"], "app");
+    assert_eq!(slots[0]["bad"]["target_digest"], bad.as_str());
+    assert_eq!(slots[0]["bad"]["targets_version"], 4);
+    assert_eq!(slots[0]["last_result"]["ok"], false);
+    assert!(slots[0]["pending_health"].is_null());
+    assert!(slots[0]["wave_opens"].is_null());
+    assert_eq!(slots[1]["name"], "model");
+    assert_eq!(slots[1]["pending_health"]["id"], "0123456789abcdef-1");
+
+    let out = device.run(&["status"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let report = text(&out.stdout);
+    // The state directory's own links (the primary slot's) keep their lines.
+    assert!(report.contains("\ncurrent:   none"), "{report}");
+    assert!(report.contains("slot:      app"), "{report}");
+    assert!(
+        report.contains(&format!("held back: {bad}")) && report.contains("exit status: 1"),
+        "{report}"
+    );
+    assert!(report.contains("slot:      model"), "{report}");
+    assert!(report.contains("pending:   0123456789abcdef-1"), "{report}");
+}

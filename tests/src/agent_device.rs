@@ -43,6 +43,30 @@ impl AgentDevice {
         agent_keys: &str,
         attempts: u32,
     ) -> Result<Self, FixtureError> {
+        AgentDevice::build(facade, anchor, class, platform, agent_keys, attempts, "")
+    }
+
+    /// [`AgentDevice::new`] with an `[apply]` table of these lines (`health_check = ...`).
+    pub fn with_apply(
+        facade: &FacadeFixture,
+        anchor: &[u8],
+        class: &str,
+        platform: &str,
+        apply_keys: &str,
+    ) -> Result<Self, FixtureError> {
+        let table = format!("\n[apply]\n{apply_keys}\n");
+        AgentDevice::build(facade, anchor, class, platform, "", 2, &table)
+    }
+
+    fn build(
+        facade: &FacadeFixture,
+        anchor: &[u8],
+        class: &str,
+        platform: &str,
+        agent_keys: &str,
+        attempts: u32,
+        more: &str,
+    ) -> Result<Self, FixtureError> {
         let dir = tempfile::tempdir().map_err(io_err("creating a temp dir", Path::new("/tmp")))?;
         let certs = facade.cert_dir(Who::Device)?;
         let anchor_path = dir.path().join("root.cose");
@@ -71,7 +95,7 @@ concurrency = 2
 connect_timeout = "2s"
 stall_window = "2s"
 attempts = {attempts}
-"#,
+{more}"#,
             url = facade.url(""),
             certs = certs.display(),
             anchor = anchor_path.display(),
@@ -103,8 +127,17 @@ attempts = {attempts}
         &self.config.state_dir
     }
 
-    /// The `current` link: the applied OCI layout.
+    /// The `current` link: the applied OCI layout (the primary slot's).
     pub fn current(&self) -> PathBuf {
         self.config.state_dir.join("current")
+    }
+
+    /// The `current` link of the slot of the target `name`.
+    pub fn slot_current(&self, name: &str) -> PathBuf {
+        self.config
+            .state_dir
+            .join("slots")
+            .join(name)
+            .join("current")
     }
 }

@@ -278,3 +278,63 @@ fn the_example_configuration_is_valid() {
     assert_eq!(config.network.stall_window, Duration::from_secs(30));
     assert!(config.hook.is_none());
 }
+
+#[test]
+fn a_health_check_is_a_program_or_a_program_with_arguments_with_its_timings() {
+    let files = Files::new();
+    let path = files
+        .parse(&format!(
+            "{VALID}health_check = \"hook.sh\"\nhealth_settle = \"5s\"\nhealth_timeout = \"2m\"\n"
+        ))
+        .unwrap()
+        .health
+        .unwrap();
+    assert_eq!(
+        path,
+        HealthCheck {
+            program: files.path().join("hook.sh"),
+            args: Vec::new(),
+            settle: Duration::from_secs(5),
+            timeout: Duration::from_secs(120),
+        }
+    );
+    let argv = files
+        .parse(&format!(
+            "{VALID}health_check = [\"hook.sh\", \"--port\", \"8080\"]\n"
+        ))
+        .unwrap()
+        .health
+        .unwrap();
+    assert_eq!(argv.program, files.path().join("hook.sh"));
+    assert_eq!(argv.args, vec!["--port".to_owned(), "8080".to_owned()]);
+    assert_eq!(
+        argv.settle,
+        Duration::from_secs(10),
+        "the default settle time"
+    );
+    assert_eq!(argv.timeout, Duration::from_secs(60), "the default timeout");
+    assert_eq!(files.parse(VALID).unwrap().health, None);
+}
+
+#[test]
+fn a_health_check_that_cannot_run_is_refused_by_its_key() {
+    let files = Files::new();
+    for (more, key) in [
+        ("health_check = \"root.cose\"\n", "apply.health_check"),
+        ("health_check = []\n", "apply.health_check"),
+        (
+            "health_check = \"hook.sh\"\nhealth_timeout = \"0s\"\n",
+            "apply.health_timeout",
+        ),
+        (
+            "health_check = \"hook.sh\"\nhealth_settle = \"soon\"\n",
+            "apply.health_settle",
+        ),
+    ] {
+        assert_eq!(
+            files.keys(&format!("{VALID}{more}")),
+            vec![key.to_owned()],
+            "{more}"
+        );
+    }
+}

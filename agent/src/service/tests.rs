@@ -5,6 +5,7 @@ use meshanics_shared::tls;
 use super::*;
 use crate::client::ClientOptions;
 use crate::config::Environment;
+use crate::progress::Silent;
 
 #[test]
 fn jitter_stays_within_ten_percent() {
@@ -62,6 +63,7 @@ fn agent() -> (tempfile::TempDir, Agent) {
         platform: Platform::parse("linux/amd64").unwrap(),
         concurrency: 1,
         hook: None,
+        health: None,
     };
     (dir, agent)
 }
@@ -75,7 +77,30 @@ async fn notifications<S: TargetSource>(
     run_for: Duration,
 ) -> (Vec<String>, Agent, tempfile::TempDir) {
     let (dir, agent) = agent();
-    let socket_path = dir.path().join("notify.sock");
+    let messages = notifications_of(
+        &agent,
+        dir.path(),
+        "8000000",
+        source,
+        schedule,
+        tokio::time::sleep(run_for),
+    )
+    .await;
+    (messages, agent, dir)
+}
+
+/// Runs the service loop of `agent` until `stop` under a systemd watchdog of
+/// `watchdog_usec`, with its notify socket in `dir`; returns the notifications it sent, in
+/// order.
+async fn notifications_of<S: TargetSource>(
+    agent: &Agent,
+    dir: &std::path::Path,
+    watchdog_usec: &str,
+    source: &mut S,
+    schedule: Schedule,
+    stop: impl Future<Output = ()>,
+) -> Vec<String> {
+    let socket_path = dir.join("notify.sock");
     let socket = UnixDatagram::bind(&socket_path).unwrap();
     // Read as systemd would, as the messages come: a datagram socket queues only a few, and
     // the agent's send waits when the queue is full.
@@ -96,19 +121,19 @@ async fn notifications<S: TargetSource>(
     // (the poll interval caps it), so no cycle-plus-wait ever lasts a whole ping interval.
     let notifier = crate::notify::from_env(&Environment {
         notify_socket: Some(socket_path.into_os_string()),
-        watchdog_usec: Some("8000000".into()),
+        watchdog_usec: Some(watchdog_usec.into()),
         ..Environment::default()
     });
     run(
-        &agent,
+        agent,
         source,
         &notifier,
         schedule,
         &crate::progress::LogLines,
-        tokio::time::sleep(run_for),
+        stop,
     )
     .await;
-    (received.join().unwrap(), agent, dir)
+    received.join().unwrap()
 }
 
 fn count(messages: &[String], f: impl Fn(&str) -> bool) -> usize {
@@ -218,4 +243,363 @@ async fn a_cycle_past_its_deadline_is_abandoned() {
     );
     let last = agent.store.last_result().unwrap().unwrap();
     assert!(!last.ok && last.message.contains("abandoned"), "{last:?}");
+}
+
+/// The targets a verified targets file of `version` would list.
+struct Listed {
+    targets: Vec<PullTarget>,
+    version: Option<u64>,
+}
+
+impl TargetSource for Listed {
+    async fn targets(&mut self, _client: &Client) -> Result<Vec<PullTarget>> {
+        Ok(self.targets.clone())
+    }
+
+    fn targets_version(&self) -> Option<u64> {
+        self.version
+    }
+}
+
+/// An executable shell script `name` in `dir`.
+fn script(dir: &std::path::Path, name: &str, body: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join(name);
+    fs_err::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+    fs_err::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+/// A health check that fails for the release `digest` only.
+fn failing_for(dir: &std::path::Path, digest: &meshanics_shared::Digest) -> HealthCheck {
+    HealthCheck {
+        program: script(
+            dir,
+            "health.sh",
+            &format!("[ \"$MESHANICS_TARGET_DIGEST\" != \"{digest}\" ]"),
+        ),
+        args: Vec::new(),
+        settle: Duration::ZERO,
+        timeout: Duration::from_secs(30),
+    }
+}
+
+/// A hook that appends `<event> <target>` to `log`.
+fn logging_hook(dir: &std::path::Path, log: &std::path::Path) -> Hook {
+    Hook {
+        path: script(
+            dir,
+            "hook.sh",
+            &format!(
+                "echo \"$MESHANICS_EVENT $MESHANICS_TARGET\" >> {}",
+                log.display()
+            ),
+        ),
+        timeout: Duration::from_secs(30),
+    }
+}
+
+fn current_of(agent: &Agent, slot: &str) -> Option<String> {
+    let slot = TargetName::parse(slot).unwrap();
+    agent.store.slot_pointers(&slot).unwrap().current
+}
+
+fn manifest_of(agent: &Agent, slot: &str) -> Option<meshanics_shared::Digest> {
+    let id = current_of(agent, slot)?;
+    Some(agent.store.index().artifact(&id).unwrap()?.manifest_digest)
+}
+
+#[tokio::test]
+async fn a_target_failing_its_health_check_is_rolled_back_and_held_back_while_the_other_is_applied()
+{
+    use crate::testing::release;
+    let (dir, mut agent) = agent();
+    let app1 = release(&agent.store, "app", "app1", &[b"app 1"]);
+    let model1 = release(&agent.store, "model", "model1", &[b"weights 1"]);
+    let mut v1 = Listed {
+        targets: vec![app1.target.clone(), model1.target.clone()],
+        version: Some(1),
+    };
+    let first = agent.cycle(&mut v1, &Silent).await.unwrap();
+    assert!(first.is_ok(), "{first:?}");
+    let app2 = release(&agent.store, "app", "app2", &[b"app 2"]);
+    let model2 = release(&agent.store, "model", "model2", &[b"weights 2"]);
+    agent.health = Some(failing_for(dir.path(), &model2.target.digest));
+    let mut v2 = Listed {
+        targets: vec![app2.target.clone(), model2.target.clone()],
+        version: Some(2),
+    };
+
+    let second = agent.cycle(&mut v2, &Silent).await.unwrap();
+
+    assert!(
+        matches!(
+            second.slot("app").unwrap().result,
+            Ok(SlotAction::Applied { .. })
+        ),
+        "{second:?}"
+    );
+    assert!(
+        matches!(
+            second.slot("model").unwrap().result,
+            Err(Error::HealthCheckFailed { .. })
+        ),
+        "{second:?}"
+    );
+    assert_eq!(
+        manifest_of(&agent, "app"),
+        Some(app2.manifest.digest.clone())
+    );
+    assert_eq!(
+        manifest_of(&agent, "model"),
+        Some(model1.manifest.digest.clone())
+    );
+    let text = second.describe();
+    assert!(text.starts_with("last update failed"), "{text}");
+    assert!(
+        text.contains("applied app") && text.contains("model failed"),
+        "{text}"
+    );
+    let last = agent.store.last_result().unwrap().unwrap();
+    assert!(
+        !last.ok && last.message.contains("model failed"),
+        "{last:?}"
+    );
+
+    // Under the same metadata the bad release is not tried again; the other slot is settled.
+    let third = agent.cycle(&mut v2, &Silent).await.unwrap();
+    assert!(
+        matches!(
+            second_result(&third, "model"),
+            Ok(SlotAction::HeldBack { .. })
+        ),
+        "{third:?}"
+    );
+    assert!(matches!(
+        second_result(&third, "app"),
+        Ok(SlotAction::UpToDate)
+    ));
+    assert!(
+        third.is_ok(),
+        "a held-back release is not a failure: {third:?}"
+    );
+    assert!(
+        third.describe().contains("model held back"),
+        "{}",
+        third.describe()
+    );
+
+    // New signed metadata (a new targets version) retries it.
+    v2.version = Some(3);
+    let fourth = agent.cycle(&mut v2, &Silent).await.unwrap();
+    assert!(
+        matches!(
+            second_result(&fourth, "model"),
+            Err(Error::HealthCheckFailed { .. })
+        ),
+        "{fourth:?}"
+    );
+    assert_eq!(
+        manifest_of(&agent, "model"),
+        Some(model1.manifest.digest.clone())
+    );
+    let model = TargetName::parse("model").unwrap();
+    let bad = agent.store.slot_state(&model).unwrap().bad.unwrap();
+    assert_eq!(bad.targets_version, Some(3));
+
+    // The operator goes back to the first model release: nothing is held back any more.
+    v2.targets = vec![app2.target.clone(), model1.target.clone()];
+    v2.version = Some(4);
+    let fifth = agent.cycle(&mut v2, &Silent).await.unwrap();
+    assert!(matches!(
+        second_result(&fifth, "model"),
+        Ok(SlotAction::UpToDate)
+    ));
+    assert_eq!(agent.store.slot_state(&model).unwrap().bad, None);
+}
+
+fn second_result<'a>(outcome: &'a CycleOutcome, target: &str) -> &'a Result<SlotAction> {
+    &outcome.slot(target).unwrap().result
+}
+
+#[tokio::test]
+async fn a_target_no_longer_listed_is_retired_with_the_hook_told() {
+    use crate::testing::release;
+    let (dir, mut agent) = agent();
+    let log = dir.path().join("hook.log");
+    agent.hook = Some(logging_hook(dir.path(), &log));
+    let app = release(&agent.store, "app", "app", &[b"app"]);
+    let model = release(&agent.store, "model", "model", &[b"weights"]);
+    let mut both = Listed {
+        targets: vec![model.target.clone(), app.target.clone()],
+        version: Some(1),
+    };
+    agent.cycle(&mut both, &Silent).await.unwrap();
+    // The first listed target is the primary slot: the state directory's links follow it.
+    assert_eq!(
+        agent
+            .store
+            .primary_slot()
+            .unwrap()
+            .map(String::from)
+            .as_deref(),
+        Some("model")
+    );
+    let model_layout = current_of(&agent, "model").unwrap();
+
+    let mut app_only = Listed {
+        targets: vec![app.target.clone()],
+        version: Some(2),
+    };
+    let outcome = agent.cycle(&mut app_only, &Silent).await.unwrap();
+
+    assert_eq!(outcome.retired, vec!["model".to_owned()]);
+    assert!(matches!(
+        second_result(&outcome, "app"),
+        Ok(SlotAction::UpToDate)
+    ));
+    assert_eq!(
+        fs_err::read_to_string(&log).unwrap(),
+        "apply model\napply app\nretire model\n"
+    );
+    assert_eq!(current_of(&agent, "model"), None);
+    assert_eq!(
+        agent
+            .store
+            .primary_slot()
+            .unwrap()
+            .map(String::from)
+            .as_deref(),
+        Some("app")
+    );
+    assert!(
+        outcome.describe().contains("model retired"),
+        "{}",
+        outcome.describe()
+    );
+    let gc = agent.store.gc().unwrap();
+    assert_eq!(gc.removed_artifacts, vec![model_layout]);
+}
+
+#[tokio::test]
+async fn the_watchdog_keeps_being_fed_during_a_long_health_check() {
+    use crate::testing::release;
+    let (dir, mut agent) = agent();
+    let app = release(&agent.store, "app", "app", &[b"app"]);
+    // Three seconds of checking against a ping every 0.5 s (WatchdogSec=1s): without the
+    // check announcing its bound, the loop would call the cycle stuck after 0.5 s.
+    agent.health = Some(HealthCheck {
+        program: script(dir.path(), "health.sh", "sleep 3"),
+        args: Vec::new(),
+        settle: Duration::ZERO,
+        timeout: Duration::from_secs(60),
+    });
+    let mut source = Listed {
+        targets: vec![app.target.clone()],
+        version: Some(1),
+    };
+    let store = &agent.store;
+    let slot = TargetName::parse("app").unwrap();
+    let applied = async {
+        while store
+            .slot_state(&slot)
+            .ok()
+            .and_then(|s| s.last_result)
+            .is_none()
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+
+    let messages = notifications_of(
+        &agent,
+        dir.path(),
+        "1000000",
+        &mut source,
+        Schedule::from(Duration::from_secs(3600)),
+        applied,
+    )
+    .await;
+
+    let checking = messages
+        .iter()
+        .position(|m| m == "STATUS=checking for updates")
+        .unwrap();
+    let pings_during_cycle = messages
+        .iter()
+        .skip(checking)
+        .take_while(|m| !m.starts_with("STATUS=applied") && !m.starts_with("STOPPING"))
+        .filter(|m| *m == "WATCHDOG=1")
+        .count();
+    assert!(
+        !messages.iter().any(|m| m.contains("no progress")),
+        "{messages:?}"
+    );
+    assert!(
+        pings_during_cycle >= 3,
+        "{pings_during_cycle} pings: {messages:?}"
+    );
+    assert!(current_of(&agent, "app").is_some());
+}
+
+#[tokio::test]
+async fn a_target_waiting_for_its_rollout_wave_does_not_hold_back_the_other() {
+    use crate::rollout::Gate;
+    use crate::testing::release;
+    use meshanics_shared::metadata::{Position, UnixTime, rollout::example};
+    let (_dir, agent) = agent();
+    let app = release(&agent.store, "app", "app", &[b"app"]);
+    let mut model = release(&agent.store, "model", "model", &[b"weights"]);
+    let start = UnixTime::from_secs(1_700_000_000);
+    // The last place of the fleet: the last wave, a day after the start.
+    model.target.rollout = Some(Gate {
+        rollout: example(start),
+        position: Position::from_bits(u64::MAX),
+        now: start,
+        download_ahead: false,
+    });
+    let mut source = Listed {
+        targets: vec![model.target.clone(), app.target.clone()],
+        version: Some(1),
+    };
+
+    let outcome = agent.cycle(&mut source, &Silent).await.unwrap();
+
+    let opens = UnixTime::from_secs(start.as_secs() + 24 * 3600);
+    assert_eq!(
+        outcome.action("model"),
+        Some(&SlotAction::Waiting {
+            opens,
+            received_bytes: 0
+        })
+    );
+    assert!(matches!(
+        outcome.action("app"),
+        Some(SlotAction::Applied { .. })
+    ));
+    assert_eq!(current_of(&agent, "model"), None);
+    let model_slot = TargetName::parse("model").unwrap();
+    assert_eq!(
+        agent.store.slot_state(&model_slot).unwrap().wave_opens,
+        Some(opens.as_secs())
+    );
+    let text = outcome.describe();
+    assert!(
+        text.contains("model waits for this device's rollout wave") && text.contains("applied app"),
+        "{text}"
+    );
+
+    // The wave opens: applied, and the slot no longer shows an opening time.
+    if let Some(gate) = &mut source.targets[0].rollout {
+        gate.now = opens;
+    }
+    let outcome = agent.cycle(&mut source, &Silent).await.unwrap();
+    assert!(matches!(
+        outcome.action("model"),
+        Some(SlotAction::Applied { .. })
+    ));
+    assert_eq!(
+        agent.store.slot_state(&model_slot).unwrap().wave_opens,
+        None
+    );
 }

@@ -7,8 +7,9 @@
 //! artifacts/<id>/blobs/<alg>/<hex>   hard links into the cache (or copies); <alg> is
 //!                                    sha256 or sha512, as the blob's digest names it
 //! artifacts/.tmp-<id>/               a layout being built (complete layouts are renamed)
-//! current, previous                  symlinks to artifacts/<id>
 //! ```
+//!
+//! Which layouts are applied is said by the slots' links (see [`super::slots`]).
 //!
 //! This module knows the format only: what to lay out and when to switch the pointers is
 //! the applier's business (the `apply` module), as a content store knows its blobs and not
@@ -36,8 +37,9 @@ pub const TARGET_NAME: &str = "io.meshanics.target.name";
 /// The prefix of a layout folder still being built.
 pub(crate) const BUILDING_PREFIX: &str = ".tmp-";
 
-/// Which layouts `current` and `previous` point at.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// Which layouts a slot's `current` and `previous` point at (or the state directory's
+/// `current` and `previous`, which follow the primary slot).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Pointers {
     /// The applied layout's id.
     pub current: Option<String>,
@@ -58,17 +60,24 @@ pub(crate) struct LayoutIndex {
 // === impl Pointers ===
 
 impl Pointers {
-    /// Reads the `current` and `previous` links.
+    /// Reads the state directory's `current` and `previous` links: the primary slot's (see
+    /// [`super::slots`]), or a layout's directly in a state directory not yet migrated.
     pub fn read(store: &Store) -> Result<Pointers> {
         Pointers::read_in(store.root())
     }
 
-    /// Reads the links in a state directory without opening it (no lock needed: a rename
-    /// switches them, so each read sees a whole link).
+    /// [`Pointers::read`] in a state directory without opening it (no lock needed: a rename
+    /// switches each link, so each read sees a whole link).
     pub fn read_in(state_dir: &Path) -> Result<Pointers> {
+        Pointers::read_links(state_dir)
+    }
+
+    /// Reads the `current` and `previous` links in `dir` (a slot's folder, or the state
+    /// directory), following a link to a slot's link.
+    pub(crate) fn read_links(dir: &Path) -> Result<Pointers> {
         Ok(Pointers {
-            current: read_pointer(&state_dir.join("current"))?,
-            previous: read_pointer(&state_dir.join("previous"))?,
+            current: read_pointer(&dir.join("current"))?,
+            previous: read_pointer(&dir.join("previous"))?,
         })
     }
 
@@ -118,14 +127,17 @@ impl Store {
         scan_layout_in(&self.artifacts_dir(), id, state)
     }
 
-    /// Every layout's record, read from the layouts, with states from the pointers.
+    /// Every layout's record, read from the layouts, with states from every slot's pointers.
     pub fn scan_layouts(&self) -> Result<Vec<ArtifactRecord>> {
-        let pointers = Pointers::read(self)?;
+        let mut pointers = vec![Pointers::read(self)?];
+        for slot in self.slot_names()? {
+            pointers.push(self.slot_pointers(&slot)?);
+        }
         let mut out = Vec::new();
         for id in self.layout_ids()? {
-            let state = if pointers.current.as_deref() == Some(&id) {
+            let state = if pointers.iter().any(|p| p.current.as_deref() == Some(&id)) {
                 ArtifactState::Current
-            } else if pointers.previous.as_deref() == Some(&id) {
+            } else if pointers.iter().any(|p| p.previous.as_deref() == Some(&id)) {
                 ArtifactState::Previous
             } else {
                 ArtifactState::Retired
@@ -188,32 +200,50 @@ pub fn scan_layout_in(
     })
 }
 
-/// Points the link `name` (`current` or `previous`) at `artifacts/<id>`, or removes it, in one
-/// step: a new link renamed over the old. The folder is not fsynced here: the caller switches
-/// both links, then fsyncs once.
-pub(crate) fn write_pointer(store: &Store, name: &str, id: Option<&str>) -> Result<()> {
-    let link = store.root().join(name);
-    let Some(id) = id else {
+/// Points the link `dir/name` at `target`, or removes it, in one step: a new link renamed
+/// over the old. The folder is not fsynced here: the caller switches both links of a pair,
+/// then fsyncs once.
+pub(crate) fn write_link(dir: &Path, name: &str, target: Option<&Path>) -> Result<()> {
+    let link = dir.join(name);
+    let Some(target) = target else {
         return match fs_err::remove_file(&link) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(Error::io("removing", link)(e)),
         };
     };
-    let tmp = store.root().join(format!(".{name}.new"));
+    let tmp = dir.join(format!(".{name}.new"));
     let _ = fs_err::remove_file(&tmp);
-    std::os::unix::fs::symlink(Path::new("artifacts").join(id), &tmp)
-        .map_err(Error::io("creating the link", &tmp))?;
+    std::os::unix::fs::symlink(target, &tmp).map_err(Error::io("creating the link", &tmp))?;
     fs_err::rename(&tmp, &link).map_err(Error::io("switching", &link))
 }
 
-fn read_pointer(link: &Path) -> Result<Option<String>> {
+/// The layout id a `current` or `previous` link names, following one link to a slot's link
+/// (`current -> slots/app/current -> ../../artifacts/<id>`).
+pub(crate) fn read_pointer(link: &Path) -> Result<Option<String>> {
+    let Some(target) = read_link(link)? else {
+        return Ok(None);
+    };
+    if target.starts_with(super::slots::SLOTS_DIR) {
+        let next = link.parent().unwrap_or(Path::new(".")).join(&target);
+        return Ok(read_link(&next)?.as_deref().and_then(link_id));
+    }
+    Ok(link_id(&target))
+}
+
+/// Where a link points, `None` if there is no link.
+pub(crate) fn read_link(link: &Path) -> Result<Option<PathBuf>> {
     match fs_err::read_link(link) {
-        Ok(target) => Ok(target
-            .file_name()
-            .and_then(|n| n.to_str())
-            .map(str::to_owned)),
+        Ok(target) => Ok(Some(target)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(Error::io("reading the link", link)(e)),
     }
+}
+
+/// The layout id at the end of a link's target (`../../artifacts/<id>`).
+fn link_id(target: &Path) -> Option<String> {
+    target
+        .file_name()
+        .and_then(|n| n.to_str())
+        .map(str::to_owned)
 }

@@ -38,7 +38,7 @@ pub struct GcReport {
     pub freed_bytes: u64,
     /// Artifact layouts removed.
     pub removed_artifacts: Vec<String>,
-    /// The artifacts kept (current and previous).
+    /// The artifacts kept (every slot's current and previous).
     pub kept_artifacts: Vec<String>,
 }
 
@@ -126,11 +126,18 @@ impl Store {
         Ok(report)
     }
 
-    /// Removes every blob and artifact layout that neither `current` nor `previous`
-    /// references. Partial downloads are kept: they are what the next cycle resumes.
+    /// Removes every blob and artifact layout that no slot's `current`, `previous` or
+    /// pending apply references (a retired slot's layouts go with it). Partial downloads
+    /// are kept: they are what the next cycle resumes.
     pub fn gc(&self) -> Result<GcReport> {
-        let pointers = Pointers::read(self)?;
-        let kept: BTreeSet<String> = pointers.ids().map(str::to_owned).collect();
+        let mut kept: BTreeSet<String> = Pointers::read(self)?.ids().map(str::to_owned).collect();
+        for slot in self.slot_names()? {
+            kept.extend(self.slot_pointers(&slot)?.ids().map(str::to_owned));
+            if let Some(pending) = self.slot_state(&slot)?.pending {
+                kept.insert(pending.id);
+                kept.extend(pending.restore.ids().map(str::to_owned));
+            }
+        }
         let mut keep_blobs = BTreeSet::new();
         for id in &kept {
             let record = match self.index().artifact(id)? {

@@ -35,12 +35,15 @@ pub struct BlobRecord {
 pub enum ArtifactState {
     /// Pulled and laid out, not applied.
     Pulled,
-    /// Applied: `current` points at it.
+    /// Applied: its slot's `current` points at it (and its health check passed).
     Current,
-    /// Applied before the current one: `previous` points at it.
+    /// Applied before the current one: its slot's `previous` points at it.
     Previous,
-    /// The apply hook failed on it; `current` was rolled back.
+    /// The apply hook failed on it; its slot was rolled back.
     HookFailed,
+    /// Its health check failed (or timed out); its slot was rolled back and its digest is
+    /// held back until the signed metadata changes.
+    HealthFailed,
     /// Neither current nor previous; `gc` removes it.
     Retired,
 }

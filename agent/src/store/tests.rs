@@ -2,8 +2,10 @@ use std::os::unix::fs::PermissionsExt;
 
 use meshanics_shared::{Digest, VerifyError};
 
+use meshanics_shared::metadata::TargetName;
+
 use super::*;
-use crate::testing::{applied, laid_out, pulled, pulled_with, store, store_with_space};
+use crate::testing::{applied, laid_out, pulled, pulled_with, release, store, store_with_space};
 
 fn writable(path: &Path) {
     fs_err::set_permissions(path, std::fs::Permissions::from_mode(0o644)).unwrap();
@@ -273,9 +275,9 @@ fn fsck_makes_the_index_match_the_files() {
 async fn gc_keeps_current_and_previous_and_removes_the_rest() {
     let (_dir, store) = store();
     let shared: &[u8] = b"base layer shared by all";
-    let one = pulled(&store, "one", &[shared, b"only in one"]);
-    let two = pulled(&store, "two", &[shared, b"only in two"]);
-    let three = pulled(&store, "three", &[shared, b"only in three"]);
+    let one = release(&store, "app", "one", &[shared, b"only in one"]);
+    let two = release(&store, "app", "two", &[shared, b"only in two"]);
+    let three = release(&store, "app", "three", &[shared, b"only in three"]);
     let stray = Digest::sha256_of(b"referenced by nothing");
     store.put(&stray, b"referenced by nothing").unwrap();
     let mut ids = Vec::new();
@@ -372,4 +374,93 @@ fn a_committed_file_whose_rename_a_power_cut_lost_is_writable_again_and_resumes(
     );
     ingest.commit().unwrap();
     assert_eq!(fs_err::read(store.blob_path(&digest)).unwrap(), bytes);
+}
+
+/// A state directory as the agent left it before slots: `current` and `previous` linking
+/// layouts directly. Returns the (current, previous) layout ids.
+fn state_dir_before_slots(root: &Path, name: &str) -> (String, String) {
+    let (store, _) = Store::open(root, StoreOptions::default()).unwrap();
+    let old = laid_out(&store, &release(&store, name, "old", &[b"old layer"])).id;
+    let new = laid_out(&store, &release(&store, name, "new", &[b"new layer"])).id;
+    for (link, id) in [("current", &new), ("previous", &old)] {
+        std::os::unix::fs::symlink(Path::new("artifacts").join(id), root.join(link)).unwrap();
+    }
+    (new, old)
+}
+
+#[test]
+fn a_state_directory_from_before_slots_is_migrated_into_the_slot_of_its_target() {
+    let dir = tempfile::tempdir().unwrap();
+    let (current, previous) = state_dir_before_slots(dir.path(), "app");
+
+    let (store, report) = Store::open(dir.path(), StoreOptions::default()).unwrap();
+
+    assert_eq!(report.migrated_to_slot.as_deref(), Some("app"));
+    let app = TargetName::parse("app").unwrap();
+    let slot = store.slot_pointers(&app).unwrap();
+    assert_eq!(slot.current.as_deref(), Some(current.as_str()));
+    assert_eq!(slot.previous.as_deref(), Some(previous.as_str()));
+    // The old paths still lead to the same layouts, through the slot.
+    assert_eq!(Pointers::read(&store).unwrap(), slot);
+    assert_eq!(
+        fs_err::read_link(dir.path().join("current")).unwrap(),
+        Path::new("slots/app/current")
+    );
+    assert_eq!(
+        fs_err::canonicalize(dir.path().join("current")).unwrap(),
+        fs_err::canonicalize(store.layout_dir(&current)).unwrap()
+    );
+    assert!(dir.path().join("previous/index.json").exists());
+    assert_eq!(store.primary_slot().unwrap(), Some(app));
+    drop(store);
+    let (_store, again) = Store::open(dir.path(), StoreOptions::default()).unwrap();
+    assert_eq!(again.migrated_to_slot, None, "migrated once");
+}
+
+#[test]
+fn a_migrated_layout_whose_name_is_no_target_name_goes_to_the_fallback_slot() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (store, _) = Store::open(dir.path(), StoreOptions::default()).unwrap();
+        let id = laid_out(&store, &pulled(&store, "team/app", &[b"x"])).id;
+        std::os::unix::fs::symlink(Path::new("artifacts").join(&id), dir.path().join("current"))
+            .unwrap();
+    }
+    let (store, report) = Store::open(dir.path(), StoreOptions::default()).unwrap();
+    assert_eq!(
+        report.migrated_to_slot.as_deref(),
+        Some(slots::FALLBACK_SLOT)
+    );
+    assert!(Pointers::read(&store).unwrap().current.is_some());
+}
+
+#[tokio::test]
+async fn an_index_rebuild_takes_artifact_states_from_every_slot() {
+    let dir = tempfile::tempdir().unwrap();
+    let (app, model) = {
+        let (store, _) = Store::open(dir.path(), StoreOptions::default()).unwrap();
+        let app = applied(&store, &release(&store, "app", "a", &[b"a"])).await;
+        let model = applied(&store, &release(&store, "model", "m", &[b"m"])).await;
+        (app, model)
+    };
+    fs_err::remove_dir_all(dir.path().join("cache/index")).unwrap();
+    let (store, report) = Store::open(dir.path(), StoreOptions::default()).unwrap();
+    assert!(report.rebuilt);
+    for id in [&app, &model] {
+        assert_eq!(
+            store.index().artifact(id).unwrap().unwrap().state,
+            ArtifactState::Current
+        );
+    }
+}
+
+#[tokio::test]
+async fn gc_keeps_every_slot() {
+    let (_dir, store) = store();
+    let app = applied(&store, &release(&store, "app", "a", &[b"a"])).await;
+    let model = applied(&store, &release(&store, "model", "m", &[b"m"])).await;
+    let report = store.gc().unwrap();
+    assert!(report.removed_artifacts.is_empty(), "{report:?}");
+    assert_eq!(report.kept_artifacts.len(), 2);
+    assert!(report.kept_artifacts.contains(&app) && report.kept_artifacts.contains(&model));
 }

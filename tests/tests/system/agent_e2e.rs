@@ -11,7 +11,7 @@
 
 use meshanics_agent::client::Client;
 use meshanics_agent::metadata::FacadeFetch;
-use meshanics_agent::service::CycleOutcome;
+use meshanics_agent::service::SlotAction;
 use meshanics_agent::status;
 use meshanics_shared::metadata::{TrustedSet, UnixTime, Updater};
 use meshanics_shared::{Descriptor, Digest};
@@ -65,10 +65,10 @@ fn a_signed_release_is_pulled_through_the_facade_and_applied_as_a_layout_skopeo_
 
     let outcome = s.sync(&device).unwrap();
 
-    let CycleOutcome::Applied { target, .. } = &outcome else {
-        panic!("{outcome:?}");
-    };
-    assert_eq!(target, "app");
+    assert!(
+        matches!(outcome.action("app"), Some(SlotAction::Applied { .. })),
+        "{outcome:?}"
+    );
     let amd64 = built.manifest_for("linux/amd64").unwrap();
     let inspected = inspect(&device);
     assert_eq!(inspected["Digest"], amd64.digest.as_str());
@@ -88,12 +88,9 @@ fn a_signed_release_is_pulled_through_the_facade_and_applied_as_a_layout_skopeo_
     );
 
     // The next cycle finds nothing new and fetches no blob.
-    assert_eq!(
-        s.sync(&device).unwrap(),
-        CycleOutcome::UpToDate {
-            target: "app".into()
-        }
-    );
+    let next = s.sync(&device).unwrap();
+    assert_eq!(next.action("app"), Some(&SlotAction::UpToDate), "{next:?}");
+    assert_eq!(next.received_bytes(), 0);
 }
 
 #[test]
@@ -116,7 +113,7 @@ fn an_arm64_device_of_its_class_gets_the_arm64_manifest_of_a_multi_arch_index() 
     let outcome = s.sync(&device).unwrap();
 
     assert!(
-        matches!(&outcome, CycleOutcome::Applied { target, .. } if target == "app"),
+        matches!(outcome.action("app"), Some(SlotAction::Applied { .. })),
         "{outcome:?}"
     );
     let arm64 = app.manifest_for("linux/arm64").unwrap();
@@ -141,7 +138,7 @@ fn a_second_release_sharing_a_layer_fetches_only_the_new_blobs() {
     let device = s.device("gateway", "linux/amd64").unwrap();
     let first = s.sync(&device).unwrap();
     assert!(
-        matches!(first, CycleOutcome::Applied { received_bytes, .. } if received_bytes == v1.all_blobs.values().sum::<u64>()),
+        matches!(first.action("app"), Some(SlotAction::Applied { received_bytes, .. }) if *received_bytes == v1.all_blobs.values().sum::<u64>()),
         "{first:?}"
     );
 
@@ -151,7 +148,7 @@ fn a_second_release_sharing_a_layer_fetches_only_the_new_blobs() {
     let new_bytes = v2.bytes_not_in(&v1);
     assert_eq!(new_bytes, v2.all_blobs.values().sum::<u64>() - shared.size);
     assert!(
-        matches!(second, CycleOutcome::Applied { received_bytes, .. } if received_bytes == new_bytes),
+        matches!(second.action("app"), Some(SlotAction::Applied { received_bytes, .. }) if *received_bytes == new_bytes),
         "{second:?}, expected {new_bytes} new bytes"
     );
     let v2_manifest = &v2.manifests[0];

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use meshanics_agent::metadata::MetadataSource;
 use meshanics_agent::progress::Silent;
-use meshanics_agent::service::{Agent, CycleOutcome};
+use meshanics_agent::service::{Agent, SlotAction};
 use meshanics_agent::store::{Pointers, StoreOptions};
 use meshanics_agent::{Error, status};
 use meshanics_shared::metadata::MetadataError;
@@ -80,8 +80,11 @@ fn a_blob_tampered_with_upstream_is_refused_and_current_is_unchanged() {
     std::fs::write(&stored, &bytes).unwrap();
     s.publish(&v2, None).unwrap();
 
-    let err = s.sync(&device).unwrap_err();
+    let outcome = s.sync(&device).unwrap();
 
+    // The slot failed (the cycle itself went on: other targets would have been applied).
+    assert!(!outcome.is_ok());
+    let err = outcome.slot("app").unwrap().result.as_ref().unwrap_err();
     assert!(err.to_string().contains(evil.digest.hex()), "{err}");
     assert_eq!(Pointers::read_in(device.state_dir()).unwrap(), before);
     let blob = device
@@ -204,7 +207,7 @@ fn the_facade_restarted_mid_stream_is_resumed_without_downloading_a_byte_twice()
 
     let total: u64 = built.all_blobs.values().sum();
     assert!(
-        matches!(outcome, CycleOutcome::Applied { received_bytes, .. } if received_bytes == total),
+        matches!(outcome.action("app"), Some(SlotAction::Applied { received_bytes, .. }) if *received_bytes == total),
         "{outcome:?}: expected exactly {total} bytes (restarted at {at_restart} of {})",
         shared.size
     );

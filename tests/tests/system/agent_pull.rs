@@ -76,7 +76,7 @@ impl Device {
     async fn pull_and_apply(&self, target: &PullTarget) -> Result<Pulled, Error> {
         let pulled = self.pull(target).await?;
         let record = apply::lay_out(&self.store, &pulled)?;
-        apply::apply(&self.store, &record.id, None).await?;
+        apply::apply(&self.store, &record.id, &apply::Checks::default()).await?;
         Ok(pulled)
     }
 

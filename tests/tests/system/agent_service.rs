@@ -19,7 +19,7 @@ use meshanics_agent::config::Environment;
 use meshanics_agent::notify::{self, Notifier};
 use meshanics_agent::progress::Silent;
 use meshanics_agent::pull::PullTarget;
-use meshanics_agent::service::{self, Agent, CycleOutcome, TargetSource};
+use meshanics_agent::service::{self, Agent, SlotAction, TargetSource};
 use meshanics_agent::store::{Pointers, Store, StoreOptions};
 use meshanics_shared::{Descriptor, Platform};
 use meshanics_tests::oci_layout::{BuiltImage, SampleImage};
@@ -52,6 +52,7 @@ fn agent(registry: &TlsRegistry, state: &Path, base: &str, stall_window: Duratio
         platform: Platform::parse("linux/amd64").unwrap(),
         concurrency: 2,
         hook: None,
+        health: None,
     }
 }
 
@@ -111,11 +112,10 @@ async fn a_cycle_applies_the_target_and_the_next_cycle_finds_it_up_to_date() {
     let mut source = Fixed(vec![target(&registry, &built.index)]);
 
     let first = agent.cycle(&mut source, &Silent).await.unwrap();
-    let CycleOutcome::Applied {
+    let Some(SlotAction::Applied {
         layout,
         received_bytes,
-        ..
-    } = first
+    }) = first.action("app").cloned()
     else {
         panic!("nothing applied: {first:?}");
     };
@@ -125,10 +125,9 @@ async fn a_cycle_applies_the_target_and_the_next_cycle_finds_it_up_to_date() {
     let before = agent.client.downloaded_bytes();
     let second = agent.cycle(&mut source, &Silent).await.unwrap();
     assert_eq!(
-        second,
-        CycleOutcome::UpToDate {
-            target: "app".into()
-        }
+        second.action("app"),
+        Some(&SlotAction::UpToDate),
+        "{second:?}"
     );
     assert_eq!(agent.client.downloaded_bytes(), before);
     let last = agent.store.last_result().unwrap().unwrap();
@@ -142,7 +141,10 @@ async fn an_empty_target_list_applies_nothing() {
     let state = tempfile::tempdir().unwrap();
     let agent = healthy_agent(&registry, state.path());
     let outcome = agent.cycle(&mut Fixed(Vec::new()), &Silent).await.unwrap();
-    assert_eq!(outcome, CycleOutcome::NothingToDo);
+    assert!(
+        outcome.slots.is_empty() && outcome.retired.is_empty(),
+        "{outcome:?}"
+    );
     assert_eq!(Pointers::read(&agent.store).unwrap(), Pointers::default());
 }
 
@@ -256,7 +258,7 @@ async fn stopping_mid_download_keeps_the_partial_blob_for_the_next_start() {
         .cycle(&mut Fixed(vec![target(&registry, &built.index)]), &Silent)
         .await
         .unwrap();
-    let CycleOutcome::Applied { received_bytes, .. } = outcome else {
+    let Some(SlotAction::Applied { received_bytes, .. }) = outcome.action("app").cloned() else {
         panic!("nothing applied: {outcome:?}");
     };
     assert_eq!(
@@ -324,14 +326,18 @@ async fn a_failing_hook_in_a_cycle_keeps_the_previous_artifact_current() {
         timeout: Duration::from_secs(30),
     });
 
-    let err = agent
+    let outcome = agent
         .cycle(&mut Fixed(vec![target(&registry, &v2.index)]), &Silent)
         .await
-        .unwrap_err();
+        .unwrap();
 
+    assert!(!outcome.is_ok());
     assert!(
-        matches!(err, meshanics_agent::Error::HookFailed { .. }),
-        "{err}"
+        matches!(
+            outcome.slot("app").unwrap().result,
+            Err(meshanics_agent::Error::HookFailed { .. })
+        ),
+        "{outcome:?}"
     );
     assert_eq!(Pointers::read(&agent.store).unwrap(), before);
     let last = agent.store.last_result().unwrap().unwrap();

@@ -10,7 +10,7 @@
 )]
 
 use meshanics_agent::rollout::{device_spki, position};
-use meshanics_agent::service::CycleOutcome;
+use meshanics_agent::service::SlotAction;
 use meshanics_agent::status;
 use meshanics_shared::metadata::rollout::{Rollout, WHOLE, Wave};
 use meshanics_shared::metadata::{TargetName, UnixTime};
@@ -85,12 +85,12 @@ fn a_device_after_the_open_wave_downloads_ahead_and_applies_when_its_clock_reach
     let total: u64 = v1.all_blobs.values().sum();
     let opens = UnixTime::from_secs(start.as_secs() + DAY);
     assert_eq!(
-        outcome,
-        CycleOutcome::Waiting {
-            target: "app".into(),
+        outcome.action("app"),
+        Some(&SlotAction::Waiting {
             opens,
             received_bytes: total,
-        }
+        }),
+        "{outcome:?}"
     );
     assert!(!device.current().exists(), "applied before its wave opened");
     let status = status::read(&device.config).unwrap();
@@ -111,7 +111,13 @@ fn a_device_after_the_open_wave_downloads_ahead_and_applies_when_its_clock_reach
     let outcome = s.sync(&device).unwrap();
 
     assert!(
-        matches!(&outcome, CycleOutcome::Applied { target, received_bytes: 0, .. } if target == "app"),
+        matches!(
+            outcome.action("app"),
+            Some(SlotAction::Applied {
+                received_bytes: 0,
+                ..
+            })
+        ),
         "applied from what was downloaded ahead: {outcome:?}"
     );
     assert!(device.current().exists());
@@ -135,11 +141,11 @@ fn without_download_ahead_nothing_is_pulled_before_the_wave_and_an_earlier_start
 
     assert!(
         matches!(
-            outcome,
-            CycleOutcome::Waiting {
+            outcome.action("app"),
+            Some(SlotAction::Waiting {
                 received_bytes: 0,
                 ..
-            }
+            })
         ),
         "{outcome:?}"
     );
@@ -157,7 +163,7 @@ fn without_download_ahead_nothing_is_pulled_before_the_wave_and_an_earlier_start
 
     let total: u64 = v1.all_blobs.values().sum();
     assert!(
-        matches!(&outcome, CycleOutcome::Applied { received_bytes, .. } if *received_bytes == total),
+        matches!(outcome.action("app"), Some(SlotAction::Applied { received_bytes, .. }) if *received_bytes == total),
         "{outcome:?}"
     );
     assert!(device.current().exists());
