@@ -6,6 +6,9 @@
 //! `current` names a complete layout. When the hook fails, both links are put back as they
 //! were and the failure is recorded for `status`.
 
+pub mod extract;
+pub mod files;
+pub mod kind;
 pub mod layout;
 
 use std::path::Path;
@@ -17,11 +20,24 @@ use tracing::{info, warn};
 use crate::config::Hook;
 use crate::error::{Error, Result};
 use crate::failpoint;
+use crate::pull::Pulled;
 use crate::store::artifacts::{Pointers, write_pointer};
 use crate::store::index::now;
 use crate::store::{ArtifactRecord, ArtifactState, LastResult, Store};
 
+pub use kind::ArtifactKind;
 pub use layout::lay_out;
+
+/// Lays a pulled artifact out as what it is ([`kind`]): an image as an OCI image layout, a
+/// model or file artifact as that layout with its files in `files/` ([`files`]). The signed
+/// entry's `apply` overrides the manifest. The record is in state `Pulled`.
+pub fn prepare(store: &Store, pulled: &Pulled) -> Result<ArtifactRecord> {
+    let manifest = files::read_manifest(store, pulled)?;
+    match ArtifactKind::of(&manifest, pulled.target.apply) {
+        ArtifactKind::Image => lay_out(store, pulled),
+        ArtifactKind::Files => files::materialize(store, pulled, &manifest),
+    }
+}
 
 /// What applying did.
 #[derive(Debug, Clone, PartialEq, Eq)]

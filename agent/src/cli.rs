@@ -19,6 +19,7 @@ use meshanics_agent::service::{self, Agent, CycleOutcome};
 use meshanics_agent::status::{ArtifactView, RoleView};
 use meshanics_agent::store::{LastResult, Store, StoreOptions};
 use meshanics_shared::media_type::OCI_INDEX;
+use meshanics_shared::metadata::ApplyMode;
 use meshanics_shared::{Digest, Repository};
 use tracing::{error, info};
 
@@ -105,6 +106,9 @@ enum Command {
         /// Pull into the cache only; do not switch `current`.
         #[arg(long)]
         no_apply: bool,
+        /// Apply as `layout` or `files` (default: as the artifact says).
+        #[arg(long, value_name = "layout|files")]
+        apply: Option<ApplyMode>,
     },
 }
 
@@ -154,6 +158,7 @@ pub(crate) fn main() -> ExitCode {
             media_type,
             name,
             no_apply,
+            apply,
         } => pull(
             &config,
             &repository,
@@ -162,6 +167,7 @@ pub(crate) fn main() -> ExitCode {
             media_type,
             name,
             no_apply,
+            apply,
             bars,
         ),
     };
@@ -387,6 +393,7 @@ fn pull(
     media_type: String,
     name: Option<String>,
     no_apply: bool,
+    apply: Option<ApplyMode>,
     bars: bool,
 ) -> anyhow::Result<ExitCode> {
     let target = PullTarget {
@@ -395,6 +402,7 @@ fn pull(
         digest: Digest::parse(digest).context("--digest")?,
         size,
         media_type,
+        apply,
     };
     let runtime = runtime()?;
     let store = open_store(config)?;
@@ -416,7 +424,7 @@ fn pull(
         if no_apply {
             return Ok(None);
         }
-        let record = apply::lay_out(&store, &pulled)?;
+        let record = apply::prepare(&store, &pulled)?;
         let applied = apply::apply(&store, &record.id, config.hook.as_ref()).await?;
         Ok::<_, meshanics_agent::Error>(Some((record, applied)))
     });

@@ -156,6 +156,7 @@ pub fn pull_target(entry: &TargetEntry) -> Result<PullTarget> {
         digest: entry.digest.clone(),
         size: entry.size,
         media_type: entry.media_type.clone(),
+        apply: entry.apply,
     })
 }
 

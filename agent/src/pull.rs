@@ -10,6 +10,7 @@ use std::collections::BTreeSet;
 use futures_util::stream::{self, StreamExt, TryStreamExt};
 use meshanics_shared::manifest::{ImageManifest, Manifest};
 use meshanics_shared::media_type::{self, ManifestKind};
+use meshanics_shared::metadata::ApplyMode;
 use meshanics_shared::{Descriptor, Digest, ManifestError, Platform, Repository};
 use tracing::{info, warn};
 
@@ -32,6 +33,9 @@ pub struct PullTarget {
     pub size: u64,
     /// Its media type (an OCI or Docker manifest or index).
     pub media_type: String,
+    /// How the signed entry says to apply it; `None`: as the artifact says
+    /// ([`crate::apply::kind`]).
+    pub apply: Option<ApplyMode>,
 }
 
 /// A pulled target: everything it needs is in the cache.

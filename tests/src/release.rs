@@ -149,5 +149,6 @@ pub fn entry(
             platform: None,
         },
         custom: BTreeMap::new(),
+        apply: None,
     })
 }

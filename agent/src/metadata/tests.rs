@@ -18,6 +18,7 @@ fn entry(upstream: &str) -> TargetEntry {
         media_type: meshanics_shared::media_type::OCI_INDEX.to_owned(),
         selectors: Selectors::default(),
         custom: BTreeMap::new(),
+        apply: None,
     }
 }
 
