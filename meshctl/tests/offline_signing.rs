@@ -285,3 +285,31 @@ fn release_refuses_pins_with_an_invalid_entry_and_names_the_file() {
     );
     assert!(!ws.path("meta/1.targets.cose").exists());
 }
+
+#[test]
+fn release_apply_signs_how_a_target_is_applied_into_its_entry_only() {
+    let ws = Workspace::new();
+    let base = [
+        "--json",
+        "release",
+        "--dir",
+        "meta",
+        "--pins",
+        "pins.json",
+        "--targets-key",
+        "keys/targets.key",
+        "--timestamp-key",
+        "keys/timestamp.key",
+    ];
+    let err = ws.fails(&[&base[..], &["--apply", "nosuch=files"]].concat());
+    assert!(err.contains("no target nosuch"), "{err}");
+    let err = ws.fails(&[&base[..], &["--apply", "app=copy"]].concat());
+    assert!(err.contains("copy"), "{err}");
+
+    ws.ok(&[&base[..], &["--apply", "tools=files"]].concat());
+    let verified = ws.verify();
+    let entries = verified["targets"]["entries"].as_array().unwrap();
+    assert_eq!(entries[1]["name"], "tools");
+    assert_eq!(entries[1]["apply"], "files");
+    assert!(entries[0].get("apply").is_none(), "{}", entries[0]);
+}

@@ -191,7 +191,249 @@ fn limits(size: u64, compression: Compression) -> Limits {
 
 #[cfg(test)]
 mod tests {
+    use std::io::Write as _;
+    use std::os::unix::fs::MetadataExt as _;
+
+    use meshanics_shared::media_type::OCI_MANIFEST;
+    use meshanics_shared::{Algorithm, Repository};
+
     use super::*;
+    use crate::apply::{ArtifactKind, apply, prepare};
+    use crate::pull::PullTarget;
+    use crate::testing::{descriptor_with, store};
+
+    /// Commits an artifact (config, then layers with their annotations) as a pull would.
+    fn pulled_artifact(
+        store: &Store,
+        artifact_type: Option<&str>,
+        config_type: &str,
+        layers: &[(&str, &[u8], &[(&str, &str)])],
+    ) -> Pulled {
+        let config = descriptor_with(Algorithm::Sha256, config_type, b"{}");
+        store.put(&config.digest, b"{}").unwrap();
+        let mut descriptors = Vec::new();
+        for (media_type, bytes, annotations) in layers {
+            let mut d = descriptor_with(Algorithm::Sha256, media_type, bytes);
+            store.put(&d.digest, bytes).unwrap();
+            if !annotations.is_empty() {
+                d.annotations = Some(
+                    annotations
+                        .iter()
+                        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                        .collect(),
+                );
+            }
+            descriptors.push(d);
+        }
+        let mut manifest = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": config,
+            "layers": descriptors,
+        });
+        if let Some(t) = artifact_type {
+            manifest["artifactType"] = t.into();
+        }
+        let bytes = serde_json::to_vec(&manifest).unwrap();
+        let manifest = descriptor_with(Algorithm::Sha256, OCI_MANIFEST, &bytes);
+        store.put(&manifest.digest, &bytes).unwrap();
+        let mut blobs = vec![config];
+        blobs.extend(descriptors);
+        Pulled {
+            target: PullTarget {
+                name: "model".into(),
+                repository: Repository::parse("127.0.0.1_5000/team/model").unwrap(),
+                digest: manifest.digest.clone(),
+                size: manifest.size,
+                media_type: OCI_MANIFEST.into(),
+                apply: None,
+            },
+            manifest,
+            blobs,
+            fetched: 0,
+            cached: 0,
+            received_bytes: 0,
+        }
+    }
+
+    fn tar_of(files: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut builder = tar::Builder::new(Vec::new());
+        for (name, data) in files {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            builder.append_data(&mut h, name, *data).unwrap();
+        }
+        builder.into_inner().unwrap()
+    }
+
+    fn gzip(bytes: &[u8]) -> Vec<u8> {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(bytes).unwrap();
+        gz.finish().unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_modelpack_artifact_becomes_files_raw_layers_hard_linked_to_the_cache() {
+        let (_dir, store) = store();
+        let weights = b"GGUF weights".repeat(100);
+        let config_tar = tar_of(&[("config.json", b"{\"a\":1}"), ("tok/t.json", b"[]")]);
+        let docs = gzip(&tar_of(&[("docs/README.md", b"# model")]));
+        let code = ruzstd::encoding::compress_to_vec(
+            &tar_of(&[("src/run.py", b"print(1)")])[..],
+            ruzstd::encoding::CompressionLevel::Fastest,
+        );
+        let pulled = pulled_artifact(
+            &store,
+            Some("application/vnd.cncf.model.manifest.v1+json"),
+            "application/vnd.cncf.model.config.v1+json",
+            &[
+                (
+                    "application/vnd.cncf.model.weight.v1.raw",
+                    &weights,
+                    &[(MODEL_FILEPATH, "weights/model.gguf")],
+                ),
+                (
+                    "application/vnd.cncf.model.weight.config.v1.tar",
+                    &config_tar,
+                    &[],
+                ),
+                ("application/vnd.cncf.model.doc.v1.tar+gzip", &docs, &[]),
+                ("application/vnd.cncf.model.code.v1.tar+zstd", &code, &[]),
+            ],
+        );
+        let record = prepare(&store, &pulled).unwrap();
+        let layout = store.layout_dir(&record.id);
+        assert_eq!(ArtifactKind::of_layout(&layout), ArtifactKind::Files);
+        let files = ArtifactKind::Files.folder(&layout);
+        let weights_file = files.join("weights/model.gguf");
+        assert_eq!(fs_err::read(&weights_file).unwrap(), weights);
+        assert_eq!(
+            fs_err::metadata(&weights_file).unwrap().ino(),
+            fs_err::metadata(store.blob_path(&pulled.blobs[1].digest))
+                .unwrap()
+                .ino(),
+            "a raw layer is a hard link to the cache blob"
+        );
+        assert_eq!(
+            fs_err::read(files.join("config.json")).unwrap(),
+            b"{\"a\":1}"
+        );
+        assert_eq!(fs_err::read(files.join("tok/t.json")).unwrap(), b"[]");
+        assert_eq!(
+            fs_err::read(files.join("docs/README.md")).unwrap(),
+            b"# model"
+        );
+        assert_eq!(fs_err::read(files.join("src/run.py")).unwrap(), b"print(1)");
+        // Still an OCI layout, so the cache's bookkeeping sees its blobs.
+        assert!(layout.join("index.json").is_file());
+        assert_eq!(
+            store
+                .scan_layout(&record.id, record.state)
+                .unwrap()
+                .blobs
+                .len(),
+            6
+        );
+
+        apply(&store, &record.id, None).await.unwrap();
+        assert_eq!(
+            fs_err::read(store.root().join("current/files/weights/model.gguf")).unwrap(),
+            weights
+        );
+    }
+
+    #[test]
+    fn a_docker_model_without_names_gets_names_from_digests_and_an_image_gets_no_files() {
+        let (_dir, store) = store();
+        let pulled = pulled_artifact(
+            &store,
+            None,
+            "application/vnd.docker.ai.model.config.v0.1+json",
+            &[
+                ("application/vnd.docker.ai.gguf.v3", b"gguf", &[]),
+                (
+                    "application/vnd.docker.ai.license",
+                    b"MIT",
+                    &[(TITLE, "LICENSE")],
+                ),
+            ],
+        );
+        let record = prepare(&store, &pulled).unwrap();
+        let files = store.layout_dir(&record.id).join(FILES_DIR);
+        let gguf = &pulled.blobs[1].digest;
+        assert_eq!(
+            fs_err::read(files.join(format!("sha256-{}.gguf", gguf.hex()))).unwrap(),
+            b"gguf"
+        );
+        assert_eq!(fs_err::read(files.join("LICENSE")).unwrap(), b"MIT");
+
+        let image = crate::testing::pulled(&store, "app", &[b"layer"]);
+        let record = prepare(&store, &image).unwrap();
+        let layout = store.layout_dir(&record.id);
+        assert_eq!(ArtifactKind::of_layout(&layout), ArtifactKind::Image);
+        assert!(!layout.join(FILES_DIR).exists());
+    }
+
+    #[test]
+    fn a_hostile_layer_fails_the_apply_and_leaves_no_folder_behind() {
+        let (dir, store) = store();
+        let mut evil = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.as_old_mut().name[..10].copy_from_slice(b"../../evil");
+        h.set_size(1);
+        h.set_mode(0o644);
+        h.set_cksum();
+        evil.append(&h, &b"x"[..]).unwrap();
+        let evil = evil.into_inner().unwrap();
+        let pulled = pulled_artifact(
+            &store,
+            Some("application/vnd.cncf.model.manifest.v1+json"),
+            "application/vnd.cncf.model.config.v1+json",
+            &[
+                (
+                    "application/vnd.cncf.model.weight.v1.raw",
+                    b"w",
+                    &[(MODEL_FILEPATH, "w")],
+                ),
+                ("application/vnd.cncf.model.code.v1.tar", &evil, &[]),
+            ],
+        );
+        let err = prepare(&store, &pulled).unwrap_err();
+        assert!(
+            matches!(&err, Error::Files { digest, source: ExtractError::Name { .. }, .. } if *digest == pulled.blobs[2].digest),
+            "{err}"
+        );
+        assert!(err.to_string().contains("../../evil"), "{err}");
+        assert_eq!(fs_err::read_dir(store.artifacts_dir()).unwrap().count(), 0);
+        assert!(!dir.path().join("evil").exists());
+        assert!(!store.root().join("evil").exists());
+    }
+
+    #[test]
+    fn two_layers_writing_one_path_are_refused() {
+        let (_dir, store) = store();
+        let pulled = pulled_artifact(
+            &store,
+            None,
+            "application/vnd.oci.empty.v1+json",
+            &[
+                ("text/plain", b"one", &[(TITLE, "a.txt")]),
+                ("text/plain", b"two", &[(TITLE, "./a.txt")]),
+            ],
+        );
+        let err = prepare(&store, &pulled).unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                Error::Files {
+                    source: ExtractError::Exists { .. },
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
 
     fn layer(media_type: &str, annotations: &[(&str, &str)]) -> Descriptor {
         let mut d =
