@@ -1,5 +1,6 @@
-//! Applying a pulled artifact: lay it out as an OCI image layout ([`layout`]), switch
-//! `current` to it atomically, keep `previous`, and run the operator's hook.
+//! Applying a pulled artifact: lay it out as an OCI image layout ([`layout`]), with its
+//! files beside it for a model or file artifact ([`kind`], [`files`]; [`prepare`] chooses),
+//! switch `current` to it atomically, keep `previous`, and run the operator's hook.
 //!
 //! `current` and `previous` are symlinks in the state directory (their format is
 //! [`crate::store::artifacts`]), switched with rename(2) over the old link: at every instant

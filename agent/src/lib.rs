@@ -16,8 +16,10 @@
 //!   when size and digest match), its ingest files, its rebuildable sled index, `fsck` and `gc`, and
 //!   ([`store::artifacts`]) the artifact layouts and `current`/`previous` links as they lie
 //!   on disk. It depends on nothing above it.
-//! - [`apply`]: the OCI image layout writer ([`apply::layout`]), the atomic
-//!   `current`/`previous` switch, the apply hook and its rollback.
+//! - [`apply`]: the OCI image layout writer ([`apply::layout`]), files mode for models and
+//!   file artifacts ([`apply::kind`] decides, [`apply::files`] materializes,
+//!   [`apply::extract`] unpacks hostile archives), the atomic `current`/`previous` switch,
+//!   the apply hook and its rollback.
 //! - [`service`]: the update cycle (targets from a [`service::TargetSource`], pull, apply)
 //!   and the loop around it, with [`notify`] for systemd (`READY`, `STATUS`, `WATCHDOG`;
 //!   the protocol itself is `meshanics_shared::notify`).
