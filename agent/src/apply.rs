@@ -1,5 +1,5 @@
 //! Applying a pulled artifact: lay it out as an OCI image layout ([`layout`]), with its
-//! files beside it for a model or file artifact ([`kind`], [`files`]; [`prepare`] chooses),
+//! files beside it for a model or file artifact ([`kind`], [`files`]; [`materialize`] chooses),
 //! switch `current` to it atomically, keep `previous`, and run the operator's hook.
 //!
 //! `current` and `previous` are symlinks in the state directory (their format is
@@ -32,11 +32,11 @@ pub use layout::lay_out;
 /// Lays a pulled artifact out as what it is ([`kind`]): an image as an OCI image layout, a
 /// model or file artifact as that layout with its files in `files/` ([`files`]). The signed
 /// entry's `apply` overrides the manifest. The record is in state `Pulled`.
-pub fn prepare(store: &Store, pulled: &Pulled) -> Result<ArtifactRecord> {
+pub fn materialize(store: &Store, pulled: &Pulled) -> Result<ArtifactRecord> {
     let manifest = files::read_manifest(store, pulled)?;
     match ArtifactKind::of(&manifest, pulled.target.apply) {
         ArtifactKind::Image => lay_out(store, pulled),
-        ArtifactKind::Files => files::materialize(store, pulled, &manifest),
+        ArtifactKind::Files => files::lay_out_files(store, pulled, &manifest),
     }
 }
 

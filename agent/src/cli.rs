@@ -424,7 +424,7 @@ fn pull(
         if no_apply {
             return Ok(None);
         }
-        let record = apply::prepare(&store, &pulled)?;
+        let record = apply::materialize(&store, &pulled)?;
         let applied = apply::apply(&store, &record.id, config.hook.as_ref()).await?;
         Ok::<_, meshanics_agent::Error>(Some((record, applied)))
     });

@@ -25,7 +25,7 @@ pub enum Error {
         digest: Digest,
         /// Why.
         #[source]
-        source: crate::apply::extract::ExtractError,
+        source: Box<crate::apply::extract::ExtractError>,
     },
     /// A file system operation failed.
     #[error("{action} {path}: {source}")]

@@ -211,7 +211,7 @@ impl Agent {
         let Some(main) = pulled.first() else {
             return Ok(CycleOutcome::NothingToDo);
         };
-        let record = apply::prepare(&self.store, main)?;
+        let record = apply::materialize(&self.store, main)?;
         self.expect_hook();
         match apply::apply(&self.store, &record.id, self.hook.as_ref()).await? {
             Applied::AlreadyCurrent => Ok(CycleOutcome::UpToDate {

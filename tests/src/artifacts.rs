@@ -7,7 +7,8 @@
 //!   layer per folder);
 //! - [`oras`]: what `oras push` writes (an empty config, one layer per file named by
 //!   `org.opencontainers.image.title`, one `tar+gzip` layer per folder marked
-//!   `io.deis.oras.content.unpack`, its entries under the folder's name).
+//!   `io.deis.oras.content.unpack`, its entries under the folder's name);
+//! - [`docker_model`]: the Docker model format (a model config, a GGUF layer, a license).
 //!
 //! Both are built from a list of files (a "source folder"): what a device extracts must equal
 //! it byte for byte. The layout's `index.json` names the manifest as `tag`, so
@@ -34,6 +35,8 @@ pub const MODELPACK_WEIGHT_RAW: &str = "application/vnd.cncf.model.weight.v1.raw
 /// A gzipped tar of ModelPack weight-config files.
 pub const MODELPACK_WEIGHT_CONFIG_GZIP: &str =
     "application/vnd.cncf.model.weight.config.v1.tar+gzip";
+/// The Docker model format's config media type.
+pub const DOCKER_MODEL_CONFIG: &str = "application/vnd.docker.ai.model.config.v0.1+json";
 /// The OCI empty config (`{}`), which ORAS writes for artifacts.
 pub const OCI_EMPTY: &str = "application/vnd.oci.empty.v1+json";
 
@@ -92,15 +95,15 @@ pub fn write_artifact(
         }
         descriptors.push(d);
     }
-    let mut manifest = json!({
-        "schemaVersion": 2,
-        "mediaType": OCI_MANIFEST,
-        "config": config,
-        "layers": descriptors,
-    });
+    let mut manifest = serde_json::Map::new();
+    manifest.insert("schemaVersion".into(), 2.into());
+    manifest.insert("mediaType".into(), OCI_MANIFEST.into());
     if let Some(t) = artifact_type {
-        manifest["artifactType"] = t.into();
+        manifest.insert("artifactType".into(), t.into());
     }
+    manifest.insert("config".into(), json!(config));
+    manifest.insert("layers".into(), json!(descriptors));
+    let manifest = serde_json::Value::Object(manifest);
     let manifest = put(OCI_MANIFEST, &to_json(&manifest)?)?;
     let mut named = manifest.clone();
     named.annotations = Some(BTreeMap::from([(
@@ -192,6 +195,35 @@ pub fn oras(files: &[LayerFile], dir: &Path, tag: &str) -> Result<BuiltArtifact,
         Some("application/vnd.example.bundle.v1"),
         (OCI_EMPTY, b"{}"),
         &layers,
+    )
+}
+
+/// A model in the Docker model format: config `application/vnd.docker.ai.model.config.v0.1+json`,
+/// a GGUF layer without a name (the device names it after its digest: `sha256-<hex>.gguf`)
+/// and a license layer named `LICENSE` by `org.cncf.model.filepath`.
+pub fn docker_model(
+    gguf: &[u8],
+    license: &[u8],
+    dir: &Path,
+    tag: &str,
+) -> Result<BuiltArtifact, FixtureError> {
+    let config = to_json(&json!({
+        "config": {"format": "gguf", "quantization": "Q4_0", "parameters": "1M"},
+        "files": [],
+    }))?;
+    write_artifact(
+        dir,
+        tag,
+        None,
+        (DOCKER_MODEL_CONFIG, &config),
+        &[
+            layer("application/vnd.docker.ai.gguf.v3", gguf.to_vec(), &[]),
+            layer(
+                "application/vnd.docker.ai.license",
+                license.to_vec(),
+                &[("org.cncf.model.filepath", "LICENSE")],
+            ),
+        ],
     )
 }
 

@@ -71,7 +71,7 @@ pub(crate) fn read_manifest(store: &Store, pulled: &Pulled) -> Result<ImageManif
 
 /// Lays a pulled model or file artifact out with its files in `files/`, and records it
 /// (state `Pulled`). Its blobs must be in the cache.
-pub(crate) fn materialize(
+pub(crate) fn lay_out_files(
     store: &Store,
     pulled: &Pulled,
     manifest: &ImageManifest,
@@ -83,7 +83,7 @@ pub(crate) fn materialize(
             write_layer(store, layer, &root).map_err(|source| Error::Files {
                 target: pulled.target.name.clone(),
                 digest: layer.digest.clone(),
-                source,
+                source: Box::new(source),
             })?;
         }
         Ok(())
@@ -198,16 +198,19 @@ mod tests {
     use meshanics_shared::{Algorithm, Repository};
 
     use super::*;
-    use crate::apply::{ArtifactKind, apply, prepare};
+    use crate::apply::{ArtifactKind, apply, materialize};
     use crate::pull::PullTarget;
     use crate::testing::{descriptor_with, store};
+
+    /// A layer: media type, bytes, annotations.
+    type TestLayer<'a> = (&'a str, &'a [u8], &'a [(&'a str, &'a str)]);
 
     /// Commits an artifact (config, then layers with their annotations) as a pull would.
     fn pulled_artifact(
         store: &Store,
         artifact_type: Option<&str>,
         config_type: &str,
-        layers: &[(&str, &[u8], &[(&str, &str)])],
+        layers: &[TestLayer<'_>],
     ) -> Pulled {
         let config = descriptor_with(Algorithm::Sha256, config_type, b"{}");
         store.put(&config.digest, b"{}").unwrap();
@@ -302,7 +305,7 @@ mod tests {
                 ("application/vnd.cncf.model.code.v1.tar+zstd", &code, &[]),
             ],
         );
-        let record = prepare(&store, &pulled).unwrap();
+        let record = materialize(&store, &pulled).unwrap();
         let layout = store.layout_dir(&record.id);
         assert_eq!(ArtifactKind::of_layout(&layout), ArtifactKind::Files);
         let files = ArtifactKind::Files.folder(&layout);
@@ -359,7 +362,7 @@ mod tests {
                 ),
             ],
         );
-        let record = prepare(&store, &pulled).unwrap();
+        let record = materialize(&store, &pulled).unwrap();
         let files = store.layout_dir(&record.id).join(FILES_DIR);
         let gguf = &pulled.blobs[1].digest;
         assert_eq!(
@@ -369,7 +372,7 @@ mod tests {
         assert_eq!(fs_err::read(files.join("LICENSE")).unwrap(), b"MIT");
 
         let image = crate::testing::pulled(&store, "app", &[b"layer"]);
-        let record = prepare(&store, &image).unwrap();
+        let record = materialize(&store, &image).unwrap();
         let layout = store.layout_dir(&record.id);
         assert_eq!(ArtifactKind::of_layout(&layout), ArtifactKind::Image);
         assert!(!layout.join(FILES_DIR).exists());
@@ -399,9 +402,9 @@ mod tests {
                 ("application/vnd.cncf.model.code.v1.tar", &evil, &[]),
             ],
         );
-        let err = prepare(&store, &pulled).unwrap_err();
+        let err = materialize(&store, &pulled).unwrap_err();
         assert!(
-            matches!(&err, Error::Files { digest, source: ExtractError::Name { .. }, .. } if *digest == pulled.blobs[2].digest),
+            matches!(&err, Error::Files { digest, source, .. } if *digest == pulled.blobs[2].digest && matches!(**source, ExtractError::Name { .. })),
             "{err}"
         );
         assert!(err.to_string().contains("../../evil"), "{err}");
@@ -422,15 +425,9 @@ mod tests {
                 ("text/plain", b"two", &[(TITLE, "./a.txt")]),
             ],
         );
-        let err = prepare(&store, &pulled).unwrap_err();
+        let err = materialize(&store, &pulled).unwrap_err();
         assert!(
-            matches!(
-                &err,
-                Error::Files {
-                    source: ExtractError::Exists { .. },
-                    ..
-                }
-            ),
+            matches!(&err, Error::Files { source, .. } if matches!(**source, ExtractError::Exists { .. })),
             "{err}"
         );
     }

@@ -1,7 +1,8 @@
 //! Files mode end to end: a CNCF ModelPack model and an ORAS artifact, written as OCI layouts,
 //! pushed to the real distribution registry with skopeo, released in signed metadata, pulled
 //! through the facade by the agent's own update cycle and applied as a folder of files that
-//! equals the source byte for byte, its raw layers hard links into the agent's cache.
+//! equals the source byte for byte, its raw layers hard links into the agent's cache; and a
+//! Docker model, whose unnamed layers are named after their digests.
 
 #![expect(
     clippy::unwrap_used,
@@ -140,5 +141,24 @@ fn the_signed_entry_overrides_the_artifact_a_model_released_as_layout_is_laid_ou
             .join("blobs/sha256")
             .join(built.manifest.digest.hex())
             .is_file()
+    );
+}
+
+#[test]
+fn a_docker_model_is_applied_as_files_its_unnamed_gguf_named_after_its_digest() {
+    let mut s = UpdateChain::start().unwrap();
+    let gguf = pseudo_random(5, 128 * 1024);
+    let built =
+        artifacts::docker_model(&gguf, b"MIT\n", &s.work.path().join("docker"), "d1").unwrap();
+    release(&mut s, &built, "d1", None);
+    let device = s.device("gateway", "linux/amd64").unwrap();
+
+    s.sync(&device).unwrap();
+
+    let folder = ArtifactKind::Files.folder(&device.current());
+    let gguf_name = format!("sha256-{}.gguf", built.layers[0].digest.hex());
+    assert_eq!(
+        read_tree(&folder).unwrap(),
+        BTreeMap::from([(gguf_name, gguf), ("LICENSE".to_owned(), b"MIT\n".to_vec())])
     );
 }
