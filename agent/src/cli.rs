@@ -265,6 +265,13 @@ fn sync_once(config: &Config, bars: bool) -> anyhow::Result<ExitCode> {
     match runtime.block_on(agent.cycle(&mut source, progress.as_ref()))? {
         CycleOutcome::NothingToDo => println!("no target for this device"),
         CycleOutcome::UpToDate { target } => println!("{target} is up to date"),
+        CycleOutcome::Waiting {
+            target,
+            opens,
+            received_bytes,
+        } => println!(
+            "{target} waits for this device's rollout wave, which opens at {opens} ({received_bytes} bytes downloaded ahead)"
+        ),
         CycleOutcome::Applied {
             target,
             received_bytes,
@@ -310,6 +317,17 @@ fn status(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
             role("root:", &Some(m.root.clone()));
             role("timestamp:", &m.timestamp);
             role("targets:", &m.targets);
+            for w in &m.rollouts {
+                println!(
+                    "rollout:   {}: wave {} of {} ({} % of the fleet), {} {}",
+                    w.target,
+                    w.wave,
+                    w.waves,
+                    f64::from(w.share) / 10_000.0,
+                    if w.open { "opened" } else { "opens" },
+                    w.opens
+                );
+            }
         }
         (None, problem) => println!(
             "metadata:  unreadable: {}",
@@ -402,6 +420,7 @@ fn pull(
         digest: Digest::parse(digest).context("--digest")?,
         size,
         media_type,
+        rollout: None,
         apply,
     };
     let runtime = runtime()?;

@@ -33,6 +33,10 @@
 //! [apply]                                 # optional
 //! hook = "/usr/libexec/meshanics/apply"
 //! hook_timeout = "5m"
+//!
+//! [rollout]                               # optional
+//! download_ahead = false                  # true: pull a target before this device's
+//!                                         # rollout wave opens, apply it once it opens
 //! ```
 //!
 //! Durations are humantime's, as in the facade's config: `"500ms"`, `"30s"`, `"5m"`,
@@ -72,6 +76,16 @@ pub struct Config {
     pub network: Network,
     /// The apply hook, if any.
     pub hook: Option<Hook>,
+    /// How the device follows signed rollout waves.
+    pub rollout: RolloutConfig,
+}
+
+/// `[rollout]`: how the device follows signed rollout waves (docs/metadata.md 4.4).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RolloutConfig {
+    /// Pull a target whose wave has not opened yet, so that it applies without a download
+    /// once the wave opens (default: false, the download waits for the wave too).
+    pub download_ahead: bool,
 }
 
 /// The facade's address and CA.
@@ -185,6 +199,8 @@ struct RawConfig {
     network: RawNetwork,
     #[serde(default)]
     apply: RawApply,
+    #[serde(default)]
+    rollout: RawRollout,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -236,6 +252,12 @@ struct RawNetwork {
 struct RawApply {
     hook: Option<PathBuf>,
     hook_timeout: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRollout {
+    download_ahead: Option<bool>,
 }
 
 /// Collects problems while the raw config is turned into a typed one.
@@ -470,6 +492,9 @@ impl Config {
                     path,
                     timeout: hook_timeout,
                 }),
+                rollout: RolloutConfig {
+                    download_ahead: raw.rollout.download_ahead.unwrap_or(false),
+                },
             }),
             _ => Err(c.problems),
         }

@@ -240,6 +240,15 @@ pub enum Error {
         #[source]
         source: MetadataError,
     },
+    /// The device certificate could not be read for the identity rollout waves place the
+    /// device by.
+    #[error("placing this device in rollout waves: {path}: {reason}")]
+    Rollout {
+        /// The device certificate.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
     /// An update cycle ran past its deadline and was abandoned; its downloads resume at the
     /// next cycle from what their ingest files hold.
     #[error(

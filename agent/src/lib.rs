@@ -23,6 +23,8 @@
 //! - [`service`]: the update cycle (targets from a [`service::TargetSource`], pull, apply)
 //!   and the loop around it, with [`notify`] for systemd (`READY`, `STATUS`, `WATCHDOG`;
 //!   the protocol itself is `meshanics_shared::notify`).
+//! - [`rollout`]: signed rollout waves: this device's place in a target's rollout and the
+//!   one decision whether to apply it now.
 //! - [`status`]: what `status` shows, read from files alone (it works while the service
 //!   runs).
 //! - [`progress`]: bars on a terminal, log lines for journald.
@@ -45,6 +47,7 @@ pub mod metadata;
 pub mod notify;
 pub mod progress;
 pub mod pull;
+pub mod rollout;
 pub mod service;
 pub mod status;
 pub mod store;

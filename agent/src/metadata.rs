@@ -6,7 +6,8 @@
 //! [`Updater::update`] against the facade, starting from the pinned trust anchor and the
 //! trusted files persisted in `<state dir>/metadata` (each replaced atomically by the
 //! [`TrustedStore`]), then turns the trusted target entries that match this device's class
-//! and platform into [`PullTarget`]s. Nothing else decides what a device runs.
+//! and platform into [`PullTarget`]s, each with its signed rollout placed for this device
+//! ([`crate::rollout::Gate`]). Nothing else decides what a device runs.
 
 use std::path::{Path, PathBuf};
 
@@ -20,6 +21,7 @@ use crate::client::Client;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::pull::PullTarget;
+use crate::rollout::{self, Gate};
 use crate::service::TargetSource;
 
 /// The folder of the state directory that holds the trusted metadata files.
@@ -38,6 +40,9 @@ pub struct MetadataSource {
     store_dir: PathBuf,
     class: String,
     platform: Platform,
+    /// The device certificate's SubjectPublicKeyInfo: its place in rollout waves.
+    spki: Vec<u8>,
+    download_ahead: bool,
     last_report: Option<UpdateReport>,
 }
 
@@ -96,6 +101,8 @@ impl MetadataSource {
             store_dir: metadata_dir(&config.state_dir),
             class: config.device.class.clone(),
             platform: config.device.platform.clone(),
+            spki: crate::rollout::device_spki(&config.device.certificate)?,
+            download_ahead: config.rollout.download_ahead,
             last_report: None,
         })
     }
@@ -113,10 +120,11 @@ impl MetadataSource {
         // read them in between.
         let mut updater = Updater::with_store(&self.anchor, store)
             .map_err(metadata("loading the trusted metadata"))?;
+        let system_now = UnixTime::now();
         let report = updater
             // The workflow never lets the effective clock go below the latest known time,
             // so a device that booted in 1970 still refuses expired metadata.
-            .update(&mut FacadeFetch::new(client), UnixTime::now())
+            .update(&mut FacadeFetch::new(client), system_now)
             .await
             .map_err(metadata("updating the signed metadata from the facade"))?;
         info!(
@@ -127,12 +135,24 @@ impl MetadataSource {
             "signed metadata is current"
         );
         self.last_report = Some(report);
-        let Some(targets) = updater.trusted().targets() else {
+        let trusted = updater.trusted();
+        let Some(targets) = trusted.targets() else {
             return Ok(Vec::new());
         };
+        // Rollout waves open by the same clock the targets' expiry was just checked at.
+        let now = trusted.effective_time(system_now);
         targets
             .matching(&self.class, &self.platform)
-            .map(pull_target)
+            .map(|entry| {
+                let mut target = pull_target(entry)?;
+                target.rollout = entry.rollout.as_ref().map(|rollout| Gate {
+                    rollout: rollout.clone(),
+                    position: rollout::position(&self.spki, &entry.name),
+                    now,
+                    download_ahead: self.download_ahead,
+                });
+                Ok(target)
+            })
             .collect()
     }
 }
@@ -148,7 +168,8 @@ pub fn metadata_dir(state_dir: &Path) -> PathBuf {
     state_dir.join(METADATA_DIR)
 }
 
-/// The pull target for a trusted entry.
+/// The pull target for a trusted entry, without its rollout (which needs the device's
+/// identity and clock: [`MetadataSource`] adds it).
 pub fn pull_target(entry: &TargetEntry) -> Result<PullTarget> {
     Ok(PullTarget {
         name: entry.name.to_string(),
@@ -156,6 +177,7 @@ pub fn pull_target(entry: &TargetEntry) -> Result<PullTarget> {
         digest: entry.digest.clone(),
         size: entry.size,
         media_type: entry.media_type.clone(),
+        rollout: None,
         apply: entry.apply,
     })
 }

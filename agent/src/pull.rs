@@ -33,6 +33,8 @@ pub struct PullTarget {
     pub size: u64,
     /// Its media type (an OCI or Docker manifest or index).
     pub media_type: String,
+    /// Its signed rollout as this device sees it; `None`: apply at once.
+    pub rollout: Option<crate::rollout::Gate>,
     /// How the signed entry says to apply it; `None`: as the artifact says
     /// ([`crate::apply::kind`]).
     pub apply: Option<ApplyMode>,

@@ -2,6 +2,8 @@
 //!
 //! A cycle asks a [`TargetSource`] what this device must run, pulls every target into the
 //! cache, and applies the first one (unless it is current already and its layout intact).
+//! A target with a signed rollout is pulled and applied only once this device's wave has
+//! opened (pulled before with `[rollout] download_ahead`): [`rollout::decide_target`].
 //! The source is where trust comes from: the signed metadata workflow implements it, and
 //! nothing here decides what a device runs. [`run`] repeats cycles every poll interval with
 //! jitter, backs off after failures, keeps systemd informed (`READY`, `STATUS`, `WATCHDOG`),
@@ -26,6 +28,7 @@ use crate::error::{Error, Result};
 use crate::notify::Notifier;
 use crate::progress::Progress;
 use crate::pull::{PullTarget, Puller};
+use crate::rollout::{self, Decision};
 use crate::store::index::now;
 use crate::store::{ArtifactState, LastResult, OpenReport, Pointers, Store, StoreOptions};
 
@@ -73,6 +76,15 @@ pub enum CycleOutcome {
     UpToDate {
         /// The target's name.
         target: String,
+    },
+    /// The target to apply waits for this device's rollout wave.
+    Waiting {
+        /// The target's name.
+        target: String,
+        /// When this device's wave opens.
+        opens: meshanics_shared::metadata::UnixTime,
+        /// Bytes received for the cycle's pulls (downloads ahead of the wave).
+        received_bytes: u64,
     },
     /// A new artifact is current.
     Applied {
@@ -143,6 +155,11 @@ impl Agent {
             Ok(CycleOutcome::Applied { target, .. }) => {
                 (true, format!("applied {target}"), Some(target.clone()))
             }
+            Ok(CycleOutcome::Waiting { target, opens, .. }) => (
+                true,
+                format!("{target} waits for this device's rollout wave, which opens at {opens}"),
+                Some(target.clone()),
+            ),
             // `apply` records its own failures with the hook's details.
             Err(Error::HookFailed { .. }) => return result,
             Err(err) => (false, err.to_string(), None),
@@ -201,12 +218,26 @@ impl Agent {
             }
             None => {}
         }
+        // Signed rollout waves: the one place the agent decides whether a target is applied
+        // (and whether it is downloaded before its wave opens).
+        let decisions: Vec<Decision> = targets.iter().map(rollout::decide_target).collect();
         let mut received = 0;
         let mut pulled = Vec::new();
-        for target in &targets {
+        for (target, decision) in targets.iter().zip(&decisions) {
+            if !decision.pulls() {
+                continue;
+            }
             let p = puller.pull(target).await?;
             received += p.received_bytes;
             pulled.push(p);
+        }
+        if let Some(&Decision::Wait { opens, download }) = decisions.first() {
+            info!(target = %first.name, %opens, downloaded = download, "waiting for this device's rollout wave");
+            return Ok(CycleOutcome::Waiting {
+                target: first.name.clone(),
+                opens,
+                received_bytes: received,
+            });
         }
         let Some(main) = pulled.first() else {
             return Ok(CycleOutcome::NothingToDo);
@@ -397,6 +428,9 @@ fn describe(outcome: &CycleOutcome) -> String {
     match outcome {
         CycleOutcome::NothingToDo => "idle: no target for this device".to_owned(),
         CycleOutcome::UpToDate { target } => format!("idle: {target} is up to date"),
+        CycleOutcome::Waiting { target, opens, .. } => {
+            format!("idle: {target} waits for this device's rollout wave (opens {opens})")
+        }
         CycleOutcome::Applied {
             target,
             received_bytes,

@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::rollout::WaveView;
 use crate::store::artifacts::scan_layout_in;
 use crate::store::{ArtifactState, LastResult, Pointers, last_result};
 
@@ -49,6 +50,8 @@ pub struct MetadataView {
     /// online-known time (RFC 3339). The root and targets expire against it; the timestamp
     /// against the system clock and the offline-known time alone (docs/metadata.md).
     pub effective_time: String,
+    /// This device's rollout wave in each target for it that has one.
+    pub rollouts: Vec<WaveView>,
 }
 
 /// One trusted role file.
@@ -145,6 +148,10 @@ pub fn read_metadata(config: &Config, system_now: UnixTime) -> Result<MetadataVi
     let trusted = TrustedSet::from_stored(&anchor, &stored)
         .map_err(metadata("verifying the trusted metadata"))?;
     let now = trusted.effective_time(system_now);
+    let rollouts = match trusted.targets() {
+        Some(targets) => crate::rollout::waves(config, targets, now)?,
+        None => Vec::new(),
+    };
     Ok(MetadataView {
         root: role_view(trusted.root(), now),
         timestamp: trusted
@@ -152,6 +159,7 @@ pub fn read_metadata(config: &Config, system_now: UnixTime) -> Result<MetadataVi
             .map(|t| role_view(t, trusted.timestamp_time(system_now))),
         targets: trusted.targets().map(|t| role_view(t, now)),
         effective_time: now.to_string(),
+        rollouts,
     })
 }
 

@@ -81,6 +81,7 @@ pub(crate) fn pulled_with(
             digest: manifest.digest.clone(),
             size: manifest.size,
             media_type: OCI_MANIFEST.to_owned(),
+            rollout: None,
             apply: None,
         },
         manifest,

@@ -7,9 +7,11 @@
 //! - [`release`]: `meshctl release` (targets from a pins file, then a timestamp) and
 //!   `meshctl timestamp refresh`.
 //! - [`verify`]: `meshctl verify`, the device's verification workflow on a folder.
+//! - [`waves`]: the `--waves` and `--rollout-start` of `meshctl release`.
 
 pub(crate) mod keys;
 pub(crate) mod release;
 pub(crate) mod repo;
 pub(crate) mod root;
 pub(crate) mod verify;
+pub(crate) mod waves;

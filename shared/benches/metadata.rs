@@ -52,6 +52,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             media_type: if i % 3 == 0 { OCI_INDEX } else { OCI_MANIFEST }.to_owned(),
             selectors,
             custom: Default::default(),
+            rollout: None,
             apply: None,
         });
     }

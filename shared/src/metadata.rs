@@ -26,6 +26,7 @@ pub mod error;
 pub mod fetch;
 pub mod key;
 pub mod role;
+pub mod rollout;
 pub mod root;
 pub mod store;
 pub mod targets;
@@ -39,6 +40,7 @@ pub use error::MetadataError;
 pub use fetch::{DirectoryFetch, Fetch, FetchError};
 pub use key::{KeyId, PublicKey, SigningKey};
 pub use role::{Role, RoleKeys, RoleType, SPEC_VERSION};
+pub use rollout::{Placement, Position, Rollout, RolloutError, Wave};
 pub use root::{Roles, Root};
 pub use store::TrustedStore;
 pub use targets::{

@@ -97,6 +97,45 @@ def root(version: int, root_keys, targets_keys, timestamp_keys, threshold=1) -> 
     }
 
 
+WHOLE = 1_000_000  # a rollout share of the whole fleet, in millionths (section 4.4)
+
+
+def check_rollout(rollout: dict) -> None:
+    """The rules of section 4.4; raises ValueError naming the broken one."""
+    if set(rollout) != {"start", "waves"}:
+        raise ValueError(f"rollout keys {sorted(rollout)}")
+    waves = rollout["waves"]
+    if not 1 <= len(waves) <= 32:
+        raise ValueError(f"{len(waves)} waves")
+    for i, wave in enumerate(waves):
+        if set(wave) != {"share", "delay"}:
+            raise ValueError(f"wave {i + 1} keys {sorted(wave)}")
+        if not 0 < wave["share"] <= WHOLE:
+            raise ValueError(f"wave {i + 1} share {wave['share']}")
+        if i and (wave["share"] <= waves[i - 1]["share"] or wave["delay"] <= waves[i - 1]["delay"]):
+            raise ValueError(f"wave {i + 1} does not increase")
+        if rollout["start"] + wave["delay"] >= 2**64:
+            raise ValueError(f"wave {i + 1} opens past 2^64")
+    if waves[-1]["share"] != WHOLE:
+        raise ValueError("the last wave is not the whole fleet")
+
+
+def position(spki_der: bytes, target_name: str) -> int:
+    """A device's position in a target's rollout, as the numerator over 2^64: the first
+    8 bytes of SHA-256(spki || name), big-endian."""
+    digest = hashlib.sha256(spki_der + target_name.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big")
+
+
+def placement(rollout: dict, position_bits: int) -> tuple[int, int]:
+    """The device's wave (from 1) and when it opens: the first wave with
+    position / 2^64 < share / 10^6, compared exactly."""
+    for i, wave in enumerate(rollout["waves"]):
+        if position_bits * WHOLE < wave["share"] << 64:
+            return i + 1, rollout["start"] + wave["delay"]
+    raise ValueError("no wave takes this position: the rollout is malformed")
+
+
 def targets(version: int, entries: list[dict]) -> dict:
     return {**common("targets", version, 30 * 86400), "targets": entries}
 

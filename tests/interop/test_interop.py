@@ -1,9 +1,14 @@
 """meshctl and the device workflow against an independent implementation (pycose):
 each side verifies what the other signed, and neither accepts a flipped byte."""
 
+import datetime
 import json
 
 import metadata_format as fmt
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.x509.oid import NameOID
 
 PINS = [
     {
@@ -25,8 +30,9 @@ PINS = [
 ]
 
 
-def meshctl_repository(run, tmp_path):
-    """A repository signed by meshctl; returns its folder and the public keys by key id."""
+def meshctl_repository(run, tmp_path, *release_args: str):
+    """A repository signed by meshctl (`release_args` added to `meshctl release`); returns
+    its folder and the public keys by key id."""
     for name in ["root", "targets", "timestamp"]:
         run("key", "generate", "--out", f"keys/{name}")
     run(
@@ -40,6 +46,7 @@ def meshctl_repository(run, tmp_path):
         "release", "--dir", "meta", "--pins", "pins.json",
         "--targets-key", "keys/targets.key",
         "--timestamp-key", "keys/timestamp.key",
+        *release_args,
     )
     publics = {}
     for name in ["root", "targets", "timestamp"]:
@@ -48,8 +55,9 @@ def meshctl_repository(run, tmp_path):
     return tmp_path / "meta", publics
 
 
-def python_repository(tmp_path):
-    """A repository written and signed by the Python side alone, with one root rotation."""
+def python_repository(tmp_path, pins=PINS):
+    """A repository written and signed by the Python side alone, with one root rotation,
+    releasing `pins`."""
     root_key, root_key2, targets_key, timestamp_key = (fmt.Key() for _ in range(4))
     meta = tmp_path / "pymeta"
     meta.mkdir()
@@ -58,7 +66,7 @@ def python_repository(tmp_path):
     # Version 2 moves the root role to a new key: signed by the old and the new.
     root2 = fmt.root(2, [root_key2], [targets_key], [timestamp_key])
     (meta / "2.root.cose").write_bytes(fmt.sign(root2, [root_key, root_key2]))
-    signed_targets = fmt.sign(fmt.targets(1, PINS), [targets_key])
+    signed_targets = fmt.sign(fmt.targets(1, pins), [targets_key])
     (meta / "1.targets.cose").write_bytes(signed_targets)
     signed_timestamp = fmt.sign(fmt.timestamp(1, signed_targets, 1), [timestamp_key])
     (meta / "timestamp.cose").write_bytes(signed_timestamp)
@@ -135,3 +143,122 @@ def test_one_flipped_byte_in_a_python_file_fails_on_both_sides(run, tmp_path):
     done = verify_with_meshctl(run, meta)
     assert done.returncode != 0
     assert "1.targets.cose" in done.stderr
+
+
+WAVES = "1%@0,10%@2h,100%@24h"
+START = "2026-12-01T08:00:00Z"
+START_UNIX = 1_796_112_000
+
+
+def device_certificate(tmp_path, name: str, key) -> tuple[bytes, bytes]:
+    """A self-signed device certificate for `key`, written to NAME.pem; returns its DER
+    SubjectPublicKeyInfo and its PEM."""
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    algorithm = None if isinstance(key, ed25519.Ed25519PrivateKey) else hashes.SHA256()
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=30))
+        .sign(key, algorithm)
+    )
+    pem = cert.public_bytes(serialization.Encoding.PEM)
+    (tmp_path / f"{name}.pem").write_bytes(pem)
+    spki = cert.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return spki, pem
+
+
+def test_meshctl_waves_decode_verify_and_place_devices_the_same_in_python(run, tmp_path):
+    meta, publics = meshctl_repository(
+        run, tmp_path, "--waves", WAVES, "--rollout-start", START
+    )
+
+    # Python checks the signature over the payload that carries the waves, and decodes them.
+    signed = (meta / "1.targets.cose").read_bytes()
+    assert len(fmt.verify(signed, publics)) == 1
+    expected = {
+        "start": START_UNIX,
+        "waves": [
+            {"share": 10_000, "delay": 0},
+            {"share": 100_000, "delay": 7200},
+            {"share": 1_000_000, "delay": 86400},
+        ],
+    }
+    for entry in fmt.payload(signed)["targets"]:
+        assert entry["rollout"] == expected, entry["name"]
+        fmt.check_rollout(entry["rollout"])
+
+    # Device identities of both key kinds: Python and meshctl put each in the same place.
+    keys = [ec.generate_private_key(ec.SECP256R1()) for _ in range(6)]
+    keys += [ed25519.Ed25519PrivateKey.generate() for _ in range(6)]
+    for i, key in enumerate(keys):
+        spki, _ = device_certificate(tmp_path, f"device-{i}", key)
+        done = run(
+            "--json", "verify", str(meta), "--root", str(meta / "1.root.cose"),
+            "--certificate", str(tmp_path / f"device-{i}.pem"),
+        )
+        device = json.loads(done.stdout)["device"]
+        assert [d["target"] for d in device] == ["app", "tools"]
+        for placed in device:
+            bits = fmt.position(spki, placed["target"])
+            wave, opens = fmt.placement(expected, bits)
+            assert placed["position_bits"] == bits, (i, placed)
+            assert placed["wave"] == wave, (i, placed)
+            assert placed["opens_unix"] == opens, (i, placed)
+
+    # Positions at the exact edges of each wave, computed by both sides' rules.
+    edge_1 = (10_000 << 64) // fmt.WHOLE  # 1 % of 2^64, rounded down: still wave 1
+    assert fmt.placement(expected, edge_1) == (1, START_UNIX)
+    assert fmt.placement(expected, edge_1 + 1) == (2, START_UNIX + 7200)
+    assert fmt.placement(expected, 2**64 - 1) == (3, START_UNIX + 86400)
+
+
+def python_waves_repository(tmp_path, rollout: dict):
+    """A repository signed in Python whose "app" target carries `rollout`."""
+    return python_repository(tmp_path, [dict(PINS[0], rollout=rollout), PINS[1]])
+
+
+def test_waves_signed_in_python_are_what_the_device_workflow_places_devices_by(run, tmp_path):
+    rollout = {
+        "start": START_UNIX,
+        "waves": [{"share": 250_000, "delay": 0}, {"share": 1_000_000, "delay": 3600}],
+    }
+    fmt.check_rollout(rollout)
+    meta = python_waves_repository(tmp_path, rollout)
+    spki, _ = device_certificate(tmp_path, "device", ec.generate_private_key(ec.SECP384R1()))
+
+    done = run(
+        "--json", "verify", str(meta), "--root", str(meta / "1.root.cose"),
+        "--certificate", str(tmp_path / "device.pem"),
+    )
+
+    report = json.loads(done.stdout)
+    assert report["targets"]["entries"][0]["rollout"] == rollout
+    assert "rollout" not in report["targets"]["entries"][1]
+    app = report["device"][0]
+    wave, opens = fmt.placement(rollout, fmt.position(spki, "app"))
+    assert (app["position_bits"], app["wave"], app["opens_unix"]) == (
+        fmt.position(spki, "app"), wave, opens
+    )
+    assert report["device"][1]["wave"] is None  # "tools" has no rollout
+
+
+def test_a_malformed_rollout_signed_in_python_is_refused_naming_the_target(run, tmp_path):
+    # Shares that go down: signed correctly, but against the rules of section 4.4.
+    rollout = {
+        "start": START_UNIX,
+        "waves": [{"share": 500_000, "delay": 0}, {"share": 100_000, "delay": 60}, {"share": 1_000_000, "delay": 120}],
+    }
+    meta = python_waves_repository(tmp_path, rollout)
+
+    done = verify_with_meshctl(run, meta)
+
+    assert done.returncode != 0
+    assert "target app" in done.stderr, done.stderr
+    assert "rollout wave 2" in done.stderr, done.stderr

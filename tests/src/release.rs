@@ -149,6 +149,7 @@ pub fn entry(
             platform: None,
         },
         custom: BTreeMap::new(),
+        rollout: None,
         apply: None,
     })
 }

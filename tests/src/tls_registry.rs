@@ -143,6 +143,7 @@ impl TlsRegistry {
             digest: descriptor.digest.clone(),
             size: descriptor.size,
             media_type: descriptor.media_type.clone(),
+            rollout: None,
             apply: None,
         })
     }

@@ -249,6 +249,7 @@ mod tests {
                 digest: manifest.digest.clone(),
                 size: manifest.size,
                 media_type: OCI_MANIFEST.into(),
+                rollout: None,
                 apply: None,
             },
             manifest,

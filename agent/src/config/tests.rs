@@ -89,6 +89,16 @@ fn parses_a_complete_configuration_into_typed_values() {
 }
 
 #[test]
+fn rollout_download_ahead_is_off_unless_configured() {
+    let files = Files::new();
+    assert!(!files.parse(VALID).unwrap().rollout.download_ahead);
+    let text = format!("{VALID}\n[rollout]\ndownload_ahead = true\n");
+    assert!(files.parse(&text).unwrap().rollout.download_ahead);
+    let text = format!("{VALID}\n[rollout]\ndownload_ahed = true\n");
+    assert!(files.parse(&text).is_err());
+}
+
+#[test]
 fn detects_the_platform_when_none_is_configured() {
     let files = Files::new();
     let text = VALID.replace("platform = \"linux/arm64\"\n", "");

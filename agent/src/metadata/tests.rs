@@ -18,6 +18,7 @@ fn entry(upstream: &str) -> TargetEntry {
         media_type: meshanics_shared::media_type::OCI_INDEX.to_owned(),
         selectors: Selectors::default(),
         custom: BTreeMap::new(),
+        rollout: None,
         apply: None,
     }
 }
@@ -61,6 +62,8 @@ fn source(state: &Path, anchor: Vec<u8>) -> MetadataSource {
         store_dir: metadata_dir(state),
         class: "gateway".into(),
         platform: Platform::parse("linux/arm64").unwrap(),
+        spki: b"device key".to_vec(),
+        download_ahead: false,
         last_report: None,
     }
 }

@@ -15,8 +15,8 @@ use meshanics_shared::metadata::{
 };
 use serde_json::json;
 
-use super::keys;
 use super::repo::{Repo, now};
+use super::{keys, waves};
 use crate::durations;
 use crate::output::Output;
 
@@ -41,6 +41,14 @@ pub(crate) struct ReleaseArgs {
     /// How long the timestamp is valid.
     #[arg(long, default_value = "1d", value_parser = durations::parse)]
     timestamp_expires: Duration,
+    /// Roll every target of the release out in waves, signed with it: SHARE%@DELAY,...
+    /// (`1%@0,10%@2h,100%@24h`: 1 % of the fleet at once, 10 % after 2 h, everyone after
+    /// 24 h). Replaces any rollout in the pins file.
+    #[arg(long, value_name = "WAVES")]
+    waves: Option<String>,
+    /// When the waves' delays start counting: `now` (the default) or an RFC 3339 time.
+    #[arg(long, value_name = "TIME", requires = "waves")]
+    rollout_start: Option<String>,
     /// How devices apply a target, overriding what its artifact says: `NAME=layout` (an OCI
     /// image layout) or `NAME=files` (a folder of files). Repeat for several targets.
     #[arg(long = "apply", value_name = "NAME=layout|files", value_parser = parse_apply)]
@@ -75,6 +83,15 @@ pub(crate) fn release(args: &ReleaseArgs, out: &Output) -> anyhow::Result<()> {
         };
         entry.apply = Some(*mode);
     }
+    let issued = now();
+    if let Some(text) = &args.waves {
+        let start = waves::parse_start(args.rollout_start.as_deref().unwrap_or("now"), issued)
+            .map_err(anyhow::Error::msg)?;
+        let rollout = waves::parse(text, start).map_err(anyhow::Error::msg)?;
+        for entry in &mut entries {
+            entry.rollout = Some(rollout.clone());
+        }
+    }
     let targets_keys = keys::load_signing(&args.targets_keys)?;
     let timestamp_keys = keys::load_signing(&args.timestamp_keys)?;
 
@@ -82,7 +99,6 @@ pub(crate) fn release(args: &ReleaseArgs, out: &Output) -> anyhow::Result<()> {
         .latest_version("targets")?
         .unwrap_or(0)
         .saturating_add(1);
-    let issued = now();
     let count = entries.len();
     let targets = Targets::new(
         version,

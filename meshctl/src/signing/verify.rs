@@ -6,8 +6,9 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::Args;
-use meshanics_shared::Platform;
-use meshanics_shared::metadata::{DirectoryFetch, Role, TrustedSet, UnixTime, Updater};
+use meshanics_shared::metadata::rollout::certificate_spki;
+use meshanics_shared::metadata::{DirectoryFetch, Position, Role, TrustedSet, UnixTime, Updater};
+use meshanics_shared::{Platform, tls};
 use serde_json::json;
 
 use crate::output::Output;
@@ -29,6 +30,10 @@ pub(crate) struct VerifyArgs {
     /// Check expiry at this time (seconds since the epoch) instead of now.
     #[arg(long, value_name = "SECONDS")]
     at: Option<u64>,
+    /// A device certificate (PEM): show where that device stands in each listed target's
+    /// rollout (its position, its wave, when the wave opens).
+    #[arg(long, value_name = "FILE")]
+    certificate: Option<PathBuf>,
 }
 
 pub(crate) fn verify(args: &VerifyArgs, out: &Output) -> anyhow::Result<()> {
@@ -82,12 +87,60 @@ pub(crate) fn verify(args: &VerifyArgs, out: &Output) -> anyhow::Result<()> {
         targets.version(),
         targets.expires(),
     );
+    let spki = match &args.certificate {
+        Some(path) => {
+            let chain = tls::load_certificates(path)?;
+            let first = chain
+                .first()
+                .with_context(|| format!("{}: no certificate", path.display()))?;
+            Some(certificate_spki(first.as_ref()).with_context(|| format!("{}", path.display()))?)
+        }
+        None => None,
+    };
+    let mut placements = Vec::new();
     text.push_str(&format!("{} target(s):\n", entries.len()));
     for entry in &entries {
         text.push_str(&format!(
             "  {}  {}@{}  {} bytes\n",
             entry.name, entry.repository, entry.digest, entry.size
         ));
+        if let Some(rollout) = &entry.rollout {
+            let waves: Vec<String> = rollout
+                .waves
+                .iter()
+                .map(|w| format!("{} %@+{}s", f64::from(w.share) / 10_000.0, w.delay))
+                .collect();
+            text.push_str(&format!(
+                "    rollout from {}: {}\n",
+                rollout.start,
+                waves.join(", ")
+            ));
+        }
+        if let Some(spki) = &spki {
+            let position = Position::of(spki, &entry.name);
+            let placed = entry.rollout.as_ref().and_then(|r| r.place(position));
+            if let Some(placed) = placed {
+                text.push_str(&format!(
+                    "    this device: position {:.6}, wave {}, opens {}{}\n",
+                    position.fraction(),
+                    placed.wave + 1,
+                    placed.opens,
+                    if placed.opens <= report.effective_time {
+                        " (open)"
+                    } else {
+                        ""
+                    }
+                ));
+            }
+            placements.push(json!({
+                "target": entry.name,
+                "position": position.fraction(),
+                "position_bits": position.bits(),
+                "wave": placed.map(|p| p.wave + 1),
+                "opens": placed.map(|p| p.opens.to_string()),
+                "opens_unix": placed.map(|p| p.opens.as_secs()),
+            }));
+        }
     }
     out.result(
         &text,
@@ -100,6 +153,7 @@ pub(crate) fn verify(args: &VerifyArgs, out: &Output) -> anyhow::Result<()> {
                 "expires": targets.expires().to_string(),
                 "entries": entries,
             },
+            "device": spki.is_some().then_some(placements),
         }),
     );
     Ok(())

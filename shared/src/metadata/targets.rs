@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::error::MetadataError;
 use super::role::{Role, RoleType, check_common};
+use super::rollout::{Rollout, RolloutError};
 use super::time::UnixTime;
 use crate::digest::Digest;
 use crate::manifest::MAX_MANIFEST_SIZE;
@@ -55,6 +56,9 @@ pub struct TargetEntry {
     /// Free-form text fields for the apply hook; the verifier does not interpret them.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub custom: BTreeMap<String, String>,
+    /// When each device may apply it ([`Rollout`]); absent means every device at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<Rollout>,
     /// How devices apply it; absent means as the artifact says (an image is laid out, a
     /// model or file artifact becomes files). Absent from every file written before it
     /// existed, which therefore still decode and verify.
@@ -165,6 +169,10 @@ pub enum TargetError {
         /// The most allowed.
         max: usize,
     },
+    /// A rollout that breaks a rule of its own (no waves, shares or delays not increasing,
+    /// the last wave short of the whole fleet).
+    #[error(transparent)]
+    Rollout(#[from] RolloutError),
 }
 
 /// The most custom fields a target entry may have.
@@ -282,6 +290,9 @@ impl TargetEntry {
                 count: self.custom.len(),
                 max: CUSTOM_FIELDS_MAX,
             });
+        }
+        if let Some(rollout) = &self.rollout {
+            rollout.check()?;
         }
         Ok(())
     }

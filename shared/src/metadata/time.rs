@@ -47,6 +47,17 @@ impl UnixTime {
         )
     }
 
+    /// Parses an RFC 3339 time with its offset (`2026-11-22T07:19:32Z`,
+    /// `2026-11-22T08:19:32+01:00`), truncated to whole seconds. Times before 1970 are
+    /// refused.
+    pub fn parse_rfc3339(text: &str) -> Result<Self, String> {
+        let parsed = OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+            .map_err(|e| format!("{text:?} is not an RFC 3339 time: {e}"))?;
+        u64::try_from(parsed.unix_timestamp())
+            .map(UnixTime)
+            .map_err(|_| format!("{text:?} is before 1970"))
+    }
+
     /// This time plus a duration, saturating at the end of `u64` seconds.
     pub fn saturating_add(self, duration: Duration) -> Self {
         UnixTime(self.0.saturating_add(duration.as_secs()))
@@ -123,6 +134,22 @@ mod tests {
         ];
         for (secs, want) in rows {
             assert_eq!(UnixTime::from_secs(secs).to_string(), want, "{secs}");
+        }
+    }
+
+    #[test]
+    fn parses_rfc3339_with_any_offset_and_refuses_other_text() {
+        assert_eq!(
+            UnixTime::parse_rfc3339("2026-11-22T07:19:32Z"),
+            Ok(UnixTime::from_secs(1_795_331_972))
+        );
+        assert_eq!(
+            UnixTime::parse_rfc3339("2026-11-22T08:19:32+01:00"),
+            Ok(UnixTime::from_secs(1_795_331_972))
+        );
+        for bad in ["2026-11-22", "now", "1969-12-31T23:59:59Z", ""] {
+            let err = UnixTime::parse_rfc3339(bad).unwrap_err();
+            assert!(err.contains(&format!("{bad:?}")), "{err}");
         }
     }
 

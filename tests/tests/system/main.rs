@@ -15,9 +15,11 @@ mod agent_kill_resume; // the agent binary SIGKILLed mid-download converges and 
 mod agent_pull; // the agent pulling by digest from the registry behind mutual TLS
 mod agent_service; // the update cycle and service loop: systemd notify, stop and resume
 mod agent_sync_and_run; // the agent binary's `sync --once`, `run` and `status` end to end
+mod agent_waves; // signed rollout waves: download ahead, apply when the wave opens, tampering refused
 mod connections_tags; // tag listing and import against paginating and failing registries
 mod facade_auth; // upstream Basic and bearer-token auth through the facade
-mod facade_faults; // the facade binary against a misbehaving upstream: no leaks
+mod facade_cache; // the content-addressed cache: one upstream fetch per digest, failures, eviction, ranges
+mod facade_faults; // the facade binary against a misbehaving upstream, cache off and on: no leaks
 mod facade_https; // an HTTPS upstream with a private CA
 mod facade_malicious; // a malicious upstream never gets wrong bytes to a device
 mod facade_ops; // health, metrics and graceful shutdown on the operator listener

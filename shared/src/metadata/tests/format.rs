@@ -5,6 +5,7 @@ use ciborium::Value;
 use super::simulator::{DAY, Simulator, T0};
 use crate::metadata::envelope::{Envelope, sign_payload};
 use crate::metadata::fetch::{FetchError, read_capped};
+use crate::metadata::rollout::{Rollout, RolloutError};
 use crate::metadata::{
     KeyId, MetadataError, PublicKey, Role, RoleType, Selectors, SigningKey, TargetError,
     TargetName, TargetsMeta, Timestamp, TrustedStore, UnixTime, UpstreamRepository, open, sign,
@@ -368,6 +369,166 @@ fn the_apply_field_is_optional_and_an_entry_without_it_encodes_as_before_it_exis
 
     let bad = json.replace("\"size\"", "\"apply\": \"copy\", \"size\"");
     assert!(serde_json::from_str::<crate::metadata::TargetEntry>(&bad).is_err());
+}
+
+fn waves() -> Rollout {
+    crate::metadata::rollout::example(T0)
+}
+
+#[test]
+fn a_rollout_is_a_map_of_start_and_waves_and_an_entry_without_one_encodes_as_before() {
+    let mut sim = Simulator::new();
+    let plain = sim.entry("app", b"1");
+    let value = Value::serialized(&plain).unwrap();
+    let keys: Vec<&str> = value
+        .as_map()
+        .unwrap()
+        .iter()
+        .filter_map(|(k, _)| k.as_text())
+        .collect();
+    // No `rollout` key: a release without waves is byte-for-byte what older signers wrote,
+    // and what older devices read.
+    assert_eq!(keys, ["name", "repository", "digest", "size", "media_type"]);
+
+    let mut staged = plain;
+    staged.rollout = Some(waves());
+    let mut bytes = Vec::new();
+    ciborium::ser::into_writer(&staged, &mut bytes).unwrap();
+    let value: Value = ciborium::de::from_reader(bytes.as_slice()).unwrap();
+    let rollout = value
+        .as_map()
+        .unwrap()
+        .iter()
+        .find(|(k, _)| k.as_text() == Some("rollout"))
+        .map(|(_, v)| v.clone())
+        .unwrap();
+    let wave = |share: u64, delay: u64| {
+        Value::Map(vec![
+            (Value::Text("share".into()), Value::Integer(share.into())),
+            (Value::Text("delay".into()), Value::Integer(delay.into())),
+        ])
+    };
+    assert_eq!(
+        rollout,
+        Value::Map(vec![
+            (
+                Value::Text("start".into()),
+                Value::Integer(T0.as_secs().into())
+            ),
+            (
+                Value::Text("waves".into()),
+                Value::Array(vec![
+                    wave(10_000, 0),
+                    wave(100_000, 7200),
+                    wave(1_000_000, 86_400)
+                ])
+            ),
+        ])
+    );
+    let decoded: crate::metadata::TargetEntry =
+        ciborium::de::from_reader(bytes.as_slice()).unwrap();
+    assert_eq!(decoded, staged);
+}
+
+#[test]
+fn signed_targets_with_a_malformed_rollout_are_refused_naming_the_target() {
+    let mut sim = Simulator::new();
+    let root = sim.root_payload(&sim.spec, 1);
+    let mut entry = sim.entry("app", b"1");
+    let mut bad = waves();
+    bad.waves[1].share = 5_000;
+    entry.rollout = Some(bad);
+    let bytes = sim.sign_targets(1, T0.saturating_add(DAY), vec![entry.clone()]);
+
+    let err = open::<crate::metadata::Targets>("1.targets.cose", &bytes, &root).unwrap_err();
+
+    assert_eq!(
+        err.to_string(),
+        "1.targets.cose: invalid targets metadata: target app: rollout wave 2: share 5000 is not above the previous wave's 10000"
+    );
+    assert!(
+        matches!(&err, MetadataError::InvalidTarget { name, source, .. }
+            if name == "app" && matches!(**source, TargetError::Rollout(RolloutError::ShareNotIncreasing { wave: 2, .. }))),
+        "{err:?}"
+    );
+    // Unknown keys inside a rollout are refused like anywhere else in a payload.
+    entry.rollout = Some(waves());
+    let mut value = Value::serialized(&crate::metadata::Targets::new(
+        1,
+        T0,
+        T0.saturating_add(DAY),
+        vec![entry],
+    ))
+    .unwrap();
+    let targets = value
+        .as_map_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|(k, _)| k.as_text() == Some("targets"))
+        .unwrap();
+    let first = &mut targets.1.as_array_mut().unwrap()[0];
+    let rollout = first
+        .as_map_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|(k, _)| k.as_text() == Some("rollout"))
+        .unwrap();
+    rollout
+        .1
+        .as_map_mut()
+        .unwrap()
+        .push((Value::Text("jitter".into()), Value::Integer(1.into())));
+    let mut payload = Vec::new();
+    ciborium::ser::into_writer(&value, &mut payload).unwrap();
+    let bytes = sign_payload(payload, &[&sim.spec.targets[0]]).unwrap();
+    let err = open::<crate::metadata::Targets>("1.targets.cose", &bytes, &root).unwrap_err();
+    assert!(
+        matches!(&err, MetadataError::Payload { reason, .. } if reason.contains("jitter")),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn a_rollout_changed_after_signing_fails_the_signature() {
+    let mut sim = Simulator::new();
+    let root = sim.root_payload(&sim.spec, 1);
+    let mut entry = sim.entry("app", b"1");
+    entry.rollout = Some(waves());
+    let mut bytes = sim.sign_targets(1, T0.saturating_add(DAY), vec![entry]);
+    assert!(open::<crate::metadata::Targets>("1.targets.cose", &bytes, &root).is_ok());
+
+    // Move the start a day earlier (a facade opening every wave at once): "start", then
+    // its value as a 4- or 8-byte unsigned integer.
+    let at = bytes.windows(6).position(|w| w == b"\x65start").unwrap();
+    let mut start: Value = ciborium::de::from_reader(&bytes[at + 6..]).unwrap();
+    let old = start.as_integer().map(u64::try_from).unwrap().unwrap();
+    let mut encoded = Vec::new();
+    ciborium::ser::into_writer(&start, &mut encoded).unwrap();
+    start = Value::Integer((old - DAY.as_secs()).into());
+    let mut replacement = Vec::new();
+    ciborium::ser::into_writer(&start, &mut replacement).unwrap();
+    assert_eq!(encoded.len(), replacement.len());
+    bytes[at + 6..at + 6 + encoded.len()].copy_from_slice(&replacement);
+
+    let err = open::<crate::metadata::Targets>("1.targets.cose", &bytes, &root).unwrap_err();
+    assert!(
+        matches!(err, MetadataError::BelowThreshold { valid: 0, .. }),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn pins_json_carries_a_rollout_as_unix_seconds_and_millionths() {
+    let json = r#"[{"name": "app", "repository": "ghcr.io/org/app",
+        "digest": "sha256:6c3c624b58dbbcd3c0dd82b4c53f04194d1247c6eebdaab7c610cf7d66709b3b",
+        "size": 525, "media_type": "application/vnd.oci.image.index.v1+json",
+        "rollout": {"start": 1795331972, "waves": [
+            {"share": 10000, "delay": 0}, {"share": 1000000, "delay": 86400}]}}]"#;
+    let entries: Vec<crate::metadata::TargetEntry> = serde_json::from_str(json).unwrap();
+    let rollout = entries[0].rollout.as_ref().unwrap();
+    assert_eq!(rollout.start, UnixTime::from_secs(1_795_331_972));
+    assert_eq!(rollout.waves.len(), 2);
+    assert!(entries[0].check().is_ok());
 }
 
 #[tokio::test]

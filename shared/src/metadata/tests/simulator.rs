@@ -155,6 +155,7 @@ impl Simulator {
             media_type: OCI_MANIFEST.to_owned(),
             selectors: Default::default(),
             custom: Default::default(),
+            rollout: None,
             apply: None,
         }
     }
