@@ -135,25 +135,23 @@ pub fn modelpack(
         "config": {"format": "safetensors"},
         "modelfs": {"type": "layers", "diffIds": []},
     }))?;
-    let mut layers = Vec::new();
-    for (folder, group) in grouped(files) {
-        match folder {
-            None => {
-                for file in group {
-                    layers.push(layer(
-                        MODELPACK_WEIGHT_RAW,
-                        file.contents.clone(),
-                        &[("org.cncf.model.filepath", &file.path)],
-                    ));
-                }
-            }
-            Some(folder) => layers.push(layer(
+    let layers = layers_of(
+        files,
+        |file| {
+            layer(
+                MODELPACK_WEIGHT_RAW,
+                file.contents.clone(),
+                &[("org.cncf.model.filepath", &file.path)],
+            )
+        },
+        |folder, archive| {
+            layer(
                 MODELPACK_WEIGHT_CONFIG_GZIP,
-                gzip(&tar_archive(&group))?,
-                &[("org.cncf.model.filepath", &folder)],
-            )),
-        }
-    }
+                archive,
+                &[("org.cncf.model.filepath", folder)],
+            )
+        },
+    )?;
     write_artifact(
         dir,
         tag,
@@ -167,28 +165,26 @@ pub fn modelpack(
 /// top-level folder a `tar+gzip` layer titled with the folder's name and marked for
 /// unpacking.
 pub fn oras(files: &[LayerFile], dir: &Path, tag: &str) -> Result<BuiltArtifact, FixtureError> {
-    let mut layers = Vec::new();
-    for (folder, group) in grouped(files) {
-        match folder {
-            None => {
-                for file in group {
-                    layers.push(layer(
-                        "application/vnd.oci.image.layer.v1.tar",
-                        file.contents.clone(),
-                        &[("org.opencontainers.image.title", &file.path)],
-                    ));
-                }
-            }
-            Some(folder) => layers.push(layer(
+    let layers = layers_of(
+        files,
+        |file| {
+            layer(
+                "application/vnd.oci.image.layer.v1.tar",
+                file.contents.clone(),
+                &[("org.opencontainers.image.title", &file.path)],
+            )
+        },
+        |folder, archive| {
+            layer(
                 "application/vnd.oci.image.layer.v1.tar+gzip",
-                gzip(&tar_archive(&group))?,
+                archive,
                 &[
-                    ("org.opencontainers.image.title", &folder),
+                    ("org.opencontainers.image.title", folder),
                     ("io.deis.oras.content.unpack", "true"),
                 ],
-            )),
-        }
-    }
+            )
+        },
+    )?;
     write_artifact(
         dir,
         tag,
@@ -254,6 +250,23 @@ pub fn read_tree(root: &Path) -> Result<BTreeMap<String, Vec<u8>>, FixtureError>
         }
     }
     Ok(out)
+}
+
+/// One layer per top-level file (`file`), and per top-level folder one made by `folder`
+/// from the folder's name and a gzipped tar of its files (full paths), in first-seen order.
+fn layers_of(
+    files: &[LayerFile],
+    file: impl Fn(&LayerFile) -> ArtifactLayer,
+    folder: impl Fn(&str, Vec<u8>) -> ArtifactLayer,
+) -> Result<Vec<ArtifactLayer>, FixtureError> {
+    let mut layers = Vec::new();
+    for (name, group) in grouped(files) {
+        match name {
+            None => layers.extend(group.iter().map(&file)),
+            Some(name) => layers.push(folder(&name, gzip(&tar_archive(&group))?)),
+        }
+    }
+    Ok(layers)
 }
 
 /// Files grouped by their top-level folder (`None`: top-level files), in first-seen order.

@@ -194,13 +194,12 @@ mod tests {
     use std::io::Write as _;
     use std::os::unix::fs::MetadataExt as _;
 
+    use meshanics_shared::Algorithm;
     use meshanics_shared::media_type::OCI_MANIFEST;
-    use meshanics_shared::{Algorithm, Repository};
 
     use super::*;
     use crate::apply::{ArtifactKind, apply, materialize};
-    use crate::pull::PullTarget;
-    use crate::testing::{descriptor_with, store};
+    use crate::testing::{descriptor_with, pulled_of, store};
 
     /// A layer: media type, bytes, annotations.
     type TestLayer<'a> = (&'a str, &'a [u8], &'a [(&'a str, &'a str)]);
@@ -242,22 +241,7 @@ mod tests {
         store.put(&manifest.digest, &bytes).unwrap();
         let mut blobs = vec![config];
         blobs.extend(descriptors);
-        Pulled {
-            target: PullTarget {
-                name: "model".into(),
-                repository: Repository::parse("127.0.0.1_5000/team/model").unwrap(),
-                digest: manifest.digest.clone(),
-                size: manifest.size,
-                media_type: OCI_MANIFEST.into(),
-                rollout: None,
-                apply: None,
-            },
-            manifest,
-            blobs,
-            fetched: 0,
-            cached: 0,
-            received_bytes: 0,
-        }
+        pulled_of("model", "127.0.0.1_5000/team/model", manifest, blobs)
     }
 
     fn tar_of(files: &[(&str, &[u8])]) -> Vec<u8> {
@@ -449,48 +433,46 @@ mod tests {
 
     #[test]
     fn layers_are_planned_as_oras_modelpack_and_docker_name_them() {
-        let oras_dir = layer(
-            "application/vnd.oci.image.layer.v1.tar+gzip",
-            &[(TITLE, "data"), (ORAS_UNPACK, "true")],
-        );
-        assert_eq!(
-            plan(&oras_dir),
-            Plan::Extract {
-                compression: Compression::Gzip,
-                prefix: Some("data"),
-            }
-        );
-        let oras_file = layer(
-            "application/vnd.oci.image.layer.v1.tar",
-            &[(TITLE, "backup.tar")],
-        );
-        assert_eq!(plan(&oras_file), Plan::File("backup.tar".into()));
-        let weight = layer(
-            "application/vnd.cncf.model.weight.v1.raw",
-            &[(MODEL_FILEPATH, "model/w.safetensors")],
-        );
-        assert_eq!(plan(&weight), Plan::File("model/w.safetensors".into()));
-        let cnai = layer(
-            "application/vnd.cnai.model.doc.v1.raw",
-            &[(CNAI_FILEPATH, "README.md")],
-        );
-        assert_eq!(plan(&cnai), Plan::File("README.md".into()));
-        let code = layer(
-            "application/vnd.cncf.model.code.v1.tar+zstd",
-            &[(MODEL_FILEPATH, "src")],
-        );
-        assert_eq!(
-            plan(&code),
-            Plan::Extract {
-                compression: Compression::Zstd,
-                prefix: None,
-            }
-        );
         let gguf = layer("application/vnd.docker.ai.gguf.v3", &[]);
-        assert_eq!(
-            plan(&gguf),
-            Plan::File(format!("sha256-{}.gguf", gguf.digest.hex()))
-        );
+        let derived = Plan::File(format!("sha256-{}.gguf", gguf.digest.hex()));
+        let extract = |compression, prefix| Plan::Extract {
+            compression,
+            prefix,
+        };
+        for (media_type, annotations, expected) in [
+            (
+                "application/vnd.oci.image.layer.v1.tar+gzip",
+                &[(TITLE, "data"), (ORAS_UNPACK, "true")][..],
+                extract(Compression::Gzip, Some("data")),
+            ),
+            (
+                "application/vnd.oci.image.layer.v1.tar",
+                &[(TITLE, "backup.tar")],
+                Plan::File("backup.tar".into()),
+            ),
+            (
+                "application/vnd.cncf.model.weight.v1.raw",
+                &[(MODEL_FILEPATH, "model/w.safetensors")],
+                Plan::File("model/w.safetensors".into()),
+            ),
+            (
+                "application/vnd.cnai.model.doc.v1.raw",
+                &[(CNAI_FILEPATH, "README.md")],
+                Plan::File("README.md".into()),
+            ),
+            (
+                "application/vnd.cncf.model.code.v1.tar+zstd",
+                &[(MODEL_FILEPATH, "src")],
+                extract(Compression::Zstd, None),
+            ),
+            ("application/vnd.docker.ai.gguf.v3", &[], derived),
+        ] {
+            assert_eq!(
+                plan(&layer(media_type, annotations)),
+                expected,
+                "{media_type}"
+            );
+        }
     }
 
     #[test]
