@@ -16,12 +16,15 @@
 //! |---|---|
 //! | `MESHANICS_EVENT` | `apply`, `rollback` or `retire` for the hook; `health` for the check |
 //! | `MESHANICS_TARGET` | the target's name (the slot's) |
-//! | `MESHANICS_KIND` | how the artifact is materialized: `image` (an OCI image layout) |
-//! | `MESHANICS_PATH` | the release's folder; on `rollback` the one now current again (empty when the slot had none) |
-//! | `MESHANICS_LAYOUT` | the same (the name hooks used before slots) |
+//! | `MESHANICS_KIND` | how the artifact is materialized: `image` (an OCI image layout) or `files` (a model or file artifact, [`files`]) |
+//! | `MESHANICS_PATH` | the release's folder: the layout for an image, its `files/` for files; on `rollback` the one now current again (empty when the slot had none) |
+//! | `MESHANICS_LAYOUT` | the release's OCI image layout (which a files artifact has too), as hooks were told before slots |
 //! | `MESHANICS_SLOT` | the slot's folder, whose `current` and `previous` links follow it |
 //! | `MESHANICS_REPOSITORY`, `MESHANICS_TARGET_DIGEST`, `MESHANICS_MANIFEST_DIGEST` | where the release came from |
 
+pub mod extract;
+pub mod files;
+pub mod kind;
 pub mod layout;
 
 use std::path::{Path, PathBuf};
@@ -40,10 +43,8 @@ use crate::store::artifacts::Pointers;
 use crate::store::index::now;
 use crate::store::{ArtifactRecord, ArtifactState, BadRelease, LastResult, Pending, Store};
 
+pub use kind::ArtifactKind;
 pub use layout::lay_out;
-
-/// The kind of artifact a layout is, as the hook and the health check are told.
-pub const KIND_IMAGE: &str = "image";
 
 /// Extra time allowed beyond a command's own timeout for killing it and rolling back.
 const SLACK: Duration = Duration::from_secs(30);
@@ -61,6 +62,17 @@ pub struct Checks<'a> {
     /// The version of the signed targets metadata the release came with: a release that
     /// fails its health check is held back until this changes.
     pub targets_version: Option<u64>,
+}
+
+/// Lays a pulled artifact out as what it is ([`kind`]): an image as an OCI image layout, a
+/// model or file artifact as that layout with its files in `files/` ([`files`]). The signed
+/// entry's `apply` overrides the manifest. The record is in state `Pulled`.
+pub fn materialize(store: &Store, pulled: &Pulled) -> Result<ArtifactRecord> {
+    let manifest = files::read_manifest(store, pulled)?;
+    match ArtifactKind::of(&manifest, pulled.target.apply) {
+        ArtifactKind::Image => lay_out(store, pulled),
+        ArtifactKind::Files => files::lay_out_files(store, pulled, &manifest),
+    }
 }
 
 /// What applying did.
@@ -88,17 +100,6 @@ pub enum Event {
     Retire,
     /// (The health check's event.) The release just applied is to be checked.
     Health,
-}
-
-/// The one place a pulled artifact becomes something on disk a workload can use. Today
-/// every artifact is an image laid out as an OCI image layout.
-pub fn materialize(store: &Store, pulled: &Pulled) -> Result<ArtifactRecord> {
-    lay_out(store, pulled)
-}
-
-/// How a recorded artifact was materialized (`MESHANICS_KIND`).
-pub fn kind(_record: &ArtifactRecord) -> &'static str {
-    KIND_IMAGE
 }
 
 /// Makes the laid-out artifact `id` its slot's `current` (the slot is its target's name),
@@ -398,7 +399,12 @@ impl Env<'_> {
     /// `program args...` with the slot's variables, stdin closed, killed when dropped.
     fn command(&self, program: &Path, args: &[String], event: Event) -> tokio::process::Command {
         let mut command = tokio::process::Command::new(program);
-        let path = self.path.map(Path::as_os_str).unwrap_or_default();
+        let layout = self.path.map(Path::as_os_str).unwrap_or_default();
+        // A slot with no release (a rollback to nothing) is told the image kind and no path.
+        let kind = self
+            .path
+            .map_or(ArtifactKind::Image, ArtifactKind::of_layout);
+        let path = self.path.map(|dir| kind.folder(dir)).unwrap_or_default();
         let record = |f: fn(&ArtifactRecord) -> String| self.record.map(f).unwrap_or_default();
         command
             .args(args)
@@ -406,11 +412,8 @@ impl Env<'_> {
             .env("MESHANICS_TARGET", self.slot.as_str())
             .env("MESHANICS_SLOT", &self.slot_dir)
             .env("MESHANICS_PATH", path)
-            .env("MESHANICS_LAYOUT", path)
-            .env(
-                "MESHANICS_KIND",
-                self.record.map(kind).unwrap_or(KIND_IMAGE),
-            )
+            .env("MESHANICS_LAYOUT", layout)
+            .env("MESHANICS_KIND", kind.as_str())
             .env("MESHANICS_REPOSITORY", record(|r| r.repository.clone()))
             .env(
                 "MESHANICS_TARGET_DIGEST",

@@ -19,6 +19,7 @@ use meshanics_agent::service::{self, Agent, SlotAction};
 use meshanics_agent::status::{ArtifactView, RoleView};
 use meshanics_agent::store::{LastResult, Store, StoreOptions};
 use meshanics_shared::media_type::OCI_INDEX;
+use meshanics_shared::metadata::ApplyMode;
 use meshanics_shared::metadata::TargetName;
 use meshanics_shared::{Digest, Repository};
 use tracing::{error, info};
@@ -108,6 +109,9 @@ enum Command {
         /// Pull into the cache only; do not switch `current`.
         #[arg(long)]
         no_apply: bool,
+        /// Apply as `layout` or `files` (default: as the artifact says).
+        #[arg(long, value_name = "layout|files")]
+        apply: Option<ApplyMode>,
     },
 }
 
@@ -157,6 +161,7 @@ pub(crate) fn main() -> ExitCode {
             media_type,
             name,
             no_apply,
+            apply,
         } => pull(
             &config,
             &repository,
@@ -165,6 +170,7 @@ pub(crate) fn main() -> ExitCode {
             media_type,
             name,
             no_apply,
+            apply,
             bars,
         ),
     };
@@ -464,6 +470,7 @@ fn pull(
     media_type: String,
     name: Option<String>,
     no_apply: bool,
+    apply: Option<ApplyMode>,
     bars: bool,
 ) -> anyhow::Result<ExitCode> {
     let name = name.unwrap_or_else(|| {
@@ -481,6 +488,7 @@ fn pull(
         size,
         media_type,
         rollout: None,
+        apply,
     };
     let runtime = runtime()?;
     let store = open_store(config)?;

@@ -15,6 +15,18 @@ use meshanics_shared::{Digest, ManifestError, Platform, TlsError, VerifyError};
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
+    /// A layer could not be materialized as files (files mode): a hostile or corrupt archive,
+    /// a bad file name, or a write that failed.
+    #[error("materializing layer {digest} of {target} as files: {source}")]
+    Files {
+        /// The target's name.
+        target: String,
+        /// The layer.
+        digest: Digest,
+        /// Why.
+        #[source]
+        source: Box<crate::apply::extract::ExtractError>,
+    },
     /// A file system operation failed.
     #[error("{action} {path}: {source}")]
     Io {

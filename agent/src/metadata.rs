@@ -182,6 +182,7 @@ pub fn pull_target(entry: &TargetEntry) -> Result<PullTarget> {
         size: entry.size,
         media_type: entry.media_type.clone(),
         rollout: None,
+        apply: entry.apply,
     })
 }
 

@@ -10,6 +10,7 @@ use std::collections::BTreeSet;
 use futures_util::stream::{self, StreamExt, TryStreamExt};
 use meshanics_shared::manifest::{ImageManifest, Manifest};
 use meshanics_shared::media_type::{self, ManifestKind};
+use meshanics_shared::metadata::ApplyMode;
 use meshanics_shared::{Descriptor, Digest, ManifestError, Platform, Repository};
 use tracing::{info, warn};
 
@@ -34,6 +35,9 @@ pub struct PullTarget {
     pub media_type: String,
     /// Its signed rollout as this device sees it; `None`: apply at once.
     pub rollout: Option<crate::rollout::Gate>,
+    /// How the signed entry says to apply it; `None`: as the artifact says
+    /// ([`crate::apply::kind`]).
+    pub apply: Option<ApplyMode>,
 }
 
 /// A pulled target: everything it needs is in the cache.

@@ -84,14 +84,26 @@ fn build(store: &Store, name: &str, label: &str, layers: &[&[u8]], algorithm: Al
     store.put(&manifest.digest, &manifest_bytes).unwrap();
     let mut blobs = vec![config];
     blobs.extend(layer_descriptors);
+    pulled_of(name, "127.0.0.1_5000/team/app", manifest, blobs)
+}
+
+/// What a pull of the image `manifest` (committed, with `blobs`) as target `name` from
+/// `repository` returns.
+pub(crate) fn pulled_of(
+    name: &str,
+    repository: &str,
+    manifest: Descriptor,
+    blobs: Vec<Descriptor>,
+) -> Pulled {
     Pulled {
         target: PullTarget {
             name: name.to_owned(),
-            repository: Repository::parse("127.0.0.1_5000/team/app").unwrap(),
+            repository: Repository::parse(repository).unwrap(),
             digest: manifest.digest.clone(),
             size: manifest.size,
-            media_type: OCI_MANIFEST.to_owned(),
+            media_type: manifest.media_type.clone(),
             rollout: None,
+            apply: None,
         },
         manifest,
         blobs,

@@ -81,7 +81,12 @@ impl Workspace {
     }
 
     fn release(&self) -> Value {
-        let out = self.ok(&[
+        serde_json::from_str(&self.ok(&self.release_args(&[]))).unwrap()
+    }
+
+    /// `meshctl --json release` with this workspace's folder, pins and keys, then `extra`.
+    fn release_args<'a>(&self, extra: &[&'a str]) -> Vec<&'a str> {
+        let mut args = vec![
             "--json",
             "release",
             "--dir",
@@ -92,8 +97,9 @@ impl Workspace {
             "keys/targets.key",
             "--timestamp-key",
             "keys/timestamp.key",
-        ]);
-        serde_json::from_str(&out).unwrap()
+        ];
+        args.extend(extra);
+        args
     }
 
     fn verify(&self) -> Value {
@@ -284,4 +290,20 @@ fn release_refuses_pins_with_an_invalid_entry_and_names_the_file() {
         "{err}"
     );
     assert!(!ws.path("meta/1.targets.cose").exists());
+}
+
+#[test]
+fn release_apply_signs_how_a_target_is_applied_into_its_entry_only() {
+    let ws = Workspace::new();
+    let err = ws.fails(&ws.release_args(&["--apply", "nosuch=files"]));
+    assert!(err.contains("no target nosuch"), "{err}");
+    let err = ws.fails(&ws.release_args(&["--apply", "app=copy"]));
+    assert!(err.contains("copy"), "{err}");
+
+    ws.ok(&ws.release_args(&["--apply", "tools=files"]));
+    let verified = ws.verify();
+    let entries = verified["targets"]["entries"].as_array().unwrap();
+    assert_eq!(entries[1]["name"], "tools");
+    assert_eq!(entries[1]["apply"], "files");
+    assert!(entries[0].get("apply").is_none(), "{}", entries[0]);
 }

@@ -53,6 +53,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             selectors,
             custom: Default::default(),
             rollout: None,
+            apply: None,
         });
     }
     let targets = Targets::new(1, now, expires, entries);

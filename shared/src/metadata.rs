@@ -43,7 +43,9 @@ pub use role::{Role, RoleKeys, RoleType, SPEC_VERSION};
 pub use rollout::{Placement, Position, Rollout, RolloutError, Wave};
 pub use root::{Roles, Root};
 pub use store::TrustedStore;
-pub use targets::{Selectors, TargetEntry, TargetError, TargetName, Targets, UpstreamRepository};
+pub use targets::{
+    ApplyMode, Selectors, TargetEntry, TargetError, TargetName, Targets, UpstreamRepository,
+};
 pub use time::UnixTime;
 pub use timestamp::{TargetsMeta, Timestamp};
 pub use trusted::{RootRotation, TimestampUpdate, TrustedSet};

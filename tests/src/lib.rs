@@ -25,6 +25,8 @@
 //!   facade (same API, same names, device certificate required) in agent tests.
 //! - [`release`]: an operator's keys signing root, targets and timestamp files into the
 //!   facade's metadata folder, with test-chosen expiries.
+//! - [`artifacts`]: CNCF ModelPack and ORAS artifacts as OCI layouts, built from a list of
+//!   files, for the agent's files mode.
 //! - [`agent_device`]: an agent configuration (TOML, certificates, trust anchor, state dir)
 //!   for a device talking to the facade fixture.
 //! - [`update_chain`]: registry, facade and release together, the start of every end-to-end
@@ -42,6 +44,7 @@
 //! agent's own `agent/tests` need none of this crate, so they never build the facade.
 
 pub mod agent_device;
+pub mod artifacts;
 pub mod aws_server;
 pub mod binaries;
 pub mod facade;

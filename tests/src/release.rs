@@ -150,5 +150,6 @@ pub fn entry(
         },
         custom: BTreeMap::new(),
         rollout: None,
+        apply: None,
     })
 }

@@ -144,6 +144,7 @@ impl TlsRegistry {
             size: descriptor.size,
             media_type: descriptor.media_type.clone(),
             rollout: None,
+            apply: None,
         })
     }
 

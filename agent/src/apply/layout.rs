@@ -25,6 +25,16 @@ use crate::store::{ArtifactRecord, ArtifactState, Store};
 /// Lays a pulled artifact out under `artifacts/` and records it (state `Pulled`). The blobs
 /// must be in the cache.
 pub fn lay_out(store: &Store, pulled: &Pulled) -> Result<ArtifactRecord> {
+    lay_out_with(store, pulled, |_| Ok(()))
+}
+
+/// [`lay_out`], with `fill` adding to the folder being built before it is made durable and
+/// renamed into place (files mode adds `files/`). A failure removes the folder.
+pub(crate) fn lay_out_with(
+    store: &Store,
+    pulled: &Pulled,
+    fill: impl FnOnce(&Path) -> Result<()>,
+) -> Result<ArtifactRecord> {
     let hex = pulled.manifest.digest.hex();
     let id = format!(
         "{}-{}",
@@ -83,6 +93,12 @@ pub fn lay_out(store: &Store, pulled: &Pulled) -> Result<ArtifactRecord> {
         br#"{"imageLayoutVersion":"1.0.0"}"#,
     )?;
     write_synced(&tmp.join("index.json"), &index_bytes)?;
+    if let Err(err) = fill(&tmp) {
+        if let Err(cleanup) = fs_err::remove_dir_all(&tmp) {
+            tracing::warn!(error = %cleanup, "removing a layout that failed to build");
+        }
+        return Err(err);
+    }
     for blobs_dir in &blob_dirs {
         sync_dir(blobs_dir)?;
     }

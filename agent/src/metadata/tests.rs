@@ -19,6 +19,7 @@ fn entry(upstream: &str) -> TargetEntry {
         selectors: Selectors::default(),
         custom: BTreeMap::new(),
         rollout: None,
+        apply: None,
     }
 }
 

@@ -10,8 +10,8 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use clap::Args;
 use meshanics_shared::metadata::{
-    Role, SigningKey, TIMESTAMP_FILE, TargetEntry, Targets, TargetsMeta, Timestamp, open, sign,
-    targets_file,
+    ApplyMode, Role, SigningKey, TIMESTAMP_FILE, TargetEntry, Targets, TargetsMeta, Timestamp,
+    open, sign, targets_file,
 };
 use serde_json::json;
 
@@ -49,6 +49,10 @@ pub(crate) struct ReleaseArgs {
     /// When the waves' delays start counting: `now` (the default) or an RFC 3339 time.
     #[arg(long, value_name = "TIME", requires = "waves")]
     rollout_start: Option<String>,
+    /// How devices apply a target, overriding what its artifact says: `NAME=layout` (an OCI
+    /// image layout) or `NAME=files` (a folder of files). Repeat for several targets.
+    #[arg(long = "apply", value_name = "NAME=layout|files", value_parser = parse_apply)]
+    apply: Vec<(String, ApplyMode)>,
 }
 
 /// `meshctl timestamp refresh`.
@@ -69,6 +73,16 @@ pub(crate) fn release(args: &ReleaseArgs, out: &Output) -> anyhow::Result<()> {
     let repo = Repo::new(&args.dir);
     let root = repo.latest_root()?;
     let mut entries = read_pins(&args.pins)?;
+    for (name, mode) in &args.apply {
+        let Some(entry) = entries.iter_mut().find(|e| e.name.as_str() == name) else {
+            bail!(
+                "--apply {name}={}: {} has no target {name}",
+                mode.as_str(),
+                args.pins.display()
+            );
+        };
+        entry.apply = Some(*mode);
+    }
     let issued = now();
     if let Some(text) = &args.waves {
         let start = waves::parse_start(args.rollout_start.as_deref().unwrap_or("now"), issued)
@@ -157,6 +171,14 @@ pub(crate) fn refresh(args: &RefreshArgs, out: &Output) -> anyhow::Result<()> {
         &timestamp_json(&path, &timestamp),
     );
     Ok(())
+}
+
+/// `NAME=layout` or `NAME=files`.
+fn parse_apply(text: &str) -> Result<(String, ApplyMode), String> {
+    let (name, mode) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?} is not NAME=layout or NAME=files"))?;
+    Ok((name.to_owned(), mode.parse()?))
 }
 
 /// Reads a pins file: a JSON array of target entries (docs/metadata.md, "Pins file").

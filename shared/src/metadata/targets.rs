@@ -59,6 +59,21 @@ pub struct TargetEntry {
     /// When each device may apply it ([`Rollout`]); absent means every device at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<Rollout>,
+    /// How devices apply it; absent means as the artifact says (an image is laid out, a
+    /// model or file artifact becomes files). Absent from every file written before it
+    /// existed, which therefore still decode and verify.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub apply: Option<ApplyMode>,
+}
+
+/// How a device applies a target, when the signed entry overrides what the artifact says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ApplyMode {
+    /// As an OCI image layout (what an image gets).
+    Layout,
+    /// As files in a folder (what a model or file artifact gets).
+    Files,
 }
 
 /// Which devices a target is for. Every selector present must match.
@@ -295,6 +310,30 @@ impl TargetEntry {
     /// A streaming verifier for the manifest: fails past `size` bytes or on a wrong digest.
     pub fn verifier(&self) -> Verifier {
         Verifier::new(self.digest.clone(), self.size)
+    }
+}
+
+// === impl ApplyMode ===
+
+impl ApplyMode {
+    /// `layout` or `files`, as written in the metadata.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApplyMode::Layout => "layout",
+            ApplyMode::Files => "files",
+        }
+    }
+}
+
+impl std::str::FromStr for ApplyMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "layout" => Ok(ApplyMode::Layout),
+            "files" => Ok(ApplyMode::Files),
+            other => Err(format!("{other:?} is not `layout` or `files`")),
+        }
     }
 }
 

@@ -214,6 +214,7 @@ fn index_target(registry: &RegistryServer, built: &BuiltImage) -> PullTarget {
         size: built.index.size,
         media_type: built.index.media_type.clone(),
         rollout: None,
+        apply: None,
     }
 }
 

@@ -9,6 +9,7 @@
 
 mod agent_e2e; // registry -> facade -> the agent's update cycle, configured like a device
 mod agent_e2e_faults; // the same chain with a tampered blob and a stale timestamp
+mod agent_files; // ModelPack and ORAS artifacts through registry and facade, applied as files
 mod agent_kill_campaign; // the agent binary SIGKILLed at random moments of an update
 mod agent_kill_resume; // the agent binary SIGKILLed mid-download converges and resumes blobs
 mod agent_pull; // the agent pulling by digest from the registry behind mutual TLS

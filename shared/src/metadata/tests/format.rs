@@ -337,6 +337,40 @@ fn pins_json_decodes_into_target_entries() {
     assert!(entries[0].check().is_ok());
 }
 
+#[test]
+fn the_apply_field_is_optional_and_an_entry_without_it_encodes_as_before_it_existed() {
+    let json = r#"{"name": "model", "repository": "ghcr.io/org/model",
+        "digest": "sha256:6c3c624b58dbbcd3c0dd82b4c53f04194d1247c6eebdaab7c610cf7d66709b3b",
+        "size": 525, "media_type": "application/vnd.oci.image.manifest.v1+json"}"#;
+    let mut entry: crate::metadata::TargetEntry = serde_json::from_str(json).unwrap();
+    assert_eq!(entry.apply, None);
+    let mut old = Vec::new();
+    ciborium::into_writer(&entry, &mut old).unwrap();
+    let keys = |bytes: &[u8]| -> Vec<String> {
+        let value: Value = ciborium::from_reader(bytes).unwrap();
+        value
+            .as_map()
+            .unwrap()
+            .iter()
+            .map(|(k, _)| k.as_text().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(
+        keys(&old),
+        ["name", "repository", "digest", "size", "media_type"]
+    );
+
+    entry.apply = Some(crate::metadata::ApplyMode::Files);
+    let mut new = Vec::new();
+    ciborium::into_writer(&entry, &mut new).unwrap();
+    assert_eq!(keys(&new).last().map(String::as_str), Some("apply"));
+    let back: crate::metadata::TargetEntry = ciborium::from_reader(&new[..]).unwrap();
+    assert_eq!(back.apply, Some(crate::metadata::ApplyMode::Files));
+
+    let bad = json.replace("\"size\"", "\"apply\": \"copy\", \"size\"");
+    assert!(serde_json::from_str::<crate::metadata::TargetEntry>(&bad).is_err());
+}
+
 fn waves() -> Rollout {
     crate::metadata::rollout::example(T0)
 }

@@ -156,6 +156,7 @@ impl Simulator {
             selectors: Default::default(),
             custom: Default::default(),
             rollout: None,
+            apply: None,
         }
     }
 
