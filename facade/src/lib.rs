@@ -54,6 +54,7 @@
 pub mod admin;
 pub mod approval;
 pub mod body;
+pub mod budget;
 pub mod cloud;
 pub mod config;
 pub mod connections;

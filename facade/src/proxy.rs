@@ -26,6 +26,7 @@ use meshanics_shared::{Digest, Verifier, VerifyError};
 
 use crate::approval::ApprovedUpstreams;
 use crate::body::{Body, Check, CheckedBody, Origin};
+use crate::budget::{self, Budgets, Holding, ManifestRoom};
 use crate::config::Limits;
 use crate::error::Error;
 use crate::identity::DeviceIdentity;
@@ -42,6 +43,7 @@ pub async fn content(
     upstreams: &dyn ApprovedUpstreams,
     metrics: &Arc<Metrics>,
     limits: &Limits,
+    budgets: &Budgets,
     device: &DeviceIdentity,
     target: ContentTarget,
     method: &Method,
@@ -93,7 +95,8 @@ pub async fn content(
         return Ok(reply);
     }
     if is_manifest {
-        return manifest(target, response, content_type, metrics, device).await;
+        let room = budgets.manifest_room(length.unwrap_or(MAX_MANIFEST_SIZE)).await;
+        return manifest(target, response, content_type, room, metrics, device).await;
     }
     let check = if partial {
         let content_range = response.headers().get(CONTENT_RANGE).cloned();
@@ -145,14 +148,25 @@ pub async fn content(
     Ok(reply)
 }
 
-/// Reads and verifies a manifest before sending any of it.
+/// Reads and verifies a manifest before sending any of it, in `room` taken from
+/// `manifest_buffer_bytes` for its announced size (or the maximum) and held until its body
+/// is dropped; without room, 503 with `Retry-After`.
 async fn manifest(
     target: ContentTarget,
     response: reqwest::Response,
     content_type: Option<HeaderValue>,
+    room: Option<ManifestRoom>,
     metrics: &Metrics,
     device: &DeviceIdentity,
 ) -> Result<Response<Body>, Error> {
+    let Some(room) = room else {
+        tracing::warn!(%device, upstream = %target.upstream, digest = %target.digest,
+            "refusing a manifest for now: manifest_buffer_bytes is in use by others");
+        return Ok(budget::refusal(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the facade has too many manifests in memory; retry later",
+        ));
+    };
     let limit = usize::try_from(MAX_MANIFEST_SIZE).unwrap_or(usize::MAX);
     let bytes = match read_capped(response, limit).await {
         Ok(bytes) => bytes,
@@ -176,7 +190,7 @@ async fn manifest(
     let content_type = content_type.or_else(|| sniff_media_type(&bytes));
     let length = bytes.len() as u64;
     let mut reply = headers_only(&target.digest, content_type, length);
-    *reply.body_mut() = respond::full(Bytes::from(bytes));
+    *reply.body_mut() = Holding::new(respond::full(Bytes::from(bytes)), room).boxed_unsync();
     metrics.streamed(length);
     Ok(reply)
 }

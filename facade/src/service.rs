@@ -10,6 +10,7 @@ use http::{HeaderValue, Method, Request, Response};
 
 use crate::approval::ApprovedUpstreams;
 use crate::body::Body;
+use crate::budget::Budgets;
 use crate::config::Limits;
 use crate::error::Error;
 use crate::identity::DeviceIdentity;
@@ -28,6 +29,8 @@ pub struct Shared {
     pub metadata_dir: Option<PathBuf>,
     /// Limits.
     pub limits: Limits,
+    /// The device listener's budgets (of `limits`).
+    pub budgets: Budgets,
 }
 
 /// Handles one device request from `device`. Never fails: errors are responses. A `HEAD` is
@@ -52,6 +55,7 @@ pub async fn handle<B>(
                 shared.upstreams.as_ref(),
                 &shared.metrics,
                 &shared.limits,
+                &shared.budgets,
                 &device,
                 target,
                 &method,
