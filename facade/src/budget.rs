@@ -1,11 +1,15 @@
 //! The device listener's budgets, taken from `[limits]` (see [`crate::config`]): what one
 //! client, one device, and all of them together may hold at once.
 //!
-//! - **Handshakes** ([`Budgets::handshake_turn`]): a TLS handshake needs a turn. A source
-//!   address (an IPv4 address, or an IPv6 /64: one host's share of addresses) over
-//!   `max_handshakes_per_source` is closed at once; over `max_handshakes`, a
-//!   socket waits up to `handshake_timeout` for a turn, then is closed. So a client without a
-//!   certificate holds at most its source's share of turns, and never a connection slot.
+//! - **Handshakes** ([`Budgets::handshake_turn`]): a TLS handshake needs a turn, of
+//!   `max_handshakes`; with none free, a socket waits up to `handshake_timeout` for one, then
+//!   is closed. A source address (an IPv4 address, or an IPv6 /64: one host's share of
+//!   addresses) has `max_handshakes_per_source` turns of its own; past them it may take more
+//!   only while fewer than half the turns are in use, and is closed at once otherwise. So
+//!   turns are shared by source only when they are scarce (devices behind one NAT address,
+//!   or a fleet test from one machine, are not held to a few at a time on a quiet facade),
+//!   one source never holds more than half the turns plus its own, and a client without a
+//!   certificate never holds a connection slot.
 //! - **Connections** ([`Budgets::device_connection`], [`Budgets::connection_slot`]): once a
 //!   certificate verified, the connection needs a share of its device's
 //!   `max_connections_per_device` (none: closed at once) and then a slot of
@@ -69,7 +73,7 @@ pub enum NoTurn {
 /// `facade_handshakes_in_progress`.
 #[derive(Debug)]
 pub struct HandshakeTurn {
-    _source: KeyShare<IpAddr>,
+    _source: Option<KeyShare<IpAddr>>,
     _turn: Share,
     _gauge: InProgress,
 }
@@ -113,10 +117,20 @@ impl Budgets {
 
     /// A handshake turn for a socket from `source` (see the [module](self) overview).
     pub async fn handshake_turn(&self, source: IpAddr) -> Result<HandshakeTurn, NoTurn> {
-        let source_share = self
-            .handshakes_per_source
-            .try_take(&source_key(source))
-            .ok_or(NoTurn::SourceCap)?;
+        let source_share = self.handshakes_per_source.try_take(&source_key(source));
+        if source_share.is_none() {
+            // Past its own turns: only from the half of the budget that is free.
+            let half = self.handshakes.capacity() / 2;
+            if self.handshakes.in_use() >= half {
+                return Err(NoTurn::SourceCap);
+            }
+            let turn = self.handshakes.try_take().ok_or(NoTurn::SourceCap)?;
+            return Ok(HandshakeTurn {
+                _source: None,
+                _turn: turn,
+                _gauge: self.metrics.in_progress(Work::Handshake),
+            });
+        }
         let turn = match self.handshakes.try_take() {
             Some(turn) => turn,
             None => self
@@ -284,6 +298,29 @@ mod tests {
         );
         drop(third);
         assert!(budgets.handshake_turn(other).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_source_past_its_cap_takes_turns_only_from_the_free_half() {
+        let (budgets, _) = budgets(|l| {
+            l.max_handshakes = 8;
+            l.max_handshakes_per_source = 1;
+        });
+        let nat = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 1));
+        let mut turns = Vec::new();
+        // Its own turn, then more while fewer than 4 of the 8 are in use.
+        for _ in 0..4 {
+            turns.push(budgets.handshake_turn(nat).await.unwrap());
+        }
+        assert_eq!(
+            budgets.handshake_turn(nat).await.unwrap_err(),
+            NoTurn::SourceCap
+        );
+        // Others still have the other half.
+        let other = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 2));
+        assert!(budgets.handshake_turn(other).await.is_ok());
+        turns.clear();
+        assert!(budgets.handshake_turn(nat).await.is_ok());
     }
 
     #[test]

@@ -25,7 +25,8 @@
 //!                                    # together; more get 429 with Retry-After
 //! max_handshakes = 128               # TLS handshakes in progress; more wait up to
 //!                                    # handshake_timeout for a turn, then are closed
-//! max_handshakes_per_source = 8      # per client IP address; more are closed at once
+//! max_handshakes_per_source = 8      # per client IP address (IPv6: per /64); past them,
+//!                                    # only while half of max_handshakes is free, else closed
 //! handshake_timeout = "5s"
 //! header_timeout = "10s"
 //! idle_timeout = "2m"                # no request started or ended and no response byte
@@ -61,8 +62,9 @@
 //! ```
 //!
 //! The device port admits in two steps. An accepted socket first needs a handshake turn
-//! (`max_handshakes`, and `max_handshakes_per_source` from its IP address: a site whose
-//! devices share one NAT address may need more); a connection slot (`max_connections`, and
+//! (`max_handshakes`; each IP address has `max_handshakes_per_source` of its own and may take
+//! more only while half the turns are free, so one address never holds more than half);
+//! a connection slot (`max_connections`, and
 //! `max_connections_per_device`) is taken only once its device certificate verified, so a
 //! client without a certificate can hold neither slots nor more than its share of handshakes.
 //! A verified connection waits for a free slot. The accept loop itself stops only at
@@ -175,7 +177,9 @@ pub struct Limits {
     pub max_streams_per_device: u32,
     /// TLS handshakes in progress at once; more wait up to `handshake_timeout` for a turn.
     pub max_handshakes: usize,
-    /// TLS handshakes in progress at once from one IP address; more are closed at once.
+    /// TLS handshakes in progress at once from one IP address (IPv6: one /64) that are its
+    /// own; past them it may take more only while half of `max_handshakes` is free, and is
+    /// closed at once otherwise.
     pub max_handshakes_per_source: usize,
     /// How long a TLS handshake may take (and, apart, how long one may wait for its turn).
     #[serde(deserialize_with = "duration::deserialize")]
