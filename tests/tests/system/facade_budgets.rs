@@ -142,13 +142,16 @@ fn a_source_over_its_handshake_cap_is_closed_at_once_while_other_sources_handsha
     })
     .unwrap();
     let addr = facade.device_addr();
-    let (held, third_closed) = facade.block_on(async {
-        let held = vec![
+    let held = facade.block_on(async {
+        vec![
             idle_socket(OTHER_SOURCE, addr).await,
             idle_socket(OTHER_SOURCE, addr).await,
-        ];
+        ]
+    });
+    wait_for(&facade, IN_PROGRESS, 2);
+    let third_closed = facade.block_on(async {
         let mut third = idle_socket(OTHER_SOURCE, addr).await;
-        (held, closed_by_server(&mut third).await)
+        closed_by_server(&mut third).await
     });
     assert!(third_closed, "a third handshake from one source was let wait");
     let metrics = facade.metrics();
