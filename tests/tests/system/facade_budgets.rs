@@ -1,7 +1,8 @@
 //! The facade's connection budgets against real clients: sockets that never send a
 //! ClientHello cannot keep a device from pulling, a source address over its handshake cap is
 //! closed while others handshake, a device over its connection cap is closed after the
-//! handshake, and a connection that only sends HTTP/2 PINGs is closed when idle.
+//! handshake, a device over its stream cap gets 429 with Retry-After, and a connection that
+//! only sends HTTP/2 PINGs is closed when idle.
 
 #![expect(
     clippy::unwrap_used,
@@ -250,4 +251,50 @@ fn a_connection_that_only_sends_pings_is_closed_when_idle() {
             .is_ok()
     });
     assert!(ended, "a connection kept open by PINGs alone was never closed");
+}
+
+#[test]
+fn a_device_over_its_stream_cap_gets_429_with_retry_after_until_a_stream_ends() {
+    // 8 MiB: more than the send buffers and socket buffers hold, so a response the client
+    // does not read stays in progress.
+    let big = meshanics_tests::oci_layout::pseudo_random(7, 8 * 1024 * 1024);
+    let facade = FacadeFixture::start(&FacadeOptions {
+        limits: vec!["max_streams_per_device = 1".into()],
+        metadata: vec![("timestamp.cose".into(), big.clone())],
+        ..FacadeOptions::default()
+    })
+    .unwrap();
+    let first = facade.client(Who::Device, false).unwrap();
+    let second = facade.client(Who::Device, true).unwrap();
+    facade.block_on(async {
+        let unread = first
+            .get(facade.url("/meta/timestamp.cose"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(unread.status(), 200);
+        // The device's one stream is taken, on another connection: refused, with a retry time.
+        let refused = second.get(facade.url("/v2/")).send().await.unwrap();
+        assert_eq!(refused.status(), 429);
+        assert_eq!(refused.headers()["retry-after"], "1");
+        let body: serde_json::Value =
+            serde_json::from_slice(&refused.bytes().await.unwrap()).unwrap();
+        assert_eq!(body["errors"][0]["code"], "TOOMANYREQUESTS");
+        // The stream read to its end frees the share: the retry is served.
+        assert_eq!(unread.bytes().await.unwrap().len(), big.len());
+        let mut status = 0;
+        for _ in 0..100 {
+            status = second.get(facade.url("/v2/")).send().await.unwrap().status().as_u16();
+            if status == 200 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(status, 200);
+    });
+    let metrics = facade.metrics();
+    assert!(
+        sample(&metrics, "facade_refused_streams_total{reason=\"device_cap\"}") >= 1,
+        "{metrics}"
+    );
 }
