@@ -85,6 +85,12 @@ pub struct ManifestRoom {
     _gauge: InProgress,
 }
 
+/// What a [`Holding`] body holds: it lives as long as the body, and hears of each frame.
+pub trait Hold {
+    /// The body yielded a frame (to be sent).
+    fn frame_sent(&self) {}
+}
+
 pin_project! {
     /// A body that holds `guard` until it is dropped (after its last frame was sent, or when
     /// the stream is reset), so that what the guard counts lives exactly as long as the body.
@@ -223,6 +229,10 @@ pub fn refusal(status: StatusCode, message: &str) -> Response<Body> {
     response
 }
 
+// === impl ManifestRoom ===
+
+impl Hold for ManifestRoom {}
+
 // === impl Holding ===
 
 impl<B, G> Holding<B, G> {
@@ -235,6 +245,7 @@ impl<B, G> Holding<B, G> {
 impl<B, G> HttpBody for Holding<B, G>
 where
     B: HttpBody<Data = Bytes>,
+    G: Hold,
 {
     type Data = Bytes;
     type Error = B::Error;
@@ -243,7 +254,12 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        self.project().inner.poll_frame(cx)
+        let this = self.project();
+        let polled = this.inner.poll_frame(cx);
+        if let Poll::Ready(Some(Ok(_))) = &polled {
+            this.guard.frame_sent();
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -359,7 +375,10 @@ mod tests {
         let body = Holding::new(respond::full(Bytes::from_static(b"{}")), first);
         let _second = budgets.manifest_room(four).await.unwrap();
         let text = metrics.render();
-        assert!(text.contains("facade_manifest_buffer_bytes 8388608\n"), "{text}");
+        assert!(
+            text.contains("facade_manifest_buffer_bytes 8388608\n"),
+            "{text}"
+        );
         // Full: waits, then gives up.
         assert!(budgets.manifest_room(1).await.is_none());
         assert!(

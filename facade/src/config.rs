@@ -29,8 +29,9 @@
 //!                                    # only while half of max_handshakes is free, else closed
 //! handshake_timeout = "5s"
 //! header_timeout = "10s"
-//! idle_timeout = "2m"                # no request started or ended and no response byte
-//!                                    # sent for this long: closed (PINGs do not count)
+//! idle_timeout = "2m"                # no request started or ended, none waiting for its
+//!                                    # answer, no response byte sent for this long: closed
+//!                                    # (PINGs do not count)
 //! manifest_buffer_bytes = 67108864   # manifests held in memory at once, all devices (64 MiB)
 //! upstream_connect_timeout = "10s"
 //! upstream_response_timeout = "30s"
@@ -188,8 +189,9 @@ pub struct Limits {
     #[serde(deserialize_with = "duration::deserialize")]
     pub header_timeout: Duration,
     /// How long a connection may go without stream progress (a request started or ended, a
-    /// response body byte sent) before it is closed. Control frames (HTTP/2 PINGs) do not
-    /// count, and neither does a reader that stopped reading mid-body.
+    /// response body byte sent) and without a request waiting for its answer before it is
+    /// closed. Control frames (HTTP/2 PINGs) do not count, and neither does a reader that
+    /// stopped reading mid-body.
     #[serde(deserialize_with = "duration::deserialize")]
     pub idle_timeout: Duration,
     /// How long connecting to an upstream may take.
@@ -469,7 +471,10 @@ impl Limits {
         }
         let sizes = [
             ("max_connections", self.max_connections),
-            ("max_connections_per_device", self.max_connections_per_device),
+            (
+                "max_connections_per_device",
+                self.max_connections_per_device,
+            ),
             ("max_handshakes", self.max_handshakes),
             ("max_handshakes_per_source", self.max_handshakes_per_source),
         ];

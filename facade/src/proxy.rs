@@ -95,7 +95,9 @@ pub async fn content(
         return Ok(reply);
     }
     if is_manifest {
-        let room = budgets.manifest_room(length.unwrap_or(MAX_MANIFEST_SIZE)).await;
+        let room = budgets
+            .manifest_room(length.unwrap_or(MAX_MANIFEST_SIZE))
+            .await;
         return manifest(target, response, content_type, room, metrics, device).await;
     }
     let check = if partial {

@@ -30,7 +30,7 @@ use crate::service::Shared;
 mod connection;
 mod idle;
 
-pub use idle::{Activity, Progress, Stream};
+pub use idle::{Activity, Stream, Waiting};
 
 /// A running facade.
 #[derive(Debug)]

@@ -182,18 +182,33 @@ mod tests {
         let held = budget.take_within(8, Duration::ZERO).await.unwrap();
         assert_eq!(budget.in_use(), 8);
         // Not enough free: waits, then gives up with nothing taken.
-        assert!(budget.take_within(4, Duration::from_millis(20)).await.is_none());
+        assert!(
+            budget
+                .take_within(4, Duration::from_millis(20))
+                .await
+                .is_none()
+        );
         assert_eq!(budget.in_use(), 8);
         // Freed while waiting: taken.
         let waiting = tokio::spawn({
             let budget = budget.clone();
-            async move { budget.take_within(4, Duration::from_secs(60)).await.is_some() }
+            async move {
+                budget
+                    .take_within(4, Duration::from_secs(60))
+                    .await
+                    .is_some()
+            }
         });
         tokio::task::yield_now().await;
         drop(held);
         assert!(waiting.await.unwrap());
         // More than the whole budget never fits.
-        assert!(budget.take_within(11, Duration::from_secs(60)).await.is_none());
+        assert!(
+            budget
+                .take_within(11, Duration::from_secs(60))
+                .await
+                .is_none()
+        );
     }
 
     #[tokio::test]
@@ -218,12 +233,12 @@ mod tests {
         let per_source = PerKey::new(2);
         let a1 = per_source.try_take(&"a").unwrap();
         let a2 = per_source.try_take(&"a").unwrap();
-        assert!(per_source.try_take(&"a").is_none(), "a third share for one key");
-        let b1 = per_source.try_take(&"b").unwrap();
-        assert_eq!(
-            (per_source.in_use(&"a"), per_source.in_use(&"b")),
-            (2, 1)
+        assert!(
+            per_source.try_take(&"a").is_none(),
+            "a third share for one key"
         );
+        let b1 = per_source.try_take(&"b").unwrap();
+        assert_eq!((per_source.in_use(&"a"), per_source.in_use(&"b")), (2, 1));
         drop(a1);
         assert!(per_source.try_take(&"a").is_some());
         drop((a2, b1));

@@ -26,6 +26,6 @@ pub mod serve;
 
 mod logging;
 
-pub use logging::init_logging;
 pub use budget::{Budget, KeyShare, PerKey, Share};
+pub use logging::init_logging;
 pub use serve::{Connection, Drain, Listener, ServeConfig, serve};

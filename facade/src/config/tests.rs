@@ -169,10 +169,22 @@ fn reads_the_connection_budgets_and_refuses_ones_that_cannot_work() {
     assert_eq!(limits.max_streams_per_device, 16);
     for (bad, key) in [
         ("max_handshakes = 0", "limits.max_handshakes"),
-        ("max_handshakes_per_source = 0", "limits.max_handshakes_per_source"),
-        ("max_connections_per_device = 0", "limits.max_connections_per_device"),
-        ("max_streams_per_device = 0", "limits.max_streams_per_device"),
-        ("manifest_buffer_bytes = 1048576", "limits.manifest_buffer_bytes"),
+        (
+            "max_handshakes_per_source = 0",
+            "limits.max_handshakes_per_source",
+        ),
+        (
+            "max_connections_per_device = 0",
+            "limits.max_connections_per_device",
+        ),
+        (
+            "max_streams_per_device = 0",
+            "limits.max_streams_per_device",
+        ),
+        (
+            "manifest_buffer_bytes = 1048576",
+            "limits.manifest_buffer_bytes",
+        ),
     ] {
         let error = files.parse(&files.toml(&format!("\n[limits]\n{bad}\n")));
         let message = error.unwrap_err().to_string();

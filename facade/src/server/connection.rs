@@ -26,8 +26,8 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 use tracing::Instrument;
 
-use super::idle::{Activity, Progress};
-use crate::budget::{self, NoTurn};
+use super::idle::Activity;
+use crate::budget::{self, Holding, NoTurn};
 use crate::identity::DeviceIdentity;
 use crate::service::{self, Shared};
 
@@ -151,8 +151,10 @@ pub(super) async fn serve(
                     ));
                 };
                 let stream = activity.stream(share);
+                let waiting = activity.waiting();
                 let response = service::handle(shared, device, request).await;
-                Ok(response.map(|body| Progress::new(body, stream).boxed_unsync()))
+                drop(waiting);
+                Ok(response.map(|body| Holding::new(body, stream).boxed_unsync()))
             }
         });
         let connection = builder.serve_connection(TokioIo::new(tls), service);

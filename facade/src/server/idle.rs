@@ -1,46 +1,43 @@
 //! Idle detection by stream progress: a connection is idle once nothing moved a stream for
 //! the idle timeout, where moving is a request starting, a request ending (its response body
-//! dropped), or a response body frame taken for sending. Bytes on the socket do not count:
+//! dropped), or a response body frame taken for sending. A request still waiting for its
+//! response head (on an upstream, bounded by the upstream timeouts) keeps the connection
+//! from being idle. Bytes on the socket do not count:
 //! HTTP/2 PINGs and other control frames (the agent sends keep-alive PINGs) cannot keep an
 //! idle connection open, and a device that stops reading mid-body is idle too once the
 //! send buffers are full and its body stops being polled, so a stalled reader cannot pin a
 //! connection (and its upstream stream) forever.
 
-use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body::{Body as HttpBody, Frame, SizeHint};
-use pin_project_lite::pin_project;
 use tokio::time::Instant;
+
+use crate::budget::Hold;
 
 /// When a connection's streams last made progress, in milliseconds since it opened.
 #[derive(Debug)]
 pub struct Activity {
     opened: Instant,
     last_ms: AtomicU64,
+    /// Requests waiting for their response head.
+    waiting: AtomicUsize,
 }
 
-/// One request in progress on a connection: notes progress when it starts and when it is
-/// dropped (with its response body), and holds `G` (its budget share) as long.
+/// A request waiting for its response head, until dropped.
+#[derive(Debug)]
+pub struct Waiting {
+    activity: Arc<Activity>,
+}
+
+/// One request in progress on a connection: notes progress when it starts, at each frame of
+/// its response body (held in a [`Holding`](crate::budget::Holding) body) and when it is dropped with that body, and
+/// holds `G` (its budget share) as long.
 #[derive(Debug)]
 pub struct Stream<G> {
     activity: Arc<Activity>,
     _held: G,
-}
-
-pin_project! {
-    /// A response body that notes progress on every frame it yields, and ends its
-    /// [`Stream`] when dropped.
-    #[derive(Debug)]
-    pub struct Progress<B, G> {
-        #[pin]
-        inner: B,
-        stream: Stream<G>,
-    }
 }
 
 // === impl Activity ===
@@ -51,6 +48,7 @@ impl Activity {
         Arc::new(Activity {
             opened: Instant::now(),
             last_ms: AtomicU64::new(0),
+            waiting: AtomicUsize::new(0),
         })
     }
 
@@ -64,14 +62,28 @@ impl Activity {
         self.opened + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
     }
 
-    /// Resolves once no stream made progress for `idle`.
+    /// Resolves once no stream made progress for `idle` and no request is waiting for its
+    /// response head.
     pub async fn idle_for(&self, idle: Duration) {
         loop {
             let deadline = self.last() + idle;
             if Instant::now() >= deadline {
-                return;
+                if self.waiting.load(Ordering::Relaxed) == 0 {
+                    return;
+                }
+                // A request is being answered: look again one period on.
+                tokio::time::sleep(idle).await;
+                continue;
             }
             tokio::time::sleep_until(deadline).await;
+        }
+    }
+
+    /// A request waiting for its response head until the returned guard is dropped.
+    pub fn waiting(self: &Arc<Self>) -> Waiting {
+        self.waiting.fetch_add(1, Ordering::Relaxed);
+        Waiting {
+            activity: self.clone(),
         }
     }
 
@@ -86,6 +98,15 @@ impl Activity {
     }
 }
 
+// === impl Waiting ===
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.activity.waiting.fetch_sub(1, Ordering::Relaxed);
+        self.activity.touch();
+    }
+}
+
 // === impl Stream ===
 
 impl<G> Drop for Stream<G> {
@@ -94,46 +115,19 @@ impl<G> Drop for Stream<G> {
     }
 }
 
-// === impl Progress ===
-
-impl<B, G> Progress<B, G> {
-    /// `inner`, sent as part of `stream`.
-    pub fn new(inner: B, stream: Stream<G>) -> Self {
-        Progress { inner, stream }
-    }
-}
-
-impl<B, G> HttpBody for Progress<B, G>
-where
-    B: HttpBody<Data = Bytes>,
-{
-    type Data = Bytes;
-    type Error = B::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let this = self.project();
-        let polled = this.inner.poll_frame(cx);
-        if let Poll::Ready(Some(Ok(_))) = &polled {
-            this.stream.activity.touch();
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+impl<G> Hold for Stream<G> {
+    fn frame_sent(&self) {
+        self.activity.touch();
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use bytes::Bytes;
+    use http_body::Frame;
     use http_body_util::{BodyExt as _, StreamBody};
+
+    use crate::budget::Holding;
 
     use super::*;
 
@@ -151,11 +145,32 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_request_waiting_for_its_answer_is_not_idle() {
+        let activity = Activity::new();
+        let waiting = activity.waiting();
+        let idle = tokio::spawn({
+            let activity = activity.clone();
+            async move { activity.idle_for(Duration::from_secs(10)).await }
+        });
+        tokio::time::advance(Duration::from_secs(60)).await;
+        tokio::task::yield_now().await;
+        assert!(
+            !idle.is_finished(),
+            "idle while a request waited for its answer"
+        );
+        drop(waiting);
+        let answered = Instant::now();
+        idle.await.unwrap();
+        // The answer was progress: idle a full period after it.
+        assert!(answered.elapsed() >= Duration::from_secs(10));
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn body_frames_are_progress_and_a_stalled_body_is_not() {
         let activity = Activity::new();
         let (sender, receiver) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, String>>(1);
         let frames = tokio_stream_from(receiver);
-        let mut body = Progress::new(StreamBody::new(frames), activity.stream(()));
+        let mut body = Holding::new(StreamBody::new(frames), activity.stream(()));
         tokio::time::advance(Duration::from_secs(30)).await;
         sender
             .send(Ok(Frame::data(Bytes::from_static(b"x"))))

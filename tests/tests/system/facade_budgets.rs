@@ -154,7 +154,10 @@ fn a_source_over_its_handshake_cap_is_closed_at_once_while_other_sources_handsha
         let mut third = idle_socket(OTHER_SOURCE, addr).await;
         closed_by_server(&mut third).await
     });
-    assert!(third_closed, "a third handshake from one source was let wait");
+    assert!(
+        third_closed,
+        "a third handshake from one source was let wait"
+    );
     let metrics = facade.metrics();
     assert_eq!(sample(&metrics, IN_PROGRESS), 2, "{metrics}");
     assert_eq!(sample(&metrics, SOURCE_CAP), 1, "{metrics}");
@@ -169,9 +172,7 @@ fn a_source_over_its_handshake_cap_is_closed_at_once_while_other_sources_handsha
 }
 
 /// A TLS connection with the device certificate that sends nothing after its handshake.
-async fn device_tls(
-    facade: &FacadeFixture,
-) -> tokio_rustls::client::TlsStream<TcpStream> {
+async fn device_tls(facade: &FacadeFixture) -> tokio_rustls::client::TlsStream<TcpStream> {
     let config = Arc::new(facade.tls_config(Who::Device).unwrap());
     let tcp = TcpStream::connect(facade.device_addr()).await.unwrap();
     let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
@@ -188,7 +189,8 @@ fn a_device_over_its_connection_cap_is_closed_after_the_handshake() {
         ..FacadeOptions::default()
     })
     .unwrap();
-    let held = facade.block_on(async { vec![device_tls(&facade).await, device_tls(&facade).await] });
+    let held =
+        facade.block_on(async { vec![device_tls(&facade).await, device_tls(&facade).await] });
     wait_for(&facade, "facade_open_connections", 2);
     let closed = facade.block_on(async {
         let mut third = device_tls(&facade).await;
@@ -230,13 +232,14 @@ fn a_connection_that_only_sends_pings_is_closed_when_idle() {
             .await
             .unwrap();
         // PINGs every 100 ms, idle or not, as the agent's keep-alive does (less often).
-        let (mut sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .keep_alive_interval(Duration::from_millis(100))
-            .keep_alive_while_idle(true)
-            .handshake::<_, Empty<Bytes>>(TokioIo::new(tls))
-            .await
-            .unwrap();
+        let (mut sender, connection) =
+            hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .keep_alive_interval(Duration::from_millis(100))
+                .keep_alive_while_idle(true)
+                .handshake::<_, Empty<Bytes>>(TokioIo::new(tls))
+                .await
+                .unwrap();
         let connection = tokio::spawn(connection);
         let request = http::Request::builder()
             .uri(facade.url("/v2/"))
@@ -250,7 +253,10 @@ fn a_connection_that_only_sends_pings_is_closed_when_idle() {
             .await
             .is_ok()
     });
-    assert!(ended, "a connection kept open by PINGs alone was never closed");
+    assert!(
+        ended,
+        "a connection kept open by PINGs alone was never closed"
+    );
 }
 
 #[test]
@@ -284,7 +290,13 @@ fn a_device_over_its_stream_cap_gets_429_with_retry_after_until_a_stream_ends() 
         assert_eq!(unread.bytes().await.unwrap().len(), big.len());
         let mut status = 0;
         for _ in 0..100 {
-            status = second.get(facade.url("/v2/")).send().await.unwrap().status().as_u16();
+            status = second
+                .get(facade.url("/v2/"))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16();
             if status == 200 {
                 break;
             }
@@ -294,7 +306,10 @@ fn a_device_over_its_stream_cap_gets_429_with_retry_after_until_a_stream_ends() 
     });
     let metrics = facade.metrics();
     assert!(
-        sample(&metrics, "facade_refused_streams_total{reason=\"device_cap\"}") >= 1,
+        sample(
+            &metrics,
+            "facade_refused_streams_total{reason=\"device_cap\"}"
+        ) >= 1,
         "{metrics}"
     );
 }
