@@ -52,6 +52,9 @@ pub struct FacadeOptions {
     pub cloud: Vec<String>,
     /// The facade's base AWS credentials for ECR connections.
     pub aws: Option<meshanics_facade::cloud::ecr::AwsCredentials>,
+    /// Extra lines for the `[cache]` table (`max_bytes = 1048576`); none writes no table, so
+    /// the facade runs its default cache (under the state folder).
+    pub cache: Vec<String>,
 }
 
 /// Which client certificate a client presents.
@@ -69,12 +72,14 @@ pub enum Who {
     Nobody,
 }
 
-/// What a device got for one request: the status, the body bytes until it ended, and
-/// whether it ended cleanly (not aborted).
+/// What a device got for one request: the status, the headers, the body bytes until it
+/// ended, and whether it ended cleanly (not aborted).
 #[derive(Debug)]
 pub struct DeviceResponse {
     /// The status code.
     pub status: u16,
+    /// The response headers.
+    pub headers: http::HeaderMap,
     /// The body, as far as it came.
     pub body: Vec<u8>,
     /// Whether the body ended cleanly rather than being cut off.
@@ -225,6 +230,12 @@ impl FacadeFixture {
         );
         for line in &options.limits {
             let _ = writeln!(toml, "{line}");
+        }
+        if !options.cache.is_empty() {
+            let _ = writeln!(toml, "\n[cache]");
+            for line in &options.cache {
+                let _ = writeln!(toml, "{line}");
+            }
         }
         if !options.cloud.is_empty() {
             let _ = writeln!(toml, "\n[cloud]");
@@ -421,6 +432,7 @@ impl FacadeFixture {
         self.block_on(async {
             let mut response = request.send().await.map_err(|e| invalid(&e))?;
             let status = response.status().as_u16();
+            let headers = response.headers().clone();
             let mut body = Vec::new();
             let clean = loop {
                 match response.chunk().await {
@@ -431,6 +443,7 @@ impl FacadeFixture {
             };
             Ok(DeviceResponse {
                 status,
+                headers,
                 body,
                 clean,
             })

@@ -54,6 +54,9 @@ pub struct Options {
     pub tls: Option<(PathBuf, PathBuf)>,
     /// With TLS: require client certificates chained to these CAs.
     pub client_cas: Vec<PathBuf>,
+    /// Run as a pull-through cache (distribution's proxy mode) of the registry at this URL
+    /// (`http://127.0.0.1:PORT`): it stores what it fetched and answers from its storage.
+    pub proxy_remote: Option<String>,
 }
 
 // === impl Options ===
@@ -146,6 +149,11 @@ impl RegistryServer {
         })
     }
 
+    /// The registry's process id (for its memory and descriptors: [`crate::proc_stats`]).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The port it listens on (on 127.0.0.1).
     pub fn port(&self) -> u16 {
         self.port
@@ -177,6 +185,20 @@ impl RegistryServer {
         self.dir.path()
     }
 
+    /// How many requests with `method` (`GET`, `HEAD`) whose URI path ends with `path_end`
+    /// (`/blobs/sha256:...`, `/team/app/manifests/sha256:...`) the registry completed so far,
+    /// from its log (a `response completed` line per request, whatever the status).
+    pub fn requests(&self, method: &str, path_end: &str) -> usize {
+        let log = self.log();
+        log.lines()
+            .filter(|line| line.contains("msg=\"response completed"))
+            .filter_map(logged_request)
+            .filter(|(m, uri)| {
+                *m == method && uri.split('?').next().is_some_and(|p| p.ends_with(path_end))
+            })
+            .count()
+    }
+
     /// Where the registry stores a blob's bytes (to tamper with them).
     pub fn blob_data_path(&self, digest: &Digest) -> PathBuf {
         let hex = digest.hex();
@@ -194,6 +216,19 @@ impl Drop for RegistryServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The method and URI of a `response completed` log line (`http.request.method=GET
+/// http.request.uri="/v2/..."`; the value is quoted only when it needs to be).
+fn logged_request(line: &str) -> Option<(&str, &str)> {
+    let field = |key: &str| -> Option<&str> {
+        let rest = line.split(key).nth(1)?;
+        match rest.strip_prefix('"') {
+            Some(quoted) => quoted.split('"').next(),
+            None => rest.split(' ').next(),
+        }
+    };
+    Some((field("http.request.method=")?, field("http.request.uri=")?))
 }
 
 fn listening_port(line: &str) -> Option<u16> {
@@ -223,6 +258,9 @@ fn config_yaml(dir: &Path, options: &Options) -> Result<String, FixtureError> {
                 yaml.push_str(&format!("      - {}\n", ca.display()));
             }
         }
+    }
+    if let Some(remote) = &options.proxy_remote {
+        yaml.push_str(&format!("proxy:\n  remoteurl: {remote}\n"));
     }
     match &options.auth {
         Auth::Anonymous => {}
