@@ -18,10 +18,22 @@
 //!                                    # any, a device whose issuer has none is refused
 //!
 //! [limits]                           # all optional
-//! max_connections = 1024
-//! handshake_timeout = "10s"
+//! max_connections = 1024             # device connections served at once (verified ones)
+//! max_connections_per_device = 8     # per device certificate; more are closed after the
+//!                                    # handshake
+//! max_streams_per_device = 128       # requests in progress per device, all its connections
+//!                                    # together; more get 429 with Retry-After
+//! max_handshakes = 128               # TLS handshakes in progress; more wait up to
+//!                                    # handshake_timeout for a turn, then are closed
+//! max_handshakes_per_source = 8      # per client IP address (IPv6: per /64); past them,
+//!                                    # only while half of max_handshakes is free, else closed
+//! handshake_timeout = "5s"
 //! header_timeout = "10s"
-//! idle_timeout = "2m"
+//! idle_timeout = "2m"                # no request started or ended, none waiting for its
+//!                                    # answer, no response byte sent for this long: closed
+//!                                    # (PINGs do not count)
+//! manifest_buffer_bytes = 67108864   # manifests read whole from upstreams into memory at
+//!                                    # once, all devices (64 MiB; the cache streams its own)
 //! upstream_connect_timeout = "10s"
 //! upstream_response_timeout = "30s"
 //! upstream_read_timeout = "1m"
@@ -58,6 +70,18 @@
 //!                                             # even on a private address (HOST or HOST:PORT)
 //! ```
 //!
+//! The device port admits in two steps. An accepted socket first needs a handshake turn
+//! (`max_handshakes`; each IP address has `max_handshakes_per_source` of its own and may take
+//! more only while half the turns are free, so one address never holds more than half);
+//! a connection slot (`max_connections`, and
+//! `max_connections_per_device`) is taken only once its device certificate verified, so a
+//! client without a certificate can hold neither slots nor more than its share of handshakes.
+//! A verified connection waits for a free slot. The accept loop itself stops only at
+//! `max_connections + 2 * max_handshakes` open sockets (a file descriptor guard; the unit's
+//! `LimitNOFILE` is above it). A manifest waits up to 2 s for room in
+//! `manifest_buffer_bytes` (its announced size, or 4 MiB when unannounced), then gets 503
+//! with Retry-After.
+//!
 //! Redirects off an upstream's origin (blob storage) are followed to public addresses and to
 //! its `storage_hosts`, never to loopback, private, link-local or reserved addresses
 //! otherwise, nor to `listen` or `operator_listen` (see
@@ -86,6 +110,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use meshanics_shared::manifest::MAX_MANIFEST_SIZE;
 use meshanics_shared::tls::{self, ServerFiles, TlsError};
 use meshanics_shared::{Registry, duration};
 use rustls::RootCertStore;
@@ -163,15 +188,32 @@ impl Default for CloudConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
-    /// Concurrent device connections; more wait in the kernel's accept queue.
+    /// Device connections served at once, counted once their certificate verified; more
+    /// wait for a free slot.
     pub max_connections: usize,
-    /// How long a TLS handshake may take.
+    /// Connections one device certificate may hold at once; more are closed after the
+    /// handshake.
+    pub max_connections_per_device: usize,
+    /// Requests one device may have in progress at once over all its connections; more are
+    /// answered 429 with `Retry-After`. Also each HTTP/2 connection's
+    /// `SETTINGS_MAX_CONCURRENT_STREAMS`.
+    pub max_streams_per_device: u32,
+    /// TLS handshakes in progress at once; more wait up to `handshake_timeout` for a turn.
+    pub max_handshakes: usize,
+    /// TLS handshakes in progress at once from one IP address (IPv6: one /64) that are its
+    /// own; past them it may take more only while half of `max_handshakes` is free, and is
+    /// closed at once otherwise.
+    pub max_handshakes_per_source: usize,
+    /// How long a TLS handshake may take (and, apart, how long one may wait for its turn).
     #[serde(deserialize_with = "duration::deserialize")]
     pub handshake_timeout: Duration,
     /// How long a client may take to send a request's headers.
     #[serde(deserialize_with = "duration::deserialize")]
     pub header_timeout: Duration,
-    /// How long a connection may stay without a byte read or written before it is closed.
+    /// How long a connection may go without stream progress (a request started or ended, a
+    /// response body byte sent) and without a request waiting for its answer before it is
+    /// closed. Control frames (HTTP/2 PINGs) do not count, and neither does a reader that
+    /// stopped reading mid-body.
     #[serde(deserialize_with = "duration::deserialize")]
     pub idle_timeout: Duration,
     /// How long connecting to an upstream may take.
@@ -191,6 +233,9 @@ pub struct Limits {
     /// The most bytes streamed for a blob whose upstream announced no size (an endless body
     /// ends here, aborted).
     pub max_unsized_blob_bytes: u64,
+    /// Bytes of manifests held in memory at once (read whole to verify them), all devices
+    /// together; at least the 4 MiB a single manifest may have.
+    pub manifest_buffer_bytes: u64,
 }
 
 /// One approved upstream from the file.
@@ -434,7 +479,11 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_connections: 1024,
-            handshake_timeout: Duration::from_secs(10),
+            max_connections_per_device: 8,
+            max_streams_per_device: 128,
+            max_handshakes: 128,
+            max_handshakes_per_source: 8,
+            handshake_timeout: Duration::from_secs(5),
             header_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(120),
             upstream_connect_timeout: Duration::from_secs(10),
@@ -443,6 +492,7 @@ impl Default for Limits {
             shutdown_grace: Duration::from_secs(30),
             max_meta_bytes: 16 * 1024 * 1024,
             max_unsized_blob_bytes: 16 * 1024 * 1024 * 1024,
+            manifest_buffer_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -471,10 +521,49 @@ impl Limits {
         if let Some((key, _)) = counts.iter().find(|(_, value)| *value == 0) {
             return Err(positive(key));
         }
-        if self.max_connections == 0 {
-            return Err(positive("max_connections"));
+        let sizes = [
+            ("max_connections", self.max_connections),
+            (
+                "max_connections_per_device",
+                self.max_connections_per_device,
+            ),
+            ("max_handshakes", self.max_handshakes),
+            ("max_handshakes_per_source", self.max_handshakes_per_source),
+        ];
+        if let Some((key, _)) = sizes.iter().find(|(_, value)| *value == 0) {
+            return Err(positive(key));
+        }
+        if self.max_streams_per_device == 0 {
+            return Err(positive("max_streams_per_device"));
+        }
+        let too_many = |key| ConfigError::Limit {
+            key,
+            reason: "must be at most 1000000",
+        };
+        if let Some((key, _)) = sizes.iter().find(|(_, value)| *value > 1_000_000) {
+            return Err(too_many(key));
+        }
+        if self.manifest_buffer_bytes < MAX_MANIFEST_SIZE {
+            return Err(ConfigError::Limit {
+                key: "manifest_buffer_bytes",
+                reason: "must be at least 4194304 (one manifest of the largest size)",
+            });
+        }
+        if self.manifest_buffer_bytes / 1024 > u64::from(u32::MAX) {
+            return Err(ConfigError::Limit {
+                key: "manifest_buffer_bytes",
+                reason: "must be under 4 TiB",
+            });
         }
         Ok(())
+    }
+
+    /// Sockets the device listener keeps open at once, whatever they are doing (the accept
+    /// loop's file descriptor guard): the connection slots, the handshakes in progress and
+    /// as many again waiting for a handshake turn or a slot.
+    pub fn max_sockets(&self) -> usize {
+        self.max_connections
+            .saturating_add(self.max_handshakes.saturating_mul(2))
     }
 
     /// The TLS handshake deadline.

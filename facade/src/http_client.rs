@@ -27,12 +27,27 @@ pub fn web_roots() -> RootCertStore {
     }
 }
 
-/// A client builder trusting `roots`, with ALPN for HTTP/2 and HTTP/1.1. Proxies come from
-/// `HTTPS_PROXY`/`HTTP_PROXY`/`NO_PROXY`, which reqwest reads by default.
+/// How much of one upstream HTTP/2 stream may arrive ahead of the device reading it (hyper's
+/// client default is 2 MiB). What arrives waits in memory until the device takes it, so this
+/// bounds what a slow device costs; it also bounds one stream's throughput to about this
+/// much per round trip (512 KiB at 20 ms is 26 MB/s), which the upstream's own pacing rarely
+/// beats for one device.
+pub const UPSTREAM_STREAM_WINDOW: u32 = 512 * 1024;
+/// The same for all streams of one upstream HTTP/2 connection together (hyper: 5 MiB): 16
+/// stalled streams' worth, so a few stalled devices do not stop the others sharing it.
+pub const UPSTREAM_CONNECTION_WINDOW: u32 = 8 * 1024 * 1024;
+
+/// A client builder trusting `roots`, with ALPN for HTTP/2 and HTTP/1.1 and the receive
+/// windows above. Proxies come from `HTTPS_PROXY`/`HTTP_PROXY`/`NO_PROXY`, which reqwest
+/// reads by default. (reqwest sets no HTTP/1.1 read buffer size; hyper's reads are driven by
+/// the device reading, up to its ~400 KiB default.)
 pub fn builder(roots: RootCertStore) -> Result<reqwest::ClientBuilder, HttpClientError> {
     let mut config = tls::client_config_from(roots, None)?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(reqwest::Client::builder().use_preconfigured_tls(config))
+    Ok(reqwest::Client::builder()
+        .use_preconfigured_tls(config)
+        .http2_initial_stream_window_size(UPSTREAM_STREAM_WINDOW)
+        .http2_initial_connection_window_size(UPSTREAM_CONNECTION_WINDOW))
 }
 
 /// A client for token endpoints trusting `roots`, with connect and overall timeouts. It

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 /// A device, named by its certificate subject (`CN=device-42`) and serial number.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct DeviceIdentity(Arc<str>);
 
 // === impl DeviceIdentity ===

@@ -55,6 +55,7 @@
 pub mod admin;
 pub mod approval;
 pub mod body;
+pub mod budget;
 pub mod cache;
 pub mod cloud;
 pub mod config;

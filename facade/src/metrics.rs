@@ -23,6 +23,12 @@ pub enum Work {
     Request,
     /// An upstream body being streamed to a device.
     UpstreamBody,
+    /// A TLS handshake with its turn (`max_handshakes`).
+    Handshake,
+    /// A verified connection waiting for a connection slot (`max_connections`).
+    SlotWait,
+    /// Bytes of manifests held in memory (`manifest_buffer_bytes`).
+    ManifestBytes,
 }
 
 /// Holds `+1` on a gauge of [`Work`] until dropped.
@@ -30,6 +36,7 @@ pub enum Work {
 pub struct InProgress {
     metrics: Arc<Metrics>,
     work: Work,
+    amount: i64,
 }
 
 /// Upstream latency buckets, in seconds.
@@ -48,6 +55,12 @@ pub struct Metrics {
     open_connections: AtomicI64,
     requests_in_flight: AtomicI64,
     upstream_bodies_open: AtomicI64,
+    handshakes_in_progress: AtomicI64,
+    connections_waiting: AtomicI64,
+    manifest_buffer_bytes: AtomicI64,
+    refused_connections: Mutex<BTreeMap<&'static str, u64>>,
+    refused_streams: Mutex<BTreeMap<&'static str, u64>>,
+    manifest_waits: Mutex<BTreeMap<&'static str, u64>>,
     latency_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
     latency_count: AtomicU64,
     latency_sum_micros: AtomicU64,
@@ -142,6 +155,25 @@ impl Metrics {
         bump(&self.tls_reloads, if succeeded { "ok" } else { "failed" });
     }
 
+    /// Counts a verified device connection closed for want of budget, by reason
+    /// (`device_cap`).
+    pub fn refused_connection(&self, reason: &'static str) {
+        bump(&self.refused_connections, reason);
+    }
+
+    /// Counts a device request refused for want of budget, by reason (`device_cap`).
+    pub fn refused_stream(&self, reason: &'static str) {
+        bump(&self.refused_streams, reason);
+    }
+
+    /// Counts a manifest that had to wait for room in memory, by whether it got it.
+    pub fn manifest_wait(&self, got_room: bool) {
+        bump(
+            &self.manifest_waits,
+            if got_room { "waited" } else { "refused" },
+        );
+    }
+
     /// Counts a request answered from a committed cache entry (`manifest` is its kind).
     pub fn cache_hit(&self, manifest: bool) {
         pick(&self.cache.hits, !manifest).fetch_add(1, Ordering::Relaxed);
@@ -193,10 +225,17 @@ impl Metrics {
 
     /// Counts `work` in its gauge until the returned guard is dropped.
     pub fn in_progress(self: &Arc<Self>, work: Work) -> InProgress {
-        self.gauge(work).fetch_add(1, Ordering::Relaxed);
+        self.in_progress_by(work, 1)
+    }
+
+    /// Adds `amount` to `work`'s gauge until the returned guard is dropped (bytes, for
+    /// [`Work::ManifestBytes`]).
+    pub fn in_progress_by(self: &Arc<Self>, work: Work, amount: i64) -> InProgress {
+        self.gauge(work).fetch_add(amount, Ordering::Relaxed);
         InProgress {
             metrics: self.clone(),
             work,
+            amount,
         }
     }
 
@@ -204,6 +243,9 @@ impl Metrics {
         match work {
             Work::Request => &self.requests_in_flight,
             Work::UpstreamBody => &self.upstream_bodies_open,
+            Work::Handshake => &self.handshakes_in_progress,
+            Work::SlotWait => &self.connections_waiting,
+            Work::ManifestBytes => &self.manifest_buffer_bytes,
         }
     }
 
@@ -323,6 +365,63 @@ impl Metrics {
             "Upstream bodies being streamed to devices.",
             self.upstream_bodies_open.load(Ordering::Relaxed),
         );
+        single(
+            &mut out,
+            "facade_handshakes_in_progress",
+            "gauge",
+            "TLS handshakes in progress (each holding a turn of max_handshakes).",
+            self.handshakes_in_progress.load(Ordering::Relaxed),
+        );
+        single(
+            &mut out,
+            "facade_connections_waiting",
+            "gauge",
+            "Verified device connections waiting for a connection slot (max_connections).",
+            self.connections_waiting.load(Ordering::Relaxed),
+        );
+        header(
+            &mut out,
+            "facade_refused_connections_total",
+            "counter",
+            "Verified device connections closed for want of budget, by reason.",
+        );
+        for (reason, n) in snapshot(&self.refused_connections) {
+            let _ = writeln!(
+                out,
+                "facade_refused_connections_total{{reason=\"{reason}\"}} {n}"
+            );
+        }
+        header(
+            &mut out,
+            "facade_refused_streams_total",
+            "counter",
+            "Device requests answered 429 for want of budget, by reason.",
+        );
+        for (reason, n) in snapshot(&self.refused_streams) {
+            let _ = writeln!(
+                out,
+                "facade_refused_streams_total{{reason=\"{reason}\"}} {n}"
+            );
+        }
+        single(
+            &mut out,
+            "facade_manifest_buffer_bytes",
+            "gauge",
+            "Bytes of manifest_buffer_bytes held by manifests in memory now.",
+            self.manifest_buffer_bytes.load(Ordering::Relaxed),
+        );
+        header(
+            &mut out,
+            "facade_manifest_buffer_waits_total",
+            "counter",
+            "Manifests that waited for room in manifest_buffer_bytes, by outcome (waited, refused).",
+        );
+        for (outcome, n) in snapshot(&self.manifest_waits) {
+            let _ = writeln!(
+                out,
+                "facade_manifest_buffer_waits_total{{outcome=\"{outcome}\"}} {n}"
+            );
+        }
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             single(
                 &mut out,
@@ -443,7 +542,7 @@ impl Drop for InProgress {
     fn drop(&mut self) {
         self.metrics
             .gauge(self.work)
-            .fetch_sub(1, Ordering::Relaxed);
+            .fetch_sub(self.amount, Ordering::Relaxed);
     }
 }
 

@@ -37,6 +37,7 @@ use meshanics_shared::{Digest, Verifier, VerifyError};
 use tokio::sync::watch;
 
 use crate::body::{Body, Check, CheckedBody, Origin};
+use crate::budget::{self, Budgets, Holding, ManifestRoom};
 use crate::cache::reader::Reader;
 use crate::cache::{Cache, Fill, Filler, Head, Lookup, Progress, media_type_of};
 use crate::config::Limits;
@@ -57,6 +58,7 @@ struct Ask<'a> {
     upstream: &'a Arc<Upstream>,
     metrics: &'a Arc<Metrics>,
     limits: &'a Limits,
+    budgets: &'a Budgets,
     device: &'a DeviceIdentity,
     target: &'a ContentTarget,
     method: &'a Method,
@@ -83,6 +85,7 @@ pub async fn content(
         upstream: &upstream,
         metrics: &shared.metrics,
         limits: &shared.limits,
+        budgets: &shared.budgets,
         device,
         target: &target,
         method,
@@ -438,6 +441,7 @@ async fn straight(
         upstream,
         metrics,
         limits,
+        budgets,
         device,
         target,
         method,
@@ -491,7 +495,10 @@ async fn straight(
         return Ok(reply);
     }
     if is_manifest {
-        return manifest(target, response, content_type, metrics, device).await;
+        let room = budgets
+            .manifest_room(length.unwrap_or(MAX_MANIFEST_SIZE))
+            .await;
+        return manifest(target, response, content_type, room, metrics, device).await;
     }
     let check = if partial {
         let content_range = response.headers().get(CONTENT_RANGE).cloned();
@@ -543,14 +550,25 @@ async fn straight(
     Ok(reply)
 }
 
-/// Reads and verifies a manifest before sending any of it.
+/// Reads and verifies a manifest before sending any of it, in `room` taken from
+/// `manifest_buffer_bytes` for its announced size (or the maximum) and held until its body
+/// is dropped; without room, 503 with `Retry-After`.
 async fn manifest(
     target: ContentTarget,
     response: reqwest::Response,
     content_type: Option<HeaderValue>,
+    room: Option<ManifestRoom>,
     metrics: &Metrics,
     device: &DeviceIdentity,
 ) -> Result<Response<Body>, Error> {
+    let Some(room) = room else {
+        tracing::warn!(%device, upstream = %target.upstream, digest = %target.digest,
+            "refusing a manifest for now: manifest_buffer_bytes is in use by others");
+        return Ok(budget::refusal(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the facade has too many manifests in memory; retry later",
+        ));
+    };
     let limit = usize::try_from(MAX_MANIFEST_SIZE).unwrap_or(usize::MAX);
     let bytes = match read_capped(response, limit).await {
         Ok(bytes) => bytes,
@@ -574,7 +592,7 @@ async fn manifest(
     let content_type = content_type.or_else(|| sniff_media_type(&bytes));
     let length = bytes.len() as u64;
     let mut reply = headers_only(&target.digest, content_type, length);
-    *reply.body_mut() = respond::full(Bytes::from(bytes));
+    *reply.body_mut() = Holding::new(respond::full(Bytes::from(bytes)), room).boxed_unsync();
     metrics.streamed(length);
     Ok(reply)
 }

@@ -1,6 +1,7 @@
 //! The facade server: binds the device listener (mutual TLS) and the metrics listener
 //! (`operator_listen`), runs both on the shared serve loop ([`meshanics_http::serve`]: the
-//! device side under the connection limit and header timeout of `[limits]`), and shuts down
+//! device side under the budgets and header timeout of `[limits]`, see [`crate::budget`]; the
+//! loop itself only stops accepting at [`Limits::max_sockets`](crate::config::Limits::max_sockets)), and shuts down
 //! gracefully: stop accepting, let streams in flight finish up to the grace period, then
 //! close what is left. Each device handshake takes the device TLS configuration in force
 //! when it starts; SIGHUP and changed `[tls]` files reload it ([`crate::device_tls`]).
@@ -19,6 +20,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::approval::ApprovedUpstreams;
+use crate::budget::Budgets;
 use crate::cache::{Cache, CacheError};
 use crate::config::Config;
 use crate::device_tls::{CHANGE_CHECK, DeviceTls};
@@ -29,7 +31,7 @@ use crate::service::Shared;
 mod connection;
 mod idle;
 
-pub use idle::{Activity, Tracked};
+pub use idle::{Activity, Stream, Waiting};
 
 /// A running facade.
 #[derive(Debug)]
@@ -122,6 +124,7 @@ pub async fn start(
         metrics: metrics.clone(),
         metadata_dir: config.metadata_dir.clone(),
         limits: config.limits.clone(),
+        budgets: Budgets::new(&config.limits, metrics.clone()),
     });
     let (shutdown, signal) = watch::channel(false);
     tracing::info!(%device_addr, %operator_addr, "facade listening");
@@ -197,7 +200,7 @@ async fn serve_devices(
 ) {
     let limits = &shared.limits;
     let config = ServeConfig::new("device")
-        .with_max_connections(limits.max_connections)
+        .with_max_connections(limits.max_sockets())
         .with_header_timeout(limits.header())
         .with_grace(limits.grace());
     let stop = async move {

@@ -10,6 +10,7 @@ use http::{HeaderValue, Method, Request, Response};
 
 use crate::approval::ApprovedUpstreams;
 use crate::body::Body;
+use crate::budget::Budgets;
 use crate::cache::Cache;
 use crate::config::Limits;
 use crate::error::Error;
@@ -29,6 +30,8 @@ pub struct Shared {
     pub metadata_dir: Option<PathBuf>,
     /// Limits.
     pub limits: Limits,
+    /// The device listener's budgets (of `limits`).
+    pub budgets: Budgets,
     /// The content cache (`None` when `[cache] max_bytes = 0`).
     pub cache: Option<Arc<Cache>>,
 }

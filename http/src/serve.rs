@@ -11,7 +11,11 @@
 //!   again, burning a core while the process is out of file descriptors. A connection that
 //!   the client gave up on before it was accepted (`ECONNABORTED` and the like) is skipped.
 //! - **Limits connections** when asked: at the limit it stops accepting, and new clients wait
-//!   in the kernel's backlog until a connection ends.
+//!   in the kernel's backlog until a connection ends. The count covers every accepted socket,
+//!   whatever it is doing: a cap that protects file descriptors. A listener that must tell
+//!   clients apart before it admits them (the facade: a TLS handshake first, a device
+//!   certificate next) sets it well above its real limits and enforces those in its handler
+//!   with [`crate::budget`].
 //! - **Tracks every connection task** in a [`JoinSet`]: nothing it spawns outlives it.
 //! - **Drains on shutdown**: it closes the listening socket, tells the connections to finish
 //!   ([`Drain`]), waits for them up to the grace period, then aborts the rest.
@@ -240,7 +244,7 @@ impl ServeConfig {
         }
     }
 
-    /// At most `max` connections at once.
+    /// At most `max` accepted sockets open at once; at the cap, accepting waits.
     pub fn with_max_connections(mut self, max: usize) -> Self {
         self.max_connections = Some(max);
         self

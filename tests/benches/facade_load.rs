@@ -303,8 +303,15 @@ fn main() {
         .write_layout(&work.path().join("app"), "v1")
         .unwrap();
     skopeo::push_layout(&built.dir, "v1", &registry.host(), "team/app").unwrap();
+    // Every valid client is the one device certificate from 127.0.0.1: lift the per-device
+    // and per-source caps, which would otherwise refuse most of the load this bench means.
     let fixture = FacadeFixture::start(&FacadeOptions {
         upstreams: vec![UpstreamEntry::anonymous(&registry.host())],
+        limits: vec![
+            format!("max_connections_per_device = {}", connections.max(1)),
+            format!("max_handshakes_per_source = {}", connections.max(1)),
+            format!("max_streams_per_device = {}", connections.max(128)),
+        ],
         ..FacadeOptions::default()
     })
     .unwrap();

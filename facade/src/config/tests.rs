@@ -144,6 +144,55 @@ fn refuses_unknown_keys_and_bad_limits() {
 }
 
 #[test]
+fn reads_the_connection_budgets_and_refuses_ones_that_cannot_work() {
+    let files = Files::new();
+    let config = files.parse(&files.toml("")).unwrap();
+    let limits = &config.limits;
+    assert_eq!(
+        (
+            limits.max_handshakes,
+            limits.max_handshakes_per_source,
+            limits.max_connections_per_device,
+            limits.max_streams_per_device,
+            limits.manifest_buffer_bytes,
+        ),
+        (128, 8, 8, 128, 64 * 1024 * 1024)
+    );
+    assert_eq!(limits.max_sockets(), 1024 + 2 * 128);
+    let text = files.toml(
+        "\n[limits]\nmax_handshakes = 4\nmax_handshakes_per_source = 2\n\
+         max_connections_per_device = 3\nmax_streams_per_device = 16\n\
+         manifest_buffer_bytes = 8388608\n",
+    );
+    let limits = files.parse(&text).unwrap().limits;
+    assert_eq!(limits.max_handshakes_per_source, 2);
+    assert_eq!(limits.max_streams_per_device, 16);
+    for (bad, key) in [
+        ("max_handshakes = 0", "limits.max_handshakes"),
+        (
+            "max_handshakes_per_source = 0",
+            "limits.max_handshakes_per_source",
+        ),
+        (
+            "max_connections_per_device = 0",
+            "limits.max_connections_per_device",
+        ),
+        (
+            "max_streams_per_device = 0",
+            "limits.max_streams_per_device",
+        ),
+        (
+            "manifest_buffer_bytes = 1048576",
+            "limits.manifest_buffer_bytes",
+        ),
+    ] {
+        let error = files.parse(&files.toml(&format!("\n[limits]\n{bad}\n")));
+        let message = error.unwrap_err().to_string();
+        assert!(message.contains(key), "{bad}: {message}");
+    }
+}
+
+#[test]
 fn reads_durations_in_the_agents_dialect_and_bare_integers_as_seconds() {
     let files = Files::new();
     let text = files.toml(
@@ -153,7 +202,7 @@ fn reads_durations_in_the_agents_dialect_and_bare_integers_as_seconds() {
     assert_eq!(config.limits.idle(), Duration::from_secs(120));
     assert_eq!(config.limits.header(), Duration::from_millis(1500));
     assert_eq!(config.limits.grace(), Duration::from_secs(45));
-    assert_eq!(config.limits.handshake(), Duration::from_secs(10));
+    assert_eq!(config.limits.handshake(), Duration::from_secs(5));
     assert_eq!(config.cloud.token_margin, Duration::from_secs(5400));
     let old = files.parse(&files.toml("\n[cloud]\ntoken_margin_seconds = 7\n"));
     assert_eq!(old.unwrap().cloud.token_margin, Duration::from_secs(7));

@@ -1,47 +1,59 @@
-//! Idle detection: an I/O wrapper that notes when bytes last moved, and a timer that fires
-//! once none have for the idle timeout. A device that stops reading mid-stream is idle too,
-//! so a stalled client cannot pin a connection (and its upstream stream) forever.
+//! Idle detection by stream progress: a connection is idle once nothing moved a stream for
+//! the idle timeout, where moving is a request starting, a request ending (its response body
+//! dropped), or a response body frame taken for sending. A request still waiting for its
+//! response head (on an upstream, bounded by the upstream timeouts) keeps the connection
+//! from being idle. Bytes on the socket do not count:
+//! HTTP/2 PINGs and other control frames (the agent sends keep-alive PINGs) cannot keep an
+//! idle connection open, and a device that stops reading mid-body is idle too once the
+//! send buffers are full and its body stops being polled, so a stalled reader cannot pin a
+//! connection (and its upstream stream) forever.
 
-use std::io;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use pin_project_lite::pin_project;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
-/// When a connection last moved bytes, in milliseconds since it opened.
+use crate::budget::Hold;
+
+/// When a connection's streams last made progress, in milliseconds since it opened.
 #[derive(Debug)]
 pub struct Activity {
     opened: Instant,
     last_ms: AtomicU64,
+    /// Requests waiting for their response head.
+    waiting: AtomicUsize,
 }
 
-pin_project! {
-    /// Marks activity on every read or write that moved bytes.
-    #[derive(Debug)]
-    pub struct Tracked<IO> {
-        #[pin]
-        inner: IO,
-        activity: Arc<Activity>,
-    }
+/// A request waiting for its response head, until dropped.
+#[derive(Debug)]
+pub struct Waiting {
+    activity: Arc<Activity>,
+}
+
+/// One request in progress on a connection: notes progress when it starts, at each frame of
+/// its response body (held in a [`Holding`](crate::budget::Holding) body) and when it is dropped with that body, and
+/// holds `G` (its budget share) as long.
+#[derive(Debug)]
+pub struct Stream<G> {
+    activity: Arc<Activity>,
+    _held: G,
 }
 
 // === impl Activity ===
 
 impl Activity {
-    /// A connection opened now.
+    /// A connection opened now (which counts as progress).
     pub fn new() -> Arc<Activity> {
         Arc::new(Activity {
             opened: Instant::now(),
             last_ms: AtomicU64::new(0),
+            waiting: AtomicUsize::new(0),
         })
     }
 
-    fn touch(&self) {
+    /// Notes progress now.
+    pub fn touch(&self) {
         let now = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
         self.last_ms.store(now, Ordering::Relaxed);
     }
@@ -50,104 +62,132 @@ impl Activity {
         self.opened + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
     }
 
-    /// Resolves once no bytes moved for `idle`.
+    /// Resolves once no stream made progress for `idle` and no request is waiting for its
+    /// response head.
     pub async fn idle_for(&self, idle: Duration) {
         loop {
             let deadline = self.last() + idle;
             if Instant::now() >= deadline {
-                return;
+                if self.waiting.load(Ordering::Relaxed) == 0 {
+                    return;
+                }
+                // A request is being answered: look again one period on.
+                tokio::time::sleep(idle).await;
+                continue;
             }
             tokio::time::sleep_until(deadline).await;
         }
     }
-}
 
-// === impl Tracked ===
-
-impl<IO> Tracked<IO> {
-    /// Wraps `inner`.
-    pub fn new(inner: IO, activity: Arc<Activity>) -> Self {
-        Tracked { inner, activity }
-    }
-}
-
-impl<IO: AsyncRead> AsyncRead for Tracked<IO> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.project();
-        let before = buf.filled().len();
-        let result = this.inner.poll_read(cx, buf);
-        if buf.filled().len() > before {
-            this.activity.touch();
+    /// A request waiting for its response head until the returned guard is dropped.
+    pub fn waiting(self: &Arc<Self>) -> Waiting {
+        self.waiting.fetch_add(1, Ordering::Relaxed);
+        Waiting {
+            activity: self.clone(),
         }
-        result
+    }
+
+    /// A request started now; it lasts until the returned stream (or the body that takes
+    /// it) is dropped, holding `held`.
+    pub fn stream<G>(self: &Arc<Self>, held: G) -> Stream<G> {
+        self.touch();
+        Stream {
+            activity: self.clone(),
+            _held: held,
+        }
     }
 }
 
-impl<IO: AsyncWrite> AsyncWrite for Tracked<IO> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.project();
-        let result = this.inner.poll_write(cx, buf);
-        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
-            this.activity.touch();
-        }
-        result
-    }
+// === impl Waiting ===
 
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.project();
-        let result = this.inner.poll_write_vectored(cx, bufs);
-        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
-            this.activity.touch();
-        }
-        result
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.activity.waiting.fetch_sub(1, Ordering::Relaxed);
+        self.activity.touch();
     }
+}
 
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
+// === impl Stream ===
+
+impl<G> Drop for Stream<G> {
+    fn drop(&mut self) {
+        self.activity.touch();
     }
+}
 
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().inner.poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().inner.poll_shutdown(cx)
+impl<G> Hold for Stream<G> {
+    fn frame_sent(&self) {
+        self.activity.touch();
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use bytes::Bytes;
+    use http_body::Frame;
+    use http_body_util::{BodyExt as _, StreamBody};
+
+    use crate::budget::Holding;
+
     use super::*;
 
     #[tokio::test(start_paused = true)]
     async fn fires_only_after_a_quiet_period() {
         let activity = Activity::new();
-        let (mut a, b) = tokio::io::duplex(64);
-        let mut tracked = Tracked::new(b, activity.clone());
         tokio::time::advance(Duration::from_secs(5)).await;
-        tokio::io::AsyncWriteExt::write_all(&mut a, b"x")
-            .await
-            .unwrap();
-        let mut byte = [0u8; 1];
-        tokio::io::AsyncReadExt::read_exact(&mut tracked, &mut byte)
-            .await
-            .unwrap();
+        let stream = activity.stream(());
         let started = Instant::now();
         activity.idle_for(Duration::from_secs(10)).await;
-        // The read at t=5 s moved the deadline to t=15 s.
+        // The request started at t=5 s moved the deadline to t=15 s.
         assert_eq!(started.elapsed(), Duration::from_secs(10));
         assert!(activity.last() >= activity.opened + Duration::from_secs(5));
+        drop(stream);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_waiting_for_its_answer_is_not_idle() {
+        let activity = Activity::new();
+        let waiting = activity.waiting();
+        let idle = tokio::spawn({
+            let activity = activity.clone();
+            async move { activity.idle_for(Duration::from_secs(10)).await }
+        });
+        tokio::time::advance(Duration::from_secs(60)).await;
+        tokio::task::yield_now().await;
+        assert!(
+            !idle.is_finished(),
+            "idle while a request waited for its answer"
+        );
+        drop(waiting);
+        let answered = Instant::now();
+        idle.await.unwrap();
+        // The answer was progress: idle a full period after it.
+        assert!(answered.elapsed() >= Duration::from_secs(10));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn body_frames_are_progress_and_a_stalled_body_is_not() {
+        let activity = Activity::new();
+        let (sender, receiver) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, String>>(1);
+        let frames = tokio_stream_from(receiver);
+        let mut body = Holding::new(StreamBody::new(frames), activity.stream(()));
+        tokio::time::advance(Duration::from_secs(30)).await;
+        sender
+            .send(Ok(Frame::data(Bytes::from_static(b"x"))))
+            .await
+            .unwrap();
+        body.frame().await.unwrap().unwrap();
+        // Progress at t=30 s; then the body stalls: idle 10 s later, though it is open.
+        let stalled = Instant::now();
+        activity.idle_for(Duration::from_secs(10)).await;
+        assert_eq!(stalled.elapsed(), Duration::from_secs(10));
+        drop(sender);
+    }
+
+    /// A frame stream over a channel (what an upstream body looks like to the server).
+    fn tokio_stream_from<T>(
+        mut receiver: tokio::sync::mpsc::Receiver<T>,
+    ) -> impl futures_util::Stream<Item = T> {
+        futures_util::stream::poll_fn(move |cx| receiver.poll_recv(cx))
     }
 }

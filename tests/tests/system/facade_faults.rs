@@ -368,9 +368,16 @@ fn fault_campaign(kinds: &[Kind], cached: bool) {
     } else {
         "max_bytes = 0"
     };
+    // Every client is the one device certificate from 127.0.0.1, opening a connection per
+    // request: lift the per-device and per-source caps, which would refuse most of them.
     let fixture = FacadeFixture::start(&FacadeOptions {
         upstreams: vec![UpstreamEntry::anonymous(&scripted.host())],
         cache: vec![cache.into()],
+        limits: vec![
+            "max_connections_per_device = 4096".into(),
+            "max_handshakes_per_source = 4096".into(),
+            "max_streams_per_device = 4096".into(),
+        ],
         ..FacadeOptions::default()
     })
     .unwrap();
