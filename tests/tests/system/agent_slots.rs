@@ -12,7 +12,6 @@
     reason = "test helpers: a setup that fails is a failing test"
 )]
 
-use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -21,7 +20,7 @@ use meshanics_agent::service::SlotAction;
 use meshanics_agent::status::{self, SlotView};
 use meshanics_shared::Digest;
 use meshanics_tests::agent_device::AgentDevice;
-use meshanics_tests::artifacts::{self, BuiltArtifact, read_tree};
+use meshanics_tests::artifacts::{self, BuiltArtifact, read_tree, source_tree};
 use meshanics_tests::oci_layout::{BuiltImage, LayerFile, pseudo_random};
 use meshanics_tests::update_chain::{REPOSITORY, UpdateChain};
 use meshanics_tests::{release, skopeo};
@@ -35,6 +34,22 @@ fn manifest_behind(link: &std::path::Path) -> Digest {
 
 fn slot<'a>(slots: &'a [SlotView], name: &str) -> &'a SlotView {
     slots.iter().find(|s| s.name == name).unwrap()
+}
+
+/// A `linux/amd64` gateway with the health check `check` (no settle time) and the hook `hook`.
+fn checked_device(s: &UpdateChain, hook: Option<&Path>, check: &Path) -> AgentDevice {
+    let hook = hook.map_or_else(String::new, |h| format!("hook = \"{}\"\n", h.display()));
+    AgentDevice::with_apply(
+        &s.facade,
+        s.release.anchor(),
+        "gateway",
+        "linux/amd64",
+        &format!(
+            "{hook}health_check = \"{}\"\nhealth_settle = \"0s\"",
+            check.display()
+        ),
+    )
+    .unwrap()
 }
 
 fn amd64(built: &BuiltImage) -> Digest {
@@ -59,27 +74,15 @@ fn a_device_running_two_targets_rolls_back_only_the_one_whose_health_check_fails
     // The check fails for the second model release only, and logs what it checked.
     let log = s.work.path().join("health.log");
     let check = s.work.path().join("health.sh");
-    std::fs::write(
+    script(
         &check,
-        format!(
-            "#!/bin/sh\necho \"$MESHANICS_TARGET $MESHANICS_KIND\" >> {}\n[ \"$MESHANICS_TARGET_DIGEST\" != \"{}\" ]\n",
+        &format!(
+            "echo \"$MESHANICS_TARGET $MESHANICS_KIND\" >> {}\n[ \"$MESHANICS_TARGET_DIGEST\" != \"{}\" ]\n",
             log.display(),
             model2.index.digest
         ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&check, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let device = AgentDevice::with_apply(
-        &s.facade,
-        s.release.anchor(),
-        "gateway",
-        "linux/amd64",
-        &format!(
-            "health_check = \"{}\"\nhealth_settle = \"0s\"",
-            check.display()
-        ),
-    )
-    .unwrap();
+    );
+    let device = checked_device(&s, None, &check);
     let publish = |s: &mut UpdateChain, releases: &[(&str, &BuiltImage)]| {
         let entries = releases
             .iter()
@@ -205,13 +208,6 @@ fn model_files(seed: u64) -> Vec<LayerFile> {
     ]
 }
 
-fn source(files: &[LayerFile]) -> BTreeMap<String, Vec<u8>> {
-    files
-        .iter()
-        .map(|f| (f.path.clone(), f.contents.clone()))
-        .collect()
-}
-
 #[test]
 fn an_app_image_beside_a_modelpack_model_whose_check_fails_keeps_the_app_and_rolls_the_model_back_to_its_files()
  {
@@ -245,18 +241,7 @@ fn an_app_image_beside_a_modelpack_model_whose_check_fails_keeps_the_app_and_rol
             model2.manifest.digest
         ),
     );
-    let device = AgentDevice::with_apply(
-        &s.facade,
-        s.release.anchor(),
-        "gateway",
-        "linux/amd64",
-        &format!(
-            "hook = \"{}\"\nhealth_check = \"{}\"\nhealth_settle = \"0s\"",
-            hook.display(),
-            check.display()
-        ),
-    )
-    .unwrap();
+    let device = checked_device(&s, Some(&hook), &check);
     let publish = |s: &mut UpdateChain, model: &BuiltArtifact| {
         let entries = vec![
             s.entry("app", &app, None).unwrap(),
@@ -299,7 +284,7 @@ fn an_app_image_beside_a_modelpack_model_whose_check_fails_keeps_the_app_and_rol
         "{}",
         model1_files.display()
     );
-    assert_eq!(read_tree(&model1_files).unwrap(), source(&files1));
+    assert_eq!(read_tree(&model1_files).unwrap(), source_tree(&files1));
     let model_current = device.slot_current("model");
     assert_eq!(ArtifactKind::of_layout(&model_current), ArtifactKind::Files);
     assert_eq!(
@@ -330,7 +315,7 @@ fn an_app_image_beside_a_modelpack_model_whose_check_fails_keeps_the_app_and_rol
         model2_checked.display()
     );
     assert_ne!(model2_checked, model1_files);
-    assert_eq!(read_tree(&model2_checked).unwrap(), source(&files2));
+    assert_eq!(read_tree(&model2_checked).unwrap(), source_tree(&files2));
     assert_eq!(
         std::fs::canonicalize(ArtifactKind::Files.folder(&model_current)).unwrap(),
         std::fs::canonicalize(&model1_files).unwrap(),
@@ -338,7 +323,7 @@ fn an_app_image_beside_a_modelpack_model_whose_check_fails_keeps_the_app_and_rol
     );
     assert_eq!(
         read_tree(&ArtifactKind::Files.folder(&model_current)).unwrap(),
-        source(&files1)
+        source_tree(&files1)
     );
     assert_eq!(
         about(&hook_log, "model"),
