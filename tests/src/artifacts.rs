@@ -223,6 +223,14 @@ pub fn docker_model(
     )
 }
 
+/// `files` as [`read_tree`] reads them back: what a device's folder must equal.
+pub fn source_tree(files: &[LayerFile]) -> BTreeMap<String, Vec<u8>> {
+    files
+        .iter()
+        .map(|f| (f.path.clone(), f.contents.clone()))
+        .collect()
+}
+
 /// Every regular file under `root`, by relative path, with its bytes (folders are walked,
 /// symlinks are an error: files mode writes none for these fixtures).
 pub fn read_tree(root: &Path) -> Result<BTreeMap<String, Vec<u8>>, FixtureError> {

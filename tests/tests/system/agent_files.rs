@@ -15,7 +15,7 @@ use std::os::unix::fs::MetadataExt as _;
 use meshanics_agent::apply::ArtifactKind;
 use meshanics_agent::service::SlotAction;
 use meshanics_shared::metadata::ApplyMode;
-use meshanics_tests::artifacts::{self, BuiltArtifact, read_tree};
+use meshanics_tests::artifacts::{self, BuiltArtifact, read_tree, source_tree};
 use meshanics_tests::oci_layout::{LayerFile, pseudo_random};
 use meshanics_tests::release;
 use meshanics_tests::skopeo;
@@ -39,13 +39,6 @@ fn file(path: &str, contents: Vec<u8>) -> LayerFile {
         path: path.to_owned(),
         contents,
     }
-}
-
-fn source(files: &[LayerFile]) -> BTreeMap<String, Vec<u8>> {
-    files
-        .iter()
-        .map(|f| (f.path.clone(), f.contents.clone()))
-        .collect()
 }
 
 /// Pushes `built` as `tag` and releases it as target `name`, with the entry's `apply`.
@@ -73,7 +66,7 @@ fn a_modelpack_model_is_applied_as_files_equal_to_the_source_its_weights_hard_li
     let current = device.current();
     assert_eq!(ArtifactKind::of_layout(&current), ArtifactKind::Files);
     let folder = ArtifactKind::Files.folder(&current);
-    assert_eq!(read_tree(&folder).unwrap(), source(&files));
+    assert_eq!(read_tree(&folder).unwrap(), source_tree(&files));
     // Raw layers are the cache's blobs, not copies.
     for name in ["model.safetensors", "adapter.gguf"] {
         let layer = built
@@ -121,7 +114,7 @@ fn an_oras_artifact_is_applied_as_files_its_folder_layer_extracted() {
         "{outcome:?}"
     );
     let folder = ArtifactKind::Files.folder(&device.current());
-    assert_eq!(read_tree(&folder).unwrap(), source(&files));
+    assert_eq!(read_tree(&folder).unwrap(), source_tree(&files));
 }
 
 #[test]

@@ -14,7 +14,7 @@ mod agent_kill_campaign; // the agent binary SIGKILLed at random moments of an u
 mod agent_kill_resume; // the agent binary SIGKILLed mid-download converges and resumes blobs
 mod agent_pull; // the agent pulling by digest from the registry behind mutual TLS
 mod agent_service; // the update cycle and service loop: systemd notify, stop and resume
-mod agent_slots; // several targets: a slot each, a failed health check rolls back one alone
+mod agent_slots; // several targets (an image, a model as files): a slot each, a failed check rolls back one alone
 mod agent_sync_and_run; // the agent binary's `sync --once`, `run` and `status` end to end
 mod agent_waves; // signed rollout waves: download ahead, apply when the wave opens, tampering refused
 mod connections_tags; // tag listing and import against paginating and failing registries
