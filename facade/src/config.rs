@@ -29,6 +29,13 @@
 //! max_meta_bytes = 16777216
 //! max_unsized_blob_bytes = 17179869184   # a blob sent without Content-Length
 //!
+//! [cache]                            # the content cache (all optional)
+//! dir = "/var/cache/meshanics-facade"   # default: <state_dir>/cache; made if missing
+//! max_bytes = 10737418240            # size cap (default 10 GiB); least recently used
+//!                                    # entries are evicted to stay under it; content
+//!                                    # bigger than it streams through uncached; 0 turns
+//!                                    # the cache off (every request goes upstream)
+//!
 //! master_key_file = "/etc/meshanics/master-key"  # seals connection credentials (32 random
 //!                                    # bytes or 64 hex, mode 0600); or the systemd
 //!                                    # credential `master-key`. Without a key, connections
@@ -110,7 +117,21 @@ pub struct Config {
     pub master_key_file: Option<PathBuf>,
     /// Cloud token settings.
     pub cloud: CloudConfig,
+    /// The content cache.
+    pub cache: CacheConfig,
 }
+
+/// The content cache's settings (`[cache]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheConfig {
+    /// The cache folder (exists and is a folder when the cache is on).
+    pub dir: PathBuf,
+    /// The size cap in bytes; 0: the cache is off.
+    pub max_bytes: u64,
+}
+
+/// The default cache size cap: 10 GiB.
+pub const DEFAULT_CACHE_BYTES: u64 = 10 * 1024 * 1024 * 1024;
 
 /// Cloud token settings, all with defaults.
 #[derive(Debug, Clone, Deserialize)]
@@ -272,6 +293,15 @@ struct RawConfig {
     master_key_file: Option<PathBuf>,
     #[serde(default)]
     cloud: CloudConfig,
+    #[serde(default)]
+    cache: RawCache,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCache {
+    dir: Option<PathBuf>,
+    max_bytes: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -345,7 +375,9 @@ impl Config {
             }
             upstreams.push(checked);
         }
+        let cache = raw.cache.check(&raw.state_dir)?;
         Ok(Config {
+            cache,
             listen: raw.listen,
             operator_listen: raw.operator_listen,
             state_dir: raw.state_dir,
@@ -375,6 +407,25 @@ fn check_folder(key: &'static str, path: &Path) -> Result<(), ConfigError> {
         return Err(folder_err("not a folder".into()));
     }
     Ok(())
+}
+
+// === impl RawCache ===
+
+impl RawCache {
+    /// The settings, the folder made if missing (when the cache is on).
+    fn check(self, state_dir: &Path) -> Result<CacheConfig, ConfigError> {
+        let dir = self.dir.unwrap_or_else(|| state_dir.join("cache"));
+        let max_bytes = self.max_bytes.unwrap_or(DEFAULT_CACHE_BYTES);
+        if max_bytes > 0 {
+            fs_err::create_dir_all(&dir).map_err(|e| ConfigError::Folder {
+                key: "cache.dir",
+                path: dir.clone(),
+                reason: e.to_string(),
+            })?;
+            check_folder("cache.dir", &dir)?;
+        }
+        Ok(CacheConfig { dir, max_bytes })
+    }
 }
 
 // === impl Limits ===

@@ -1,6 +1,8 @@
 //! The facade's error type: everything a device request can end in besides content.
 //! [`crate::respond`] is the one place these become HTTP statuses and OCI error JSON.
 
+use std::sync::Arc;
+
 use http::{HeaderValue, Method, StatusCode};
 use meshanics_shared::{Digest, Registry, VerifyError};
 
@@ -142,6 +144,31 @@ pub enum Error {
         #[source]
         source: VerifyError,
     },
+    /// A cache fill failed while streaming (reading the upstream, or writing the cache).
+    #[error("fetching {digest} from {registry} into the cache failed: {reason}")]
+    FillFailed {
+        /// The upstream.
+        registry: Registry,
+        /// The digest.
+        digest: Digest,
+        /// Why.
+        reason: String,
+    },
+    /// The failure of a cache fill, shared by every request that waited on it.
+    #[error(transparent)]
+    Shared(Arc<Error>),
+    /// Content not in the cache, and its upstream is unreachable or failing (a 5xx, a
+    /// timeout, no connection): the device should retry later.
+    #[error("{digest} is not cached and its upstream is unavailable: {source}")]
+    Unavailable {
+        /// The digest.
+        digest: Digest,
+        /// The upstream's `Retry-After`, if it gave one.
+        retry_after: Option<HeaderValue>,
+        /// Why.
+        #[source]
+        source: Arc<Error>,
+    },
     /// No such metadata file (or not a regular file, or no metadata folder).
     #[error("no metadata file {name:?}")]
     MetaNotFound {
@@ -167,4 +194,41 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+}
+
+// === impl Error ===
+
+impl Error {
+    /// The error itself, through any [`Error::Shared`].
+    pub fn root(&self) -> &Error {
+        match self {
+            Error::Shared(inner) => inner.root(),
+            other => other,
+        }
+    }
+
+    /// For a miss: an upstream that is unreachable, timed out or failing (5xx) becomes
+    /// [`Error::Unavailable`] (503 with `Retry-After`, the upstream's when it gave one); any
+    /// other error is kept.
+    pub fn on_miss(self, digest: &Digest) -> Error {
+        let retry_after = match self.root() {
+            Error::UpstreamStatus {
+                status,
+                retry_after,
+                ..
+            } if status.is_server_error() => retry_after.clone(),
+            Error::Upstream(UpstreamError::Request { .. } | UpstreamError::Timeout { .. }) => None,
+            Error::FillFailed { .. } => None,
+            _ => return self,
+        };
+        let source = match self {
+            Error::Shared(inner) => inner,
+            other => Arc::new(other),
+        };
+        Error::Unavailable {
+            digest: digest.clone(),
+            retry_after,
+            source,
+        }
+    }
 }

@@ -23,7 +23,8 @@
 //!   upstream's own origin only, the bearer token cache, redirects that never carry
 //!   `Authorization` off the origin and, off it, reach only the upstream's storage hosts or
 //!   public addresses, pinned to the addresses checked).
-//! - [`proxy`] and [`body`]: streaming with verification; [`meta`]: `/meta/<file>`.
+//! - [`proxy`] and [`body`]: streaming with verification; [`cache`]: the content-addressed
+//!   cache and the one upstream fetch per digest; [`meta`]: `/meta/<file>`.
 //! - [`respond`]: the one place errors become HTTP statuses and OCI error JSON.
 //! - [`metrics`] and [`metrics_listener`]: Prometheus metrics, and `/healthz` and `/metrics`
 //!   on their own plain-HTTP listener (config key `operator_listen`).
@@ -48,12 +49,13 @@
 //! on, the OCI error body, `Range` parsing) and `meshanics-layout-registry`, a read-only
 //! registry over a folder of OCI layouts, the upstream for air-gapped sites.
 //!
-//! What it does not do: store content, accept pushes, resolve tags for devices, or decide
+//! What it does not do: accept pushes, resolve tags for devices, or decide
 //! what a device may run. Trust comes from the signed metadata the device verifies.
 
 pub mod admin;
 pub mod approval;
 pub mod body;
+pub mod cache;
 pub mod cloud;
 pub mod config;
 pub mod connections;

@@ -53,7 +53,36 @@ pub struct Metrics {
     latency_sum_micros: AtomicU64,
     crls: Mutex<Vec<CrlFile>>,
     tls_reloads: Mutex<BTreeMap<&'static str, u64>>,
+    cache: CacheCounters,
 }
+
+/// Where bytes sent to a device were read from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServedFrom {
+    /// A committed cache entry.
+    Cache,
+    /// An upstream fetch: a fill in progress, or content streamed through uncached.
+    Upstream,
+}
+
+/// The cache's counters and gauges (`facade_cache_*`).
+#[derive(Debug, Default)]
+struct CacheCounters {
+    /// By kind: manifest, blob.
+    hits: [AtomicU64; 2],
+    misses: [AtomicU64; 2],
+    /// By source: cache, upstream.
+    bytes_served: [AtomicU64; 2],
+    fills_ok: AtomicU64,
+    fills_failed: AtomicU64,
+    fill_devices: AtomicU64,
+    evictions: AtomicU64,
+    bytes: AtomicU64,
+    entries: AtomicU64,
+}
+
+/// Manifest or blob, as the cache metrics label it.
+const KINDS: [&str; 2] = ["manifest", "blob"];
 
 // === impl Metrics ===
 
@@ -111,6 +140,55 @@ impl Metrics {
     /// Counts a reload of the device TLS files, by outcome.
     pub fn tls_reload(&self, succeeded: bool) {
         bump(&self.tls_reloads, if succeeded { "ok" } else { "failed" });
+    }
+
+    /// Counts a request answered from a committed cache entry (`manifest` is its kind).
+    pub fn cache_hit(&self, manifest: bool) {
+        self.cache.hits[usize::from(!manifest)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a request the cache did not hold (a fill started or joined, or streamed
+    /// through).
+    pub fn cache_miss(&self, manifest: bool) {
+        self.cache.misses[usize::from(!manifest)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts bytes sent to a device from the cache or from an upstream fetch (both also
+    /// count in `facade_bytes_streamed_total`).
+    pub fn cache_served(&self, from: ServedFrom, bytes: u64) {
+        let index = usize::from(from == ServedFrom::Upstream);
+        self.cache.bytes_served[index].fetch_add(bytes, Ordering::Relaxed);
+        self.streamed(bytes);
+    }
+
+    /// Counts bytes streamed to a device straight from an upstream, uncached (already
+    /// counted in `facade_bytes_streamed_total`).
+    pub fn passed_through(&self, bytes: u64) {
+        self.cache.bytes_served[1].fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// Counts a finished fill by outcome, and the requests it served.
+    pub fn cache_fill(&self, ok: bool, devices: u64) {
+        let counter = if ok {
+            &self.cache.fills_ok
+        } else {
+            &self.cache.fills_failed
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        self.cache
+            .fill_devices
+            .fetch_add(devices, Ordering::Relaxed);
+    }
+
+    /// Counts an evicted entry.
+    pub fn cache_eviction(&self) {
+        self.cache.evictions.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Sets the cache's size gauges.
+    pub fn cache_size(&self, bytes: u64, entries: u64) {
+        self.cache.bytes.store(bytes, Ordering::Relaxed);
+        self.cache.entries.store(entries, Ordering::Relaxed);
     }
 
     /// Counts `work` in its gauge until the returned guard is dropped.
@@ -275,7 +353,87 @@ impl Metrics {
         let sum = self.latency_sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
         let _ = writeln!(out, "facade_upstream_latency_seconds_sum {sum}");
         let _ = writeln!(out, "facade_upstream_latency_seconds_count {count}");
+        self.cache.render(&mut out);
         out
+    }
+}
+
+// === impl CacheCounters ===
+
+impl CacheCounters {
+    fn render(&self, out: &mut String) {
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        for (name, help, counters) in [
+            (
+                "facade_cache_hits_total",
+                "Requests answered from a committed cache entry, by kind.",
+                &self.hits,
+            ),
+            (
+                "facade_cache_misses_total",
+                "Requests for content the cache did not hold, by kind.",
+                &self.misses,
+            ),
+        ] {
+            header(out, name, "counter", help);
+            for (kind, counter) in KINDS.iter().zip(counters) {
+                let _ = writeln!(out, "{name}{{kind=\"{kind}\"}} {}", load(counter));
+            }
+        }
+        header(
+            out,
+            "facade_cache_bytes_served_total",
+            "counter",
+            "Body bytes sent to devices, by source: cache (a committed entry) or upstream (a fill in progress, or streamed through uncached).",
+        );
+        for (source, counter) in ["cache", "upstream"].iter().zip(&self.bytes_served) {
+            let _ = writeln!(
+                out,
+                "facade_cache_bytes_served_total{{source=\"{source}\"}} {}",
+                load(counter)
+            );
+        }
+        header(
+            out,
+            "facade_cache_fills_total",
+            "counter",
+            "Upstream fetches into the cache (one per digest at a time), by outcome.",
+        );
+        for (outcome, counter) in [("ok", &self.fills_ok), ("failed", &self.fills_failed)] {
+            let _ = writeln!(
+                out,
+                "facade_cache_fills_total{{outcome=\"{outcome}\"}} {}",
+                load(counter)
+            );
+        }
+        single(
+            out,
+            "facade_cache_fill_devices_total",
+            "counter",
+            "Requests served from fills, summed over finished fills (divided by fills: devices per fill).",
+            load(&self.fill_devices),
+        );
+        single(
+            out,
+            "facade_cache_evictions_total",
+            "counter",
+            "Cache entries evicted to keep the size cap.",
+            load(&self.evictions),
+        );
+        single(
+            out,
+            "facade_cache_bytes",
+            "gauge",
+            "Bytes of committed cache entries.",
+            load(&self.bytes),
+        );
+        single(
+            out,
+            "facade_cache_entries",
+            "gauge",
+            "Committed cache entries.",
+            load(&self.entries),
+        );
     }
 }
 

@@ -1,5 +1,16 @@
-//! The pull-through proxy: a content route becomes one upstream request, and its answer
-//! becomes the device's response.
+//! The pull-through proxy: a content route is answered from the cache ([`crate::cache`]: a
+//! hit, or a fill shared by every request for the digest), or, with the cache off or for
+//! content it does not take, becomes one upstream request whose answer becomes the device's
+//! response.
+//!
+//! Through the cache: the upstream must be approved now, hit or not; a hit asked under
+//! another repository than the ones it was fetched or confirmed under is confirmed with an
+//! upstream `HEAD` first (refused as the upstream refuses, fetched again when the answer is
+//! unclear). `Range` (one `bytes=` range: 206, or 416 with `Content-Range: bytes */SIZE`) and
+//! `HEAD` are answered from the entry or from the fill in progress. A miss whose upstream is
+//! unreachable or failing is a 503 with `Retry-After` ([`Error::on_miss`]).
+//!
+//! Straight from the upstream:
 //!
 //! - Blobs stream through a [`CheckedBody`]: never buffered, hashed as they pass, aborted on
 //!   any mismatch. A `Range` is passed on; a `206` must name the range asked for in its
@@ -23,49 +34,439 @@ use http_body_util::BodyExt;
 use meshanics_http::range;
 use meshanics_shared::manifest::MAX_MANIFEST_SIZE;
 use meshanics_shared::{Digest, Verifier, VerifyError};
+use tokio::sync::watch;
 
-use crate::approval::ApprovedUpstreams;
 use crate::body::{Body, Check, CheckedBody, Origin};
+use crate::cache::reader::Reader;
+use crate::cache::{Cache, Fill, Filler, Head, Lookup, Progress};
 use crate::config::Limits;
 use crate::error::Error;
 use crate::identity::DeviceIdentity;
 use crate::metrics::Metrics;
-use crate::registry_client::{ContentKind, ContentRequest, UpstreamError, read_capped};
+use crate::registry_client::{ContentKind, ContentRequest, Upstream, UpstreamError, read_capped};
 use crate::respond;
 use crate::routes::ContentTarget;
+use crate::service::Shared;
 
 /// The digest header of the distribution API.
 pub static DOCKER_CONTENT_DIGEST: HeaderName = HeaderName::from_static("docker-content-digest");
 
-/// Serves a manifest or blob from its approved upstream.
+/// One device request for content, with what serving it needs.
+#[derive(Debug, Clone, Copy)]
+struct Ask<'a> {
+    upstream: &'a Arc<Upstream>,
+    metrics: &'a Arc<Metrics>,
+    limits: &'a Limits,
+    device: &'a DeviceIdentity,
+    target: &'a ContentTarget,
+    method: &'a Method,
+    headers: &'a HeaderMap,
+}
+
+/// Serves a manifest or blob: from the cache when `shared` has one (a hit, a fill in
+/// progress, or a new fill), else straight from its approved upstream.
 pub async fn content(
-    upstreams: &dyn ApprovedUpstreams,
-    metrics: &Arc<Metrics>,
-    limits: &Limits,
+    shared: &Shared,
     device: &DeviceIdentity,
     target: ContentTarget,
     method: &Method,
     headers: &HeaderMap,
 ) -> Result<Response<Body>, Error> {
-    let upstream = upstreams
+    let upstream = shared
+        .upstreams
         .approved(&target.upstream)
         .ok_or_else(|| Error::UnknownUpstream {
             registry: target.upstream.clone(),
         })?;
+    let ask = Ask {
+        upstream: &upstream,
+        metrics: &shared.metrics,
+        limits: &shared.limits,
+        device,
+        target: &target,
+        method,
+        headers,
+    };
+    match &shared.cache {
+        Some(cache) => cached(cache, ask).await,
+        None => passthrough(ask, None).await,
+    }
+}
+
+/// What an upstream `HEAD` said about content asked under another repository than the ones
+/// it was fetched or confirmed under.
+enum Confirmation {
+    /// It serves that content there.
+    Yes,
+    /// It refuses it (404, 401, 403): the device is refused the same way.
+    Refused(Error),
+    /// No clear answer (unreachable, another status, other content): treated as a miss.
+    Unknown,
+}
+
+/// Serves content through the cache; see [`crate::cache`].
+async fn cached(cache: &Arc<Cache>, ask: Ask<'_>) -> Result<Response<Body>, Error> {
+    let target = ask.target;
+    let digest = &target.digest;
+    let pair = (target.upstream.clone(), target.repository.clone());
+    let manifest = target.kind == ContentKind::Manifest;
+    // A HEAD never starts a fill: on a miss it is answered by an upstream HEAD.
+    let start = *ask.method == Method::GET;
+    match cache.lookup(digest, target.kind, &pair, start) {
+        Lookup::Hit(hit) => {
+            if !hit.pair_known {
+                match confirm(ask, Some(hit.entry.size)).await {
+                    Confirmation::Yes => cache.confirm(digest, &pair),
+                    Confirmation::Refused(error) => return Err(error),
+                    Confirmation::Unknown => return miss(ask).await,
+                }
+            }
+            let path = hit.path.clone();
+            let file = match tokio::task::spawn_blocking(move || std::fs::File::open(path)).await
+            {
+                Ok(Ok(file)) => Arc::new(file),
+                _ => {
+                    // Evicted since the lookup, or removed behind the facade's back.
+                    tracing::warn!(%digest, path = %hit.path.display(),
+                        "cache: an entry's file cannot be opened; fetching again");
+                    cache.remove(digest);
+                    return miss(ask).await;
+                }
+            };
+            ask.metrics.cache_hit(manifest);
+            let media_type = hit.entry.media_type.clone();
+            answer(ask, file, None, hit.entry.size, media_type)
+        }
+        Lookup::Miss => miss(ask).await,
+        Lookup::Join(fill) => {
+            if fill.pair() != &pair {
+                match confirm(ask, None).await {
+                    Confirmation::Yes => {}
+                    Confirmation::Refused(error) => return Err(error),
+                    Confirmation::Unknown => return miss(ask).await,
+                }
+            }
+            ask.metrics.cache_miss(manifest);
+            from_fill(ask, &fill).await
+        }
+        Lookup::Start(filler) => {
+            ask.metrics.cache_miss(manifest);
+            let fill = filler.fill().clone();
+            tokio::spawn(run_fill(
+                filler,
+                ask.upstream.clone(),
+                target.clone(),
+                ask.metrics.clone(),
+                ask.device.clone(),
+            ));
+            from_fill(ask, &fill).await
+        }
+    }
+}
+
+/// A miss answered straight from the upstream (a `HEAD`, or a hit that could not be
+/// confirmed or read).
+async fn miss(ask: Ask<'_>) -> Result<Response<Body>, Error> {
+    ask.metrics
+        .cache_miss(ask.target.kind == ContentKind::Manifest);
+    passthrough(ask, None)
+        .await
+        .map_err(|error| error.on_miss(&ask.target.digest))
+}
+
+/// Asks the upstream (`HEAD`) whether it serves `digest` under the repository asked for.
+async fn confirm(ask: Ask<'_>, size: Option<u64>) -> Confirmation {
+    let target = ask.target;
+    let request = ContentRequest {
+        method: Method::HEAD,
+        kind: target.kind,
+        repository: &target.repository,
+        digest: &target.digest,
+        range: None,
+    };
+    let Ok(response) = ask.upstream.fetch(&request).await else {
+        return Confirmation::Unknown;
+    };
+    let status = response.status();
+    match status {
+        StatusCode::OK => {
+            let headers = response.headers();
+            let same_digest = headers.get(&DOCKER_CONTENT_DIGEST).is_none_or(|value| {
+                value
+                    .to_str()
+                    .ok()
+                    .and_then(|text| Digest::parse(text.trim()).ok())
+                    .is_some_and(|announced| announced == target.digest)
+            });
+            let same_size = match (size, content_length(headers)) {
+                (Some(size), Some(length)) => size == length,
+                _ => true,
+            };
+            if same_digest && same_size {
+                Confirmation::Yes
+            } else {
+                Confirmation::Unknown
+            }
+        }
+        StatusCode::NOT_FOUND | StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+            Confirmation::Refused(status_error(target, status, response.headers()))
+        }
+        _ => Confirmation::Unknown,
+    }
+}
+
+/// Answers from a fill: once it has the upstream's answer (blobs), or once it verified the
+/// whole (manifests, sent only whole and verified).
+async fn from_fill(ask: Ask<'_>, fill: &Arc<Fill>) -> Result<Response<Body>, Error> {
+    let digest = &ask.target.digest;
+    let stopped = || Error::FillFailed {
+        registry: ask.target.upstream.clone(),
+        digest: digest.clone(),
+        reason: "the fill stopped".into(),
+    };
+    let mut progress = fill.subscribe();
+    let manifest_get = ask.target.kind == ContentKind::Manifest && *ask.method == Method::GET;
+    let state = progress
+        .wait_for(|state| match state {
+            Progress::Starting => false,
+            Progress::Streaming { .. } => !manifest_get,
+            _ => true,
+        })
+        .await
+        .map(|state| state.clone())
+        .map_err(|_| stopped().on_miss(digest))?;
+    let (file, size, media_type) = match state {
+        Progress::Failed(failure) => return Err(Error::Shared(failure.error).on_miss(digest)),
+        Progress::Uncacheable => {
+            let whole_get = *ask.method == Method::GET && ask.headers.get(RANGE).is_none();
+            let response = whole_get.then(|| fill.take_response()).flatten();
+            return passthrough(ask, response)
+                .await
+                .map_err(|error| error.on_miss(digest));
+        }
+        Progress::Starting => return Err(stopped().on_miss(digest)),
+        Progress::Streaming {
+            file,
+            size,
+            media_type,
+            ..
+        }
+        | Progress::Done {
+            file,
+            size,
+            media_type,
+        } => (file, size, media_type),
+    };
+    if *ask.method == Method::GET {
+        fill.add_device();
+    }
+    answer(ask, file, Some(progress), size, media_type)
+}
+
+/// The answer from cached content (`progress` while a fill is writing it): headers, a
+/// `Range` (206, or 416 with `Content-Range: bytes */SIZE`), the body read at the device's
+/// pace.
+fn answer(
+    ask: Ask<'_>,
+    file: Arc<std::fs::File>,
+    progress: Option<watch::Receiver<Progress>>,
+    size: u64,
+    media_type: Option<String>,
+) -> Result<Response<Body>, Error> {
+    let target = ask.target;
+    let content_type = media_type.and_then(|text| HeaderValue::from_str(&text).ok());
+    if *ask.method == Method::HEAD {
+        return Ok(headers_only(&target.digest, content_type, size));
+    }
+    let asked = match target.kind {
+        ContentKind::Blob => ask.headers.get(RANGE),
+        ContentKind::Manifest => None,
+    };
+    let span = match asked {
+        None => None,
+        Some(value) => match range::parse(value, size) {
+            Some(span) => Some(span),
+            None if single_range(value) => {
+                return Err(Error::RangeNotSatisfiable {
+                    registry: target.upstream.clone(),
+                    digest: target.digest.clone(),
+                    content_range: HeaderValue::from_str(&format!("bytes */{size}")).ok(),
+                });
+            }
+            // Not a range the facade answers: the whole content, as HTTP allows.
+            None => None,
+        },
+    };
+    let (start, end) = span.unwrap_or((0, size));
+    let metrics = ask.metrics.clone();
+    let digest = target.digest.clone();
+    let reader = match progress {
+        Some(progress) => Reader::filling(file, progress, digest, (start, end), size, metrics),
+        None => Reader::committed(file, digest, (start, end), size, metrics),
+    };
+    let mut reply = headers_only(&target.digest, content_type, end - start);
+    *reply.body_mut() = reader.into_body();
+    if span.is_some() {
+        *reply.status_mut() = StatusCode::PARTIAL_CONTENT;
+        let content_range = format!("bytes {start}-{}/{size}", end.saturating_sub(1));
+        if let Ok(value) = HeaderValue::from_str(&content_range) {
+            reply.headers_mut().insert(CONTENT_RANGE, value);
+        }
+    }
+    Ok(reply)
+}
+
+/// The fill's own task: one upstream `GET` (for the rest only, with `Range`, when a previous
+/// fill was cut off by a read error and the upstream answers it), checked as a pass-through
+/// answer is, then streamed into the cache.
+async fn run_fill(
+    filler: Filler,
+    upstream: Arc<Upstream>,
+    target: ContentTarget,
+    metrics: Arc<Metrics>,
+    device: DeviceIdentity,
+) {
+    let partial = filler.partial();
+    let resume_range =
+        partial.and_then(|(written, _)| HeaderValue::from_str(&format!("bytes={written}-")).ok());
+    let request = ContentRequest {
+        method: Method::GET,
+        kind: target.kind,
+        repository: &target.repository,
+        digest: &target.digest,
+        range: resume_range.as_ref(),
+    };
+    let started = Instant::now();
+    let response = match upstream.fetch(&request).await {
+        Ok(response) => response,
+        Err(error) => return filler.fail(error.into()),
+    };
+    metrics.upstream_latency(started.elapsed());
+    let status = response.status();
+    let resumed = status == StatusCode::PARTIAL_CONTENT && resume_range.is_some();
+    if status != StatusCode::OK && !resumed {
+        return filler.fail(status_error(&target, status, response.headers()));
+    }
+    if let Err(error) = check_digest_header(&target, response.headers(), &metrics, &device) {
+        return filler.fail(error);
+    }
+    let length = content_length(response.headers());
+    let media_type = response
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .map(str::to_owned);
+    let (size, resume) = match partial {
+        Some((written, size)) if resumed => {
+            let answered = response.headers().get(CONTENT_RANGE);
+            let fits = answered.and_then(range::content_range) == Some(((written, size), size))
+                && length == Some(size - written);
+            let resume = match fits {
+                true => filler.resume_point(size).await,
+                false => None,
+            };
+            let Some(resume) = resume else {
+                filler.discard_partial();
+                return filler.fail(Error::FillFailed {
+                    registry: target.upstream.clone(),
+                    digest: target.digest.clone(),
+                    reason: "the upstream did not answer the rest of the content as asked".into(),
+                });
+            };
+            (size, Some(resume))
+        }
+        _ => {
+            if partial.is_some() {
+                // A whole answer to a `Range`: start over.
+                filler.discard_partial();
+            }
+            let Some(length) = length else {
+                return filler.uncacheable(Some(response));
+            };
+            if let Err(error) = check_length_can_match(&target, length, &metrics, &device) {
+                return filler.fail(error);
+            }
+            if target.kind == ContentKind::Manifest && length > MAX_MANIFEST_SIZE {
+                return filler.fail(manifest_too_large(&target, length));
+            }
+            (length, None)
+        }
+    };
+    let mut filler = filler;
+    if !filler.reserve(size) {
+        tracing::info!(digest = %target.digest, size, "cache: too large to cache, streamed through");
+        return filler.uncacheable((!resumed).then_some(response));
+    }
+    let body = futures_util::stream::unfold(response, |mut response| async move {
+        match response.chunk().await {
+            Ok(Some(chunk)) => Some((Ok(chunk), response)),
+            Ok(None) => None,
+            Err(error) => Some((Err(error.without_url()), response)),
+        }
+    });
+    let head = Head {
+        size,
+        media_type,
+        resume,
+    };
+    filler.run(head, Box::pin(body)).await;
+}
+
+/// Serves a manifest or blob straight from its upstream (the cache off, or content it does
+/// not take): `response` when the fill already has the upstream's answer, else a request of
+/// its own.
+async fn passthrough(
+    ask: Ask<'_>,
+    response: Option<reqwest::Response>,
+) -> Result<Response<Body>, Error> {
+    let reply = straight(ask, response).await?;
+    let metrics = ask.metrics.clone();
+    Ok(reply.map(|body| {
+        body.map_frame(move |frame| {
+            if let Some(data) = frame.data_ref() {
+                metrics.passed_through(data.len() as u64);
+            }
+            frame
+        })
+        .boxed_unsync()
+    }))
+}
+
+/// [`passthrough`], before its bytes are counted.
+async fn straight(
+    ask: Ask<'_>,
+    response: Option<reqwest::Response>,
+) -> Result<Response<Body>, Error> {
+    let Ask {
+        upstream,
+        metrics,
+        limits,
+        device,
+        target,
+        method,
+        headers,
+    } = ask;
+    let target = target.clone();
     let range = match (target.kind, method) {
         (ContentKind::Blob, &Method::GET) => headers.get(RANGE).filter(|r| single_range(r)),
         _ => None,
     };
-    let request = ContentRequest {
-        method: method.clone(),
-        kind: target.kind,
-        repository: &target.repository,
-        digest: &target.digest,
-        range,
+    let response = match response {
+        Some(response) => response,
+        None => {
+            let request = ContentRequest {
+                method: method.clone(),
+                kind: target.kind,
+                repository: &target.repository,
+                digest: &target.digest,
+                range,
+            };
+            let started = Instant::now();
+            let response = upstream.fetch(&request).await?;
+            metrics.upstream_latency(started.elapsed());
+            response
+        }
     };
-    let started = Instant::now();
-    let response = upstream.fetch(&request).await?;
-    metrics.upstream_latency(started.elapsed());
 
     let status = response.status();
     let partial = status == StatusCode::PARTIAL_CONTENT && range.is_some();

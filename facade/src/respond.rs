@@ -23,13 +23,13 @@ use crate::error::Error;
 use crate::registry_client::{ContentKind, UpstreamError};
 
 /// The `Retry-After` (seconds) sent when upstream credentials could not be obtained and the
-/// provider gave no hint.
+/// provider gave no hint, or when a miss finds its upstream unavailable and it gave none.
 const RETRY_AFTER_SECONDS: u64 = 5;
 
 /// The status, OCI error code and message for an error.
 pub fn classify(error: &Error) -> (StatusCode, &'static str, String) {
     use StatusCode as S;
-    match error {
+    match error.root() {
         // Catalog, tag lists, uploads, anything else: operations a read-only, digest-only
         // registry does not offer (the conformance suites read a 404 as "not supported").
         Error::NotFound { .. } => (
@@ -137,6 +137,25 @@ pub fn classify(error: &Error) -> (StatusCode, &'static str, String) {
         Error::MetaNotFound { .. } => {
             (S::NOT_FOUND, "BLOB_UNKNOWN", "no such metadata file".into())
         }
+        // A miss the upstream cannot serve now: retry later (`Retry-After`), as distribution
+        // answers 503 UNAVAILABLE.
+        Error::Unavailable { .. } => (
+            S::SERVICE_UNAVAILABLE,
+            "UNAVAILABLE",
+            "the content is not cached and the upstream registry is unavailable; retry later"
+                .into(),
+        ),
+        Error::FillFailed { .. } => (
+            S::BAD_GATEWAY,
+            "UNAVAILABLE",
+            "fetching the content from the upstream registry failed".into(),
+        ),
+        // Unwrapped by `root` above.
+        Error::Shared(_) => (
+            S::INTERNAL_SERVER_ERROR,
+            "UNAVAILABLE",
+            "internal error".into(),
+        ),
         Error::MetaTooLarge { .. } | Error::MetaIo { .. } => (
             S::INTERNAL_SERVER_ERROR,
             "UNAVAILABLE",
@@ -147,6 +166,7 @@ pub fn classify(error: &Error) -> (StatusCode, &'static str, String) {
 
 /// The response for an error.
 pub fn error_response(error: &Error) -> Response<Body> {
+    let error = error.root();
     let (status, code, message) = classify(error);
     let json = oci_error::body(code, &message);
     let length = json.len();
@@ -174,6 +194,12 @@ pub fn error_response(error: &Error) -> Response<Body> {
     } = error
     {
         headers.insert(RETRY_AFTER, value.clone());
+    }
+    if let Error::Unavailable { retry_after, .. } = error {
+        let value = retry_after
+            .clone()
+            .unwrap_or_else(|| HeaderValue::from(RETRY_AFTER_SECONDS));
+        headers.insert(RETRY_AFTER, value);
     }
     if let Error::RangeNotSatisfiable {
         content_range: Some(range),

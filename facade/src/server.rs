@@ -19,6 +19,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::approval::ApprovedUpstreams;
+use crate::cache::{Cache, CacheError};
 use crate::config::Config;
 use crate::device_tls::{CHANGE_CHECK, DeviceTls};
 use crate::metrics::Metrics;
@@ -58,6 +59,9 @@ pub enum StartError {
         #[source]
         source: io::Error,
     },
+    /// The content cache could not be opened.
+    #[error("opening the cache: {0}")]
+    Cache(#[source] CacheError),
     /// SIGHUP (which reloads the device TLS files) could not be watched.
     #[error("watching SIGHUP: {0}")]
     Signal(#[source] io::Error),
@@ -94,7 +98,26 @@ pub async fn start(
     let operator_addr = local("operator", &operators, config.operator_listen)?;
     let metrics = Arc::new(Metrics::default());
     metrics.set_crls(&config.tls.crls());
+    let cache = match config.cache.max_bytes {
+        0 => None,
+        max_bytes => {
+            let (dir, metrics) = (config.cache.dir.clone(), metrics.clone());
+            let opened =
+                tokio::task::spawn_blocking(move || Cache::open(&dir, max_bytes, metrics)).await;
+            match opened {
+                Ok(cache) => Some(Arc::new(cache.map_err(StartError::Cache)?)),
+                Err(join) => {
+                    return Err(StartError::Cache(CacheError::Io {
+                        operation: "opening",
+                        path: config.cache.dir.clone(),
+                        source: io::Error::other(join),
+                    }));
+                }
+            }
+        }
+    };
     let shared = Arc::new(Shared {
+        cache,
         upstreams,
         metrics: metrics.clone(),
         metadata_dir: config.metadata_dir.clone(),

@@ -10,6 +10,7 @@ use http::{HeaderValue, Method, Request, Response};
 
 use crate::approval::ApprovedUpstreams;
 use crate::body::Body;
+use crate::cache::Cache;
 use crate::config::Limits;
 use crate::error::Error;
 use crate::identity::DeviceIdentity;
@@ -28,6 +29,8 @@ pub struct Shared {
     pub metadata_dir: Option<PathBuf>,
     /// Limits.
     pub limits: Limits,
+    /// The content cache (`None` when `[cache] max_bytes = 0`).
+    pub cache: Option<Arc<Cache>>,
 }
 
 /// Handles one device request from `device`. Never fails: errors are responses. A `HEAD` is
@@ -48,16 +51,7 @@ pub async fn handle<B>(
     let result = match route {
         Ok(Route::Ping) => Ok(ping()),
         Ok(Route::Content(target)) => {
-            proxy::content(
-                shared.upstreams.as_ref(),
-                &shared.metrics,
-                &shared.limits,
-                &device,
-                target,
-                &method,
-                request.headers(),
-            )
-            .await
+            proxy::content(&shared, &device, target, &method, request.headers()).await
         }
         Ok(Route::Meta(name)) => {
             meta::serve(

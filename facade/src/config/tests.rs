@@ -204,3 +204,45 @@ fn names_an_unreadable_crl() {
     assert!(error.contains("tls.crls"), "{error}");
     assert!(error.contains("missing.crl"), "{error}");
 }
+
+#[test]
+fn the_cache_is_on_by_default_under_the_state_dir() {
+    let files = Files::new();
+    let config = files.parse(&files.toml("")).unwrap();
+    let dir = files.dir.path().join("cache");
+    assert_eq!(config.cache.dir, dir);
+    assert_eq!(config.cache.max_bytes, 10_737_418_240);
+    assert!(dir.is_dir(), "the cache folder is made at start");
+}
+
+#[test]
+fn reads_the_cache_folder_and_cap_and_zero_turns_it_off() {
+    let files = Files::new();
+    let dir = files.dir.path().join("elsewhere/cache");
+    let text = files.toml(&format!(
+        "\n[cache]\ndir = \"{}\"\nmax_bytes = 1048576",
+        dir.display()
+    ));
+    let config = files.parse(&text).unwrap();
+    assert_eq!(config.cache.dir, dir);
+    assert_eq!(config.cache.max_bytes, 1_048_576);
+    let off = files.parse(&files.toml("\n[cache]\nmax_bytes = 0")).unwrap();
+    assert_eq!(off.cache.max_bytes, 0);
+    assert!(!files.dir.path().join("cache").exists(), "made while off");
+}
+
+#[test]
+fn names_the_key_of_a_cache_folder_that_is_not_one() {
+    let files = Files::new();
+    for dir in [files.path("garbage"), files.path("garbage/cache")] {
+        let text = files.toml(&format!("\n[cache]\ndir = \"{dir}\""));
+        let error = files.parse(&text).unwrap_err().to_string();
+        assert!(error.contains("cache.dir"), "{error}");
+        assert!(error.contains("garbage"), "{error}");
+    }
+    let error = files
+        .parse(&files.toml("\n[cache]\nsize = 1"))
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("size"), "{error}");
+}
