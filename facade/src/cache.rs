@@ -36,6 +36,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
+use meshanics_shared::digest::Algorithm;
 use meshanics_shared::{Digest, Registry, Repository, Verifier};
 use serde::{Deserialize, Serialize};
 
@@ -45,6 +46,7 @@ use crate::registry_client::ContentKind;
 mod fill;
 pub mod reader;
 
+pub(crate) use fill::media_type_of;
 pub use fill::{Fill, FillFailure, Filler, Head, Progress, SharedError};
 
 /// The size of the one buffer each device reader uses, and of the fill's writes at most
@@ -148,32 +150,19 @@ impl Cache {
     /// Opens the cache in `dir` (made if missing), removing ingest leftovers and rebuilding
     /// the index from the committed files, evicting down to `max_bytes` if it shrank.
     pub fn open(dir: &Path, max_bytes: u64, metrics: Arc<Metrics>) -> Result<Cache, CacheError> {
-        let io_err = |operation, path: &Path| {
-            let path = path.to_owned();
-            move |source| CacheError::Io {
-                operation,
-                path,
-                source,
-            }
-        };
         let ingest = dir.join("ingest");
         if ingest.exists() {
             std::fs::remove_dir_all(&ingest)
                 .map_err(io_err("removing the ingest leftovers in", &ingest))?;
         }
         std::fs::create_dir_all(&ingest).map_err(io_err("creating", &ingest))?;
+        // Only the algorithms' folders are read: nothing else in `dir` is touched.
         let mut found = Vec::new();
-        for algorithm in std::fs::read_dir(dir).map_err(io_err("reading", dir))? {
-            let algorithm = algorithm.map_err(io_err("reading", dir))?;
-            let name = algorithm.file_name();
-            let Some(name) = name.to_str().filter(|n| *n != "ingest") else {
-                continue;
-            };
-            if !algorithm.path().is_dir() {
-                continue;
+        for algorithm in Algorithm::ALL {
+            let folder = dir.join(algorithm.name());
+            if folder.is_dir() {
+                scan(&folder, algorithm.name(), &mut found)?;
             }
-            let name = name.to_owned();
-            scan(&algorithm.path(), &name, &mut found)?;
         }
         found.sort_by_key(|(modified, _, _)| *modified);
         let mut inner = Inner {
@@ -232,7 +221,13 @@ impl Cache {
     /// used), a fill to join, or a miss. On a miss with `start`, a fill is registered under
     /// the same lock (so two requests never both start one) and returned for the caller to
     /// run.
-    pub fn lookup(self: &Arc<Self>, digest: &Digest, kind: ContentKind, pair: &Pair, start: bool) -> Lookup {
+    pub fn lookup(
+        self: &Arc<Self>,
+        digest: &Digest,
+        kind: ContentKind,
+        pair: &Pair,
+        start: bool,
+    ) -> Lookup {
         let mut inner = self.lock();
         if let Some(entry) = inner.entries.get(digest) {
             return Lookup::Hit(Hit {
@@ -252,24 +247,35 @@ impl Cache {
         Lookup::Start(Filler::new(self.clone(), fill))
     }
 
-    /// Records that `digest` was confirmed under `pair` (an upstream HEAD said so).
-    pub fn confirm(&self, digest: &Digest, pair: &Pair) {
+    /// Records that `digest` was confirmed under `pair` (an upstream HEAD said so): at once
+    /// in the index, and soon after in its description (the task returned writes it, when
+    /// there was something to write and a runtime to write it on).
+    pub fn confirm(&self, digest: &Digest, pair: &Pair) -> Option<tokio::task::JoinHandle<()>> {
         let description = {
             let mut inner = self.lock();
-            let Some(entry) = inner.entries.peek_mut(digest) else {
-                return;
-            };
+            let entry = inner.entries.peek_mut(digest)?;
             if !entry.pairs.insert(pair.clone()) {
-                return;
+                return None;
             }
             Description::of(entry)
         };
         let path = self.description_path(digest);
         let n = self.writes.fetch_add(1, Ordering::Relaxed);
         let tmp = self.ingest_path(digest).with_extension(format!("{n}.json"));
-        // Best effort: a pair not remembered across a restart is confirmed again.
-        if let Err(error) = write_description(&tmp, &path, &description) {
-            tracing::warn!(%digest, %error, "cache: could not record a confirmed repository");
+        let digest = digest.clone();
+        // Best effort: a pair not remembered across a restart is confirmed again. The file is
+        // written and synced off the runtime's threads.
+        let write = move || {
+            if let Err(error) = write_description(&tmp, &path, &description) {
+                tracing::warn!(%digest, %error, "cache: could not record a confirmed repository");
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => Some(runtime.spawn_blocking(write)),
+            Err(_) => {
+                write();
+                None
+            }
         }
     }
 
@@ -350,20 +356,12 @@ impl Cache {
     ) -> Result<(), CacheError> {
         let digest = fill.digest();
         let ingest = self.ingest_path(digest);
-        let io_err = |operation, path: &Path| {
-            let path = path.to_owned();
-            move |source| CacheError::Io {
-                operation,
-                path,
-                source,
-            }
-        };
         file.sync_all().map_err(io_err("syncing", &ingest))?;
         let entry = Entry {
             size,
             kind: fill.kind(),
             media_type,
-            pairs: BTreeSet::from([fill.pair().clone()]),
+            pairs: fill.pairs(),
         };
         let content = self.content_path(digest);
         let folder = content.parent().unwrap_or(&self.dir).to_owned();
@@ -414,9 +412,7 @@ impl Cache {
 
     /// Where committed content of `digest` lives.
     pub fn content_path(&self, digest: &Digest) -> PathBuf {
-        self.dir
-            .join(digest.algorithm().to_string())
-            .join(digest.hex())
+        self.dir.join(digest.algorithm().name()).join(digest.hex())
     }
 
     fn description_path(&self, digest: &Digest) -> PathBuf {
@@ -460,7 +456,9 @@ impl Cache {
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panic while holding the lock leaves consistent counts (no step panics midway).
-        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn publish_gauges(&self, inner: &Inner) {
@@ -479,14 +477,9 @@ fn scan(
     algorithm: &str,
     found: &mut Vec<(SystemTime, Digest, Entry)>,
 ) -> Result<(), CacheError> {
-    let read_err = |source| CacheError::Io {
-        operation: "reading",
-        path: folder.to_owned(),
-        source,
-    };
     let mut names = BTreeSet::new();
-    for file in std::fs::read_dir(folder).map_err(read_err)? {
-        names.insert(file.map_err(read_err)?.file_name());
+    for file in std::fs::read_dir(folder).map_err(io_err("reading", folder))? {
+        names.insert(file.map_err(io_err("reading", folder))?.file_name());
     }
     for name in &names {
         let path = folder.join(name);
@@ -545,22 +538,11 @@ fn read_entry(content: &Path) -> Option<(SystemTime, Entry)> {
     Some((meta.modified().unwrap_or(SystemTime::UNIX_EPOCH), entry))
 }
 
-fn write_description(
-    tmp: &Path,
-    path: &Path,
-    description: &Description,
-) -> Result<(), CacheError> {
-    let io_err = |operation, path: &Path| {
-        let path = path.to_owned();
-        move |source| CacheError::Io {
-            operation,
-            path,
-            source,
-        }
-    };
+fn write_description(tmp: &Path, path: &Path, description: &Description) -> Result<(), CacheError> {
     let text = serde_json::to_vec(description).unwrap_or_default();
     let file = File::create(tmp).map_err(io_err("creating", tmp))?;
-    file.write_all_at(&text, 0).map_err(io_err("writing", tmp))?;
+    file.write_all_at(&text, 0)
+        .map_err(io_err("writing", tmp))?;
     file.sync_all().map_err(io_err("syncing", tmp))?;
     std::fs::rename(tmp, path).map_err(io_err("renaming into place", path))
 }
@@ -568,11 +550,17 @@ fn write_description(
 fn sync_dir(dir: &Path) -> Result<(), CacheError> {
     File::open(dir)
         .and_then(|folder| folder.sync_all())
-        .map_err(|source| CacheError::Io {
-            operation: "syncing the folder",
-            path: dir.to_owned(),
-            source,
-        })
+        .map_err(io_err("syncing the folder", dir))
+}
+
+/// Turns an I/O error of `operation` on `path` into a [`CacheError`].
+fn io_err(operation: &'static str, path: &Path) -> impl FnOnce(io::Error) -> CacheError {
+    let path = path.to_owned();
+    move |source| CacheError::Io {
+        operation,
+        path,
+        source,
+    }
 }
 
 // === impl Description ===

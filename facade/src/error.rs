@@ -157,8 +157,8 @@ pub enum Error {
     /// The failure of a cache fill, shared by every request that waited on it.
     #[error(transparent)]
     Shared(Arc<Error>),
-    /// Content not in the cache, and its upstream is unreachable or failing (a 5xx, a
-    /// timeout, no connection): the device should retry later.
+    /// Content not in the cache, and its upstream is unreachable, failing or rate-limiting
+    /// (a 5xx, a 429, a timeout, no connection): the device should retry later.
     #[error("{digest} is not cached and its upstream is unavailable: {source}")]
     Unavailable {
         /// The digest.
@@ -207,9 +207,9 @@ impl Error {
         }
     }
 
-    /// For a miss: an upstream that is unreachable, timed out or failing (5xx) becomes
-    /// [`Error::Unavailable`] (503 with `Retry-After`, the upstream's when it gave one); any
-    /// other error is kept.
+    /// For a miss: an upstream that is unreachable, timed out, failing (5xx) or
+    /// rate-limiting (429) becomes [`Error::Unavailable`] (503 with `Retry-After`, the
+    /// upstream's when it gave one); any other error is kept.
     pub fn on_miss(self, digest: &Digest) -> Error {
         let retry_after = match self.root() {
             Error::UpstreamStatus {
@@ -217,7 +217,13 @@ impl Error {
                 retry_after,
                 ..
             } if status.is_server_error() => retry_after.clone(),
-            Error::Upstream(UpstreamError::Request { .. } | UpstreamError::Timeout { .. }) => None,
+            // The answer for a rate-limited miss: the device retries later whatever
+            // the reason, after the upstream's `Retry-After`.
+            Error::UpstreamRateLimited { retry_after, .. } => retry_after.clone(),
+            Error::Upstream(UpstreamError::Timeout { .. }) => None,
+            // Unreachable, or cut off; not a certificate the facade refused (a setting to
+            // fix, not a moment to wait out).
+            Error::Upstream(UpstreamError::Request { source, .. }) if !refused_tls(source) => None,
             Error::FillFailed { .. } => None,
             _ => return self,
         };
@@ -231,4 +237,23 @@ impl Error {
             source,
         }
     }
+}
+
+/// Whether `error` comes from a TLS handshake the facade refused (or that failed): rustls's
+/// error somewhere in its chain. An `io::Error` wrapping another is looked into (its
+/// `source` skips the error it wraps).
+fn refused_tls(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(error);
+    while let Some(error) = next {
+        if error.downcast_ref::<rustls::Error>().is_some() {
+            return true;
+        }
+        next = match error.downcast_ref::<std::io::Error>() {
+            Some(io) => io
+                .get_ref()
+                .map(|inner| inner as &(dyn std::error::Error + 'static)),
+            None => error.source(),
+        };
+    }
+    false
 }

@@ -144,27 +144,27 @@ impl Metrics {
 
     /// Counts a request answered from a committed cache entry (`manifest` is its kind).
     pub fn cache_hit(&self, manifest: bool) {
-        self.cache.hits[usize::from(!manifest)].fetch_add(1, Ordering::Relaxed);
+        pick(&self.cache.hits, !manifest).fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts a request the cache did not hold (a fill started or joined, or streamed
     /// through).
     pub fn cache_miss(&self, manifest: bool) {
-        self.cache.misses[usize::from(!manifest)].fetch_add(1, Ordering::Relaxed);
+        pick(&self.cache.misses, !manifest).fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts bytes sent to a device from the cache or from an upstream fetch (both also
     /// count in `facade_bytes_streamed_total`).
     pub fn cache_served(&self, from: ServedFrom, bytes: u64) {
-        let index = usize::from(from == ServedFrom::Upstream);
-        self.cache.bytes_served[index].fetch_add(bytes, Ordering::Relaxed);
+        pick(&self.cache.bytes_served, from == ServedFrom::Upstream)
+            .fetch_add(bytes, Ordering::Relaxed);
         self.streamed(bytes);
     }
 
     /// Counts bytes streamed to a device straight from an upstream, uncached (already
     /// counted in `facade_bytes_streamed_total`).
     pub fn passed_through(&self, bytes: u64) {
-        self.cache.bytes_served[1].fetch_add(bytes, Ordering::Relaxed);
+        pick(&self.cache.bytes_served, true).fetch_add(bytes, Ordering::Relaxed);
     }
 
     /// Counts a finished fill by outcome, and the requests it served.
@@ -447,6 +447,12 @@ impl Drop for InProgress {
     }
 }
 
+/// The first or (`second`) the second of a labelled pair of counters.
+fn pick(pair: &[AtomicU64; 2], second: bool) -> &AtomicU64 {
+    let [first, other] = pair;
+    if second { other } else { first }
+}
+
 fn bump<K: Ord>(map: &Mutex<BTreeMap<K, u64>>, key: K) {
     if let Ok(mut map) = map.lock() {
         *map.entry(key).or_default() += 1;
@@ -503,6 +509,41 @@ mod tests {
         assert!(text.contains("facade_upstream_latency_seconds_bucket{le=\"0.05\"} 1\n"));
         assert!(text.contains("facade_upstream_latency_seconds_bucket{le=\"+Inf\"} 1\n"));
         assert!(text.contains("facade_upstream_latency_seconds_count 1\n"));
+    }
+
+    #[test]
+    fn renders_the_cache_metrics_by_their_labels() {
+        let metrics = Metrics::default();
+        metrics.cache_hit(true);
+        metrics.cache_hit(false);
+        metrics.cache_hit(false);
+        metrics.cache_miss(false);
+        metrics.cache_served(ServedFrom::Cache, 100);
+        metrics.cache_served(ServedFrom::Upstream, 30);
+        metrics.passed_through(7);
+        metrics.cache_fill(true, 3);
+        metrics.cache_fill(false, 2);
+        metrics.cache_eviction();
+        metrics.cache_size(4096, 2);
+        let text = metrics.render();
+        for line in [
+            "facade_cache_hits_total{kind=\"manifest\"} 1\n",
+            "facade_cache_hits_total{kind=\"blob\"} 2\n",
+            "facade_cache_misses_total{kind=\"manifest\"} 0\n",
+            "facade_cache_misses_total{kind=\"blob\"} 1\n",
+            "facade_cache_bytes_served_total{source=\"cache\"} 100\n",
+            "facade_cache_bytes_served_total{source=\"upstream\"} 37\n",
+            "facade_cache_fills_total{outcome=\"ok\"} 1\n",
+            "facade_cache_fills_total{outcome=\"failed\"} 1\n",
+            "facade_cache_fill_devices_total 5\n",
+            "facade_cache_evictions_total 1\n",
+            "facade_cache_bytes 4096\n",
+            "facade_cache_entries 2\n",
+            // Bytes from the cache and from fills count as streamed too.
+            "facade_bytes_streamed_total 130\n",
+        ] {
+            assert!(text.contains(line), "{line}{text}");
+        }
     }
 
     #[test]

@@ -8,7 +8,7 @@
 //! upstream `HEAD` first (refused as the upstream refuses, fetched again when the answer is
 //! unclear). `Range` (one `bytes=` range: 206, or 416 with `Content-Range: bytes */SIZE`) and
 //! `HEAD` are answered from the entry or from the fill in progress. A miss whose upstream is
-//! unreachable or failing is a 503 with `Retry-After` ([`Error::on_miss`]).
+//! unreachable, failing or rate-limiting is a 503 with `Retry-After` ([`Error::on_miss`]).
 //!
 //! Straight from the upstream:
 //!
@@ -38,7 +38,7 @@ use tokio::sync::watch;
 
 use crate::body::{Body, Check, CheckedBody, Origin};
 use crate::cache::reader::Reader;
-use crate::cache::{Cache, Fill, Filler, Head, Lookup, Progress};
+use crate::cache::{Cache, Fill, Filler, Head, Lookup, Progress, media_type_of};
 use crate::config::Limits;
 use crate::error::Error;
 use crate::identity::DeviceIdentity;
@@ -72,12 +72,13 @@ pub async fn content(
     method: &Method,
     headers: &HeaderMap,
 ) -> Result<Response<Body>, Error> {
-    let upstream = shared
-        .upstreams
-        .approved(&target.upstream)
-        .ok_or_else(|| Error::UnknownUpstream {
-            registry: target.upstream.clone(),
-        })?;
+    let upstream =
+        shared
+            .upstreams
+            .approved(&target.upstream)
+            .ok_or_else(|| Error::UnknownUpstream {
+                registry: target.upstream.clone(),
+            })?;
     let ask = Ask {
         upstream: &upstream,
         metrics: &shared.metrics,
@@ -116,14 +117,13 @@ async fn cached(cache: &Arc<Cache>, ask: Ask<'_>) -> Result<Response<Body>, Erro
         Lookup::Hit(hit) => {
             if !hit.pair_known {
                 match confirm(ask, Some(hit.entry.size)).await {
-                    Confirmation::Yes => cache.confirm(digest, &pair),
+                    Confirmation::Yes => drop(cache.confirm(digest, &pair)),
                     Confirmation::Refused(error) => return Err(error),
                     Confirmation::Unknown => return miss(ask).await,
                 }
             }
             let path = hit.path.clone();
-            let file = match tokio::task::spawn_blocking(move || std::fs::File::open(path)).await
-            {
+            let file = match tokio::task::spawn_blocking(move || std::fs::File::open(path)).await {
                 Ok(Ok(file)) => Arc::new(file),
                 _ => {
                     // Evicted since the lookup, or removed behind the facade's back.
@@ -141,7 +141,7 @@ async fn cached(cache: &Arc<Cache>, ask: Ask<'_>) -> Result<Response<Body>, Erro
         Lookup::Join(fill) => {
             if fill.pair() != &pair {
                 match confirm(ask, None).await {
-                    Confirmation::Yes => {}
+                    Confirmation::Yes => fill.confirm(pair),
                     Confirmation::Refused(error) => return Err(error),
                     Confirmation::Unknown => return miss(ask).await,
                 }
@@ -300,10 +300,7 @@ fn answer(
     let (start, end) = span.unwrap_or((0, size));
     let metrics = ask.metrics.clone();
     let digest = target.digest.clone();
-    let reader = match progress {
-        Some(progress) => Reader::filling(file, progress, digest, (start, end), size, metrics),
-        None => Reader::committed(file, digest, (start, end), size, metrics),
-    };
+    let reader = Reader::new(file, progress, digest, (start, end), size, metrics);
     let mut reply = headers_only(&target.digest, content_type, end - start);
     *reply.body_mut() = reader.into_body();
     if span.is_some() {
@@ -756,13 +753,7 @@ fn single_range(value: &HeaderValue) -> bool {
 }
 
 fn sniff_media_type(bytes: &[u8]) -> Option<HeaderValue> {
-    #[derive(serde::Deserialize)]
-    struct MediaType {
-        #[serde(rename = "mediaType")]
-        media_type: Option<String>,
-    }
-    let parsed: MediaType = serde_json::from_slice(bytes).ok()?;
-    HeaderValue::from_str(&parsed.media_type?).ok()
+    HeaderValue::from_str(&media_type_of(bytes)?).ok()
 }
 
 fn digest_value(digest: &Digest) -> HeaderValue {

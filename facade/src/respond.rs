@@ -439,6 +439,51 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_miss_the_upstream_cannot_serve_now_is_a_503_with_retry_after() {
+        let registry = || Registry::parse("r.example").unwrap();
+        let digest = Digest::sha256_of(b"x");
+        let broken = Error::UpstreamStatus {
+            registry: registry(),
+            digest: digest.clone(),
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            retry_after: None,
+        };
+        let response = error_response(&broken.on_miss(&digest));
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[RETRY_AFTER], "5");
+        assert_eq!(
+            body_json(response).await["errors"][0]["code"],
+            "UNAVAILABLE"
+        );
+        let limited = Error::UpstreamRateLimited {
+            registry: registry(),
+            retry_after: Some(HeaderValue::from_static("7")),
+        };
+        let shared = Error::Shared(std::sync::Arc::new(limited));
+        let response = error_response(&shared.on_miss(&digest));
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[RETRY_AFTER], "7");
+        // Content the upstream refuses or serves wrong keeps its answer.
+        for kept in [
+            Error::ContentUnknown {
+                registry: registry(),
+                kind: ContentKind::Blob,
+                digest: digest.clone(),
+            },
+            Error::Verification {
+                registry: registry(),
+                source: meshanics_shared::VerifyError::TooLong {
+                    digest: digest.clone(),
+                    expected: 0,
+                },
+            },
+        ] {
+            let (status, code, _) = classify(&kept);
+            assert_eq!(classify(&kept.on_miss(&digest)).0, status, "{code}");
+        }
+    }
+
+    #[tokio::test]
     async fn range_refusals_keep_the_upstream_content_range() {
         let digest = Digest::sha256_of(b"x");
         let response = error_response(&Error::RangeNotSatisfiable {

@@ -1,6 +1,7 @@
 //! A fill: one upstream fetch of a digest, written to the ingest file and published to every
 //! request that waits on it.
 
+use std::collections::BTreeSet;
 use std::fs::File;
 use std::os::unix::fs::FileExt as _;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -9,10 +10,11 @@ use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::{FutureExt as _, Stream, StreamExt as _};
-use meshanics_shared::{Digest, Verifier, VerifyError};
+use meshanics_shared::{Digest, Verifier};
 use tokio::sync::watch;
 
 use super::{Cache, Pair, WRITE_CHUNK};
+use crate::body::AbortReason;
 use crate::error::Error;
 use crate::registry_client::ContentKind;
 
@@ -67,6 +69,8 @@ pub struct Fill {
     progress: watch::Sender<Progress>,
     devices: AtomicU64,
     handed_over: Mutex<Option<reqwest::Response>>,
+    /// Other pairs an upstream `HEAD` confirmed while it ran, recorded with it.
+    confirmed: Mutex<Vec<Pair>>,
 }
 
 /// Runs a fill: owns its registration, and on drop before an outcome (the task ended or was
@@ -76,6 +80,8 @@ pub struct Filler {
     cache: Arc<Cache>,
     fill: Arc<Fill>,
     reserved: u64,
+    /// Bytes in the ingest file, for the logs.
+    written: u64,
     started: Instant,
     finished: bool,
 }
@@ -111,6 +117,7 @@ impl Fill {
             progress: watch::Sender::new(Progress::Starting),
             devices: AtomicU64::new(0),
             handed_over: Mutex::new(None),
+            confirmed: Mutex::new(Vec::new()),
         }
     }
 
@@ -132,6 +139,23 @@ impl Fill {
     /// Follows the fill's progress.
     pub fn subscribe(&self) -> watch::Receiver<Progress> {
         self.progress.subscribe()
+    }
+
+    /// Records that the upstream confirmed this content under `pair` too (a request asked
+    /// under it joined): committed with it.
+    pub fn confirm(&self, pair: Pair) {
+        if let Ok(mut confirmed) = self.confirmed.lock() {
+            confirmed.push(pair);
+        }
+    }
+
+    /// The pairs to commit the content under.
+    pub(super) fn pairs(&self) -> BTreeSet<Pair> {
+        let mut pairs = BTreeSet::from([self.pair.clone()]);
+        if let Ok(confirmed) = self.confirmed.lock() {
+            pairs.extend(confirmed.iter().cloned());
+        }
+        pairs
     }
 
     /// Counts a request served from this fill.
@@ -157,6 +181,7 @@ impl Filler {
             cache,
             fill,
             reserved: 0,
+            written: 0,
             started: Instant::now(),
             finished: false,
         }
@@ -258,6 +283,7 @@ impl Filler {
         };
         let file = Arc::new(file);
         let mut written = verifier.received();
+        self.written = written;
         let resumed = written;
         tracing::info!(%digest, upstream = %registry, repository = %self.fill.pair.1, size,
             resumed_from = resumed, "cache fill started");
@@ -302,6 +328,7 @@ impl Filler {
                     }));
                 }
                 written += len;
+                self.written = written;
                 self.fill.progress.send_modify(|progress| {
                     if let Progress::Streaming { written: w, .. } = progress {
                         *w = written;
@@ -339,7 +366,8 @@ impl Filler {
             }
             Some(Ending::Wrong(error)) => {
                 if let Error::Verification { source, .. } = &error {
-                    self.cache.metrics().verification_failure(label(source));
+                    let label = AbortReason::Verify(source.clone()).label();
+                    self.cache.metrics().verification_failure(label);
                 }
                 self.finish_failed(error, false);
             }
@@ -356,10 +384,9 @@ impl Filler {
         let fill = self.fill.clone();
         let committing = file.clone();
         let recorded = media_type.clone();
-        let committed = tokio::task::spawn_blocking(move || {
-            cache.commit(&fill, &committing, size, recorded)
-        })
-        .await;
+        let committed =
+            tokio::task::spawn_blocking(move || cache.commit(&fill, &committing, size, recorded))
+                .await;
         match committed {
             Ok(Ok(())) => {
                 self.reserved = 0;
@@ -409,11 +436,14 @@ impl Filler {
         self.cache.release(&self.fill, self.reserved);
         self.reserved = 0;
         self.cache.metrics().cache_fill(false, self.fill.devices());
-        tracing::warn!(%digest, upstream = %self.fill.pair.0, devices = self.fill.devices(),
-            %error, kept_for_resume = keep_ingest, "cache fill failed");
-        self.fill.progress.send_replace(Progress::Failed(FillFailure {
-            error: Arc::new(error),
-        }));
+        tracing::warn!(%digest, upstream = %self.fill.pair.0, bytes = self.written,
+            devices = self.fill.devices(), %error, kept_for_resume = keep_ingest,
+            "cache fill failed");
+        self.fill
+            .progress
+            .send_replace(Progress::Failed(FillFailure {
+                error: Arc::new(error),
+            }));
     }
 }
 
@@ -442,11 +472,6 @@ async fn write_at(file: &Arc<File>, batch: Bytes, offset: u64) -> Result<(), Str
 /// A manifest's own `mediaType`, for an upstream that announced none (manifests are at most
 /// 4 MiB: read once per fill, not per device).
 async fn sniff(file: &Arc<File>, size: u64) -> Option<String> {
-    #[derive(serde::Deserialize)]
-    struct MediaType {
-        #[serde(rename = "mediaType")]
-        media_type: Option<String>,
-    }
     let file = file.clone();
     let len = usize::try_from(size).ok()?;
     let bytes = tokio::task::spawn_blocking(move || {
@@ -456,15 +481,16 @@ async fn sniff(file: &Arc<File>, size: u64) -> Option<String> {
     .await
     .ok()?
     .ok()?;
-    let parsed: MediaType = serde_json::from_slice(&bytes).ok()?;
-    parsed.media_type
+    media_type_of(&bytes)
 }
 
-fn label(error: &VerifyError) -> &'static str {
-    match error {
-        VerifyError::TooLong { .. } => "too_long",
-        VerifyError::TooShort { .. } => "too_short",
-        VerifyError::Mismatch { .. } => "mismatch",
-        _ => "other",
+/// The `mediaType` a manifest's JSON names, if any.
+pub(crate) fn media_type_of(bytes: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct MediaType {
+        #[serde(rename = "mediaType")]
+        media_type: Option<String>,
     }
+    let parsed: MediaType = serde_json::from_slice(bytes).ok()?;
+    parsed.media_type
 }

@@ -43,9 +43,11 @@ pub struct Reader {
 // === impl Reader ===
 
 impl Reader {
-    /// Reads `[start, end)` of committed content of `size` bytes.
-    pub fn committed(
+    /// Reads `[start, end)` of content of `size` bytes: committed (`progress` `None`), or
+    /// written by a fill that `progress` follows.
+    pub fn new(
         file: Arc<File>,
+        progress: Option<watch::Receiver<Progress>>,
         digest: Digest,
         (start, end): (u64, u64),
         size: u64,
@@ -53,35 +55,16 @@ impl Reader {
     ) -> Reader {
         Reader {
             file,
-            progress: None,
+            from: match progress {
+                Some(_) => ServedFrom::Upstream,
+                None => ServedFrom::Cache,
+            },
+            progress,
             digest,
             pos: start,
             end,
             size,
             metrics,
-            from: ServedFrom::Cache,
-            ended: false,
-        }
-    }
-
-    /// Reads `[start, end)` of a fill's content of `size` bytes as it grows.
-    pub fn filling(
-        file: Arc<File>,
-        progress: watch::Receiver<Progress>,
-        digest: Digest,
-        (start, end): (u64, u64),
-        size: u64,
-        metrics: Arc<Metrics>,
-    ) -> Reader {
-        Reader {
-            file,
-            progress: Some(progress),
-            digest,
-            pos: start,
-            end,
-            size,
-            metrics,
-            from: ServedFrom::Upstream,
             ended: false,
         }
     }
@@ -164,7 +147,9 @@ impl Reader {
         .await;
         let bytes = match read {
             Ok(Ok(bytes)) if !bytes.is_empty() => bytes,
-            Ok(Ok(_)) => return Err(format!("the cache file of {} ended early", self.digest).into()),
+            Ok(Ok(_)) => {
+                return Err(format!("the cache file of {} ended early", self.digest).into());
+            }
             Ok(Err(error)) => {
                 return Err(format!("reading the cache file of {}: {error}", self.digest).into());
             }

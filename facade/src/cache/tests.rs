@@ -39,7 +39,11 @@ fn fed_fill(
     cache: &Arc<Cache>,
     digest: &Digest,
     size: u64,
-) -> (Arc<Fill>, mpsc::UnboundedSender<Chunk>, tokio::task::JoinHandle<()>) {
+) -> (
+    Arc<Fill>,
+    mpsc::UnboundedSender<Chunk>,
+    tokio::task::JoinHandle<()>,
+) {
     let mut filler = start(cache, digest);
     assert!(filler.reserve(size));
     let fill = filler.fill().clone();
@@ -80,9 +84,9 @@ async fn reader_of(fill: &Fill) -> Reader {
         other => panic!("no content: {other:?}"),
     };
     let metrics = Arc::new(Metrics::default());
-    Reader::filling(
+    Reader::new(
         file,
-        progress,
+        Some(progress),
         fill.digest().clone(),
         (0, size),
         size,
@@ -126,7 +130,10 @@ async fn content_is_committed_only_after_its_size_and_digest_verified() {
         .wait_for(|p| matches!(p, Progress::Streaming { written, .. } if *written == 150_000))
         .await
         .unwrap();
-    assert!(!cache.contains(&digest), "committed before the whole arrived");
+    assert!(
+        !cache.contains(&digest),
+        "committed before the whole arrived"
+    );
     assert!(!cache.content_path(&digest).exists());
     feed.send(Ok(Bytes::copy_from_slice(&good[150_000..])))
         .unwrap();
@@ -156,7 +163,10 @@ async fn a_failed_fill_resets_every_reader_and_leaves_no_entry() {
         let mut received = Vec::new();
         let ended = drain(reader, &mut received).await;
         assert!(ended.is_err(), "a clean end after wrong bytes");
-        assert!(received.len() < good.len(), "the whole length was delivered");
+        assert!(
+            received.len() < good.len(),
+            "the whole length was delivered"
+        );
     }
     assert!(!cache.contains(&digest));
     assert!(!cache.content_path(&digest).exists());
@@ -212,7 +222,8 @@ async fn a_fast_reader_gets_everything_while_a_slow_one_has_read_little() {
         let mut received = Vec::new();
         drain(&mut fast, &mut received).await.map(|()| received)
     });
-    feed.send(Ok(Bytes::copy_from_slice(&good[..1000]))).unwrap();
+    feed.send(Ok(Bytes::copy_from_slice(&good[..1000])))
+        .unwrap();
     let mut slow_received = slow.next().await.unwrap().unwrap().to_vec();
     for part in good[1000..].chunks(100_000) {
         feed.send(Ok(Bytes::copy_from_slice(part))).unwrap();
@@ -240,9 +251,19 @@ async fn concurrent_requests_for_a_digest_join_one_fill_then_hit() {
         Lookup::Join(joined) => assert!(Arc::ptr_eq(&joined, &fill)),
         other => panic!("expected to join the fill, got {other:?}"),
     }
+    // A request under another repository joined, confirmed by the upstream.
+    let confirmed = (
+        Registry::parse("r.example").unwrap(),
+        Repository::parse("team/other").unwrap(),
+    );
+    fill.confirm(confirmed.clone());
     feed.send(Ok(Bytes::from(good.clone()))).unwrap();
     drop(feed);
     task.await.unwrap();
+    match cache.lookup(&digest, ContentKind::Blob, &confirmed, true) {
+        Lookup::Hit(hit) => assert!(hit.pair_known, "the confirmed pair was not committed"),
+        other => panic!("expected a hit, got {other:?}"),
+    }
     let other = (
         Registry::parse("other.example").unwrap(),
         Repository::parse("app").unwrap(),
@@ -272,7 +293,7 @@ async fn the_index_is_rebuilt_from_its_files_and_leftovers_are_never_served() {
             Registry::parse("other.example").unwrap(),
             Repository::parse("app").unwrap(),
         );
-        cache.confirm(&digest, &other);
+        cache.confirm(&digest, &other).unwrap().await.unwrap();
     }
     // What a facade killed mid-way leaves: an ingest file, content without a description,
     // a description whose size does not match its content.
@@ -294,7 +315,14 @@ async fn the_index_is_rebuilt_from_its_files_and_leftovers_are_never_served() {
     )
     .unwrap();
 
+    // Nothing but the algorithms' folders and `ingest` is the cache's to clean.
+    std::fs::create_dir(dir.path().join("other")).unwrap();
+    std::fs::write(dir.path().join("other/keep"), b"not cache content").unwrap();
+    std::fs::write(dir.path().join("keep"), b"not cache content").unwrap();
+
     let cache = open(dir.path(), 1 << 20);
+    assert!(dir.path().join("other/keep").exists());
+    assert!(dir.path().join("keep").exists());
     match cache.lookup(
         &digest,
         ContentKind::Blob,
@@ -334,7 +362,10 @@ async fn eviction_keeps_the_cap_and_takes_the_least_recently_used_first() {
     ));
     fill_whole(&cache, &c, 1000).await;
     assert!(cache.contains(&digests[0]));
-    assert!(!cache.contains(&digests[1]), "the least recently used stays");
+    assert!(
+        !cache.contains(&digests[1]),
+        "the least recently used stays"
+    );
     assert!(!cache.content_path(&digests[1]).exists());
     assert!(cache.contains(&digests[2]));
     assert_eq!(cache.bytes(), 8_000);

@@ -226,7 +226,9 @@ fn reads_the_cache_folder_and_cap_and_zero_turns_it_off() {
     let config = files.parse(&text).unwrap();
     assert_eq!(config.cache.dir, dir);
     assert_eq!(config.cache.max_bytes, 1_048_576);
-    let off = files.parse(&files.toml("\n[cache]\nmax_bytes = 0")).unwrap();
+    let off = files
+        .parse(&files.toml("\n[cache]\nmax_bytes = 0"))
+        .unwrap();
     assert_eq!(off.cache.max_bytes, 0);
     assert!(!files.dir.path().join("cache").exists(), "made while off");
 }

@@ -17,7 +17,7 @@ mod agent_sync_and_run; // the agent binary's `sync --once`, `run` and `status` 
 mod connections_tags; // tag listing and import against paginating and failing registries
 mod facade_auth; // upstream Basic and bearer-token auth through the facade
 mod facade_cache; // the content-addressed cache: one upstream fetch per digest, failures, eviction, ranges
-mod facade_faults; // the facade binary against a misbehaving upstream: no leaks
+mod facade_faults; // the facade binary against a misbehaving upstream, cache off and on: no leaks
 mod facade_https; // an HTTPS upstream with a private CA
 mod facade_malicious; // a malicious upstream never gets wrong bytes to a device
 mod facade_ops; // health, metrics and graceful shutdown on the operator listener
