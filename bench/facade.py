@@ -29,6 +29,7 @@ processes (sampled every 100 ms). Everything runs on 127.0.0.1 and is removed at
     bench/facade.py                     # full run
     BENCH_BLOB_MIB=256 BENCH_ROUNDS=2 bench/facade.py   # a quick look
     bench/facade.py --json FILE          # also write the figures as JSON
+    MESHANICS_FACADE_BIN=path bench/facade.py   # that facade binary instead of building one
 """
 
 import json
@@ -196,17 +197,21 @@ def measure(work, name, url, pids, proto, size):
 def main():
     json_out = None
     if "--json" in sys.argv:
-        json_out = sys.argv[sys.argv.index("--json") + 1]
+        json_out = str(Path(sys.argv[sys.argv.index("--json") + 1]).resolve())
     if "-h" in sys.argv or "--help" in sys.argv:
         print(__doc__)
         return
     for tool in ["curl", "openssl", NGINX, REGISTRY]:
         if not shutil.which(tool):
             raise SystemExit(f"bench: {tool} is missing (apt-get install nginx docker-registry curl openssl)")
-    print("== building meshanics-facade (release)", flush=True)
-    run("cargo", "build", "--release", "--quiet", "-p", "meshanics-facade", "--manifest-path", str(REPO / "Cargo.toml"))
-    target = Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target"))
-    facade_bin = target / "release" / "meshanics-facade"
+    if os.environ.get("MESHANICS_FACADE_BIN"):
+        facade_bin = Path(os.environ["MESHANICS_FACADE_BIN"]).resolve()
+        print(f"== meshanics-facade: {facade_bin}", flush=True)
+    else:
+        print("== building meshanics-facade (release)", flush=True)
+        run("cargo", "build", "--release", "--quiet", "-p", "meshanics-facade", "--manifest-path", str(REPO / "Cargo.toml"))
+        target = Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target"))
+        facade_bin = target / "release" / "meshanics-facade"
 
     work = Path(tempfile.mkdtemp(prefix="bench-facade-"))
     children = []

@@ -307,6 +307,11 @@ fn fleet_run(
         Server::Facade(facade) => Some(facade.clone()),
         Server::Proxy(_) => None,
     };
+    // The proxy-mode registry's memory grows with the fan-out (14 GiB in one run here): past
+    // `FLEET_PROXY_MAX_RSS_MIB` (4,096) the bench stops it, so a shared machine is not run out
+    // of memory, and says so.
+    let rss_cap_kib = env_number("FLEET_PROXY_MAX_RSS_MIB", 4096) * 1024;
+    let is_proxy = matches!(server, Server::Proxy(_));
     let sampler = {
         let stop = stop.clone();
         let facade = facade.clone();
@@ -315,12 +320,28 @@ fn fleet_run(
             let start = Instant::now();
             while !stop.load(Ordering::Relaxed) {
                 let stats = ProcStats::read(pid).ok();
+                if is_proxy && let Some(rss) = stats.map(|s| s.rss_kib).filter(|r| *r > rss_cap_kib)
+                {
+                    let _ = std::process::Command::new("kill")
+                        .arg(pid.to_string())
+                        .status();
+                    println!(
+                        "registry (proxy mode) stopped by the bench at {:.0} MiB RSS (FLEET_PROXY_MAX_RSS_MIB)",
+                        rss as f64 / 1024.0
+                    );
+                    break;
+                }
                 let fds = stats.map_or(0, |s| s.fds);
                 let handshakes = facade
                     .as_ref()
                     .and_then(|f| f.metric("facade_handshakes_total").ok())
                     .unwrap_or(0) as f64;
-                samples.push((start.elapsed(), fds, handshakes));
+                samples.push((
+                    start.elapsed(),
+                    fds,
+                    handshakes,
+                    stats.map_or(0, |s| s.rss_kib),
+                ));
                 std::thread::sleep(Duration::from_millis(250));
             }
             samples
@@ -389,7 +410,10 @@ fn fleet_run(
         .collect();
     let bytes: u64 = outcomes.iter().map(|o| o.bytes).sum();
     let peak_fds = samples.iter().map(|s| s.1).max().unwrap_or(0);
-    let peak_rss = ProcStats::read(pid).map_or(0, |s| s.peak_rss_kib);
+    let sampled_rss = samples.iter().map(|s| s.3).max().unwrap_or(0);
+    let peak_rss = ProcStats::read(pid)
+        .map_or(0, |s| s.peak_rss_kib)
+        .max(sampled_rss);
     let flood_text = if flood > 0 {
         format!(", beside {flood} idle TCP connections without a ClientHello")
     } else {
