@@ -250,6 +250,8 @@ def main():
         up, ng, nd, fa, op, fh, oh, rg = (free_port() for _ in range(8))
         # As root, nginx's workers would run as nobody and could not read the private folder.
         user = "user root;" if os.geteuid() == 0 else ""
+        mtls = (f"ssl_certificate {work}/server.crt; ssl_certificate_key {work}/server.key; "
+                f"ssl_client_certificate {work}/ca.crt; ssl_verify_client on; ssl_protocols TLSv1.3;")
         Path("nginx.conf").write_text(f"""
 {user}
 worker_processes 2;
@@ -272,11 +274,7 @@ http {{
     }}
     server {{
         listen 127.0.0.1:{ng} ssl http2;
-        ssl_certificate {work}/server.crt;
-        ssl_certificate_key {work}/server.key;
-        ssl_client_certificate {work}/ca.crt;
-        ssl_verify_client on;
-        ssl_protocols TLSv1.3;
+        {mtls}
         location / {{
             proxy_pass http://127.0.0.1:{up};
             proxy_http_version 1.1;
@@ -285,11 +283,7 @@ http {{
     }}
     server {{
         listen 127.0.0.1:{nd} ssl http2;
-        ssl_certificate {work}/server.crt;
-        ssl_certificate_key {work}/server.key;
-        ssl_client_certificate {work}/ca.crt;
-        ssl_verify_client on;
-        ssl_protocols TLSv1.3;
+        {mtls}
         root {work}/upstream;
     }}
 }}

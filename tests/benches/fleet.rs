@@ -201,17 +201,7 @@ fn run() -> Result<(), BoxError> {
 
     for (round, window) in windows.iter().enumerate() {
         let window = Duration::from_secs(*window);
-        let config = facade_config(&setup, &format!("facade-{round}"), true)?;
-        let facade = FacadeProcess::start_binary(&setup.facade_bin, &config, "warn")?;
-        let work = Work::Metadata(setup.anchor.clone());
-        fleet_run(
-            &setup,
-            Server::Facade(Arc::new(facade)),
-            work,
-            devices,
-            window,
-            0,
-        )?;
+        facade_run(&setup, &format!("facade-{round}"), true, devices, window, 0)?;
         if proxy {
             let registry = RegistryServer::start(&Options {
                 tls: Some((setup.pki.join("facade.crt"), setup.pki.join("facade.key"))),
@@ -228,8 +218,8 @@ fn run() -> Result<(), BoxError> {
             };
             fleet_run(
                 &setup,
-                Server::Proxy(registry),
-                Work::Pull(target),
+                &Server::Proxy(registry),
+                &Work::Pull(target),
                 devices,
                 window,
                 0,
@@ -237,19 +227,39 @@ fn run() -> Result<(), BoxError> {
         }
     }
     if flood > 0 {
-        let config = facade_config(&setup, "facade-flood", false)?;
-        let facade = FacadeProcess::start_binary(&setup.facade_bin, &config, "warn")?;
-        let work = Work::Metadata(setup.anchor.clone());
-        fleet_run(
+        facade_run(
             &setup,
-            Server::Facade(Arc::new(facade)),
-            work,
+            "facade-flood",
+            false,
             flood_devices,
             flood_window,
             flood,
         )?;
     }
     Ok(())
+}
+
+/// [`fleet_run`] on a fresh facade (state folder `name`, limits as [`facade_config`] says for
+/// `roomy`), every device doing the metadata check first.
+fn facade_run(
+    setup: &Setup,
+    name: &str,
+    roomy: bool,
+    devices: usize,
+    window: Duration,
+    flood: usize,
+) -> Result<(), BoxError> {
+    let config = facade_config(setup, name, roomy)?;
+    let facade = FacadeProcess::start_binary(&setup.facade_bin, &config, "warn")?;
+    let work = Work::Metadata(setup.anchor.clone());
+    fleet_run(
+        setup,
+        &Server::Facade(Arc::new(facade)),
+        &work,
+        devices,
+        window,
+        flood,
+    )
 }
 
 fn load_average() -> String {
@@ -270,13 +280,13 @@ fn upstream_gets(upstream: &RegistryServer, kind: &str, descriptors: &[&Descript
 /// connections opened first; prints its figures.
 fn fleet_run(
     setup: &Setup,
-    server: Server,
-    work: Work,
+    server: &Server,
+    work: &Work,
     devices: usize,
     window: Duration,
     flood: usize,
 ) -> Result<(), BoxError> {
-    let (name, pid, base) = match &server {
+    let (name, pid, base) = match server {
         Server::Facade(facade) => ("facade", facade.pid(), facade.url("")),
         Server::Proxy(registry) => ("registry (proxy mode)", registry.pid(), registry.base_url()),
     };
@@ -303,7 +313,7 @@ fn fleet_run(
 
     // Samples of the server: RSS, open fds, the facade's handshakes counter, every 250 ms.
     let stop = Arc::new(AtomicBool::new(false));
-    let facade = match &server {
+    let facade = match server {
         Server::Facade(facade) => Some(facade.clone()),
         Server::Proxy(_) => None,
     };
@@ -449,18 +459,8 @@ fn fleet_run(
             "handshakes: {handshakes_total:.0} completed, mean {:.1}/s over the run, peak {peak_rate:.1}/s (1 s windows)",
             handshakes_total / elapsed.as_secs_f64()
         );
-        println!(
-            "metadata check (s): p50 {:.3}  p99 {:.3}  max {:.3}",
-            percentile(&mut metas, 0.50),
-            percentile(&mut metas, 0.99),
-            percentile(&mut metas, 1.0)
-        );
-        println!(
-            "pull incl. metadata (s): p50 {:.2}  p99 {:.2}  max {:.2}",
-            percentile(&mut totals, 0.50),
-            percentile(&mut totals, 0.99),
-            percentile(&mut totals, 1.0)
-        );
+        print_percentiles("metadata check", &mut metas, 3);
+        print_percentiles("pull incl. metadata", &mut totals, 2);
         let cache: Vec<String> = [
             "facade_cache_hits_total{kind=\"blob\"}",
             "facade_cache_misses_total{kind=\"blob\"}",
@@ -474,12 +474,7 @@ fn fleet_run(
         .collect();
         println!("facade cache metrics: {}", cache.join(", "));
     }
-    println!(
-        "pull (s): p50 {:.2}  p99 {:.2}  max {:.2}",
-        percentile(&mut pulls, 0.50),
-        percentile(&mut pulls, 0.99),
-        percentile(&mut pulls, 1.0)
-    );
+    print_percentiles("pull", &mut pulls, 2);
     println!(
         "bytes verified by devices: {:.2} GB ({:.0} MB/s over the run)",
         bytes as f64 / 1e9,
@@ -639,6 +634,16 @@ fn facade_config(setup: &Setup, name: &str, roomy: bool) -> Result<PathBuf, BoxE
         ),
     )?;
     Ok(config)
+}
+
+/// Prints `LABEL (s): p50 ..  p99 ..  max ..` with `decimals` decimals.
+fn print_percentiles(label: &str, values: &mut [f64], decimals: usize) {
+    let (p50, p99, max) = (
+        percentile(values, 0.50),
+        percentile(values, 0.99),
+        percentile(values, 1.0),
+    );
+    println!("{label} (s): p50 {p50:.decimals$}  p99 {p99:.decimals$}  max {max:.decimals$}");
 }
 
 fn percentile(values: &mut [f64], p: f64) -> f64 {
