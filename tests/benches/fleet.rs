@@ -249,8 +249,16 @@ fn facade_run(
     window: Duration,
     flood: usize,
 ) -> Result<(), BoxError> {
-    let config = facade_config(setup, name, roomy)?;
-    let facade = FacadeProcess::start_binary(&setup.facade_bin, &config, "warn")?;
+    let config = facade_config(setup, name, roomy, roomy)?;
+    let facade = match FacadeProcess::start_binary(&setup.facade_bin, &config, "warn") {
+        Ok(facade) => facade,
+        // A facade without the per-source handshake cap does not know its key.
+        Err(error) if roomy && error.to_string().contains("max_handshakes_per_source") => {
+            let config = facade_config(setup, name, roomy, false)?;
+            FacadeProcess::start_binary(&setup.facade_bin, &config, "warn")?
+        }
+        Err(error) => return Err(error.into()),
+    };
     let work = Work::Metadata(setup.anchor.clone());
     fleet_run(
         setup,
@@ -330,17 +338,6 @@ fn fleet_run(
             let start = Instant::now();
             while !stop.load(Ordering::Relaxed) {
                 let stats = ProcStats::read(pid).ok();
-                if is_proxy && let Some(rss) = stats.map(|s| s.rss_kib).filter(|r| *r > rss_cap_kib)
-                {
-                    let _ = std::process::Command::new("kill")
-                        .arg(pid.to_string())
-                        .status();
-                    println!(
-                        "registry (proxy mode) stopped by the bench at {:.0} MiB RSS (FLEET_PROXY_MAX_RSS_MIB)",
-                        rss as f64 / 1024.0
-                    );
-                    break;
-                }
                 let fds = stats.map_or(0, |s| s.fds);
                 let handshakes = facade
                     .as_ref()
@@ -352,6 +349,17 @@ fn fleet_run(
                     handshakes,
                     stats.map_or(0, |s| s.rss_kib),
                 ));
+                if is_proxy && let Some(rss) = stats.map(|s| s.rss_kib).filter(|r| *r > rss_cap_kib)
+                {
+                    let _ = std::process::Command::new("kill")
+                        .arg(pid.to_string())
+                        .status();
+                    println!(
+                        "registry (proxy mode) stopped by the bench at {:.0} MiB RSS (FLEET_PROXY_MAX_RSS_MIB)",
+                        rss as f64 / 1024.0
+                    );
+                    break;
+                }
                 std::thread::sleep(Duration::from_millis(250));
             }
             samples
@@ -609,15 +617,23 @@ async fn device(
 /// The facade's configuration for a run (`name` names its state folder, so each run starts
 /// with an empty cache): its listeners on port 0 (read back from its log by
 /// [`FacadeProcess`]), the fleet CA for devices, and with `roomy` room for every device's
-/// connection (else the default limits).
-fn facade_config(setup: &Setup, name: &str, roomy: bool) -> Result<PathBuf, BoxError> {
+/// connection (else the default limits). With `per_source`, the per-source handshake cap is
+/// lifted too: the simulated fleet shares one address, 127.0.0.1, where a real fleet has one
+/// per device (as the load benches do; the flood run keeps the default cap, and its idle
+/// connections come from 127.0.0.2).
+fn facade_config(
+    setup: &Setup,
+    name: &str,
+    roomy: bool,
+    per_source: bool,
+) -> Result<PathBuf, BoxError> {
     let state = setup.work.join(format!("{name}-state"));
     fs_err::create_dir_all(&state)?;
     let config = setup.work.join(format!("{name}.toml"));
-    let limits = if roomy {
-        "max_connections = 2048\n"
-    } else {
-        ""
+    let limits = match (roomy, per_source) {
+        (true, true) => "max_connections = 2048\nmax_handshakes_per_source = 1024\n",
+        (true, false) => "max_connections = 2048\n",
+        (false, _) => "",
     };
     fs_err::write(
         &config,
