@@ -2,11 +2,19 @@
 """Facade streaming benchmark: prints figures and a Markdown table, asserts nothing.
 
 A random blob (BENCH_BLOB_MIB MiB, 1024 by default) sits on a plain-HTTP upstream (nginx
-serving the file). Three mutual-TLS proxies stream it to curl clients holding a device
-certificate, in the same run, each over HTTP/1.1 and HTTP/2:
+serving the file). Mutual-TLS servers stream it to curl clients holding a device
+certificate, in the same run, each over HTTP/1.1 and HTTP/2. Misses (every byte from the
+upstream):
 
-  - meshanics-facade (release build), verifying every byte against the digest;
-  - nginx (Debian) as an mTLS reverse proxy, verifying nothing;
+  - meshanics-facade (release build) with its cache off (`[cache] max_bytes = 0`), so every
+    pull is a real miss, verifying every byte against the digest;
+  - nginx (Debian) as an mTLS reverse proxy, verifying nothing.
+
+Hits (the bytes from the server's own disk):
+
+  - meshanics-facade with its cache on (the default), serving the blob from its cache after
+    the one fill of the uncounted warm-up pull;
+  - nginx serving the same file from disk over mTLS (`ssl_verify_client on`, a `root`);
   - the CNCF distribution registry (Debian's docker-registry) in proxy (pull-through cache)
     mode, which stores the blob on its disk on the first pull and serves later pulls from
     there.
@@ -21,6 +29,7 @@ processes (sampled every 100 ms). Everything runs on 127.0.0.1 and is removed at
     bench/facade.py                     # full run
     BENCH_BLOB_MIB=256 BENCH_ROUNDS=2 bench/facade.py   # a quick look
     bench/facade.py --json FILE          # also write the figures as JSON
+    MESHANICS_FACADE_BIN=path bench/facade.py   # that facade binary instead of building one
 """
 
 import json
@@ -188,17 +197,21 @@ def measure(work, name, url, pids, proto, size):
 def main():
     json_out = None
     if "--json" in sys.argv:
-        json_out = sys.argv[sys.argv.index("--json") + 1]
+        json_out = str(Path(sys.argv[sys.argv.index("--json") + 1]).resolve())
     if "-h" in sys.argv or "--help" in sys.argv:
         print(__doc__)
         return
     for tool in ["curl", "openssl", NGINX, REGISTRY]:
         if not shutil.which(tool):
             raise SystemExit(f"bench: {tool} is missing (apt-get install nginx docker-registry curl openssl)")
-    print("== building meshanics-facade (release)", flush=True)
-    run("cargo", "build", "--release", "--quiet", "-p", "meshanics-facade", "--manifest-path", str(REPO / "Cargo.toml"))
-    target = Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target"))
-    facade_bin = target / "release" / "meshanics-facade"
+    if os.environ.get("MESHANICS_FACADE_BIN"):
+        facade_bin = Path(os.environ["MESHANICS_FACADE_BIN"]).resolve()
+        print(f"== meshanics-facade: {facade_bin}", flush=True)
+    else:
+        print("== building meshanics-facade (release)", flush=True)
+        run("cargo", "build", "--release", "--quiet", "-p", "meshanics-facade", "--manifest-path", str(REPO / "Cargo.toml"))
+        target = Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target"))
+        facade_bin = target / "release" / "meshanics-facade"
 
     work = Path(tempfile.mkdtemp(prefix="bench-facade-"))
     children = []
@@ -234,9 +247,11 @@ def main():
         hexd = digest.hexdigest()
         os.rename("blob.bin", blobs / f"sha256:{hexd}")
 
-        up, ng, fa, op, rg = (free_port() for _ in range(5))
+        up, ng, nd, fa, op, fh, oh, rg = (free_port() for _ in range(8))
         # As root, nginx's workers would run as nobody and could not read the private folder.
         user = "user root;" if os.geteuid() == 0 else ""
+        mtls = (f"ssl_certificate {work}/server.crt; ssl_certificate_key {work}/server.key; "
+                f"ssl_client_certificate {work}/ca.crt; ssl_verify_client on; ssl_protocols TLSv1.3;")
         Path("nginx.conf").write_text(f"""
 {user}
 worker_processes 2;
@@ -259,16 +274,17 @@ http {{
     }}
     server {{
         listen 127.0.0.1:{ng} ssl http2;
-        ssl_certificate {work}/server.crt;
-        ssl_certificate_key {work}/server.key;
-        ssl_client_certificate {work}/ca.crt;
-        ssl_verify_client on;
-        ssl_protocols TLSv1.3;
+        {mtls}
         location / {{
             proxy_pass http://127.0.0.1:{up};
             proxy_http_version 1.1;
             proxy_max_temp_file_size 0;
         }}
+    }}
+    server {{
+        listen 127.0.0.1:{nd} ssl http2;
+        {mtls}
+        root {work}/upstream;
     }}
 }}
 """)
@@ -278,24 +294,30 @@ http {{
         nginx_pids = lambda: [int(p) for p in subprocess.run(["pgrep", "-P", str(nginx_master)],
                                                               capture_output=True, text=True).stdout.split()]
 
-        Path("state").mkdir()
-        Path("facade.toml").write_text(f"""
-listen = "127.0.0.1:{fa}"
-operator_listen = "127.0.0.1:{op}"
-state_dir = "{work}/state"
+        facades = {}
+        for name, port, operator, cache in [("miss", fa, op, "max_bytes = 0"), ("hit", fh, oh, "")]:
+            Path(f"state-{name}").mkdir()
+            Path(f"facade-{name}.toml").write_text(f"""
+listen = "127.0.0.1:{port}"
+operator_listen = "127.0.0.1:{operator}"
+state_dir = "{work}/state-{name}"
 [tls]
 certificate = "{work}/server.crt"
 private_key = "{work}/server.key"
 device_ca = "{work}/ca.crt"
 [limits]
 max_connections = 256
+[cache]
+{cache}
 [[upstreams]]
 host = "127.0.0.1:{up}"
 plain_http = true
 """)
-        facade = subprocess.Popen([str(facade_bin), "--config", "facade.toml"], env={**os.environ, "RUST_LOG": "warn"},
-                                  stdout=open("facade.log", "w"), stderr=subprocess.STDOUT)
-        children.append(facade)
+            facades[name] = subprocess.Popen([str(facade_bin), "--config", f"facade-{name}.toml"],
+                                             env={**os.environ, "RUST_LOG": "warn"},
+                                             stdout=open(f"facade-{name}.log", "w"), stderr=subprocess.STDOUT)
+            children.append(facades[name])
+        facade, facade_hit = facades["miss"], facades["hit"]
 
         Path("registry.yml").write_text(f"""
 version: 0.1
@@ -310,12 +332,15 @@ proxy: {{ remoteurl: "http://127.0.0.1:{up}" }}
                                     stderr=subprocess.STDOUT)
         children.append(registry)
         wait_port(op)  # the operator port: probing the device port would log a refused handshake
+        wait_port(oh)
         wait_port(rg)
 
         path = f"bench/blob/blobs/sha256:{hexd}"
         proxies = [
             ("facade", f"https://127.0.0.1:{fa}/v2/127.0.0.1_{up}/{path}", lambda: [facade.pid]),
             ("nginx", f"https://127.0.0.1:{ng}/v2/{path}", nginx_pids),
+            ("facade-hit", f"https://127.0.0.1:{fh}/v2/127.0.0.1_{up}/{path}", lambda: [facade_hit.pid]),
+            ("nginx-disk", f"https://127.0.0.1:{nd}/v2/{path}", nginx_pids),
             ("registry", f"https://127.0.0.1:{rg}/v2/{path}", lambda: [registry.pid]),
         ]
         print("== checking: the facade delivers bytes that hash to the digest", flush=True)
@@ -326,20 +351,25 @@ proxy: {{ remoteurl: "http://127.0.0.1:{up}" }}
                                      "device.crt", "--key", "device.key", proxies[0][1]],
                                     capture_output=True).stdout[:600].decode(errors="replace")
             raise SystemExit(f"bench: the facade delivered other bytes; it answered:\n{answer}\n"
-                             f"its log:\n{Path('facade.log').read_text()[-2000:]}")
+                             f"its log:\n{Path('facade-miss.log').read_text()[-2000:]}")
         print(f"== {BLOB_MIB} MiB: 1 client x {ROUNDS} rounds, then {CLIENTS} clients x {CONCURRENT_SECONDS} s x {ROUNDS} rounds",
               flush=True)
         rows = []
         for proto in ["h1", "h2"]:
             for name, url, pids in proxies:
                 rows.append(measure(work, name, url, pids, proto, size))
-        with urllib.request.urlopen(f"http://127.0.0.1:{op}/metrics") as r:
-            metrics = r.read().decode()
-        failures = sum(float(l.split()[-1]) for l in metrics.splitlines()
+        metrics = {}
+        for name, operator in [("miss", op), ("hit", oh)]:
+            with urllib.request.urlopen(f"http://127.0.0.1:{operator}/metrics") as r:
+                metrics[name] = r.read().decode()
+        failures = sum(float(l.split()[-1]) for text in metrics.values() for l in text.splitlines()
                        if l.startswith("facade_verification_failures_total"))
+        hit_lines = [l for l in metrics["hit"].splitlines()
+                     if l.startswith(("facade_cache_hits_total", "facade_cache_misses_total", "facade_cache_fills_total"))]
+        miss_lines = [l for l in metrics["miss"].splitlines() if l.startswith("facade_cache_hits_total")]
 
         print()
-        print(f"| proxy | protocol | 1 client MB/s | TTFB ms | CPU s/GiB | {CLIENTS} clients MB/s | TTFB p50 / p99 ms | peak RSS MiB |")
+        print(f"| server | protocol | 1 client MB/s | TTFB ms | CPU s/GiB | {CLIENTS} clients MB/s | TTFB p50 / p99 ms | peak RSS MiB |")
         print("|---|---|---:|---:|---:|---:|---:|---:|")
         for r in rows:
             print(f"| {r['proxy']} | {'HTTP/1.1' if r['protocol'] == 'h1' else 'HTTP/2'} | {r['mbps']:.0f} | {r['ttfb_ms']:.1f} "
@@ -349,11 +379,17 @@ proxy: {{ remoteurl: "http://127.0.0.1:{up}" }}
         for proto in ["h1", "h2"]:
             by = {r["proxy"]: r for r in rows if r["protocol"] == proto}
             f, n, g = by["facade"], by["nginx"], by["registry"]
-            print(f"{proto}: facade/nginx {f['mbps'] / n['mbps'] * 100:.1f} % (target >= 90 %), "
-                  f"facade/registry {f['mbps'] / g['mbps'] * 100:.1f} %, "
-                  f"{CLIENTS} clients facade/nginx {f['clients_mbps'] / n['clients_mbps'] * 100:.1f} %, "
-                  f"facade peak RSS {f['peak_rss_mib']:.1f} MiB (target < 64 MiB)")
-        print(f"verification failures counted by the facade: {failures:.0f}")
+            h, d = by["facade-hit"], by["nginx-disk"]
+            print(f"{proto}: miss facade/nginx {f['mbps'] / n['mbps'] * 100:.1f} % (target >= 100 %), "
+                  f"hit facade/nginx-disk {h['mbps'] / d['mbps'] * 100:.1f} % (target >= 100 %), "
+                  f"hit facade/registry {h['mbps'] / g['mbps'] * 100:.1f} %, "
+                  f"{CLIENTS} clients: miss facade/nginx {f['clients_mbps'] / n['clients_mbps'] * 100:.1f} %, "
+                  f"hit facade/nginx-disk {h['clients_mbps'] / d['clients_mbps'] * 100:.1f} %, "
+                  f"hit facade/registry {h['clients_mbps'] / g['clients_mbps'] * 100:.1f} %; "
+                  f"facade peak RSS miss {f['peak_rss_mib']:.1f} / hit {h['peak_rss_mib']:.1f} MiB (target < 64 MiB)")
+        print(f"verification failures counted by the facades: {failures:.0f}")
+        print(f"cache-on facade: {', '.join(hit_lines) or 'no cache metrics'}")
+        print(f"cache-off facade: {', '.join(miss_lines) or 'no cache metrics'}")
         if json_out:
             Path(json_out).write_text(json.dumps({"blob_mib": BLOB_MIB, "rounds": ROUNDS, "clients": CLIENTS,
                                                   "concurrent_seconds": CONCURRENT_SECONDS, "rows": rows}, indent=1))

@@ -1,21 +1,32 @@
 //! Device fleet benchmark: prints figures, asserts nothing.
 //!
 //! `FLEET_DEVICES` devices (1,000 by default), each with its own client certificate, arrive
-//! at random moments over `FLEET_SECONDS` seconds (60) at one facade (the release binary in
-//! `MESHANICS_FACADE_BIN`, a process of its own so its RSS and file descriptors are its
-//! own). Each device does what an agent does, with the agent's own library: the signed
-//! metadata check (root, timestamp, targets, verified against its pinned root) and a pull
-//! of a `FLEET_IMAGE_MIB` MiB image (20) into its own content-addressed cache (in
-//! /dev/shm, removed after the pull), every byte verified. The upstream is the CNCF
-//! distribution registry.
+//! at random moments over a window of `FLEET_SECONDS` seconds at one facade (the release
+//! binary in `MESHANICS_FACADE_BIN`, a process of its own so its RSS and file descriptors are
+//! its own). `FLEET_SECONDS` is a list (`60,5` by default: spread over a minute, then a burst),
+//! each window on a fresh facade with an empty cache. Each device does what an agent does,
+//! with the agent's own library: the signed metadata check (root, timestamp, targets,
+//! verified against its pinned root) and a pull of a `FLEET_IMAGE_MIB` MiB image (20) into
+//! its own content-addressed cache (in /dev/shm, removed after the pull), every byte
+//! verified. The upstream is the CNCF distribution registry; its log counts the requests the
+//! fleet cost it.
 //!
-//! Printed: handshakes (the facade's counter) per second, peak and mean; errors; metadata
-//! and pull time percentiles (arrival to applied-ready); the facade's peak RSS and peak open
-//! file descriptors. Run it with `bench/run fleet` or, from the repository root (a relative
-//! `MESHANICS_FACADE_BIN` is taken from there),
+//! In the same run (`FLEET_PROXY=0` skips it), the same fan-out per window against the
+//! distribution registry in proxy mode (`proxy: remoteurl:` the same upstream, mutual TLS with
+//! the same device certificates; the pull only, as it serves no signed metadata): its
+//! upstream GETs per blob and its RSS. Then a handshake flood (`FLEET_FLOOD`, 1,100 idle TCP
+//! connections from 127.0.0.2 that never send a ClientHello, more than the facade's default
+//! 1,024 connection slots) beside `FLEET_FLOOD_DEVICES` (100) valid devices arriving over
+//! `FLEET_FLOOD_SECONDS` (5) on a facade with its default limits.
+//!
+//! Printed per run: errors; metadata and pull time percentiles (arrival to done); the
+//! upstream's GETs per blob and per manifest and its request total; the server's peak RSS and
+//! peak open file descriptors; for the facade, handshakes per second. Run it with
+//! `bench/run fleet` or, from the repository root (a relative `MESHANICS_FACADE_BIN` is taken
+//! from there),
 //! `MESHANICS_FACADE_BIN=target/release/meshanics-facade cargo bench -p meshanics-tests --bench fleet`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,11 +35,11 @@ use std::time::{Duration, Instant};
 use meshanics_agent::client::{Client, ClientOptions};
 use meshanics_agent::metadata::{FacadeFetch, pull_target};
 use meshanics_agent::progress::Silent;
-use meshanics_agent::pull::Puller;
+use meshanics_agent::pull::{PullTarget, Puller};
 use meshanics_agent::store::{Store, StoreOptions};
 use meshanics_shared::devpki::DevCa;
 use meshanics_shared::metadata::{TrustedStore, UnixTime, Updater};
-use meshanics_shared::{Platform, tls};
+use meshanics_shared::{Descriptor, Platform, Repository, tls};
 use meshanics_tests::binaries;
 use meshanics_tests::facade_process::FacadeProcess;
 use meshanics_tests::oci_layout::{Layer, LayerFile, SampleImage, pseudo_random};
@@ -54,6 +65,38 @@ struct Outcome {
     bytes: u64,
 }
 
+/// What the devices pull and check.
+#[derive(Clone)]
+enum Work {
+    /// The signed metadata check, then the target it names (the facade).
+    Metadata(Arc<Vec<u8>>),
+    /// This target, no metadata (the registry in proxy mode).
+    Pull(PullTarget),
+}
+
+/// The server the fleet pulls from.
+enum Server {
+    Facade(Arc<FacadeProcess>),
+    Proxy(RegistryServer),
+}
+
+/// Everything a run needs that does not change between runs.
+struct Setup {
+    facade_bin: PathBuf,
+    work: PathBuf,
+    shm: PathBuf,
+    pki: PathBuf,
+    metadata_dir: PathBuf,
+    upstream: RegistryServer,
+    anchor: Arc<Vec<u8>>,
+    roots: rustls::RootCertStore,
+    identities: Vec<Identity>,
+    manifest: Descriptor,
+    blobs: Vec<Descriptor>,
+    platform: Platform,
+    seed: u64,
+}
+
 fn main() -> ExitCode {
     meshanics_tests::run_main("fleet", run)
 }
@@ -64,8 +107,16 @@ fn run() -> Result<(), BoxError> {
         "a release meshanics-facade, e.g. target/release/meshanics-facade (bench/run fleet sets it)",
     )?;
     let devices = env_number("FLEET_DEVICES", 1000) as usize;
-    let window = Duration::from_secs(env_number("FLEET_SECONDS", 60));
+    let windows: Vec<u64> = std::env::var("FLEET_SECONDS")
+        .unwrap_or_else(|_| "60,5".into())
+        .split(',')
+        .filter_map(|w| w.trim().parse().ok())
+        .collect();
     let image_mib = env_number("FLEET_IMAGE_MIB", 20) as usize;
+    let proxy = env_number("FLEET_PROXY", 1) != 0;
+    let flood = env_number("FLEET_FLOOD", 1100) as usize;
+    let flood_devices = env_number("FLEET_FLOOD_DEVICES", 100) as usize;
+    let flood_window = Duration::from_secs(env_number("FLEET_FLOOD_SECONDS", 5));
     let work = tempfile::tempdir()?;
     let shm = if Path::new("/dev/shm").is_dir() {
         tempfile::Builder::new()
@@ -76,7 +127,7 @@ fn run() -> Result<(), BoxError> {
     };
 
     // The image: one platform, four layers.
-    let registry = RegistryServer::start(&Options::default())?;
+    let upstream = RegistryServer::start(&Options::default())?;
     let layer_bytes = image_mib * 1024 * 1024 / 4;
     let layers = (0..4)
         .map(|i| Layer {
@@ -90,23 +141,23 @@ fn run() -> Result<(), BoxError> {
         platforms: vec![(Platform::parse("linux/amd64")?, layers)],
     };
     let built = image.write_layout(&work.path().join("image"), "fleet")?;
-    meshanics_tests::skopeo::push_layout(&built.dir, "fleet", &registry.host(), "fleet/app")?;
+    meshanics_tests::skopeo::push_layout(&built.dir, "fleet", &upstream.host(), "fleet/app")?;
     let manifest = built
         .manifest_for("linux/amd64")
         .ok_or("no amd64 manifest")?
         .clone();
-    let image_bytes: u64 =
-        built.blobs.iter().flatten().map(|d| d.size).sum::<u64>() + manifest.size;
+    let blobs = built.blobs.first().cloned().unwrap_or_default();
+    let image_bytes: u64 = blobs.iter().map(|d| d.size).sum::<u64>() + manifest.size;
 
     // The signed release.
     let metadata_dir = work.path().join("metadata");
     fs_err::create_dir_all(&metadata_dir)?;
     let mut release = Release::init(&metadata_dir)?;
-    let upstream = format!("{}/fleet/app", registry.host());
-    release.publish(vec![entry("app", &upstream, &manifest, Some("fleet"))?])?;
+    let repository = format!("{}/fleet/app", upstream.host());
+    release.publish(vec![entry("app", &repository, &manifest, Some("fleet"))?])?;
     let anchor: Arc<Vec<u8>> = Arc::new(release.anchor().to_vec());
 
-    // The PKI: the facade's certificate and one certificate per device.
+    // The PKI: the servers' certificate and one certificate per device.
     let started = Instant::now();
     let mut ca = DevCa::new("fleet CA")?;
     let server = ca.issue_server(&["127.0.0.1"])?;
@@ -115,8 +166,8 @@ fn run() -> Result<(), BoxError> {
     fs_err::write(pki.join("ca.crt"), ca.cert_pem())?;
     fs_err::write(pki.join("facade.crt"), &server.cert_pem)?;
     fs_err::write(pki.join("facade.key"), &server.key_pem)?;
-    let mut identities = Vec::with_capacity(devices);
-    for i in 0..devices {
+    let mut identities = Vec::with_capacity(devices.max(flood_devices));
+    for i in 0..devices.max(flood_devices) {
         let issued = ca.issue_device(&format!("fleet-device-{i:04}"))?;
         let certs = CertificateDer::pem_slice_iter(issued.cert_pem.as_bytes())
             .collect::<Result<Vec<_>, _>>()?;
@@ -124,19 +175,161 @@ fn run() -> Result<(), BoxError> {
         identities.push((certs, key));
     }
     println!(
-        "fleet: {devices} device certificates issued in {:.1} s; image {:.1} MiB in {} blobs",
+        "fleet: {} device certificates issued in {:.1} s; image {:.1} MiB in {} blobs; \
+         load average {}",
+        identities.len(),
         started.elapsed().as_secs_f64(),
         image_bytes as f64 / 1048576.0,
-        built.blobs.iter().flatten().count() + 1
+        blobs.len() + 1,
+        load_average()
     );
+    let setup = Setup {
+        facade_bin,
+        work: work.path().to_owned(),
+        shm: shm.path().to_owned(),
+        roots: tls::load_ca_bundle(&pki.join("ca.crt"))?,
+        pki,
+        metadata_dir,
+        upstream,
+        anchor,
+        identities,
+        manifest,
+        blobs,
+        platform: Platform::parse("linux/amd64")?,
+        seed: env_number("FLEET_SEED", 20261122),
+    };
 
-    let config = facade_config(work.path(), &pki, &metadata_dir, &registry.host())?;
-    let facade = Arc::new(FacadeProcess::start_binary(&facade_bin, &config, "warn")?);
-    let roots = tls::load_ca_bundle(&pki.join("ca.crt"))?;
-    let base: http::Uri = facade.url("").parse()?;
+    for (round, window) in windows.iter().enumerate() {
+        let window = Duration::from_secs(*window);
+        facade_run(&setup, &format!("facade-{round}"), true, devices, window, 0)?;
+        if proxy {
+            let registry = RegistryServer::start(&Options {
+                tls: Some((setup.pki.join("facade.crt"), setup.pki.join("facade.key"))),
+                client_cas: vec![setup.pki.join("ca.crt")],
+                proxy_remote: Some(setup.upstream.base_url()),
+                ..Options::default()
+            })?;
+            let target = PullTarget {
+                name: "app".into(),
+                repository: Repository::parse("fleet/app")?,
+                digest: setup.manifest.digest.clone(),
+                size: setup.manifest.size,
+                media_type: setup.manifest.media_type.clone(),
+            };
+            fleet_run(
+                &setup,
+                &Server::Proxy(registry),
+                &Work::Pull(target),
+                devices,
+                window,
+                0,
+            )?;
+        }
+    }
+    if flood > 0 {
+        facade_run(
+            &setup,
+            "facade-flood",
+            false,
+            flood_devices,
+            flood_window,
+            flood,
+        )?;
+    }
+    Ok(())
+}
 
-    // Samples of the facade: RSS, open fds, handshakes counter, once every 250 ms.
+/// [`fleet_run`] on a fresh facade (state folder `name`, limits as [`facade_config`] says for
+/// `roomy`), every device doing the metadata check first.
+fn facade_run(
+    setup: &Setup,
+    name: &str,
+    roomy: bool,
+    devices: usize,
+    window: Duration,
+    flood: usize,
+) -> Result<(), BoxError> {
+    let config = facade_config(setup, name, roomy, roomy)?;
+    let facade = match FacadeProcess::start_binary(&setup.facade_bin, &config, "warn") {
+        Ok(facade) => facade,
+        // A facade without the per-source handshake cap does not know its key.
+        Err(error) if roomy && error.to_string().contains("max_handshakes_per_source") => {
+            let config = facade_config(setup, name, roomy, false)?;
+            FacadeProcess::start_binary(&setup.facade_bin, &config, "warn")?
+        }
+        Err(error) => return Err(error.into()),
+    };
+    let work = Work::Metadata(setup.anchor.clone());
+    fleet_run(
+        setup,
+        &Server::Facade(Arc::new(facade)),
+        &work,
+        devices,
+        window,
+        flood,
+    )
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+/// The upstream's GETs of each of `descriptors` so far.
+fn upstream_gets(upstream: &RegistryServer, kind: &str, descriptors: &[&Descriptor]) -> Vec<usize> {
+    descriptors
+        .iter()
+        .map(|d| upstream.requests("GET", &format!("/{kind}/{}", d.digest)))
+        .collect()
+}
+
+/// One fleet: `devices` devices arriving over `window` at `server`, beside `flood` idle TCP
+/// connections opened first; prints its figures.
+fn fleet_run(
+    setup: &Setup,
+    server: &Server,
+    work: &Work,
+    devices: usize,
+    window: Duration,
+    flood: usize,
+) -> Result<(), BoxError> {
+    let (name, pid, base) = match server {
+        Server::Facade(facade) => ("facade", facade.pid(), facade.url("")),
+        Server::Proxy(registry) => ("registry (proxy mode)", registry.pid(), registry.base_url()),
+    };
+    let base: http::Uri = base.parse()?;
+    let blobs: Vec<&Descriptor> = setup.blobs.iter().collect();
+    let blob_gets_before = upstream_gets(&setup.upstream, "blobs", &blobs);
+    let manifest_gets_before = upstream_gets(&setup.upstream, "manifests", &[&setup.manifest]);
+    let requests_before = setup.upstream.requests("GET", "") + setup.upstream.requests("HEAD", "");
+
+    // The flood: idle connections from another loopback address that never say a word.
+    let flood_runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let idle = flood_runtime.block_on(async {
+        let mut idle = Vec::with_capacity(flood);
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], base.port_u16().unwrap_or(443)));
+        for _ in 0..flood {
+            let socket = tokio::net::TcpSocket::new_v4()?;
+            socket.bind(std::net::SocketAddr::from(([127, 0, 0, 2], 0)))?;
+            idle.push(socket.connect(addr).await?);
+        }
+        Ok::<_, std::io::Error>(idle)
+    })?;
+
+    // Samples of the server: RSS, open fds, the facade's handshakes counter, every 250 ms.
     let stop = Arc::new(AtomicBool::new(false));
+    let facade = match server {
+        Server::Facade(facade) => Some(facade.clone()),
+        Server::Proxy(_) => None,
+    };
+    // The proxy-mode registry's memory grows with the fan-out (14 GiB in one run here): past
+    // `FLEET_PROXY_MAX_RSS_MIB` (4,096) the bench stops it, so a shared machine is not run out
+    // of memory, and says so.
+    let rss_cap_kib = env_number("FLEET_PROXY_MAX_RSS_MIB", 4096) * 1024;
+    let is_proxy = matches!(server, Server::Proxy(_));
     let sampler = {
         let stop = stop.clone();
         let facade = facade.clone();
@@ -144,11 +337,29 @@ fn run() -> Result<(), BoxError> {
             let mut samples = Vec::new();
             let start = Instant::now();
             while !stop.load(Ordering::Relaxed) {
-                let stats = facade.stats().ok();
+                let stats = ProcStats::read(pid).ok();
                 let fds = stats.map_or(0, |s| s.fds);
-                let rss = stats.map_or(0, |s| s.rss_kib);
-                let handshakes = facade.metric("facade_handshakes_total").unwrap_or(0) as f64;
-                samples.push((start.elapsed(), fds, rss, handshakes));
+                let handshakes = facade
+                    .as_ref()
+                    .and_then(|f| f.metric("facade_handshakes_total").ok())
+                    .unwrap_or(0) as f64;
+                samples.push((
+                    start.elapsed(),
+                    fds,
+                    handshakes,
+                    stats.map_or(0, |s| s.rss_kib),
+                ));
+                if is_proxy && let Some(rss) = stats.map(|s| s.rss_kib).filter(|r| *r > rss_cap_kib)
+                {
+                    let _ = std::process::Command::new("kill")
+                        .arg(pid.to_string())
+                        .status();
+                    println!(
+                        "registry (proxy mode) stopped by the bench at {:.0} MiB RSS (FLEET_PROXY_MAX_RSS_MIB)",
+                        rss as f64 / 1024.0
+                    );
+                    break;
+                }
                 std::thread::sleep(Duration::from_millis(250));
             }
             samples
@@ -156,29 +367,28 @@ fn run() -> Result<(), BoxError> {
     };
 
     // The arrivals: uniform over the window, seeded (printed) so a run can be repeated.
-    let seed = env_number("FLEET_SEED", 20261122);
-    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut rng = fastrand::Rng::with_seed(setup.seed);
     let mut arrivals: Vec<Duration> = (0..devices).map(|_| window.mul_f64(rng.f64())).collect();
     arrivals.sort();
-    let platform = Platform::parse("linux/amd64")?;
-    // Two client threads (the machine has two cores, shared with the facade), each a
+    // Two client threads (the machine has two cores, shared with the servers), each a
     // single-threaded runtime with its half of the devices: the pull futures are not `Send`.
     let run_start = Instant::now();
     let mut groups: Vec<Vec<(usize, Duration, Identity)>> = vec![Vec::new(), Vec::new()];
-    for (i, (arrival, identity)) in arrivals.iter().zip(identities).enumerate() {
+    for (i, (arrival, identity)) in arrivals.iter().zip(&setup.identities).enumerate() {
         if let Some(group) = groups.get_mut(i % 2) {
+            let identity = (identity.0.clone(), identity.1.clone_key());
             group.push((i, *arrival, identity));
         }
     }
     let mut threads = Vec::new();
     for group in groups {
-        let roots = roots.clone();
+        let roots = setup.roots.clone();
         let base = base.clone();
-        let anchor = anchor.clone();
-        let platform = platform.clone();
-        let shm = shm.path().to_owned();
+        let work = work.clone();
+        let platform = setup.platform.clone();
+        let shm = setup.shm.clone();
         threads.push(std::thread::spawn(move || {
-            run_group(group, run_start, &shm, &base, &roots, &anchor, &platform)
+            run_group(group, run_start, &shm, &base, &roots, &work, &platform)
         }));
     }
     let mut results: Vec<Result<Outcome, String>> = Vec::with_capacity(devices);
@@ -193,60 +403,117 @@ fn run() -> Result<(), BoxError> {
     let elapsed = run_start.elapsed();
     stop.store(true, Ordering::Relaxed);
     let samples = sampler.join().map_err(|_| "the sampler thread panicked")?;
+    // Idle connections the server closed by now (a read that ends at once), the rest open.
+    let closed = flood_runtime.block_on(async {
+        let mut closed = 0;
+        for tcp in &idle {
+            let mut byte = [0u8; 1];
+            if let Ok(Ok(0) | Err(_)) =
+                tokio::time::timeout(Duration::from_millis(1), tcp.peek(&mut byte)).await
+            {
+                closed += 1;
+            }
+        }
+        closed
+    });
+    drop(idle);
 
     let errors: Vec<&String> = results.iter().filter_map(|r| r.as_ref().err()).collect();
     let outcomes: Vec<&Outcome> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
     let mut totals: Vec<f64> = outcomes.iter().map(|o| o.total.as_secs_f64()).collect();
     let mut metas: Vec<f64> = outcomes.iter().map(|o| o.metadata.as_secs_f64()).collect();
+    let mut pulls: Vec<f64> = outcomes
+        .iter()
+        .map(|o| (o.total - o.metadata).as_secs_f64())
+        .collect();
     let bytes: u64 = outcomes.iter().map(|o| o.bytes).sum();
-    let handshakes_total = samples
-        .last()
-        .map(|s| s.3)
-        .unwrap_or(0.0)
-        .max(facade.metric("facade_handshakes_total").unwrap_or(0) as f64);
-    let peak_rate = samples
-        .windows(5)
-        .filter_map(|w| {
-            let (first, last) = (w.first()?, w.last()?);
-            let secs = (last.0 - first.0).as_secs_f64();
-            (secs > 0.0).then(|| (last.3 - first.3) / secs)
-        })
-        .fold(0.0_f64, f64::max);
     let peak_fds = samples.iter().map(|s| s.1).max().unwrap_or(0);
-    let hwm = facade.stats().map_or(0, |s: ProcStats| s.peak_rss_kib);
+    let sampled_rss = samples.iter().map(|s| s.3).max().unwrap_or(0);
+    let peak_rss = ProcStats::read(pid)
+        .map_or(0, |s| s.peak_rss_kib)
+        .max(sampled_rss);
+    let flood_text = if flood > 0 {
+        format!(", beside {flood} idle TCP connections without a ClientHello")
+    } else {
+        String::new()
+    };
+    println!();
     println!(
-        "fleet: seed {seed}, {devices} devices over {} s, run took {:.1} s",
+        "== {name}: {devices} devices over {} s{flood_text} (seed {}, load average {})",
         window.as_secs(),
-        elapsed.as_secs_f64()
+        setup.seed,
+        load_average()
     );
+    println!("run took {:.1} s", elapsed.as_secs_f64());
     println!("errors: {} of {devices}", errors.len());
     for error in errors.iter().take(5) {
         println!("  {error}");
     }
-    println!(
-        "handshakes: {handshakes_total:.0} completed, mean {:.1}/s over the run, peak {peak_rate:.1}/s (1 s windows)",
-        handshakes_total / elapsed.as_secs_f64()
-    );
-    println!(
-        "metadata check (s): p50 {:.3}  p99 {:.3}  max {:.3}",
-        percentile(&mut metas, 0.50),
-        percentile(&mut metas, 0.99),
-        percentile(&mut metas, 1.0)
-    );
-    println!(
-        "pull incl. metadata (s): p50 {:.2}  p99 {:.2}  max {:.2}",
-        percentile(&mut totals, 0.50),
-        percentile(&mut totals, 0.99),
-        percentile(&mut totals, 1.0)
-    );
+    if let Some(facade) = &facade {
+        let handshakes_total = samples
+            .last()
+            .map(|s| s.2)
+            .unwrap_or(0.0)
+            .max(facade.metric("facade_handshakes_total").unwrap_or(0) as f64);
+        let peak_rate = samples
+            .windows(5)
+            .filter_map(|w| {
+                let (first, last) = (w.first()?, w.last()?);
+                let secs = (last.0 - first.0).as_secs_f64();
+                (secs > 0.0).then(|| (last.2 - first.2) / secs)
+            })
+            .fold(0.0_f64, f64::max);
+        println!(
+            "handshakes: {handshakes_total:.0} completed, mean {:.1}/s over the run, peak {peak_rate:.1}/s (1 s windows)",
+            handshakes_total / elapsed.as_secs_f64()
+        );
+        print_percentiles("metadata check", &mut metas, 3);
+        print_percentiles("pull incl. metadata", &mut totals, 2);
+        let cache: Vec<String> = [
+            "facade_cache_hits_total{kind=\"blob\"}",
+            "facade_cache_misses_total{kind=\"blob\"}",
+            "facade_cache_fills_total{outcome=\"ok\"}",
+            "facade_cache_fills_total{outcome=\"failed\"}",
+            "facade_cache_bytes_served_total{source=\"cache\"}",
+            "facade_cache_bytes_served_total{source=\"upstream\"}",
+        ]
+        .iter()
+        .filter_map(|m| Some(format!("{m} {}", facade.metric(m).ok()?)))
+        .collect();
+        println!("facade cache metrics: {}", cache.join(", "));
+    }
+    print_percentiles("pull", &mut pulls, 2);
     println!(
         "bytes verified by devices: {:.2} GB ({:.0} MB/s over the run)",
         bytes as f64 / 1e9,
         bytes as f64 / 1e6 / elapsed.as_secs_f64()
     );
+    let delta = |after: Vec<usize>, before: &[usize]| -> Vec<usize> {
+        after.iter().zip(before).map(|(a, b)| a - b).collect()
+    };
+    let blob_gets = delta(
+        upstream_gets(&setup.upstream, "blobs", &blobs),
+        &blob_gets_before,
+    );
+    let manifest_gets = delta(
+        upstream_gets(&setup.upstream, "manifests", &[&setup.manifest]),
+        &manifest_gets_before,
+    );
+    let requests =
+        setup.upstream.requests("GET", "") + setup.upstream.requests("HEAD", "") - requests_before;
     println!(
-        "facade: peak RSS {:.1} MiB, peak open fds {peak_fds}",
-        hwm as f64 / 1024.0
+        "upstream: GETs per blob {blob_gets:?} ({} blobs), per manifest {manifest_gets:?}; \
+         {requests} requests in all (GET and HEAD, /v2/ included)",
+        blobs.len()
+    );
+    if flood > 0 {
+        println!(
+            "idle connections: {flood} opened from 127.0.0.2, {closed} closed by the server by the end"
+        );
+    }
+    println!(
+        "{name}: peak RSS {:.1} MiB, peak open fds {peak_fds}",
+        peak_rss as f64 / 1024.0
     );
     Ok(())
 }
@@ -260,7 +527,7 @@ fn run_group(
     shm: &Path,
     base: &http::Uri,
     roots: &rustls::RootCertStore,
-    anchor: &[u8],
+    work: &Work,
     platform: &Platform,
 ) -> Result<Vec<Result<Outcome, String>>, BoxError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -274,11 +541,11 @@ fn run_group(
             let dir = shm.join(format!("device-{i:04}"));
             let roots = roots.clone();
             let base = base.clone();
-            let anchor = anchor.to_vec();
+            let work = work.clone();
             let platform = platform.clone();
             tasks.push(tokio::task::spawn_local(async move {
                 tokio::time::sleep_until(at).await;
-                let result = device(&dir, &base, roots, identity, &anchor, &platform).await;
+                let result = device(&dir, &base, roots, identity, &work, &platform).await;
                 let _ = std::fs::remove_dir_all(&dir);
                 result.map_err(|e| format!("device {i}: {e}"))
             }));
@@ -292,13 +559,13 @@ fn run_group(
     Ok(results)
 }
 
-/// One device: the metadata check, then the pull into its own cache.
+/// One device: the metadata check (when `work` says so), then the pull into its own cache.
 async fn device(
     dir: &Path,
     base: &http::Uri,
     roots: rustls::RootCertStore,
     identity: Identity,
-    anchor: &[u8],
+    work: &Work,
     platform: &Platform,
 ) -> Result<Outcome, BoxError> {
     let start = Instant::now();
@@ -312,19 +579,24 @@ async fn device(
             ..ClientOptions::default()
         },
     )?;
-    let trusted = TrustedStore::open(dir.join("metadata"))?;
-    std::fs::create_dir_all(dir.join("metadata"))?;
-    let mut updater = Updater::with_store(anchor, trusted)?;
-    updater
-        .update(&mut FacadeFetch::new(&client), UnixTime::now())
-        .await?;
+    let target = match work {
+        Work::Metadata(anchor) => {
+            let trusted = TrustedStore::open(dir.join("metadata"))?;
+            std::fs::create_dir_all(dir.join("metadata"))?;
+            let mut updater = Updater::with_store(anchor, trusted)?;
+            updater
+                .update(&mut FacadeFetch::new(&client), UnixTime::now())
+                .await?;
+            let targets = updater.trusted().targets().ok_or("no targets trusted")?;
+            let entry = targets
+                .matching("fleet", platform)
+                .next()
+                .ok_or("no target for this device")?;
+            pull_target(entry)?
+        }
+        Work::Pull(target) => target.clone(),
+    };
     let metadata = start.elapsed();
-    let targets = updater.trusted().targets().ok_or("no targets trusted")?;
-    let entry = targets
-        .matching("fleet", platform)
-        .next()
-        .ok_or("no target for this device")?;
-    let target = pull_target(entry)?;
     let (store, _) = Store::open(&dir.join("state"), StoreOptions::default())?;
     let pulled = Puller {
         client: &client,
@@ -342,31 +614,52 @@ async fn device(
     })
 }
 
-/// The facade's configuration for the fleet: its listeners on port 0 (read back from its log
-/// by [`FacadeProcess`]), the fleet CA for devices, room for every device's connection.
+/// The facade's configuration for a run (`name` names its state folder, so each run starts
+/// with an empty cache): its listeners on port 0 (read back from its log by
+/// [`FacadeProcess`]), the fleet CA for devices, and with `roomy` room for every device's
+/// connection (else the default limits). With `per_source`, the per-source handshake cap is
+/// lifted too: the simulated fleet shares one address, 127.0.0.1, where a real fleet has one
+/// per device (as the load benches do; the flood run keeps the default cap, and its idle
+/// connections come from 127.0.0.2).
 fn facade_config(
-    work: &Path,
-    pki: &Path,
-    metadata: &Path,
-    upstream: &str,
-) -> Result<std::path::PathBuf, BoxError> {
-    let state = work.join("facade-state");
+    setup: &Setup,
+    name: &str,
+    roomy: bool,
+    per_source: bool,
+) -> Result<PathBuf, BoxError> {
+    let state = setup.work.join(format!("{name}-state"));
     fs_err::create_dir_all(&state)?;
-    let config = work.join("facade.toml");
+    let config = setup.work.join(format!("{name}.toml"));
+    let limits = match (roomy, per_source) {
+        (true, true) => "max_connections = 2048\nmax_handshakes_per_source = 1024\n",
+        (true, false) => "max_connections = 2048\n",
+        (false, _) => "",
+    };
     fs_err::write(
         &config,
         format!(
             "listen = \"127.0.0.1:0\"\noperator_listen = \"127.0.0.1:0\"\n\
              state_dir = \"{state}\"\nmetadata_dir = \"{metadata}\"\n\n[tls]\n\
              certificate = \"{pki}/facade.crt\"\nprivate_key = \"{pki}/facade.key\"\n\
-             device_ca = \"{pki}/ca.crt\"\n\n[limits]\nmax_connections = 2048\n\n\
+             device_ca = \"{pki}/ca.crt\"\n\n[limits]\n{limits}\n\
              [[upstreams]]\nhost = \"{upstream}\"\nplain_http = true\n",
             state = state.display(),
-            metadata = metadata.display(),
-            pki = pki.display(),
+            metadata = setup.metadata_dir.display(),
+            pki = setup.pki.display(),
+            upstream = setup.upstream.host(),
         ),
     )?;
     Ok(config)
+}
+
+/// Prints `LABEL (s): p50 ..  p99 ..  max ..` with `decimals` decimals.
+fn print_percentiles(label: &str, values: &mut [f64], decimals: usize) {
+    let (p50, p99, max) = (
+        percentile(values, 0.50),
+        percentile(values, 0.99),
+        percentile(values, 1.0),
+    );
+    println!("{label} (s): p50 {p50:.decimals$}  p99 {p99:.decimals$}  max {max:.decimals$}");
 }
 
 fn percentile(values: &mut [f64], p: f64) -> f64 {

@@ -71,7 +71,8 @@ const TOO_MANY: u8 = 4;
 
 /// A scripted upstream serving `blob` under any repository, as `mode` says: slowly (in
 /// `parts` pieces, `pause` apart) with the right or wrong bytes, at once, or refusing every
-/// request with `503` or `429` and `Retry-After`. It honours single ranges (a resumed fill) and `HEAD`; anything else is a 404.
+/// request with `503` or `429` and `Retry-After`. It honours single ranges (a resumed fill)
+/// and `HEAD`; anything else is a 404.
 fn scripted_blob(
     blob: Arc<Vec<u8>>,
     mode: Arc<AtomicU8>,
