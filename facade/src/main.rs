@@ -106,7 +106,12 @@ fn run(
     connections: Option<Connections>,
     notifier: &Notifier,
 ) -> anyhow::Result<()> {
+    // The blocking pool runs the cache's file reads and writes (pread/pwrite, mostly from the
+    // page cache): 64 threads keep up with any number of devices, where tokio's default (512)
+    // would let a burst of readers grow hundreds of threads, each with its stack and malloc
+    // arena.
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .max_blocking_threads(64)
         .enable_all()
         .build()
         .context("starting the async runtime")?;

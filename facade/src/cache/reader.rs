@@ -1,11 +1,17 @@
 //! A device's body read from the cache: a committed file, or the growing file of a fill.
 //!
 //! Each reader has its own offset and reads at most [`READ_CHUNK`] bytes at a time with
-//! `pread` on the shared open file, only when hyper asks for the next chunk: a device that
+//! `pread` on the shared open file (from the page cache on the runtime's thread when the
+//! bytes are there, else on the blocking pool), only when hyper asks for the next chunk: a device that
 //! reads slowly holds one chunk, never more, and never slows the fill or another device. A
 //! reader of a fill waits for the fill's progress (a watch of bytes written), releases the
 //! last byte of the whole content only once the fill verified it, and ends in an error
 //! (a reset, never a clean end) if the fill fails.
+//!
+//! Whole chunks ([`READ_CHUNK`]) hold room in one budget for the whole process
+//! ([`READ_BUDGET`]) until hyper has written them out and dropped them; once the budget is
+//! used up, readers go on with [`MIN_READ_CHUNK`]s outside it, so the memory in chunks stays
+//! near the budget plus one small chunk per stream however many devices read at once.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt as _;
@@ -16,11 +22,63 @@ use futures_util::StreamExt as _;
 use http_body::Frame;
 use http_body_util::{BodyExt as _, StreamBody};
 use meshanics_shared::Digest;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, SemaphorePermit, watch};
 
 use super::{Progress, READ_CHUNK};
 use crate::body::{Body, BodyError};
 use crate::metrics::{Metrics, ServedFrom};
+
+/// The most bytes all device readers together hold in chunks read but not yet sent.
+pub const READ_BUDGET: usize = 48 * 1024 * 1024;
+/// The chunk a reader takes when the budget is used up (one TLS record's worth).
+pub const MIN_READ_CHUNK: usize = 16 * 1024;
+
+/// The budget, in KiB.
+static READ_BUFFERS: Semaphore = Semaphore::const_new(READ_BUDGET / 1024);
+
+/// A chunk read, holding its room in the budget (if it took any) until hyper drops it.
+struct Chunk {
+    bytes: Vec<u8>,
+    _room: Option<SemaphorePermit<'static>>,
+}
+
+impl AsRef<[u8]> for Chunk {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+/// Room for a chunk of up to `len` bytes: a whole chunk from the budget while it has room,
+/// else [`MIN_READ_CHUNK`] outside it. A reader never waits for room: streams stalled on
+/// their devices' flow control must not hold back the ones that can go on, so each stream
+/// keeps a floor of one small chunk and the budget bounds only what goes beyond it.
+fn room_for(len: usize) -> (Option<SemaphorePermit<'static>>, usize) {
+    let kib = u32::try_from(len.div_ceil(1024)).unwrap_or(u32::MAX);
+    match READ_BUFFERS.try_acquire_many(kib) {
+        Ok(room) => (Some(room), len),
+        Err(_) => (None, len.min(MIN_READ_CHUNK)),
+    }
+}
+
+/// Reads up to `len` bytes at `pos` if they are in the page cache, without blocking
+/// (`preadv2` with `RWF_NOWAIT`): `None` when the read would wait for the disk (or the kernel
+/// cannot tell), and the caller reads on the blocking pool instead. Hot content, which is
+/// what a fleet pulls, never pays for a hop to another thread.
+fn read_cached(file: &File, len: usize, pos: u64) -> Option<std::io::Result<Vec<u8>>> {
+    use rustix::io::{Errno, ReadWriteFlags, preadv2};
+    let mut buffer = vec![0; len];
+    let slices = &mut [std::io::IoSliceMut::new(&mut buffer)];
+    match preadv2(file, slices, pos, ReadWriteFlags::NOWAIT) {
+        // 0 bytes may be a page not cached at the start: let the blocking read decide.
+        Ok(0) => None,
+        Ok(read) => {
+            buffer.truncate(read);
+            Some(Ok(buffer))
+        }
+        Err(Errno::AGAIN | Errno::OPNOTSUPP | Errno::NOSYS | Errno::INVAL) => None,
+        Err(error) => Some(Err(error.into())),
+    }
+}
 
 /// What a reader reads.
 #[derive(Debug)]
@@ -136,15 +194,21 @@ impl Reader {
     }
 
     async fn read(&mut self, len: usize) -> Result<Bytes, BodyError> {
-        let file = self.file.clone();
+        let (room, len) = room_for(len);
         let pos = self.pos;
-        let read = tokio::task::spawn_blocking(move || {
-            let mut buffer = vec![0; len];
-            let read = file.read_at(&mut buffer, pos)?;
-            buffer.truncate(read);
-            Ok::<_, std::io::Error>(buffer)
-        })
-        .await;
+        let read = match read_cached(&self.file, len, pos) {
+            Some(read) => Ok(read),
+            None => {
+                let file = self.file.clone();
+                tokio::task::spawn_blocking(move || {
+                    let mut buffer = vec![0; len];
+                    let read = file.read_at(&mut buffer, pos)?;
+                    buffer.truncate(read);
+                    Ok::<_, std::io::Error>(buffer)
+                })
+                .await
+            }
+        };
         let bytes = match read {
             Ok(Ok(bytes)) if !bytes.is_empty() => bytes,
             Ok(Ok(_)) => {
@@ -157,6 +221,6 @@ impl Reader {
         };
         self.pos += bytes.len() as u64;
         self.metrics.cache_served(self.from, bytes.len() as u64);
-        Ok(Bytes::from(bytes))
+        Ok(Bytes::from_owner(Chunk { bytes, _room: room }))
     }
 }
