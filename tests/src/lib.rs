@@ -14,7 +14,8 @@
 //! - [`facade`]: the facade in-process on port 0, with a fresh PKI (good, expired, revoked and
 //!   foreign device certificates) and mTLS clients for tests.
 //! - [`facade_process`]: the real `meshanics-facade` binary as a child process, for tests
-//!   that count its own file descriptors, memory and tasks.
+//!   that count its own file descriptors, memory and tasks, or run several replicas.
+//! - [`haproxy`]: Debian's HAProxy in TCP mode in front of facade replicas.
 //! - [`token_server`]: a Docker token server signing ES256 JWTs the registry verifies.
 //! - [`scripted`]: a raw HTTP server that answers with whatever a test scripts: the
 //!   malicious upstream and the blob storage of redirect tests.
@@ -50,6 +51,7 @@ pub mod binaries;
 pub mod facade;
 pub mod facade_process;
 pub mod gcp_server;
+pub mod haproxy;
 pub mod http_server;
 pub mod oci_layout;
 pub mod proc_stats;

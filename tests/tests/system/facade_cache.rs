@@ -10,7 +10,7 @@
     reason = "test helpers outside #[test] fns: a failed setup is a failed test"
 )]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
@@ -25,7 +25,7 @@ use meshanics_tests::facade::{
     DeviceResponse, FacadeFixture, FacadeOptions, UpstreamEntry, Who, device_path,
     device_repository, plain_http_connection,
 };
-use meshanics_tests::facade_process::{FacadeProcess, metric_value};
+use meshanics_tests::facade_process::{FacadeProcess, metric_value, replica_config};
 use meshanics_tests::oci_layout::{BuiltImage, Layer, LayerFile, SampleImage, pseudo_random};
 use meshanics_tests::registry::{Options, RegistryServer};
 use meshanics_tests::scripted::{Recorded, Reply, ScriptedServer, reply};
@@ -441,7 +441,7 @@ fn a_facade_killed_during_a_fill_serves_no_partial_entry_after_restart_and_the_p
     // 100 pieces 50 ms apart: the kill lands in the middle of the fill.
     let server = scripted_blob(blob.clone(), mode.clone(), 100, Duration::from_millis(50));
     let fixture = FacadeFixture::with_upstream(UpstreamEntry::anonymous(&server.host())).unwrap();
-    let (work, config) = process_config(&fixture);
+    let (work, config) = replica_config(&fixture.config_path()).unwrap();
     let path = blob_path(&server.host(), REPO, &digest);
     let client = fixture.client(Who::Device, false).unwrap();
 
@@ -483,28 +483,6 @@ fn a_facade_killed_during_a_fill_serves_no_partial_entry_after_restart_and_the_p
     );
     drop(facade);
     drop(work);
-}
-
-/// The fixture's config for the facade binary, with a state folder (and so a cache) of its
-/// own, apart from the idle in-process facade's.
-fn process_config(fixture: &FacadeFixture) -> (tempfile::TempDir, PathBuf) {
-    let work = tempfile::tempdir().unwrap();
-    let state = work.path().join("state");
-    std::fs::create_dir(&state).unwrap();
-    let text = std::fs::read_to_string(fixture.config_path()).unwrap();
-    let text: String = text
-        .lines()
-        .map(|line| {
-            if line.starts_with("state_dir") {
-                format!("state_dir = \"{}\"\n", state.display())
-            } else {
-                format!("{line}\n")
-            }
-        })
-        .collect();
-    let config = work.path().join("facade.toml");
-    std::fs::write(&config, text).unwrap();
-    (work, config)
 }
 
 // --- the size cap --------------------------------------------------------------------------
