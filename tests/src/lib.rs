@@ -28,6 +28,8 @@
 //!   facade's metadata folder, with test-chosen expiries.
 //! - [`artifacts`]: CNCF ModelPack and ORAS artifacts as OCI layouts, built from a list of
 //!   files, for the agent's files mode.
+//! - [`pull_device`]: a cache and a client (one facade URL or several replicas) running the
+//!   agent's own pull code in-process.
 //! - [`agent_device`]: an agent configuration (TOML, certificates, trust anchor, state dir)
 //!   for a device talking to the facade fixture.
 //! - [`update_chain`]: registry, facade and release together, the start of every end-to-end
@@ -55,6 +57,7 @@ pub mod haproxy;
 pub mod http_server;
 pub mod oci_layout;
 pub mod proc_stats;
+pub mod pull_device;
 pub mod registry;
 pub mod release;
 pub mod scripted;

@@ -12,15 +12,14 @@
 
 use std::time::Duration;
 
-use meshanics_agent::client::{Client, ClientOptions};
-use meshanics_agent::progress::Silent;
-use meshanics_agent::pull::{PullTarget, Pulled, Puller};
-use meshanics_agent::store::{Store, StoreOptions};
-use meshanics_shared::{Platform, Repository};
+use meshanics_agent::client::ClientOptions;
+use meshanics_agent::pull::PullTarget;
+use meshanics_shared::Repository;
 use meshanics_tests::facade::{FacadeFixture, UpstreamEntry, Who, device_repository};
 use meshanics_tests::facade_process::{FacadeProcess, replica_config};
 use meshanics_tests::haproxy::Haproxy;
 use meshanics_tests::oci_layout::{BuiltImage, SampleImage};
+use meshanics_tests::pull_device::PullDevice;
 use meshanics_tests::registry::{Options, RegistryServer};
 use meshanics_tests::skopeo;
 
@@ -37,13 +36,6 @@ struct Cluster {
     fixture: FacadeFixture,
     /// Each replica's own folder (state and cache) and process.
     replicas: Vec<(tempfile::TempDir, FacadeProcess)>,
-}
-
-/// A device: its cache and its client for `urls`.
-struct Device {
-    _dir: tempfile::TempDir,
-    store: Store,
-    client: Client,
 }
 
 impl Cluster {
@@ -85,11 +77,9 @@ impl Cluster {
         }
     }
 
-    fn device(&self, urls: &[String]) -> Device {
-        let dir = tempfile::tempdir().unwrap();
-        let (store, _) = Store::open(dir.path(), StoreOptions::default()).unwrap();
+    fn device(&self, urls: &[String]) -> PullDevice {
         let urls: Vec<http::Uri> = urls.iter().map(|u| u.parse().unwrap()).collect();
-        let client = Client::with_replicas(
+        PullDevice::new(
             &urls,
             self.fixture.tls_config(Who::Device).unwrap(),
             ClientOptions {
@@ -104,33 +94,13 @@ impl Cluster {
                 ..ClientOptions::default()
             },
         )
-        .unwrap();
-        Device {
-            _dir: dir,
-            store,
-            client,
-        }
+        .unwrap()
     }
 
     /// The replica that is not killed (the last one): its bytes streamed to devices.
     fn survivor_streamed(&self) -> i64 {
         let (_, survivor) = self.replicas.last().unwrap();
         survivor.metric("facade_bytes_streamed_total").unwrap()
-    }
-}
-
-impl Device {
-    async fn pull(&self, target: &PullTarget) -> Pulled {
-        Puller {
-            client: &self.client,
-            store: &self.store,
-            platform: &Platform::parse("linux/amd64").unwrap(),
-            concurrency: 2,
-            progress: &Silent,
-        }
-        .pull(target)
-        .await
-        .unwrap()
     }
 }
 
@@ -148,7 +118,7 @@ fn pull_while_the_first_replica_is_killed(
     urls: &[String],
 ) -> (Vec<u64>, i64) {
     let target = cluster.target();
-    let devices: Vec<Device> = (0..DEVICES).map(|_| cluster.device(urls)).collect();
+    let devices: Vec<PullDevice> = (0..DEVICES).map(|_| cluster.device(urls)).collect();
     let whole = pull_size(&cluster.built);
     let (victim_dir, victim) = cluster.replicas.remove(0);
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -176,12 +146,13 @@ fn pull_while_the_first_replica_is_killed(
             }
         };
         tokio::join!(
-            futures_util::future::join_all(devices.iter().map(|d| d.pull(&target))),
+            futures_util::future::join_all(devices.iter().map(|d| d.pull(&target, 2))),
             kill
         )
     });
     drop(victim_dir);
-    for (i, (device, pulled)) in devices.iter().zip(&pulls).enumerate() {
+    for (i, (device, pulled)) in devices.iter().zip(pulls).enumerate() {
+        let pulled = pulled.unwrap();
         for blob in pulled.blobs.iter().chain([&pulled.manifest]) {
             let cached = std::fs::read(device.store.blob_path(&blob.digest)).unwrap();
             assert_eq!(
