@@ -35,7 +35,7 @@ use http_body_util::Empty;
 use hyper::body::Incoming;
 use meshanics_shared::media_type::MANIFEST_ACCEPT;
 use meshanics_shared::{Digest, Repository, Verifier, tls};
-use tracing::debug;
+use tracing::{debug, info};
 
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -358,7 +358,7 @@ impl Client {
             .saturating_mul(u32::try_from(replicas).unwrap_or(u32::MAX));
         facade.forget();
         let next = journey.failed(&url, &err, over, replicas);
-        if n >= total {
+        if n >= total || next == Next::GiveUp {
             return Err(Error::RetriesExhausted {
                 elsewhere: std::mem::take(journey).elsewhere(&url),
                 url,
@@ -369,10 +369,12 @@ impl Client {
         if over {
             self.facades.fail_over_from(index);
         }
+        if over {
+            let (_, to) = self.facades.current();
+            info!(%url, attempt = n, error = %err, next = %to.url(""), "facade replica failed; failing over");
+        }
         match next {
-            Next::Now => {
-                debug!(%url, attempt = n, error = %err, "failing over to the next facade replica");
-            }
+            Next::Now | Next::GiveUp => {}
             Next::Backoff(round) => {
                 let wait = self.backoff(round);
                 debug!(%url, attempt = n, error = %err, ?wait, "retrying");

@@ -37,6 +37,11 @@ pub(super) struct Journey {
     since_backoff: usize,
     /// Backoffs so far (the next one's ceiling doubles with each).
     backoffs: u32,
+    /// Failures in a row that move on to the next replica but would not be retried on the
+    /// same one (a failed TLS handshake): once every replica has failed that way, the
+    /// device itself is refused (a revoked certificate, a wrong CA), and trying again
+    /// cannot help.
+    refusals: usize,
 }
 
 /// What to do after a failed attempt.
@@ -46,6 +51,8 @@ pub(super) enum Next {
     Now,
     /// Wait out backoff number `n` (1-based), then try again.
     Backoff(u32),
+    /// Stop: every replica refused this device.
+    GiveUp,
 }
 
 // === impl Facades ===
@@ -94,12 +101,20 @@ impl Facades {
 
 impl Journey {
     /// Records that `url` failed with `err`, and says whether to try again now (another
-    /// replica has not been tried in this round) or after a backoff.
+    /// replica has not been tried in this round), after a backoff, or not at all.
     pub(super) fn failed(&mut self, url: &str, err: &Error, over: bool, replicas: usize) -> Next {
         let message = err.to_string();
         match self.failures.iter_mut().find(|(u, _)| u == url) {
             Some(entry) => entry.1 = message,
             None => self.failures.push((url.to_owned(), message)),
+        }
+        if err.is_retryable() {
+            self.refusals = 0;
+        } else {
+            self.refusals += 1;
+            if self.refusals >= replicas {
+                return Next::GiveUp;
+            }
         }
         self.since_backoff += 1;
         if over && self.since_backoff < replicas {

@@ -285,6 +285,20 @@ async fn a_blob_download_cut_on_one_replica_resumes_with_range_on_the_next() {
 }
 
 #[tokio::test]
+async fn a_device_every_replica_refuses_at_the_handshake_gives_up_after_one_round() {
+    let mut pki = Pki::new();
+    let first = pki.replica(Behaviour::Serves, no_blob(), false).await;
+    let second = pki.replica(Behaviour::Serves, no_blob(), false).await;
+    let client = pki.client(&[&first.url, &second.url], 5);
+    let err = client.fetch_meta("timestamp.cose", 1024).await.unwrap_err();
+    let Error::RetriesExhausted { attempts, last, .. } = &err else {
+        panic!("expected to give up, got {err}");
+    };
+    assert_eq!(*attempts, 2, "one handshake per replica, no retries");
+    assert!(matches!(**last, Error::Handshake { .. }), "{last}");
+}
+
+#[tokio::test]
 async fn too_many_requests_backs_off_on_the_same_replica_instead_of_failing_over() {
     let mut pki = Pki::new();
     let busy = pki.replica(Behaviour::Status(429), no_blob(), true).await;
