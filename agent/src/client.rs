@@ -368,8 +368,6 @@ impl Client {
         }
         if over {
             self.facades.fail_over_from(index);
-        }
-        if over {
             let (_, to) = self.facades.current();
             info!(%url, attempt = n, error = %err, next = %to.url(""), "facade replica failed; failing over");
         }
