@@ -241,7 +241,13 @@ fn run(config: &Config, env: &Environment) -> anyhow::Result<ExitCode> {
     let (agent, mut source) = open_agent(config)?;
     let notifier = notify::from_env(env);
     info!(
-        facade = %config.facade.url,
+        facade = %config
+            .facade
+            .urls
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", "),
         platform = %config.device.platform,
         class = %config.device.class,
         "meshanics-agent running"

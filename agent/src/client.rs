@@ -14,10 +14,14 @@
 //! (those deadlines included) and 5xx/429, never on a refusal. Blob downloads are resumed
 //! with `Range` from what the ingest file holds (see [`blob`]), and no response may put a
 //! byte more than the expected size on disk: every body goes through a verifier.
+//!
+//! Several facade URLs (replicas) are tried in order and kept while they work; a replica
+//! that is lost or broken moves the client on to the next one at once (see [`facades`]).
 
 mod activity;
 mod blob;
 mod connection;
+mod facades;
 mod transfer;
 
 use std::sync::Mutex;
@@ -31,7 +35,7 @@ use http_body_util::Empty;
 use hyper::body::Incoming;
 use meshanics_shared::media_type::MANIFEST_ACCEPT;
 use meshanics_shared::{Digest, Repository, Verifier, tls};
-use tracing::debug;
+use tracing::{debug, info};
 
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -40,6 +44,7 @@ pub use activity::Activity;
 pub use transfer::RateLimiter;
 
 use connection::Connector;
+use facades::{Facades, Journey, Next};
 
 /// Timeouts, retries and limits for a [`Client`].
 #[derive(Debug, Clone)]
@@ -87,10 +92,10 @@ impl Default for ClientOptions {
     }
 }
 
-/// A client for one facade.
+/// A client for one facade, or for several replicas of it.
 #[derive(Debug)]
 pub struct Client {
-    connector: Connector,
+    facades: Facades,
     options: ClientOptions,
     limiter: Option<Mutex<RateLimiter>>,
     downloaded: AtomicU64,
@@ -107,8 +112,29 @@ impl Client {
         tls: rustls::ClientConfig,
         options: ClientOptions,
     ) -> Result<Client> {
+        Client::with_replicas(std::slice::from_ref(base), tls, options)
+    }
+
+    /// A client for facade replicas at `bases`, tried in that order and failed over between
+    /// (see [`facades`]); they share the TLS configuration (one CA, one device identity).
+    pub fn with_replicas(
+        bases: &[http::Uri],
+        tls: rustls::ClientConfig,
+        options: ClientOptions,
+    ) -> Result<Client> {
+        let Some((first, others)) = bases.split_first() else {
+            return Err(Error::Url {
+                url: String::new(),
+                reason: "no facade URL".into(),
+            });
+        };
+        let others = others
+            .iter()
+            .map(|base| Connector::new(base, tls.clone(), &options))
+            .collect::<Result<Vec<_>>>()?;
+        let first = Connector::new(first, tls, &options)?;
         Ok(Client {
-            connector: Connector::new(base, tls, &options)?,
+            facades: Facades::new(first, others),
             limiter: options
                 .bandwidth_limit
                 .map(|rate| Mutex::new(RateLimiter::new(rate))),
@@ -124,8 +150,8 @@ impl Client {
             &config.facade.ca,
             Some((&config.device.certificate, &config.device.key)),
         )?;
-        Client::new(
-            &config.facade.url,
+        Client::with_replicas(
+            &config.facade.urls,
             tls,
             ClientOptions {
                 connect_timeout: config.network.connect_timeout,
@@ -165,9 +191,9 @@ impl Client {
     ) -> Result<(Vec<u8>, Option<String>)> {
         let path = format!("/v2/{repository}/manifests/{digest}");
         let accept = HeaderValue::from_static(MANIFEST_ACCEPT);
-        self.retrying(&path, || async {
-            let response = self.get(&path, &[(ACCEPT, accept.clone())]).await?;
-            let url = self.connector.url(&path);
+        self.retrying(&path, |facade| async {
+            let response = self.get(facade, &path, &[(ACCEPT, accept.clone())]).await?;
+            let url = facade.url(&path);
             expect_status(&url, &response, StatusCode::OK)?;
             refuse_declared_length(&url, &response, size)?;
             let content_type = response
@@ -219,9 +245,9 @@ impl Client {
             });
         }
         let path = format!("/meta/{file}");
-        self.retrying(&path, || async {
-            let response = self.get(&path, &[]).await?;
-            let url = self.connector.url(&path);
+        self.retrying(&path, |facade| async {
+            let response = self.get(facade, &path, &[]).await?;
+            let url = facade.url(&path);
             if response.status() == StatusCode::NOT_FOUND {
                 return Ok(None);
             }
@@ -243,9 +269,10 @@ impl Client {
         .await
     }
 
-    /// One GET with extra headers, no retry.
+    /// One GET to `facade` with extra headers, no retry.
     async fn get(
         &self,
+        facade: &Connector,
         path: &str,
         headers: &[(http::HeaderName, HeaderValue)],
     ) -> Result<Response<Incoming>> {
@@ -255,20 +282,20 @@ impl Client {
                 .connect_timeout
                 .saturating_add(self.options.header_timeout),
         );
-        let mut sender = self.connector.sender().await?;
-        let mut request = Request::get(sender.uri_for(&self.connector, path)?);
+        let mut sender = facade.sender().await?;
+        let mut request = Request::get(sender.uri_for(facade, path)?);
         for (name, value) in headers {
             request = request.header(name, value);
         }
         let request = sender
-            .with_host(&self.connector, request)
+            .with_host(facade, request)
             .body(Empty::<Bytes>::new())
             .map_err(|e| Error::Url {
-                url: self.connector.url(path),
+                url: facade.url(path),
                 reason: e.to_string(),
             })?;
-        debug!(path, "GET");
-        let url = self.connector.url(path);
+        let url = facade.url(path);
+        debug!(%url, "GET");
         // The deadline covers waiting for a free HTTP/2 stream and for the response head; a
         // facade that takes the request and never answers ends the attempt here (dropping
         // the future resets the stream, or closes an HTTP/1.1 connection), and the retry
@@ -282,35 +309,78 @@ impl Client {
             })?
     }
 
-    /// Runs `attempt` until it succeeds, fails for good, or the attempts run out.
-    async fn retrying<T, F, Fut>(&self, path: &str, mut attempt: F) -> Result<T>
+    /// Runs `attempt` on the current replica until it succeeds, fails for good, or the
+    /// attempts run out.
+    async fn retrying<'a, T, F, Fut>(&'a self, path: &str, mut attempt: F) -> Result<T>
     where
-        F: FnMut() -> Fut,
+        F: FnMut(&'a Connector) -> Fut,
         Fut: Future<Output = Result<T>>,
     {
-        let attempts = self.options.attempts.max(1);
+        let mut journey = Journey::default();
         let mut n = 0;
         loop {
             n += 1;
-            match attempt().await {
+            let (index, facade) = self.facades.current();
+            match attempt(facade).await {
                 Ok(value) => return Ok(value),
-                Err(err) if err.is_retryable() && n < attempts => {
-                    let wait = self.backoff(n);
-                    debug!(path, attempt = n, error = %err, ?wait, "retrying");
-                    self.connector.forget();
-                    self.activity.expect_within(wait);
-                    tokio::time::sleep(wait).await;
+                Err(err) => {
+                    self.after_failure(&mut journey, index, path, n, err)
+                        .await?;
                 }
-                Err(err) if err.is_retryable() => {
-                    return Err(Error::RetriesExhausted {
-                        url: self.connector.url(path),
-                        attempts: n,
-                        last: Box::new(err),
-                    });
-                }
-                Err(err) => return Err(err),
             }
         }
+    }
+
+    /// After attempt `n` at `path` on replica `index` failed with `err`: returns the error
+    /// to give up with, or fails over to the next replica (at once while the round has
+    /// replicas left to try) or waits out the backoff, and returns `Ok` to try again.
+    ///
+    /// `network.attempts` counts per replica: with two URLs and 5 attempts, up to ten.
+    async fn after_failure(
+        &self,
+        journey: &mut Journey,
+        index: usize,
+        path: &str,
+        n: u32,
+        err: Error,
+    ) -> Result<()> {
+        let replicas = self.facades.len();
+        let over = replicas > 1 && err.fails_over();
+        if !(err.is_retryable() || over) {
+            return Err(err);
+        }
+        let facade = self.facades.at(index);
+        let url = facade.url(path);
+        let total = self
+            .options
+            .attempts
+            .max(1)
+            .saturating_mul(u32::try_from(replicas).unwrap_or(u32::MAX));
+        facade.forget();
+        let next = journey.failed(&url, &err, over, replicas);
+        if n >= total || next == Next::GiveUp {
+            return Err(Error::RetriesExhausted {
+                elsewhere: std::mem::take(journey).elsewhere(&url),
+                url,
+                attempts: n,
+                last: Box::new(err),
+            });
+        }
+        if over {
+            self.facades.fail_over_from(index);
+            let (_, to) = self.facades.current();
+            info!(%url, attempt = n, error = %err, next = %to.url(""), "facade replica failed; failing over");
+        }
+        match next {
+            Next::Now | Next::GiveUp => {}
+            Next::Backoff(round) => {
+                let wait = self.backoff(round);
+                debug!(%url, attempt = n, error = %err, ?wait, "retrying");
+                self.activity.expect_within(wait);
+                tokio::time::sleep(wait).await;
+            }
+        }
+        Ok(())
     }
 
     /// Full jitter: a uniformly random wait up to `base * 2^(attempt-1)`, capped.

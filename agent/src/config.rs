@@ -5,7 +5,9 @@
 //! ```toml
 //! [facade]
 //! url = "https://facade.example.com:8443"
-//! ca = "/etc/meshanics/facade-ca.pem"
+//! # or, for facade replicas without a load balancer in front (tried in order, sticky):
+//! # urls = ["https://facade-a.example.com:8443", "https://facade-b.example.com:8443"]
+//! ca = "/etc/meshanics/facade-ca.pem"      # one CA for every replica
 //!
 //! [device]
 //! certificate = "/etc/meshanics/device.pem"
@@ -99,11 +101,12 @@ pub struct RolloutConfig {
     pub download_ahead: bool,
 }
 
-/// The facade's address and CA.
+/// The facade's addresses and CA.
 #[derive(Debug, Clone)]
 pub struct Facade {
-    /// `https://host[:port]` (no path).
-    pub url: http::Uri,
+    /// `https://host[:port]` (no path), one per replica in the order they are tried; never
+    /// empty (`facade.url` is a list of one).
+    pub urls: Vec<http::Uri>,
     /// The CA bundle the facade's certificate must chain to.
     pub ca: PathBuf,
 }
@@ -231,6 +234,7 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawFacade {
     url: Option<String>,
+    urls: Option<Vec<String>>,
     ca: Option<PathBuf>,
 }
 
@@ -336,9 +340,20 @@ impl Config {
         let mut c = Checker::default();
         let resolve = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
 
-        let url = c
-            .required("facade.url", raw.facade.url)
-            .and_then(|u| c.check("facade.url", parse_facade_url(&u)));
+        let urls = match (raw.facade.url, raw.facade.urls) {
+            (Some(_), Some(_)) => {
+                c.problem("facade.url", "set either url or urls, not both");
+                None
+            }
+            (Some(url), None) => c
+                .check("facade.url", parse_facade_url(&url))
+                .map(|url| vec![url]),
+            (None, Some(urls)) => c.check("facade.urls", parse_facade_urls(&urls)),
+            (None, None) => {
+                c.problem("facade.url", "missing (or set facade.urls)");
+                None
+            }
+        };
         let ca = c.required("facade.ca", raw.facade.ca).map(resolve);
         if let Some(ca) = &ca {
             c.check(
@@ -498,7 +513,7 @@ impl Config {
         };
 
         match (
-            url,
+            urls,
             ca,
             certificate,
             key,
@@ -520,7 +535,7 @@ impl Config {
             health,
         ) {
             (
-                Some(url),
+                Some(urls),
                 Some(ca),
                 Some(certificate),
                 Some(key),
@@ -541,7 +556,7 @@ impl Config {
                 Some(hook),
                 Some(health),
             ) if c.problems.is_empty() => Ok(Config {
-                facade: Facade { url, ca },
+                facade: Facade { urls, ca },
                 device: Device {
                     certificate,
                     key,
@@ -648,6 +663,22 @@ fn parse_facade_url(text: &str) -> Result<http::Uri, String> {
         return Err("must not have a path (the facade serves /v2/ and /meta/ at its root)".into());
     }
     Ok(uri)
+}
+
+/// The replica list: at least one URL, each a facade URL, none twice.
+fn parse_facade_urls(texts: &[String]) -> Result<Vec<http::Uri>, String> {
+    if texts.is_empty() {
+        return Err("must list at least one URL".into());
+    }
+    let mut urls: Vec<http::Uri> = Vec::with_capacity(texts.len());
+    for text in texts {
+        let url = parse_facade_url(text).map_err(|reason| format!("{text:?} {reason}"))?;
+        if urls.iter().any(|u| u.authority() == url.authority()) {
+            return Err(format!("{text:?} is listed twice"));
+        }
+        urls.push(url);
+    }
+    Ok(urls)
 }
 
 fn credential_path(name: &str, directory: Option<&Path>) -> Result<PathBuf, String> {

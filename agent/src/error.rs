@@ -185,16 +185,18 @@ pub enum Error {
         /// The limit.
         limit: u64,
     },
-    /// Every attempt failed.
-    #[error("giving up on {url} after {attempts} attempts: {last}")]
+    /// Every attempt failed (on every facade replica, when several are configured).
+    #[error("giving up on {url} after {attempts} attempts: {last}{}", render_elsewhere(.elsewhere))]
     RetriesExhausted {
-        /// The URL.
+        /// The URL of the last attempt.
         url: String,
-        /// How many attempts were made.
+        /// How many attempts were made, over every replica.
         attempts: u32,
         /// The last failure.
         #[source]
         last: Box<Error>,
+        /// Each other replica URL tried, with its last failure (`URL: reason`).
+        elsewhere: Vec<String>,
     },
     /// A manifest could not be used.
     #[error("manifest {digest}: {source}")]
@@ -315,6 +317,26 @@ impl Error {
         }
     }
 
+    /// Whether the next facade replica may succeed where this one failed: the replica is
+    /// out of reach (connect errors and timeouts, a TLS handshake it failed, a connection
+    /// it dropped or left silent mid-request) or broken (5xx). Not 429 or 408: those say
+    /// "this client, slow down", and the replicas share one upstream and one fleet, so
+    /// moving on would carry the load to the survivor instead of backing off. Not a refusal
+    /// (4xx) or bad content either: every replica serves the same answer.
+    pub fn fails_over(&self) -> bool {
+        match self {
+            Error::Connect { .. }
+            | Error::ConnectTimeout { .. }
+            | Error::Handshake { .. }
+            | Error::Http { .. }
+            | Error::ResponseTimeout { .. }
+            | Error::Stalled { .. }
+            | Error::ShortBody { .. } => true,
+            Error::Status { status, .. } => *status >= 500,
+            _ => false,
+        }
+    }
+
     /// A closure mapping an `io::Error` to [`Error::Io`] for `path`.
     pub(crate) fn io(
         action: &'static str,
@@ -343,4 +365,12 @@ impl From<FsError> for Error {
             source: err.source,
         }
     }
+}
+
+/// `; also tried URL: reason; ...` for the replicas tried before the last one.
+fn render_elsewhere(elsewhere: &[String]) -> String {
+    elsewhere
+        .iter()
+        .map(|e| format!("; also tried {e}"))
+        .collect()
 }

@@ -9,7 +9,8 @@
 //! - [`config`]: the TOML file, parsed once into typed structs and checked whole (a bad key
 //!   is exit code 64 with the key's name).
 //! - [`client`]: the facade client: mutual TLS, retries with backoff and jitter, a speed
-//!   floor, `Range` resume, and a size cap on everything it reads.
+//!   floor, `Range` resume, a size cap on everything it reads, and failover between facade
+//!   replicas (tried in order, sticky).
 //! - [`pull`]: one target by digest: the manifest (an index resolved to this device's
 //!   platform), then config and layers, with bounded parallelism, skipping cached blobs.
 //! - [`store`]: the content-addressed cache (`blobs/<sha256|sha512>/<hex>`, committed only

@@ -164,11 +164,38 @@ impl FacadeProcess {
     }
 }
 
+/// Dropping it is a SIGKILL: no graceful shutdown, connections cut mid-response.
 impl Drop for FacadeProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A copy of the facade config at `config` with a `state_dir` of its own (so its own cache
+/// and connection state), in a new folder: one replica of the facade it describes, sharing
+/// its certificates, upstreams and metadata folder. Returns the folder (removed on drop)
+/// and the config file in it.
+pub fn replica_config(
+    config: &Path,
+) -> Result<(tempfile::TempDir, std::path::PathBuf), FixtureError> {
+    let work = tempfile::tempdir().map_err(io_err("creating a temp dir", Path::new("/tmp")))?;
+    let state = work.path().join("state");
+    std::fs::create_dir(&state).map_err(io_err("creating", &state))?;
+    let text = std::fs::read_to_string(config).map_err(io_err("reading", config))?;
+    let text: String = text
+        .lines()
+        .map(|line| {
+            if line.starts_with("state_dir") {
+                format!("state_dir = \"{}\"\n", state.display())
+            } else {
+                format!("{line}\n")
+            }
+        })
+        .collect();
+    let path = work.path().join("facade.toml");
+    std::fs::write(&path, text).map_err(io_err("writing", &path))?;
+    Ok((work, path))
 }
 
 /// The value of the metric line `name VALUE` (or `name{labels} VALUE` when `name` includes

@@ -14,7 +14,8 @@
 //! - [`facade`]: the facade in-process on port 0, with a fresh PKI (good, expired, revoked and
 //!   foreign device certificates) and mTLS clients for tests.
 //! - [`facade_process`]: the real `meshanics-facade` binary as a child process, for tests
-//!   that count its own file descriptors, memory and tasks.
+//!   that count its own file descriptors, memory and tasks, or run several replicas.
+//! - [`haproxy`]: Debian's HAProxy in TCP mode in front of facade replicas.
 //! - [`token_server`]: a Docker token server signing ES256 JWTs the registry verifies.
 //! - [`scripted`]: a raw HTTP server that answers with whatever a test scripts: the
 //!   malicious upstream and the blob storage of redirect tests.
@@ -27,6 +28,8 @@
 //!   facade's metadata folder, with test-chosen expiries.
 //! - [`artifacts`]: CNCF ModelPack and ORAS artifacts as OCI layouts, built from a list of
 //!   files, for the agent's files mode.
+//! - [`pull_device`]: a cache and a client (one facade URL or several replicas) running the
+//!   agent's own pull code in-process.
 //! - [`agent_device`]: an agent configuration (TOML, certificates, trust anchor, state dir)
 //!   for a device talking to the facade fixture.
 //! - [`update_chain`]: registry, facade and release together, the start of every end-to-end
@@ -50,9 +53,11 @@ pub mod binaries;
 pub mod facade;
 pub mod facade_process;
 pub mod gcp_server;
+pub mod haproxy;
 pub mod http_server;
 pub mod oci_layout;
 pub mod proc_stats;
+pub mod pull_device;
 pub mod registry;
 pub mod release;
 pub mod scripted;

@@ -10,6 +10,8 @@ use http::{HeaderValue, StatusCode};
 use meshanics_shared::Repository;
 use tracing::debug;
 
+use super::connection::Connector;
+use super::facades::Journey;
 use super::{Client, refuse_declared_length, transfer};
 use crate::error::{Error, Result};
 use crate::progress::Progress;
@@ -29,36 +31,30 @@ impl Client {
     ) -> Result<u64> {
         let path = format!("/v2/{repository}/blobs/{}", ingest.digest());
         let mut received = 0u64;
-        let attempts = self.options.attempts.max(1);
+        let mut journey = Journey::default();
         let mut n = 0;
         loop {
             n += 1;
+            // A download cut on one replica resumes on the next with `Range`: the ingest
+            // file's offset is where any replica continues, the bytes being the same.
+            let (index, facade) = self.facades.current();
             match self
-                .blob_attempt(&path, ingest, progress, &mut received)
+                .blob_attempt(facade, &path, ingest, progress, &mut received)
                 .await
             {
                 Ok(()) => return Ok(received),
-                Err(err) if err.is_retryable() && n < attempts => {
-                    let wait = self.backoff(n);
-                    debug!(%path, attempt = n, offset = ingest.offset(), error = %err, ?wait, "blob download interrupted; resuming");
-                    self.connector.forget();
-                    self.activity.expect_within(wait);
-                    tokio::time::sleep(wait).await;
+                Err(err) => {
+                    debug!(%path, attempt = n, offset = ingest.offset(), error = %err, "blob download interrupted");
+                    self.after_failure(&mut journey, index, &path, n, err)
+                        .await?;
                 }
-                Err(err) if err.is_retryable() => {
-                    return Err(Error::RetriesExhausted {
-                        url: self.connector.url(&path),
-                        attempts: n,
-                        last: Box::new(err),
-                    });
-                }
-                Err(err) => return Err(err),
             }
         }
     }
 
     async fn blob_attempt(
         &self,
+        facade: &Connector,
         path: &str,
         ingest: &mut Ingest<'_>,
         progress: &dyn Progress,
@@ -69,7 +65,7 @@ impl Client {
         if offset == size {
             return Ok(());
         }
-        let url = self.connector.url(path);
+        let url = facade.url(path);
         let mut headers = Vec::new();
         if offset > 0 {
             let range =
@@ -79,7 +75,7 @@ impl Client {
                 })?;
             headers.push((RANGE, range));
         }
-        let response = self.get(path, &headers).await?;
+        let response = self.get(facade, path, &headers).await?;
         match response.status() {
             StatusCode::OK => {
                 if offset > 0 {

@@ -71,7 +71,8 @@ hook_timeout = "90s"
 fn parses_a_complete_configuration_into_typed_values() {
     let files = Files::new();
     let config = files.parse(VALID).unwrap();
-    assert_eq!(config.facade.url.host(), Some("facade.example.com"));
+    assert_eq!(config.facade.urls.len(), 1);
+    assert_eq!(config.facade.urls[0].host(), Some("facade.example.com"));
     assert_eq!(config.facade.ca, files.path().join("ca.pem"));
     assert_eq!(
         config.device.platform,
@@ -86,6 +87,39 @@ fn parses_a_complete_configuration_into_typed_values() {
     let hook = config.hook.unwrap();
     assert_eq!(hook.path, files.path().join("hook.sh"));
     assert_eq!(hook.timeout, Duration::from_secs(90));
+}
+
+#[test]
+fn takes_a_list_of_facade_replicas_in_order() {
+    let files = Files::new();
+    let text = VALID.replace(
+        "url = \"https://facade.example.com:8443\"",
+        "urls = [\"https://b.example.com:8443\", \"https://a.example.com\"]",
+    );
+    let urls = files.parse(&text).unwrap().facade.urls;
+    let hosts: Vec<_> = urls.iter().map(|u| u.host().unwrap().to_owned()).collect();
+    assert_eq!(hosts, ["b.example.com", "a.example.com"]);
+}
+
+#[test]
+fn refuses_a_replica_list_that_is_empty_repeats_a_url_or_comes_with_url() {
+    let files = Files::new();
+    let single = "url = \"https://facade.example.com:8443\"";
+    for (urls, key) in [
+        ("urls = []", "facade.urls"),
+        (
+            "urls = [\"https://a.example.com\", \"https://a.example.com\"]",
+            "facade.urls",
+        ),
+        ("urls = [\"http://a.example.com\"]", "facade.urls"),
+        (
+            "url = \"https://a.example.com\"\nurls = [\"https://b.example.com\"]",
+            "facade.url",
+        ),
+    ] {
+        let keys = files.keys(&VALID.replace(single, urls));
+        assert_eq!(keys, [key], "{urls}");
+    }
 }
 
 #[test]

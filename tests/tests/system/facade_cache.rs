@@ -10,23 +10,22 @@
     reason = "test helpers outside #[test] fns: a failed setup is a failed test"
 )]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
-use meshanics_agent::client::{Client, ClientOptions};
-use meshanics_agent::progress::Silent;
-use meshanics_agent::pull::{PullTarget, Pulled, Puller};
-use meshanics_agent::store::{Store, StoreOptions};
+use meshanics_agent::client::ClientOptions;
+use meshanics_agent::pull::PullTarget;
 use meshanics_operator_api::{OperatorClient, ProviderKind};
 use meshanics_shared::{Descriptor, Digest, Platform, Repository};
 use meshanics_tests::facade::{
     DeviceResponse, FacadeFixture, FacadeOptions, UpstreamEntry, Who, device_path,
     device_repository, plain_http_connection,
 };
-use meshanics_tests::facade_process::{FacadeProcess, metric_value};
+use meshanics_tests::facade_process::{FacadeProcess, metric_value, replica_config};
 use meshanics_tests::oci_layout::{BuiltImage, Layer, LayerFile, SampleImage, pseudo_random};
+use meshanics_tests::pull_device::PullDevice;
 use meshanics_tests::registry::{Options, RegistryServer};
 use meshanics_tests::scripted::{Recorded, Reply, ScriptedServer, reply};
 use meshanics_tests::skopeo;
@@ -162,48 +161,18 @@ fn scripted_gets(server: &ScriptedServer, digest: &Digest) -> usize {
 
 // --- devices -----------------------------------------------------------------------------
 
-/// A device running the agent's pull code against the facade, with its own cache.
-struct Device {
-    _dir: tempfile::TempDir,
-    store: Store,
-    client: Client,
-    platform: Platform,
-}
-
-impl Device {
-    fn new(facade: &FacadeFixture) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let (store, _) = Store::open(dir.path(), StoreOptions::default()).unwrap();
-        let client = Client::new(
-            &facade.url("").parse().unwrap(),
-            facade.tls_config(Who::Device).unwrap(),
-            ClientOptions {
-                // One try: a failure is an error here, not an extra upstream request later.
-                attempts: 1,
-                ..ClientOptions::default()
-            },
-        )
-        .unwrap();
-        Device {
-            _dir: dir,
-            store,
-            client,
-            platform: Platform::parse("linux/amd64").unwrap(),
-        }
-    }
-
-    async fn pull(&self, target: &PullTarget) -> Pulled {
-        Puller {
-            client: &self.client,
-            store: &self.store,
-            platform: &self.platform,
-            concurrency: 4,
-            progress: &Silent,
-        }
-        .pull(target)
-        .await
-        .unwrap()
-    }
+/// A device of `facade`, trying once: a failure is an error here, not an extra upstream
+/// request later.
+fn device(facade: &FacadeFixture) -> PullDevice {
+    PullDevice::new(
+        &[facade.url("").parse().unwrap()],
+        facade.tls_config(Who::Device).unwrap(),
+        ClientOptions {
+            attempts: 1,
+            ..ClientOptions::default()
+        },
+    )
+    .unwrap()
 }
 
 /// The agent's target for `built`'s index in `REPO` of `registry`, through the facade.
@@ -221,15 +190,16 @@ fn index_target(registry: &RegistryServer, built: &BuiltImage) -> PullTarget {
 
 /// `devices` devices pull `target` at once; each one's cached blobs are the source's bytes.
 fn wave(facade: &FacadeFixture, built: &BuiltImage, target: &PullTarget, devices: usize) {
-    let devices: Vec<Device> = (0..devices).map(|_| Device::new(facade)).collect();
+    let devices: Vec<PullDevice> = (0..devices).map(|_| device(facade)).collect();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     let pulls = runtime.block_on(futures_util::future::join_all(
-        devices.iter().map(|device| device.pull(target)),
+        devices.iter().map(|device| device.pull(target, 4)),
     ));
     for (device, pulled) in devices.iter().zip(pulls) {
+        let pulled = pulled.unwrap();
         for blob in pulled.blobs.iter().chain([&pulled.manifest]) {
             let cached = std::fs::read(device.store.blob_path(&blob.digest)).unwrap();
             assert_eq!(cached, built.blob(&blob.digest).unwrap(), "{}", blob.digest);
@@ -442,7 +412,7 @@ fn a_facade_killed_during_a_fill_serves_no_partial_entry_after_restart_and_the_p
     // 100 pieces 50 ms apart: the kill lands in the middle of the fill.
     let server = scripted_blob(blob.clone(), mode.clone(), 100, Duration::from_millis(50));
     let fixture = FacadeFixture::with_upstream(UpstreamEntry::anonymous(&server.host())).unwrap();
-    let (work, config) = process_config(&fixture);
+    let (work, config) = replica_config(&fixture.config_path()).unwrap();
     let path = blob_path(&server.host(), REPO, &digest);
     let client = fixture.client(Who::Device, false).unwrap();
 
@@ -484,28 +454,6 @@ fn a_facade_killed_during_a_fill_serves_no_partial_entry_after_restart_and_the_p
     );
     drop(facade);
     drop(work);
-}
-
-/// The fixture's config for the facade binary, with a state folder (and so a cache) of its
-/// own, apart from the idle in-process facade's.
-fn process_config(fixture: &FacadeFixture) -> (tempfile::TempDir, PathBuf) {
-    let work = tempfile::tempdir().unwrap();
-    let state = work.path().join("state");
-    std::fs::create_dir(&state).unwrap();
-    let text = std::fs::read_to_string(fixture.config_path()).unwrap();
-    let text: String = text
-        .lines()
-        .map(|line| {
-            if line.starts_with("state_dir") {
-                format!("state_dir = \"{}\"\n", state.display())
-            } else {
-                format!("{line}\n")
-            }
-        })
-        .collect();
-    let config = work.path().join("facade.toml");
-    std::fs::write(&config, text).unwrap();
-    (work, config)
 }
 
 // --- the size cap --------------------------------------------------------------------------

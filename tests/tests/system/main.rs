@@ -28,6 +28,7 @@ mod facade_ops; // health, metrics and graceful shutdown on the operator listene
 mod facade_pull; // skopeo pulling through the facade: bytes, HEAD, Range, HTTP/2
 mod facade_redirects; // where an upstream's redirects may lead, its 401s and its 206s
 mod facade_refusals; // every refusal of the device API, none reaching the upstream
+mod facade_replicas; // two facade replicas, one SIGKILLed mid-pull, behind HAProxy or the agent's URL list
 mod head_answers; // no HEAD answer carries a body, over HTTP/1.1 and HTTP/2 (h2 client, curl)
 mod layout_registry; // meshanics-layout-registry as skopeo sees it
 mod providers; // Google and AWS token providers against protocol-true local servers
