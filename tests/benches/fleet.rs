@@ -215,6 +215,8 @@ fn run() -> Result<(), BoxError> {
                 digest: setup.manifest.digest.clone(),
                 size: setup.manifest.size,
                 media_type: setup.manifest.media_type.clone(),
+                rollout: None,
+                apply: None,
             };
             fleet_run(
                 &setup,
