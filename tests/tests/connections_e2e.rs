@@ -178,6 +178,21 @@ fn facade_with_connections(cloud: Vec<String>, aws: Option<AwsCredentials>) -> F
     .unwrap()
 }
 
+/// A facade whose every device request reaches the upstream: the cache off, so that the
+/// tests of upstream credentials see each pull exchange (or reuse) a token, and room for one
+/// test client's 50 parallel HTTP/1.1 connections (the per-device cap is 8).
+fn facade_without_cache(cloud: Vec<String>) -> FacadeFixture {
+    logs();
+    FacadeFixture::start(&FacadeOptions {
+        connections: true,
+        cloud,
+        cache: vec!["max_bytes = 0".into()],
+        limits: vec!["max_connections_per_device = 64".into()],
+        ..FacadeOptions::default()
+    })
+    .unwrap()
+}
+
 #[test]
 fn an_operator_connects_browses_imports_and_devices_pull_until_the_connection_is_removed() {
     let work = tempfile::tempdir().unwrap();
@@ -328,7 +343,7 @@ fn a_gcp_connection_pulls_with_exchanged_tokens_refreshing_once_when_they_expire
     let account =
         ServiceAccount::generate(work.path(), "puller@meshanics-test.iam.gserviceaccount.com")
             .unwrap();
-    let facade = facade_with_connections(vec!["token_margin_seconds = 1".into()], None);
+    let facade = facade_without_cache(vec!["token_margin_seconds = 1".into()]);
     let server = facade
         .block_on(GcpTokenServer::start(account.clone()))
         .unwrap();
@@ -548,7 +563,7 @@ fn a_cloud_connection_removed_and_added_again_with_another_key_exchanges_the_new
     let work = tempfile::tempdir().unwrap();
     let access_token = "ya29.fixed-access-token-for-the-registry";
     let (registry, built) = registry_with_image(work.path(), "oauth2accesstoken", access_token);
-    let facade = facade_with_connections(vec![], None);
+    let facade = facade_without_cache(vec![]);
     let mut servers = Vec::new();
     for name in ["first", "second"] {
         let account = ServiceAccount::generate(
