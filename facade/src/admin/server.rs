@@ -23,7 +23,7 @@ use tokio::net::{UnixListener, UnixStream, unix};
 
 use crate::cloud::ecr::EcrRole;
 use crate::connections::pasted;
-use crate::connections::{ConnectionCredentials, ConnectionError, NewConnection, Store};
+use crate::connections::{Actor, ConnectionCredentials, ConnectionError, NewConnection, Store};
 
 /// The largest request body accepted (a service-account key is a few KiB).
 const MAX_BODY: usize = 1024 * 1024;
@@ -72,9 +72,18 @@ pub async fn serve(
 ) {
     let handler = move |connection: Connection<UnixStream, unix::SocketAddr>| {
         let state = state.clone();
+        // Who is on the other end, for the audit log: the kernel's word, not the client's.
+        let actor = match connection.io.peer_cred() {
+            Ok(cred) => Actor {
+                uid: Some(cred.uid()),
+                pid: cred.pid(),
+            },
+            Err(_) => Actor::default(),
+        };
         connection.serve_http1(hyper::service::service_fn(move |req| {
             let state = state.clone();
-            async move { Ok::<_, Infallible>(handle(&state, req).await) }
+            let actor = actor.clone();
+            async move { Ok::<_, Infallible>(handle(&state, &actor, req).await) }
         }))
     };
     meshanics_http::serve(
@@ -88,7 +97,7 @@ pub async fn serve(
 
 type Reply = Response<Full<Bytes>>;
 
-async fn handle(state: &AdminState, req: Request<Incoming>) -> Reply {
+async fn handle(state: &AdminState, actor: &Actor, req: Request<Incoming>) -> Reply {
     let (parts, body) = req.into_parts();
     let path = parts.uri.path().to_owned();
     let query = parts.uri.query().unwrap_or("").to_owned();
@@ -105,19 +114,19 @@ async fn handle(state: &AdminState, req: Request<Incoming>) -> Reply {
     };
     match (&parts.method, segments.as_slice()) {
         (&Method::GET, ["v1", "registries"]) => json(StatusCode::OK, &state.store.list()),
-        (&Method::POST, ["v1", "registries"]) => add_registry(state, &body),
+        (&Method::POST, ["v1", "registries"]) => add_registry(state, actor, &body),
         (&Method::GET, ["v1", "registries", host]) => store_reply(state.store.show(&decode(host))),
         (&Method::POST, ["v1", "registries", host, "approve"]) => {
-            let result = state.store.approve(&decode(host));
+            let result = state.store.approve_by(&decode(host), actor);
             if let Ok(view) = &result {
-                tracing::info!(host = %view.host, "operator approved registry");
+                tracing::info!(host = %view.host, %actor, "operator approved registry");
             }
             store_reply(result)
         }
         (&Method::DELETE, ["v1", "registries", host]) => {
-            let result = state.store.remove(&decode(host));
+            let result = state.store.remove_by(&decode(host), actor);
             if let Ok(view) = &result {
-                tracing::info!(host = %view.host, "operator removed registry");
+                tracing::info!(host = %view.host, %actor, "operator removed registry");
             }
             store_reply(result)
         }
@@ -131,7 +140,7 @@ async fn handle(state: &AdminState, req: Request<Incoming>) -> Reply {
     }
 }
 
-fn add_registry(state: &AdminState, body: &[u8]) -> Reply {
+fn add_registry(state: &AdminState, actor: &Actor, body: &[u8]) -> Reply {
     let request: AddRegistry = match parse_body(body) {
         Ok(r) => r,
         Err(reply) => return *reply,
@@ -167,7 +176,7 @@ fn add_registry(state: &AdminState, body: &[u8]) -> Reply {
             _ => return missing("a role ARN and a region"),
         },
     };
-    let result = state.store.add(
+    let result = state.store.add_by(
         NewConnection {
             registry: request.registry.clone(),
             credentials,
@@ -177,9 +186,10 @@ fn add_registry(state: &AdminState, body: &[u8]) -> Reply {
             connected_by: request.connected_by.clone(),
         },
         SystemTime::now(),
+        actor,
     );
     if let Ok(view) = &result {
-        tracing::info!(host = %view.host, provider = %view.provider, by = %view.connected_by, approved = view.approved, "operator connected registry");
+        tracing::info!(host = %view.host, provider = %view.provider, by = %view.connected_by, %actor, approved = view.approved, "operator connected registry");
     }
     match result {
         Ok(view) => json(StatusCode::CREATED, &view),
@@ -320,6 +330,10 @@ fn store_error(e: &ConnectionError) -> Reply {
         | ConnectionError::InvalidStorageHost(_) => (StatusCode::BAD_REQUEST, "INVALID"),
         ConnectionError::NotFound { .. } => (StatusCode::NOT_FOUND, "NOT_FOUND"),
         ConnectionError::Exists { .. } => (StatusCode::CONFLICT, "EXISTS"),
+        ConnectionError::Database { .. } => {
+            tracing::error!(error = %e, "operator API: write refused, the state database failed");
+            (StatusCode::SERVICE_UNAVAILABLE, "DATABASE")
+        }
         _ => {
             tracing::error!(error = %e, "operator API: connection store failure");
             (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL")
