@@ -1,0 +1,298 @@
+//! Facade replicas on one PostgreSQL (Debian's, started by the test): a change on one is seen
+//! by the others within a second, the schema migrates from empty and from the previous
+//! version, and an outage leaves the replicas serving what they had while operator writes
+//! fail naming the database.
+//!
+//! The replicas are connection stores opened in-process on the same database with the same
+//! master key, as each facade process opens its own; the proxy asks exactly
+//! [`Store::approved`] on every device request.
+
+#![expect(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test helpers outside #[test] functions: a failed setup is a failed test"
+)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use meshanics_facade::config::PostgresConfig;
+use meshanics_facade::connections::postgres::{MIGRATIONS, migrate};
+use meshanics_facade::connections::{
+    Actor, ConnectionCredentials, ConnectionError, NewConnection, Store,
+};
+use meshanics_facade::seal::MasterKey;
+use meshanics_shared::Registry;
+use meshanics_tests::postgres::PostgresServer;
+
+/// The bound the issue sets for a change to reach every replica.
+const PROPAGATION_BOUND: Duration = Duration::from_secs(1);
+
+fn settings(server: &PostgresServer) -> PostgresConfig {
+    PostgresConfig {
+        url: server.url(),
+        password_file: None,
+        ca_file: None,
+        resync_interval: Duration::from_secs(30),
+    }
+}
+
+fn replica(server: &PostgresServer, state: &tempfile::TempDir) -> Arc<Store> {
+    let key = MasterKey::from_bytes(&[9u8; 32]).expect("a 32-byte key");
+    Store::open_postgres(state.path(), &settings(server), key).expect("replica opens")
+}
+
+fn anonymous(registry: &str) -> NewConnection {
+    NewConnection {
+        registry: registry.into(),
+        credentials: ConnectionCredentials::Anonymous,
+        plain_http: true,
+        ca_pem: None,
+        storage_hosts: Vec::new(),
+        connected_by: "alice".into(),
+    }
+}
+
+fn operator() -> Actor {
+    Actor {
+        uid: Some(1000),
+        pid: Some(4242),
+    }
+}
+
+/// Polls `done` until it holds or `bound` passes; whether it held.
+fn within(bound: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let started = Instant::now();
+    loop {
+        if done() {
+            return true;
+        }
+        if started.elapsed() > bound {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn served(store: &Store, registry: &Registry) -> bool {
+    store.approved(registry).expect("store answers").is_some()
+}
+
+#[test]
+fn a_connection_approved_on_one_replica_is_served_by_the_other_and_its_removal_reaches_both() {
+    let server = PostgresServer::start().expect("postgres starts");
+    let (state_a, state_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = replica(&server, &state_a);
+    let b = replica(&server, &state_b);
+    let registry = Registry::parse("registry.lan:5000").unwrap();
+
+    a.add_by(
+        anonymous("registry.lan:5000"),
+        SystemTime::now(),
+        &operator(),
+    )
+    .expect("added on A");
+    assert!(
+        within(PROPAGATION_BOUND, || b.show("registry.lan:5000").is_ok()),
+        "B sees the connection A added"
+    );
+    assert!(
+        !served(&b, &registry),
+        "an anonymous connection waits for approval"
+    );
+
+    a.approve_by("registry.lan:5000", &operator())
+        .expect("approved on A");
+    assert!(
+        within(PROPAGATION_BOUND, || served(&b, &registry)),
+        "B serves what A approved"
+    );
+
+    b.remove_by("registry.lan:5000", &operator())
+        .expect("removed on B");
+    assert!(!served(&b, &registry));
+    assert!(
+        within(PROPAGATION_BOUND, || !served(&a, &registry)),
+        "A refuses what B removed"
+    );
+    assert!(
+        a.add(anonymous("registry.lan:5000"), SystemTime::now())
+            .is_ok()
+    );
+    assert!(
+        matches!(
+            b.add(anonymous("registry.lan:5000"), SystemTime::now()),
+            Err(ConnectionError::Exists { .. })
+        ),
+        "the database decides who connected first, even before B heard of it"
+    );
+
+    let audit = query(
+        &server,
+        "SELECT operator, action, subject FROM meshanics_audit ORDER BY id",
+    );
+    let actions: Vec<&str> = audit.iter().map(|row| row[1].as_str()).collect();
+    assert_eq!(actions, ["connect", "approve", "remove", "connect"]);
+    assert_eq!(audit[0][0], "alice (uid 1000 pid 4242)");
+    assert_eq!(audit[1][0], "uid 1000 pid 4242");
+    assert_eq!(audit[0][2], "registry.lan:5000");
+}
+
+#[test]
+fn the_database_never_holds_a_plaintext_secret() {
+    let server = PostgresServer::start().expect("postgres starts");
+    let state = tempfile::tempdir().unwrap();
+    let a = replica(&server, &state);
+    let secret = "s3cr3t-token-never-stored";
+    a.add(
+        NewConnection {
+            credentials: ConnectionCredentials::Static {
+                username: "robot".into(),
+                token: secret.into(),
+            },
+            ..anonymous("ghcr.io")
+        },
+        SystemTime::now(),
+    )
+    .expect("added");
+    let rows = query(&server, "SELECT host, record FROM meshanics_connections");
+    assert_eq!(rows.len(), 1);
+    assert!(rows[0][1].contains("\"sealed\""), "the record is sealed");
+    assert!(!rows[0][1].contains(secret));
+
+    // A replica with another master key refuses the row at start (exit 64 in the binary).
+    let other = MasterKey::from_bytes(&[1u8; 32]).unwrap();
+    let refused = Store::open_postgres(state.path(), &settings(&server), other)
+        .expect_err("another key does not open the record");
+    assert!(
+        matches!(refused, ConnectionError::Unopenable { .. }),
+        "{refused}"
+    );
+}
+
+#[test]
+fn the_schema_migrates_from_an_empty_database_and_from_the_previous_version() {
+    let server = PostgresServer::start().expect("postgres starts");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let mut client = connect(&server).await;
+        // The previous schema, with a record in it.
+        assert_eq!(migrate(&mut client, 1).await.unwrap(), 1);
+        client
+            .execute(
+                "INSERT INTO meshanics_connections (host, record) VALUES ('old.lan', '{}')",
+                &[],
+            )
+            .await
+            .unwrap();
+        assert_eq!(migrate(&mut client, MIGRATIONS.len()).await.unwrap(), 2);
+        let row = client
+            .query_one("SELECT host, approved_by FROM meshanics_connections", &[])
+            .await
+            .unwrap();
+        assert_eq!(row.get::<_, String>(0), "old.lan");
+        assert_eq!(row.get::<_, Option<String>>(1), None);
+        // Applying again changes nothing.
+        assert_eq!(migrate(&mut client, MIGRATIONS.len()).await.unwrap(), 2);
+        let versions = client
+            .query("SELECT version FROM meshanics_schema ORDER BY version", &[])
+            .await
+            .unwrap();
+        let versions: Vec<i32> = versions.iter().map(|r| r.get(0)).collect();
+        assert_eq!(versions, [1, 2]);
+
+        // A database migrated by a newer facade is refused, not written to.
+        client
+            .execute("INSERT INTO meshanics_schema (version) VALUES (99)", &[])
+            .await
+            .unwrap();
+        let refused = migrate(&mut client, MIGRATIONS.len()).await.unwrap_err();
+        assert!(refused.contains("newer"), "{refused}");
+    });
+    // From empty: a replica starting on a fresh database migrates it whole.
+    let fresh = PostgresServer::start().expect("postgres starts");
+    let state = tempfile::tempdir().unwrap();
+    let _replica = replica(&fresh, &state);
+    let versions = query(
+        &fresh,
+        "SELECT version::text FROM meshanics_schema ORDER BY version",
+    );
+    assert_eq!(versions, [vec!["1".to_owned()], vec!["2".to_owned()]]);
+}
+
+#[test]
+fn with_the_database_down_replicas_keep_serving_and_writes_fail_naming_it_then_converge() {
+    let mut server = PostgresServer::start().expect("postgres starts");
+    let (state_a, state_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = replica(&server, &state_a);
+    let b = replica(&server, &state_b);
+    let kept = Registry::parse("kept.lan").unwrap();
+    let gone = Registry::parse("gone.lan").unwrap();
+    for registry in ["kept.lan", "gone.lan"] {
+        a.add(anonymous(registry), SystemTime::now()).unwrap();
+        a.approve(registry).unwrap();
+    }
+    assert!(within(PROPAGATION_BOUND, || served(&b, &kept) && served(&b, &gone)));
+
+    server.stop();
+    assert!(
+        within(Duration::from_secs(10), || a.stale() && b.stale()),
+        "both replicas notice the outage"
+    );
+    assert!(
+        served(&a, &kept) && served(&b, &gone),
+        "devices keep being served"
+    );
+    let refused = a
+        .remove("gone.lan")
+        .expect_err("no write without the database");
+    assert!(
+        matches!(refused, ConnectionError::Database { .. }),
+        "{refused}"
+    );
+    assert!(
+        refused
+            .to_string()
+            .contains(&format!("127.0.0.1:{}", server.port())),
+        "the error names the database: {refused}"
+    );
+    assert!(served(&a, &gone), "a failed removal removed nothing");
+
+    server.start_again().expect("postgres starts again");
+    assert!(
+        within(Duration::from_secs(10), || a.remove("gone.lan").is_ok()),
+        "writes work again once the database is back"
+    );
+    assert!(within(Duration::from_secs(10), || !a.stale() && !b.stale()));
+    assert!(
+        within(PROPAGATION_BOUND, || !served(&b, &gone)),
+        "B converges on the removal made after the outage"
+    );
+    assert!(served(&b, &kept));
+}
+
+async fn connect(server: &PostgresServer) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(&server.url(), tokio_postgres::NoTls)
+        .await
+        .expect("connects");
+    tokio::spawn(connection);
+    client
+}
+
+/// Every row of `sql`, each column as text.
+fn query(server: &PostgresServer, sql: &str) -> Vec<Vec<String>> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let client = connect(server).await;
+        let rows = client.query(sql, &[]).await.expect("query runs");
+        rows.iter()
+            .map(|row| (0..row.len()).map(|i| row.get::<_, String>(i)).collect())
+            .collect()
+    })
+}
