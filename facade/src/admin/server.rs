@@ -29,6 +29,8 @@ use crate::connections::{Actor, ConnectionCredentials, ConnectionError, NewConne
 const MAX_BODY: usize = 1024 * 1024;
 /// The default cap on tags listed.
 pub(super) const DEFAULT_TAG_LIMIT: usize = 10_000;
+/// The default number of audit log entries shown.
+const DEFAULT_AUDIT_LIMIT: usize = 100;
 /// How many tags an import resolves at once.
 const IMPORT_CONCURRENCY: usize = 4;
 
@@ -130,6 +132,7 @@ async fn handle(state: &AdminState, actor: &Actor, req: Request<Incoming>) -> Re
             }
             store_reply(result)
         }
+        (&Method::GET, ["v1", "audit"]) => audit(state, &query),
         (&Method::GET, ["v1", "tags"]) => tags(state, &query).await,
         (&Method::POST, ["v1", "import"]) => import(state, &body).await,
         _ => error(
@@ -197,14 +200,35 @@ fn add_registry(state: &AdminState, actor: &Actor, body: &[u8]) -> Reply {
     }
 }
 
-async fn tags(state: &AdminState, query: &str) -> Reply {
-    let param = |name: &str| {
-        query
-            .split('&')
-            .filter_map(|p| p.split_once('='))
-            .find(|(k, _)| *k == name)
-            .map(|(_, v)| decode(v))
+fn audit(state: &AdminState, query: &str) -> Reply {
+    let limit = match query_param(query, "limit").map(|l| l.parse::<usize>()) {
+        None => DEFAULT_AUDIT_LIMIT,
+        Some(Ok(l)) if l > 0 => l,
+        Some(_) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "INVALID",
+                "limit must be a positive number",
+            );
+        }
     };
+    match state.store.audit(limit) {
+        Ok(entries) => json(StatusCode::OK, &entries),
+        Err(e) => store_error(&e),
+    }
+}
+
+/// The value of `name` in a query string, percent-decoded.
+fn query_param(query: &str, name: &str) -> Option<String> {
+    query
+        .split('&')
+        .filter_map(|p| p.split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| decode(v))
+}
+
+async fn tags(state: &AdminState, query: &str) -> Reply {
+    let param = |name: &str| query_param(query, name);
     let Some(repository) = param("repository") else {
         return error(StatusCode::BAD_REQUEST, "INVALID", "missing ?repository=");
     };

@@ -31,6 +31,8 @@ use tokio_postgres::{AsyncMessage, Client};
 use tokio_postgres_rustls::MakeRustlsConnect;
 use zeroize::Zeroizing;
 
+use meshanics_operator_api::AuditRecord;
+
 use super::{ConnectionError, Store};
 use crate::config::PostgresConfig;
 
@@ -238,6 +240,37 @@ impl Database {
     pub(super) fn load(&self) -> Result<Vec<(String, String)>, ConnectionError> {
         let pool = self.pool.clone();
         self.call("loading connections from", async move { load(&pool).await })
+    }
+
+    /// The newest `limit` audit log entries, oldest first.
+    pub(super) fn audit(&self, limit: usize) -> Result<Vec<AuditRecord>, ConnectionError> {
+        let pool = self.pool.clone();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.call("reading the audit log from", async move {
+            let client = pool.get().await.map_err(|e| e.to_string())?;
+            let rows = client
+                .query(
+                    "SELECT extract(epoch FROM at)::bigint, operator, action, subject \
+                     FROM meshanics_audit ORDER BY id DESC LIMIT $1",
+                    &[&limit],
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut entries = rows
+                .iter()
+                .map(|row| {
+                    let at: i64 = row.try_get(0).map_err(|e| e.to_string())?;
+                    Ok(AuditRecord {
+                        at: u64::try_from(at).unwrap_or(0),
+                        operator: row.try_get(1).map_err(|e| e.to_string())?,
+                        action: row.try_get(2).map_err(|e| e.to_string())?,
+                        subject: row.try_get(3).map_err(|e| e.to_string())?,
+                    })
+                })
+                .collect::<Result<Vec<_>, String>>()?;
+            entries.reverse();
+            Ok(entries)
+        })
     }
 
     /// Writes `change` and its audit entry in one transaction, and notifies the replicas.

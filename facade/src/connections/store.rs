@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use meshanics_operator_api::{ConnectionView, ProviderKind};
+use meshanics_operator_api::{AuditRecord, ConnectionView, ProviderKind};
 use meshanics_shared::fs::{FsError, sync_dir, write_atomic_with_mode};
 use meshanics_shared::reference::{ReferenceError, Registry};
 
@@ -518,6 +518,34 @@ impl Store {
     /// Writes a record atomically: a private temp file, fsync, rename, fsync the folder.
     fn write(&self, registry: &Registry, record: &StoredRecord) -> Result<(), ConnectionError> {
         self.write_to(&self.path_for(registry), record)
+    }
+
+    /// The newest `limit` entries of the operator audit log, oldest first.
+    pub fn audit(&self, limit: usize) -> Result<Vec<AuditRecord>, ConnectionError> {
+        if let Some(database) = &self.database {
+            return database.audit(limit);
+        }
+        let Some(state_dir) = self.dir.parent() else {
+            return Ok(Vec::new());
+        };
+        let path = state_dir.join(AUDIT_LOG);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io("reading", &path)(e)),
+        };
+        let entries = text
+            .lines()
+            .filter(|line| !line.is_empty())
+            .map(|line| {
+                serde_json::from_str(line).map_err(|e| ConnectionError::Corrupt {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                })
+            })
+            .collect::<Result<Vec<AuditRecord>, _>>()?;
+        let skip = entries.len().saturating_sub(limit);
+        Ok(entries.into_iter().skip(skip).collect())
     }
 
     /// Appends `entry` to the files backend's audit log, `<state>/audit.log` (one JSON

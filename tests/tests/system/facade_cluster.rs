@@ -136,6 +136,10 @@ fn a_connection_approved_on_one_replica_is_served_by_the_other_and_its_removal_r
     assert_eq!(audit[0][0], "alice (uid 1000 pid 4242)");
     assert_eq!(audit[1][0], "uid 1000 pid 4242");
     assert_eq!(audit[0][2], "registry.lan:5000");
+    // Every replica reads the one log (`meshctl audit`), newest last.
+    let from_b = b.audit(2).unwrap();
+    let actions: Vec<&str> = from_b.iter().map(|e| e.action.as_str()).collect();
+    assert_eq!(actions, ["remove", "connect"]);
 }
 
 #[test]
