@@ -116,23 +116,25 @@ async fn handle(state: &AdminState, actor: &Actor, req: Request<Incoming>) -> Re
     };
     match (&parts.method, segments.as_slice()) {
         (&Method::GET, ["v1", "registries"]) => json(StatusCode::OK, &state.store.list()),
-        (&Method::POST, ["v1", "registries"]) => add_registry(state, actor, &body),
+        (&Method::POST, ["v1", "registries"]) => add_registry(state, actor, &body).await,
         (&Method::GET, ["v1", "registries", host]) => store_reply(state.store.show(&decode(host))),
         (&Method::POST, ["v1", "registries", host, "approve"]) => {
-            let result = state.store.approve_by(&decode(host), actor);
+            let (host, by) = (decode(host), actor.clone());
+            let result = write(state, move |store| store.approve_by(&host, &by)).await;
             if let Ok(view) = &result {
                 tracing::info!(host = %view.host, %actor, "operator approved registry");
             }
             store_reply(result)
         }
         (&Method::DELETE, ["v1", "registries", host]) => {
-            let result = state.store.remove_by(&decode(host), actor);
+            let (host, by) = (decode(host), actor.clone());
+            let result = write(state, move |store| store.remove_by(&host, &by)).await;
             if let Ok(view) = &result {
                 tracing::info!(host = %view.host, %actor, "operator removed registry");
             }
             store_reply(result)
         }
-        (&Method::GET, ["v1", "audit"]) => audit(state, &query),
+        (&Method::GET, ["v1", "audit"]) => audit(state, &query).await,
         (&Method::GET, ["v1", "tags"]) => tags(state, &query).await,
         (&Method::POST, ["v1", "import"]) => import(state, &body).await,
         _ => error(
@@ -143,7 +145,24 @@ async fn handle(state: &AdminState, actor: &Actor, req: Request<Incoming>) -> Re
     }
 }
 
-fn add_registry(state: &AdminState, actor: &Actor, body: &[u8]) -> Reply {
+/// Runs a store operation that may wait for the state database on a blocking thread, so a
+/// slow or unreachable database never holds up one of the runtime's workers.
+async fn write<T: Send + 'static>(
+    state: &AdminState,
+    operation: impl FnOnce(&Store) -> Result<T, ConnectionError> + Send + 'static,
+) -> Result<T, ConnectionError> {
+    let store = state.store.clone();
+    match tokio::task::spawn_blocking(move || operation(&store)).await {
+        Ok(result) => result,
+        Err(e) => Err(ConnectionError::Database {
+            action: "waiting for",
+            database: "the connection store".into(),
+            reason: e.to_string(),
+        }),
+    }
+}
+
+async fn add_registry(state: &AdminState, actor: &Actor, body: &[u8]) -> Reply {
     let request: AddRegistry = match parse_body(body) {
         Ok(r) => r,
         Err(reply) => return *reply,
@@ -179,18 +198,19 @@ fn add_registry(state: &AdminState, actor: &Actor, body: &[u8]) -> Reply {
             _ => return missing("a role ARN and a region"),
         },
     };
-    let result = state.store.add_by(
-        NewConnection {
-            registry: request.registry.clone(),
-            credentials,
-            plain_http: request.plain_http,
-            ca_pem: request.ca_pem.clone(),
-            storage_hosts: request.storage_hosts.clone(),
-            connected_by: request.connected_by.clone(),
-        },
-        SystemTime::now(),
-        actor,
-    );
+    let new = NewConnection {
+        registry: request.registry.clone(),
+        credentials,
+        plain_http: request.plain_http,
+        ca_pem: request.ca_pem.clone(),
+        storage_hosts: request.storage_hosts.clone(),
+        connected_by: request.connected_by.clone(),
+    };
+    let by = actor.clone();
+    let result = write(state, move |store| {
+        store.add_by(new, SystemTime::now(), &by)
+    })
+    .await;
     if let Ok(view) = &result {
         tracing::info!(host = %view.host, provider = %view.provider, by = %view.connected_by, %actor, approved = view.approved, "operator connected registry");
     }
@@ -200,7 +220,7 @@ fn add_registry(state: &AdminState, actor: &Actor, body: &[u8]) -> Reply {
     }
 }
 
-fn audit(state: &AdminState, query: &str) -> Reply {
+async fn audit(state: &AdminState, query: &str) -> Reply {
     let limit = match query_param(query, "limit").map(|l| l.parse::<usize>()) {
         None => DEFAULT_AUDIT_LIMIT,
         Some(Ok(l)) if l > 0 => l,
@@ -212,7 +232,7 @@ fn audit(state: &AdminState, query: &str) -> Reply {
             );
         }
     };
-    match state.store.audit(limit) {
+    match write(state, move |store| store.audit(limit)).await {
         Ok(entries) => json(StatusCode::OK, &entries),
         Err(e) => store_error(&e),
     }
