@@ -31,6 +31,8 @@ pub struct PostgresServer {
     port: u16,
     /// `uid:gid` to run as, when running as root.
     run_as: Option<(u32, u32)>,
+    /// Serve TLS with these files (certificate, key), written into the folder.
+    tls: Option<(PathBuf, PathBuf)>,
     child: Option<Child>,
 }
 
@@ -39,6 +41,16 @@ pub struct PostgresServer {
 impl PostgresServer {
     /// Makes a cluster in a temporary folder and starts the server on a free loopback port.
     pub fn start() -> Result<Self, FixtureError> {
+        Self::start_with(None)
+    }
+
+    /// [`PostgresServer::start`], the server also offering TLS with this certificate and key
+    /// (PEM).
+    pub fn start_tls(cert_pem: &str, key_pem: &str) -> Result<Self, FixtureError> {
+        Self::start_with(Some((cert_pem, key_pem)))
+    }
+
+    fn start_with(tls: Option<(&str, &str)>) -> Result<Self, FixtureError> {
         let dir = tempfile::Builder::new()
             .prefix("meshanics-pg-")
             .tempdir()
@@ -53,10 +65,21 @@ impl PostgresServer {
                 .map_err(io_err("giving to the postgres user", dir.path()))?;
         }
         let port = free_port()?;
+        let tls = match tls {
+            Some((cert_pem, key_pem)) => {
+                let files = (dir.path().join("server.crt"), dir.path().join("server.key"));
+                for (path, text) in [(&files.0, cert_pem), (&files.1, key_pem)] {
+                    write_private(path, text, run_as)?;
+                }
+                Some(files)
+            }
+            None => None,
+        };
         let mut server = PostgresServer {
             dir,
             port,
             run_as,
+            tls,
             child: None,
         };
         let data = server.data_dir();
@@ -112,9 +135,15 @@ impl PostgresServer {
                 "-c",
                 "max_connections=50",
             ])
-            .stdin(Stdio::null())
-            .stdout(log_file)
-            .stderr(err_file);
+            .stdin(Stdio::null());
+        if let Some((cert, key)) = &self.tls {
+            postgres
+                .args(["-c", "ssl=on", "-c"])
+                .arg(format!("ssl_cert_file={}", cert.display()))
+                .arg("-c")
+                .arg(format!("ssl_key_file={}", key.display()));
+        }
+        postgres.stdout(log_file).stderr(err_file);
         let child = postgres.spawn().map_err(|e| FixtureError::Program {
             program: "postgres".into(),
             detail: e.to_string(),
@@ -192,6 +221,20 @@ impl Drop for PostgresServer {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Writes `text` to `path`, mode 0600, owned by `owner` when given (the server refuses a key
+/// others can read).
+fn write_private(path: &Path, text: &str, owner: Option<(u32, u32)>) -> Result<(), FixtureError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::write(path, text).map_err(io_err("writing", path))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(io_err("restricting", path))?;
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::chown(path, Some(uid), Some(gid))
+            .map_err(io_err("giving to the postgres user", path))?;
+    }
+    Ok(())
 }
 
 fn run(mut command: Command, program: &str) -> Result<(), FixtureError> {

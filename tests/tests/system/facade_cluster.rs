@@ -23,6 +23,7 @@ use meshanics_facade::connections::{
 };
 use meshanics_facade::seal::MasterKey;
 use meshanics_shared::Registry;
+use meshanics_shared::devpki::DevCa;
 use meshanics_tests::postgres::PostgresServer;
 
 /// The bound the issue sets for a change to reach every replica.
@@ -276,6 +277,50 @@ fn with_the_database_down_replicas_keep_serving_and_writes_fail_naming_it_then_c
         "B converges on the removal made after the outage"
     );
     assert!(served(&b, &kept));
+}
+
+#[test]
+fn a_replica_reaches_the_database_over_tls_checked_against_its_ca_and_refuses_another() {
+    let mut ca = DevCa::new("database CA").unwrap();
+    let server_cert = ca.issue_server(&["127.0.0.1"]).unwrap();
+    let server = PostgresServer::start_tls(&server_cert.cert_pem, &server_cert.key_pem)
+        .expect("postgres starts");
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("db-ca.crt");
+    std::fs::write(&ca_file, ca.cert_pem()).unwrap();
+    let tls = PostgresConfig {
+        ca_file: Some(ca_file),
+        ..settings(&server)
+    };
+    let key = || MasterKey::from_bytes(&[9u8; 32]).unwrap();
+    let replica = Store::open_postgres(dir.path(), &tls, key()).expect("opens over TLS");
+    replica
+        .add(anonymous("tls.lan"), SystemTime::now())
+        .unwrap();
+    let ssl = query(
+        &server,
+        "SELECT count(*)::text FROM pg_stat_ssl JOIN pg_stat_activity USING (pid) \
+         WHERE ssl AND application_name = 'meshanics-facade'",
+    );
+    assert_ne!(ssl[0][0], "0", "the facade's sessions are encrypted");
+
+    let other = DevCa::new("another CA").unwrap();
+    let other_file = dir.path().join("other-ca.crt");
+    std::fs::write(&other_file, other.cert_pem()).unwrap();
+    let refused = Store::open_postgres(
+        dir.path(),
+        &PostgresConfig {
+            ca_file: Some(other_file),
+            ..settings(&server)
+        },
+        key(),
+    )
+    .expect_err("a server the CA did not sign is refused");
+    assert!(
+        matches!(refused, ConnectionError::Database { .. }),
+        "{refused}"
+    );
+    assert!(refused.to_string().contains("127.0.0.1"), "{refused}");
 }
 
 async fn connect(server: &PostgresServer) -> tokio_postgres::Client {
