@@ -22,9 +22,14 @@ use meshanics_facade::connections::{
     Actor, ConnectionCredentials, ConnectionError, NewConnection, Store,
 };
 use meshanics_facade::seal::MasterKey;
+use meshanics_operator_api::{AddRegistry, OperatorClient, ProviderKind};
 use meshanics_shared::Registry;
 use meshanics_shared::devpki::DevCa;
+use meshanics_tests::facade::{FacadeFixture, FacadeOptions, device_path};
+use meshanics_tests::oci_layout::SampleImage;
 use meshanics_tests::postgres::PostgresServer;
+use meshanics_tests::registry::{Options, RegistryServer};
+use meshanics_tests::skopeo;
 
 /// The bound the issue sets for a change to reach every replica.
 const PROPAGATION_BOUND: Duration = Duration::from_secs(1);
@@ -321,6 +326,74 @@ fn a_replica_reaches_the_database_over_tls_checked_against_its_ca_and_refuses_an
         "{refused}"
     );
     assert!(refused.to_string().contains("127.0.0.1"), "{refused}");
+}
+
+#[test]
+fn two_facades_on_one_database_serve_what_either_operator_connected_and_stop_what_either_removed() {
+    let database = PostgresServer::start().expect("postgres starts");
+    let work = tempfile::tempdir().unwrap();
+    let registry = RegistryServer::start(&Options::default()).unwrap();
+    let built = SampleImage::multi_arch(&["linux/amd64"], 64 * 1024, 16 * 1024)
+        .unwrap()
+        .write_layout(&work.path().join("layout"), "v1")
+        .unwrap();
+    skopeo::push_layout(&built.dir, "v1", &registry.host(), "app").unwrap();
+    let options = FacadeOptions {
+        connections: true,
+        master_key_hex: Some(MasterKey::generate_hex().unwrap()),
+        state: vec![
+            "backend = \"postgres\"".into(),
+            format!("url = \"{}\"", database.url()),
+            "sslmode = \"disable\"".into(),
+        ],
+        ..FacadeOptions::default()
+    };
+    let a = FacadeFixture::start(&options).expect("replica A starts");
+    let b = FacadeFixture::start(&options).expect("replica B starts");
+    let operator = |facade: &FacadeFixture| OperatorClient::new(facade.admin_socket().unwrap());
+    let digest = built.manifest_for("linux/amd64").unwrap().digest.clone();
+    let path = device_path(&registry.host(), "app", "manifests", digest.as_ref());
+    let status = |facade: &FacadeFixture| {
+        facade
+            .device_request(reqwest::Method::GET, &path, &[], false)
+            .unwrap()
+            .status
+    };
+    assert_eq!(status(&b), 404, "nothing connected yet");
+
+    a.block_on(operator(&a).add(&AddRegistry {
+        registry: registry.host(),
+        provider: ProviderKind::Anonymous,
+        username: None,
+        token: None,
+        gcp_key_json: None,
+        role_arn: None,
+        external_id: None,
+        region: None,
+        plain_http: true,
+        ca_pem: None,
+        storage_hosts: Vec::new(),
+        connected_by: "alice".into(),
+    }))
+    .expect("connected on A");
+    a.block_on(operator(&a).approve(&registry.host()))
+        .expect("approved on A");
+    assert!(
+        within(PROPAGATION_BOUND, || status(&b) == 200),
+        "B serves the registry A's operator connected"
+    );
+    assert_eq!(status(&a), 200);
+
+    b.block_on(operator(&b).remove(&registry.host()))
+        .expect("removed on B");
+    assert!(
+        within(PROPAGATION_BOUND, || status(&a) == 404),
+        "A refuses the registry B's operator removed, cached content included"
+    );
+    let audit = a.block_on(operator(&a).audit(10)).unwrap();
+    let actions: Vec<&str> = audit.iter().map(|e| e.action.as_str()).collect();
+    assert_eq!(actions, ["connect", "approve", "remove"]);
+    assert!(a.metrics().contains("facade_state_stale 0"));
 }
 
 async fn connect(server: &PostgresServer) -> tokio_postgres::Client {
