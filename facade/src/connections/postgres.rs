@@ -20,7 +20,7 @@
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr as _;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -71,13 +71,13 @@ pub const MIGRATIONS: [&str; 2] = [
     );",
 ];
 
-/// Whether this process serves a state it could not refresh from its database (the
-/// `facade_state_stale` gauge).
-static STALE: AtomicBool = AtomicBool::new(false);
+/// How many stores of this process serve a state they could not refresh from their database
+/// (the `facade_state_stale` gauge is 1 while any does; a facade has one store).
+static STALE_STORES: AtomicUsize = AtomicUsize::new(0);
 
 /// Whether the state served is stale: the database was unreachable at the last reload.
 pub fn state_stale() -> bool {
-    STALE.load(Ordering::Relaxed)
+    STALE_STORES.load(Ordering::Relaxed) > 0
 }
 
 /// Who did an operator action: the Unix peer credentials of the operator socket's client
@@ -133,6 +133,15 @@ pub(super) struct Database {
     pool: Pool,
     runtime: tokio::runtime::Handle,
     _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+/// A store that goes away stale no longer counts.
+impl Drop for Database {
+    fn drop(&mut self) {
+        if self.stale.swap(false, Ordering::Relaxed) {
+            STALE_STORES.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
 }
 
 impl std::fmt::Debug for Database {
@@ -359,8 +368,11 @@ impl Listener {
     async fn run(self, store: Weak<Store>) {
         loop {
             if let Err(reason) = self.listen(&store).await {
-                STALE.store(true, Ordering::Relaxed);
+                if store.strong_count() == 0 {
+                    return;
+                }
                 if !self.stale.swap(true, Ordering::Relaxed) {
+                    STALE_STORES.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(database = %self.name, %reason, "state database unreachable: serving the last state loaded until it is back");
                 }
             }
@@ -424,8 +436,8 @@ impl Listener {
             };
             store.apply(rows);
             drop(store);
-            STALE.store(false, Ordering::Relaxed);
             if self.stale.swap(false, Ordering::Relaxed) {
+                STALE_STORES.fetch_sub(1, Ordering::Relaxed);
                 tracing::info!(database = %self.name, "state database back: state reloaded");
             }
             tokio::select! {

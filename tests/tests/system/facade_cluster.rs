@@ -22,7 +22,7 @@ use meshanics_facade::connections::{
     Actor, ConnectionCredentials, ConnectionError, NewConnection, Store,
 };
 use meshanics_facade::seal::MasterKey;
-use meshanics_operator_api::{AddRegistry, OperatorClient, ProviderKind};
+use meshanics_operator_api::{AddRegistry, OperatorClient, OperatorClientError, ProviderKind};
 use meshanics_shared::Registry;
 use meshanics_shared::devpki::DevCa;
 use meshanics_tests::facade::{FacadeFixture, FacadeOptions, device_path};
@@ -328,72 +328,153 @@ fn a_replica_reaches_the_database_over_tls_checked_against_its_ca_and_refuses_an
     assert!(refused.to_string().contains("127.0.0.1"), "{refused}");
 }
 
+/// Two facades on `database` (same master key) and a registry with one image; the device
+/// path of its manifest.
+struct Cluster {
+    _work: tempfile::TempDir,
+    registry: RegistryServer,
+    a: FacadeFixture,
+    b: FacadeFixture,
+    path: String,
+}
+
+impl Cluster {
+    fn start(database: &PostgresServer) -> Cluster {
+        let work = tempfile::tempdir().unwrap();
+        let registry = RegistryServer::start(&Options::default()).unwrap();
+        let built = SampleImage::multi_arch(&["linux/amd64"], 64 * 1024, 16 * 1024)
+            .unwrap()
+            .write_layout(&work.path().join("layout"), "v1")
+            .unwrap();
+        skopeo::push_layout(&built.dir, "v1", &registry.host(), "app").unwrap();
+        let options = FacadeOptions {
+            connections: true,
+            master_key_hex: Some(MasterKey::generate_hex().unwrap()),
+            state: vec![
+                "backend = \"postgres\"".into(),
+                format!("url = \"{}\"", database.url()),
+                "sslmode = \"disable\"".into(),
+            ],
+            ..FacadeOptions::default()
+        };
+        let a = FacadeFixture::start(&options).expect("replica A starts");
+        let b = FacadeFixture::start(&options).expect("replica B starts");
+        let digest = built.manifest_for("linux/amd64").unwrap().digest.clone();
+        let path = device_path(&registry.host(), "app", "manifests", digest.as_ref());
+        Cluster {
+            _work: work,
+            registry,
+            a,
+            b,
+            path,
+        }
+    }
+
+    fn status(&self, facade: &FacadeFixture) -> u16 {
+        facade
+            .device_request(reqwest::Method::GET, &self.path, &[], false)
+            .unwrap()
+            .status
+    }
+
+    fn connect(&self, facade: &FacadeFixture) -> Result<(), OperatorClientError> {
+        let operator = OperatorClient::new(facade.admin_socket().unwrap());
+        facade.block_on(async {
+            operator
+                .add(&AddRegistry {
+                    registry: self.registry.host(),
+                    provider: ProviderKind::Anonymous,
+                    username: None,
+                    token: None,
+                    gcp_key_json: None,
+                    role_arn: None,
+                    external_id: None,
+                    region: None,
+                    plain_http: true,
+                    ca_pem: None,
+                    storage_hosts: Vec::new(),
+                    connected_by: "alice".into(),
+                })
+                .await?;
+            operator.approve(&self.registry.host()).await
+        })?;
+        Ok(())
+    }
+
+    fn remove(&self, facade: &FacadeFixture) -> Result<(), OperatorClientError> {
+        let operator = OperatorClient::new(facade.admin_socket().unwrap());
+        facade.block_on(operator.remove(&self.registry.host()))?;
+        Ok(())
+    }
+}
+
 #[test]
 fn two_facades_on_one_database_serve_what_either_operator_connected_and_stop_what_either_removed() {
     let database = PostgresServer::start().expect("postgres starts");
-    let work = tempfile::tempdir().unwrap();
-    let registry = RegistryServer::start(&Options::default()).unwrap();
-    let built = SampleImage::multi_arch(&["linux/amd64"], 64 * 1024, 16 * 1024)
-        .unwrap()
-        .write_layout(&work.path().join("layout"), "v1")
-        .unwrap();
-    skopeo::push_layout(&built.dir, "v1", &registry.host(), "app").unwrap();
-    let options = FacadeOptions {
-        connections: true,
-        master_key_hex: Some(MasterKey::generate_hex().unwrap()),
-        state: vec![
-            "backend = \"postgres\"".into(),
-            format!("url = \"{}\"", database.url()),
-            "sslmode = \"disable\"".into(),
-        ],
-        ..FacadeOptions::default()
-    };
-    let a = FacadeFixture::start(&options).expect("replica A starts");
-    let b = FacadeFixture::start(&options).expect("replica B starts");
-    let operator = |facade: &FacadeFixture| OperatorClient::new(facade.admin_socket().unwrap());
-    let digest = built.manifest_for("linux/amd64").unwrap().digest.clone();
-    let path = device_path(&registry.host(), "app", "manifests", digest.as_ref());
-    let status = |facade: &FacadeFixture| {
-        facade
-            .device_request(reqwest::Method::GET, &path, &[], false)
-            .unwrap()
-            .status
-    };
-    assert_eq!(status(&b), 404, "nothing connected yet");
+    let cluster = Cluster::start(&database);
+    let (a, b) = (&cluster.a, &cluster.b);
+    assert_eq!(cluster.status(b), 404, "nothing connected yet");
 
-    a.block_on(operator(&a).add(&AddRegistry {
-        registry: registry.host(),
-        provider: ProviderKind::Anonymous,
-        username: None,
-        token: None,
-        gcp_key_json: None,
-        role_arn: None,
-        external_id: None,
-        region: None,
-        plain_http: true,
-        ca_pem: None,
-        storage_hosts: Vec::new(),
-        connected_by: "alice".into(),
-    }))
-    .expect("connected on A");
-    a.block_on(operator(&a).approve(&registry.host()))
-        .expect("approved on A");
+    cluster.connect(a).expect("connected and approved on A");
     assert!(
-        within(PROPAGATION_BOUND, || status(&b) == 200),
+        within(PROPAGATION_BOUND, || cluster.status(b) == 200),
         "B serves the registry A's operator connected"
     );
-    assert_eq!(status(&a), 200);
+    assert_eq!(cluster.status(a), 200);
 
-    b.block_on(operator(&b).remove(&registry.host()))
-        .expect("removed on B");
+    cluster.remove(b).expect("removed on B");
     assert!(
-        within(PROPAGATION_BOUND, || status(&a) == 404),
+        within(PROPAGATION_BOUND, || cluster.status(a) == 404),
         "A refuses the registry B's operator removed, cached content included"
     );
-    let audit = a.block_on(operator(&a).audit(10)).unwrap();
+    let operator = OperatorClient::new(a.admin_socket().unwrap());
+    let audit = a.block_on(operator.audit(10)).unwrap();
     let actions: Vec<&str> = audit.iter().map(|e| e.action.as_str()).collect();
     assert_eq!(actions, ["connect", "approve", "remove"]);
-    assert!(a.metrics().contains("facade_state_stale 0"));
+}
+
+#[test]
+fn two_facades_keep_serving_devices_through_a_database_outage_refuse_operator_writes_and_converge()
+{
+    let mut database = PostgresServer::start().expect("postgres starts");
+    let cluster = Cluster::start(&database);
+    let (a, b) = (&cluster.a, &cluster.b);
+    cluster.connect(a).expect("connected and approved on A");
+    assert!(within(PROPAGATION_BOUND, || cluster.status(b) == 200));
+
+    database.stop();
+    assert!(
+        within(Duration::from_secs(10), || a
+            .metrics()
+            .contains("facade_state_stale 1")),
+        "the metric says the state is stale"
+    );
+    for _ in 0..3 {
+        assert_eq!(cluster.status(a), 200, "devices keep pulling from A");
+        assert_eq!(cluster.status(b), 200, "devices keep pulling from B");
+    }
+    let refused = cluster
+        .remove(b)
+        .expect_err("no write without the database");
+    let text = refused.to_string();
+    assert!(
+        text.contains("DATABASE") || text.contains("state database"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("127.0.0.1:{}", database.port())),
+        "{text}"
+    );
+
+    database.start_again().expect("postgres starts again");
+    assert!(
+        within(Duration::from_secs(10), || cluster.remove(b).is_ok()),
+        "operator writes work again"
+    );
+    assert!(
+        within(PROPAGATION_BOUND, || cluster.status(a) == 404),
+        "A converges on the removal made on B after the outage"
+    );
 }
 
 async fn connect(server: &PostgresServer) -> tokio_postgres::Client {
