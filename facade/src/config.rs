@@ -59,6 +59,20 @@
 //! ecr_api_endpoint = "https://api.ecr.eu-west-1.amazonaws.com/"
 //! token_margin = "5m"                # refresh cloud tokens min(this, 10 % of lifetime) early
 //!
+//! [state]                            # where connections, approvals and the operator audit
+//!                                    # log live (optional; default: files in state_dir)
+//! backend = "postgres"               # "files" (default) or "postgres" (a facade cluster:
+//!                                    # every replica on one database sees every change)
+//! url = "postgres://facade@db.lan:5432/meshanics"   # no password here: it is refused
+//! password_file = "/etc/meshanics/postgres-password"   # or the systemd credential
+//!                                    # `postgres-password`; none: trust/peer/cert auth
+//! sslmode = "verify-full"            # "disable" (labs only), "verify-full" (default with a
+//!                                    # ca_file: TLS, the server's certificate checked
+//!                                    # against ca_file and its name against the URL's host)
+//! ca_file = "/etc/meshanics/postgres-ca.crt"
+//! resync_interval = "30s"            # full reload besides LISTEN/NOTIFY (a lost
+//!                                    # notification costs at most this)
+//!
 //! [[upstreams]]                      # upstreams approved in the file (labs, bootstrapping);
 //!                                    # operators connect registries with `meshctl registry add`
 //! host = "ghcr.io"
@@ -144,6 +158,122 @@ pub struct Config {
     pub cloud: CloudConfig,
     /// The content cache.
     pub cache: CacheConfig,
+    /// Where the connection state lives (`[state]`).
+    pub state: StateConfig,
+}
+
+/// Where connections, approvals and the audit log live (`[state]`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum StateConfig {
+    /// Files in the state dir (the default: nothing to install).
+    #[default]
+    Files,
+    /// A PostgreSQL database shared by every replica.
+    Postgres(PostgresConfig),
+}
+
+/// The PostgreSQL backend's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PostgresConfig {
+    /// The connection URL, without a password.
+    pub url: String,
+    /// The file holding the password, if any (else the systemd credential
+    /// `postgres-password`, else none).
+    pub password_file: Option<PathBuf>,
+    /// TLS to the server: the CA that signs its certificate (`sslmode = "verify-full"`), or
+    /// `None` for plain TCP (`sslmode = "disable"`).
+    pub ca_file: Option<PathBuf>,
+    /// The full reload besides LISTEN/NOTIFY.
+    pub resync_interval: Duration,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawState {
+    #[serde(default)]
+    backend: Option<String>,
+    url: Option<String>,
+    password_file: Option<PathBuf>,
+    sslmode: Option<String>,
+    ca_file: Option<PathBuf>,
+    resync_interval: Option<String>,
+}
+
+// === impl RawState ===
+
+impl RawState {
+    fn check(self) -> Result<StateConfig, ConfigError> {
+        let invalid =
+            |key: &'static str, reason: &'static str| ConfigError::Invalid { key, reason };
+        match self.backend.as_deref() {
+            None | Some("files") => {
+                if self.url.is_some() {
+                    return Err(invalid(
+                        "state.url",
+                        "set backend = \"postgres\" to use a database",
+                    ));
+                }
+                Ok(StateConfig::Files)
+            }
+            Some("postgres") => {
+                let Some(url) = self.url else {
+                    return Err(invalid(
+                        "state.url",
+                        "the postgres backend needs a postgres:// URL",
+                    ));
+                };
+                let parsed = url::Url::parse(&url)
+                    .map_err(|_| invalid("state.url", "not a postgres:// URL"))?;
+                if !matches!(parsed.scheme(), "postgres" | "postgresql")
+                    || parsed.host_str().is_none()
+                {
+                    return Err(invalid("state.url", "not a postgres:// URL with a host"));
+                }
+                if parsed.password().is_some() {
+                    return Err(invalid(
+                        "state.url",
+                        "the URL holds a password: put it in password_file or the systemd credential `postgres-password`",
+                    ));
+                }
+                if parsed.query().is_some() {
+                    return Err(invalid(
+                        "state.url",
+                        "set TLS with sslmode and ca_file, not in the URL",
+                    ));
+                }
+                let ca_file = match (self.sslmode.as_deref(), self.ca_file) {
+                    (Some("disable"), None) => None,
+                    (Some("disable"), Some(_)) => {
+                        return Err(invalid("state.ca_file", "sslmode = \"disable\" uses no CA"));
+                    }
+                    (None | Some("verify-full"), Some(ca)) => Some(ca),
+                    (None | Some("verify-full"), None) => {
+                        return Err(invalid(
+                            "state.ca_file",
+                            "TLS to the database needs the CA of its certificate (or sslmode = \"disable\" in labs)",
+                        ));
+                    }
+                    _ => return Err(invalid("state.sslmode", "\"verify-full\" or \"disable\"")),
+                };
+                let resync_interval = match self.resync_interval {
+                    None => Duration::from_secs(30),
+                    Some(text) => duration::parse(&text).map_err(|_| {
+                        invalid("state.resync_interval", "a duration such as \"30s\"")
+                    })?,
+                };
+                if resync_interval.is_zero() {
+                    return Err(invalid("state.resync_interval", "must be above zero"));
+                }
+                Ok(StateConfig::Postgres(PostgresConfig {
+                    url,
+                    password_file: self.password_file,
+                    ca_file,
+                    resync_interval,
+                }))
+            }
+            Some(_) => Err(invalid("state.backend", "\"files\" or \"postgres\"")),
+        }
+    }
 }
 
 /// The content cache's settings (`[cache]`).
@@ -340,6 +470,8 @@ struct RawConfig {
     cloud: CloudConfig,
     #[serde(default)]
     cache: RawCache,
+    #[serde(default)]
+    state: RawState,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -421,7 +553,9 @@ impl Config {
             upstreams.push(checked);
         }
         let cache = raw.cache.check(&raw.state_dir)?;
+        let state = raw.state.check()?;
         Ok(Config {
+            state,
             cache,
             listen: raw.listen,
             operator_listen: raw.operator_listen,

@@ -17,13 +17,15 @@
 
 mod browser;
 pub mod pasted;
+pub mod postgres;
 mod record;
 mod store;
 mod store_upstreams;
 
 pub use browser::StoreBrowser;
+pub use postgres::{Actor, state_stale};
 pub use record::{ConnectionCredentials, NewConnection};
-pub use store::{Connection, ConnectionError, Store};
+pub use store::{AUDIT_LOG, Connection, ConnectionError, Store};
 pub use store_upstreams::{BuildError, CloudSettings, StoreUpstreams};
 
 use std::sync::Arc;
@@ -31,7 +33,7 @@ use std::sync::Arc;
 use crate::approval::ApprovedUpstreams;
 use crate::cloud::ecr::{AwsCredentials, Endpoints};
 use crate::cloud::token_cache::{CloudTokenCache, MarginPolicy, SystemClock};
-use crate::config::Config;
+use crate::config::{Config, StateConfig};
 use crate::seal::MasterKey;
 
 /// The operator socket's file name in the facade's state dir.
@@ -84,7 +86,12 @@ impl Connections {
         aws: Option<AwsCredentials>,
         fallback: Option<Arc<dyn ApprovedUpstreams>>,
     ) -> Result<Self, SetupError> {
-        let store = Arc::new(Store::open(&config.state_dir, key)?);
+        let store = match &config.state {
+            StateConfig::Files => Arc::new(Store::open(&config.state_dir, key)?),
+            StateConfig::Postgres(settings) => {
+                Store::open_postgres(&config.state_dir, settings, key)?
+            }
+        };
         let timeouts = config.limits.upstream();
         let client = crate::http_client::client(
             crate::http_client::web_roots(),

@@ -266,6 +266,13 @@ impl Metrics {
         }
         single(
             &mut out,
+            "facade_state_stale",
+            "gauge",
+            "1 while the state database is unreachable and the last state loaded is served.",
+            u8::from(crate::connections::state_stale()),
+        );
+        single(
+            &mut out,
             "facade_bytes_streamed_total",
             "counter",
             "Body bytes sent to devices.",

@@ -62,6 +62,8 @@ enum Command {
     Tags(registry::TagsArgs),
     /// Resolve tags to the digests they point at now; write them as pins for `release`.
     Import(registry::ImportArgs),
+    /// The operator audit log: who connected, approved or removed which registry, when.
+    Audit(registry::AuditArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -96,6 +98,7 @@ fn main() -> ExitCode {
         Command::Registry(command) => return registry::registry(&command, &cli.socket, &out),
         Command::Tags(args) => return registry::tags(&args, &cli.socket, &out),
         Command::Import(args) => return registry::import(&args, &cli.socket, &out),
+        Command::Audit(args) => return registry::audit(&args, &cli.socket, &out),
         Command::Key(KeyCommand::Generate { out: path }) => keys::generate(&path, &out),
         Command::Root(RootCommand::Init(args)) => root::init(&args, &out),
         Command::Root(RootCommand::Rotate(args)) => root::rotate(&args, &out),

@@ -193,6 +193,46 @@ pub(crate) fn registry(command: &RegistryCommand, socket: &SocketArgs, out: &Out
     finish(result, out)
 }
 
+/// `meshctl audit`.
+#[derive(Debug, Args)]
+pub(crate) struct AuditArgs {
+    /// How many of the newest entries to show.
+    #[arg(long, default_value_t = 100)]
+    limit: usize,
+}
+
+/// Runs `meshctl audit`: the newest entries, oldest first, one a line.
+pub(crate) fn audit(args: &AuditArgs, socket: &SocketArgs, out: &Output) -> ExitCode {
+    let client = OperatorClient::new(&socket.socket);
+    let result = runtime().and_then(|rt| {
+        rt.block_on(async {
+            let entries = client.audit(args.limit).await.map_err(api)?;
+            let text: String = entries
+                .iter()
+                .map(|e| {
+                    format!(
+                        "{} {} {} by {}\n",
+                        UnixTime::from_secs(e.at),
+                        escape(&e.action),
+                        escape(&e.subject),
+                        escape(&e.operator)
+                    )
+                })
+                .collect();
+            out.result(
+                if text.is_empty() {
+                    "no operator actions recorded\n"
+                } else {
+                    &text
+                },
+                &json!(entries),
+            );
+            Ok(())
+        })
+    });
+    finish(result, out)
+}
+
 /// Runs `meshctl tags`.
 pub(crate) fn tags(args: &TagsArgs, socket: &SocketArgs, out: &Output) -> ExitCode {
     let client = OperatorClient::new(&socket.socket);

@@ -12,7 +12,7 @@ use tokio::net::UnixStream;
 
 use crate::connection::ConnectionView;
 use crate::percent::encode;
-use crate::wire::{AddRegistry, ErrorBody, ImportRequest, ImportResponse, TagList};
+use crate::wire::{AddRegistry, AuditRecord, ErrorBody, ImportRequest, ImportResponse, TagList};
 
 /// The largest answer read (a 10,000-tag list is well under this).
 const MAX_RESPONSE: usize = 64 * 1024 * 1024;
@@ -102,6 +102,16 @@ impl OperatorClient {
         self.call(
             Method::DELETE,
             &format!("/v1/registries/{}", encode(host)),
+            None::<&()>,
+        )
+        .await
+    }
+
+    /// The newest `limit` entries of the operator audit log, oldest first.
+    pub async fn audit(&self, limit: usize) -> Result<Vec<AuditRecord>, OperatorClientError> {
+        self.call(
+            Method::GET,
+            &format!("/v1/audit?limit={limit}"),
             None::<&()>,
         )
         .await

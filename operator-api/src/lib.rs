@@ -37,6 +37,6 @@ pub use browse::{BrowseError, Browser, Resolved};
 pub use client::{OperatorClient, OperatorClientError};
 pub use connection::{ConnectionView, ProviderKind};
 pub use wire::{
-    AddRegistry, ClipReason, ErrorBody, ErrorEntry, ImportRequest, ImportResponse, ImportResult,
-    Outcome, TagList,
+    AddRegistry, AuditRecord, ClipReason, ErrorBody, ErrorEntry, ImportRequest, ImportResponse,
+    ImportResult, Outcome, TagList,
 };

@@ -248,3 +248,18 @@ mod tests {
         );
     }
 }
+
+/// One entry of the operator audit log (`GET /v1/audit`): who connected, approved or removed
+/// which registry, and when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    /// When, in seconds since the Unix epoch.
+    pub at: u64,
+    /// Who: the name given when connecting, and the Unix peer credentials of the operator
+    /// socket's client (`uid 1000 pid 4242`).
+    pub operator: String,
+    /// What: `connect`, `approve` or `remove`.
+    pub action: String,
+    /// On what: the registry host.
+    pub subject: String,
+}

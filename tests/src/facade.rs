@@ -55,6 +55,11 @@ pub struct FacadeOptions {
     /// Extra lines for the `[cache]` table (`max_bytes = 1048576`); none writes no table, so
     /// the facade runs its default cache (under the state folder).
     pub cache: Vec<String>,
+    /// Lines for a `[state]` table (the PostgreSQL backend); none writes no table.
+    pub state: Vec<String>,
+    /// With `connections`: this master key (hex) instead of a fresh one, so that replicas
+    /// on one state database open each other's records.
+    pub master_key_hex: Option<String>,
 }
 
 /// Which client certificate a client presents.
@@ -208,8 +213,11 @@ impl FacadeFixture {
         let master_key = if options.connections {
             use std::os::unix::fs::PermissionsExt as _;
             let path = dir.path().join("master-key");
-            let hex = meshanics_facade::seal::MasterKey::generate_hex()
-                .map_err(|e| FixtureError::Invalid(e.to_string()))?;
+            let hex = match &options.master_key_hex {
+                Some(hex) => hex.clone(),
+                None => meshanics_facade::seal::MasterKey::generate_hex()
+                    .map_err(|e| FixtureError::Invalid(e.to_string()))?,
+            };
             std::fs::write(&path, hex).map_err(io_err("writing", &path))?;
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
                 .map_err(io_err("protecting", &path))?;
@@ -234,6 +242,12 @@ impl FacadeFixture {
         if !options.cache.is_empty() {
             let _ = writeln!(toml, "\n[cache]");
             for line in &options.cache {
+                let _ = writeln!(toml, "{line}");
+            }
+        }
+        if !options.state.is_empty() {
+            let _ = writeln!(toml, "\n[state]");
+            for line in &options.state {
                 let _ = writeln!(toml, "{line}");
             }
         }

@@ -35,6 +35,8 @@
 //! - [`update_chain`]: registry, facade and release together, the start of every end-to-end
 //!   test of the agent.
 //! - [`tcp_proxy`]: a TCP proxy that cuts or stalls a connection after some bytes.
+//! - [`postgres`]: Debian's PostgreSQL in a temporary folder on a free loopback port (as the
+//!   `postgres` user when root), stopped and started again for outage tests.
 //! - [`proc_stats`]: a process's open file descriptors and resident memory, from `/proc`.
 //!
 //! Everything a fixture starts is stopped, and every folder it makes is removed, when the
@@ -56,6 +58,7 @@ pub mod gcp_server;
 pub mod haproxy;
 pub mod http_server;
 pub mod oci_layout;
+pub mod postgres;
 pub mod proc_stats;
 pub mod pull_device;
 pub mod registry;

@@ -23,12 +23,14 @@ use tokio::net::{UnixListener, UnixStream, unix};
 
 use crate::cloud::ecr::EcrRole;
 use crate::connections::pasted;
-use crate::connections::{ConnectionCredentials, ConnectionError, NewConnection, Store};
+use crate::connections::{Actor, ConnectionCredentials, ConnectionError, NewConnection, Store};
 
 /// The largest request body accepted (a service-account key is a few KiB).
 const MAX_BODY: usize = 1024 * 1024;
 /// The default cap on tags listed.
 pub(super) const DEFAULT_TAG_LIMIT: usize = 10_000;
+/// The default number of audit log entries shown.
+const DEFAULT_AUDIT_LIMIT: usize = 100;
 /// How many tags an import resolves at once.
 const IMPORT_CONCURRENCY: usize = 4;
 
@@ -72,9 +74,18 @@ pub async fn serve(
 ) {
     let handler = move |connection: Connection<UnixStream, unix::SocketAddr>| {
         let state = state.clone();
+        // Who is on the other end, for the audit log: the kernel's word, not the client's.
+        let actor = match connection.io.peer_cred() {
+            Ok(cred) => Actor {
+                uid: Some(cred.uid()),
+                pid: cred.pid(),
+            },
+            Err(_) => Actor::default(),
+        };
         connection.serve_http1(hyper::service::service_fn(move |req| {
             let state = state.clone();
-            async move { Ok::<_, Infallible>(handle(&state, req).await) }
+            let actor = actor.clone();
+            async move { Ok::<_, Infallible>(handle(&state, &actor, req).await) }
         }))
     };
     meshanics_http::serve(
@@ -88,7 +99,7 @@ pub async fn serve(
 
 type Reply = Response<Full<Bytes>>;
 
-async fn handle(state: &AdminState, req: Request<Incoming>) -> Reply {
+async fn handle(state: &AdminState, actor: &Actor, req: Request<Incoming>) -> Reply {
     let (parts, body) = req.into_parts();
     let path = parts.uri.path().to_owned();
     let query = parts.uri.query().unwrap_or("").to_owned();
@@ -105,22 +116,25 @@ async fn handle(state: &AdminState, req: Request<Incoming>) -> Reply {
     };
     match (&parts.method, segments.as_slice()) {
         (&Method::GET, ["v1", "registries"]) => json(StatusCode::OK, &state.store.list()),
-        (&Method::POST, ["v1", "registries"]) => add_registry(state, &body),
+        (&Method::POST, ["v1", "registries"]) => add_registry(state, actor, &body).await,
         (&Method::GET, ["v1", "registries", host]) => store_reply(state.store.show(&decode(host))),
         (&Method::POST, ["v1", "registries", host, "approve"]) => {
-            let result = state.store.approve(&decode(host));
+            let (host, by) = (decode(host), actor.clone());
+            let result = write(state, move |store| store.approve_by(&host, &by)).await;
             if let Ok(view) = &result {
-                tracing::info!(host = %view.host, "operator approved registry");
+                tracing::info!(host = %view.host, %actor, "operator approved registry");
             }
             store_reply(result)
         }
         (&Method::DELETE, ["v1", "registries", host]) => {
-            let result = state.store.remove(&decode(host));
+            let (host, by) = (decode(host), actor.clone());
+            let result = write(state, move |store| store.remove_by(&host, &by)).await;
             if let Ok(view) = &result {
-                tracing::info!(host = %view.host, "operator removed registry");
+                tracing::info!(host = %view.host, %actor, "operator removed registry");
             }
             store_reply(result)
         }
+        (&Method::GET, ["v1", "audit"]) => audit(state, &query).await,
         (&Method::GET, ["v1", "tags"]) => tags(state, &query).await,
         (&Method::POST, ["v1", "import"]) => import(state, &body).await,
         _ => error(
@@ -131,7 +145,24 @@ async fn handle(state: &AdminState, req: Request<Incoming>) -> Reply {
     }
 }
 
-fn add_registry(state: &AdminState, body: &[u8]) -> Reply {
+/// Runs a store operation that may wait for the state database on a blocking thread, so a
+/// slow or unreachable database never holds up one of the runtime's workers.
+async fn write<T: Send + 'static>(
+    state: &AdminState,
+    operation: impl FnOnce(&Store) -> Result<T, ConnectionError> + Send + 'static,
+) -> Result<T, ConnectionError> {
+    let store = state.store.clone();
+    match tokio::task::spawn_blocking(move || operation(&store)).await {
+        Ok(result) => result,
+        Err(e) => Err(ConnectionError::Database {
+            action: "waiting for",
+            database: "the connection store".into(),
+            reason: e.to_string(),
+        }),
+    }
+}
+
+async fn add_registry(state: &AdminState, actor: &Actor, body: &[u8]) -> Reply {
     let request: AddRegistry = match parse_body(body) {
         Ok(r) => r,
         Err(reply) => return *reply,
@@ -167,19 +198,21 @@ fn add_registry(state: &AdminState, body: &[u8]) -> Reply {
             _ => return missing("a role ARN and a region"),
         },
     };
-    let result = state.store.add(
-        NewConnection {
-            registry: request.registry.clone(),
-            credentials,
-            plain_http: request.plain_http,
-            ca_pem: request.ca_pem.clone(),
-            storage_hosts: request.storage_hosts.clone(),
-            connected_by: request.connected_by.clone(),
-        },
-        SystemTime::now(),
-    );
+    let new = NewConnection {
+        registry: request.registry.clone(),
+        credentials,
+        plain_http: request.plain_http,
+        ca_pem: request.ca_pem.clone(),
+        storage_hosts: request.storage_hosts.clone(),
+        connected_by: request.connected_by.clone(),
+    };
+    let by = actor.clone();
+    let result = write(state, move |store| {
+        store.add_by(new, SystemTime::now(), &by)
+    })
+    .await;
     if let Ok(view) = &result {
-        tracing::info!(host = %view.host, provider = %view.provider, by = %view.connected_by, approved = view.approved, "operator connected registry");
+        tracing::info!(host = %view.host, provider = %view.provider, by = %view.connected_by, %actor, approved = view.approved, "operator connected registry");
     }
     match result {
         Ok(view) => json(StatusCode::CREATED, &view),
@@ -187,14 +220,35 @@ fn add_registry(state: &AdminState, body: &[u8]) -> Reply {
     }
 }
 
-async fn tags(state: &AdminState, query: &str) -> Reply {
-    let param = |name: &str| {
-        query
-            .split('&')
-            .filter_map(|p| p.split_once('='))
-            .find(|(k, _)| *k == name)
-            .map(|(_, v)| decode(v))
+async fn audit(state: &AdminState, query: &str) -> Reply {
+    let limit = match query_param(query, "limit").map(|l| l.parse::<usize>()) {
+        None => DEFAULT_AUDIT_LIMIT,
+        Some(Ok(l)) if l > 0 => l,
+        Some(_) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "INVALID",
+                "limit must be a positive number",
+            );
+        }
     };
+    match write(state, move |store| store.audit(limit)).await {
+        Ok(entries) => json(StatusCode::OK, &entries),
+        Err(e) => store_error(&e),
+    }
+}
+
+/// The value of `name` in a query string, percent-decoded.
+fn query_param(query: &str, name: &str) -> Option<String> {
+    query
+        .split('&')
+        .filter_map(|p| p.split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| decode(v))
+}
+
+async fn tags(state: &AdminState, query: &str) -> Reply {
+    let param = |name: &str| query_param(query, name);
     let Some(repository) = param("repository") else {
         return error(StatusCode::BAD_REQUEST, "INVALID", "missing ?repository=");
     };
@@ -320,6 +374,10 @@ fn store_error(e: &ConnectionError) -> Reply {
         | ConnectionError::InvalidStorageHost(_) => (StatusCode::BAD_REQUEST, "INVALID"),
         ConnectionError::NotFound { .. } => (StatusCode::NOT_FOUND, "NOT_FOUND"),
         ConnectionError::Exists { .. } => (StatusCode::CONFLICT, "EXISTS"),
+        ConnectionError::Database { .. } => {
+            tracing::error!(error = %e, "operator API: write refused, the state database failed");
+            (StatusCode::SERVICE_UNAVAILABLE, "DATABASE")
+        }
         _ => {
             tracing::error!(error = %e, "operator API: connection store failure");
             (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL")

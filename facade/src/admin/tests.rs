@@ -196,3 +196,38 @@ async fn a_stopped_facade_is_reported_with_the_socket_path() {
     assert!(matches!(err, OperatorClientError::Connect { .. }));
     assert!(err.to_string().contains("admin.sock"));
 }
+
+#[tokio::test]
+async fn the_audit_log_names_who_connected_approved_and_removed_what_by_the_sockets_peer() {
+    let fixture = start().await;
+    assert!(fixture.client.audit(10).await.unwrap().is_empty());
+    let mut anonymous = add_static("lab.lan:5000");
+    anonymous.provider = ProviderKind::Anonymous;
+    anonymous.username = None;
+    anonymous.token = None;
+    fixture.client.add(&anonymous).await.unwrap();
+    fixture.client.approve("lab.lan:5000").await.unwrap();
+    fixture.client.remove("lab.lan:5000").await.unwrap();
+    // A refused action is not an action.
+    assert!(fixture.client.remove("lab.lan:5000").await.is_err());
+
+    let entries = fixture.client.audit(10).await.unwrap();
+    let actions: Vec<&str> = entries.iter().map(|e| e.action.as_str()).collect();
+    assert_eq!(actions, ["connect", "approve", "remove"]);
+    let me = format!("uid {} pid {}", current_uid(), std::process::id());
+    assert!(entries.iter().all(|e| e.subject == "lab.lan:5000"));
+    assert!(entries[0].operator.contains(&me), "{:?}", entries[0]);
+    assert_eq!(entries[1].operator, me);
+    assert!(entries.windows(2).all(|w| w[0].at <= w[1].at));
+    // The newest first when cut.
+    let last = fixture.client.audit(1).await.unwrap();
+    assert_eq!(last.len(), 1);
+    assert_eq!(last[0].action, "remove");
+}
+
+fn current_uid() -> u32 {
+    use std::os::unix::fs::MetadataExt as _;
+    // The tests' own files belong to the user running them.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::metadata(dir.path()).unwrap().uid()
+}

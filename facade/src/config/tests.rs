@@ -297,3 +297,53 @@ fn names_the_key_of_a_cache_folder_that_is_not_one() {
         .to_string();
     assert!(error.contains("size"), "{error}");
 }
+
+#[test]
+fn the_state_is_files_by_default_and_postgres_takes_a_url_without_password_and_tls_settings() {
+    let files = Files::new();
+    assert_eq!(
+        files.parse(&files.toml("")).unwrap().state,
+        StateConfig::Files
+    );
+    let ca = files.path("ca.crt");
+    let config = files
+        .parse(&files.toml(&format!(
+            "[state]\nbackend = \"postgres\"\nurl = \"postgres://facade@db.lan/meshanics\"\nca_file = \"{ca}\"\nresync_interval = \"10s\"\n"
+        )))
+        .unwrap();
+    assert_eq!(
+        config.state,
+        StateConfig::Postgres(PostgresConfig {
+            url: "postgres://facade@db.lan/meshanics".into(),
+            password_file: None,
+            ca_file: Some(ca.into()),
+            resync_interval: Duration::from_secs(10),
+        })
+    );
+    let refused = |state: &str| {
+        files
+            .parse(&files.toml(&format!("[state]\n{state}")))
+            .unwrap_err()
+            .to_string()
+    };
+    let with_password = refused(
+        "backend = \"postgres\"\nurl = \"postgres://facade:hunter2@db.lan/m\"\nsslmode = \"disable\"\n",
+    );
+    assert!(
+        with_password.contains("state.url") && with_password.contains("password"),
+        "{with_password}"
+    );
+    assert!(!with_password.contains("hunter2"), "{with_password}");
+    let no_ca = refused("backend = \"postgres\"\nurl = \"postgres://facade@db.lan/m\"\n");
+    assert!(no_ca.contains("state.ca_file"), "{no_ca}");
+    let plain = files
+        .parse(&files.toml(
+            "[state]\nbackend = \"postgres\"\nurl = \"postgres://facade@db.lan/m\"\nsslmode = \"disable\"\n",
+        ))
+        .unwrap();
+    assert!(matches!(
+        plain.state,
+        StateConfig::Postgres(PostgresConfig { ca_file: None, .. })
+    ));
+    assert!(refused("backend = \"mysql\"\n").contains("state.backend"));
+}

@@ -132,7 +132,7 @@ pub struct NewConnection {
 
 /// The record on disk: public fields in the clear, the secret sealed with all of them as
 /// associated data.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct StoredRecord {
     pub(crate) host: String,
     pub(crate) provider: ProviderKind,

@@ -7,6 +7,7 @@
 //! ([`load`]).
 
 mod load;
+mod sync;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -15,11 +16,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use meshanics_operator_api::{ConnectionView, ProviderKind};
+use meshanics_operator_api::{AuditRecord, ConnectionView, ProviderKind};
 use meshanics_shared::fs::{FsError, sync_dir, write_atomic_with_mode};
 use meshanics_shared::reference::{ReferenceError, Registry};
 
 use super::pasted;
+use super::postgres::{Actor, AuditEntry, Database, Write};
 use super::record::{ConnectionCredentials, NewConnection, StoredRecord};
 use crate::cloud::ecr::EcrRole;
 use crate::cloud::gcp::ServiceAccountKey;
@@ -29,12 +31,19 @@ use crate::seal::{MasterKey, SealError};
 /// The connections folder inside the facade's state dir.
 pub(super) const CONNECTIONS_DIR: &str = "connections";
 
+/// The files backend's audit log, in the state dir.
+pub const AUDIT_LOG: &str = "audit.log";
+
 /// What the store calls when a connection is removed (to drop clients and cached tokens).
 type RemovalHook = Box<dyn Fn(&Registry) + Send + Sync>;
 
 /// The connection store.
 pub struct Store {
+    /// The files backend's folder (`<state>/connections`); with PostgreSQL, where the files
+    /// backend would keep it (unused).
     dir: PathBuf,
+    /// The PostgreSQL backend, when configured: the records' home, the files unused.
+    database: Option<Database>,
     key: MasterKey,
     records: RwLock<BTreeMap<Registry, Entry>>,
     next_generation: AtomicU64,
@@ -133,6 +142,16 @@ pub enum ConnectionError {
         #[source]
         source: SealError,
     },
+    /// The state database failed or could not be reached: an operator write did not happen.
+    #[error("{action} the state database ({database}): {reason}")]
+    Database {
+        /// What was being done.
+        action: &'static str,
+        /// Which database (its URL, without a password).
+        database: String,
+        /// Why.
+        reason: String,
+    },
     /// A record in the old format appeared after the store was migrated to the current one:
     /// it was restored or planted, and is not trusted.
     #[error(
@@ -156,6 +175,7 @@ impl Store {
         create_private_dir(&dir)?;
         let store = Store {
             dir,
+            database: None,
             key,
             records: RwLock::new(BTreeMap::new()),
             next_generation: AtomicU64::new(1),
@@ -164,6 +184,42 @@ impl Store {
         let records = store.load()?;
         *store.records.write().unwrap_or_else(|p| p.into_inner()) = records;
         Ok(store)
+    }
+
+    /// Opens the store in the PostgreSQL database `settings` name: migrates its schema, opens
+    /// every record in it under `key`, and follows the changes other replicas make (see
+    /// [`super::postgres`]). `state_dir` is where the files-backend audit log would be (unused).
+    pub fn open_postgres(
+        state_dir: &Path,
+        settings: &crate::config::PostgresConfig,
+        key: MasterKey,
+    ) -> Result<Arc<Self>, ConnectionError> {
+        let (database, rows) = Database::open(settings)?;
+        let store = Store {
+            dir: state_dir.join(CONNECTIONS_DIR),
+            database: Some(database),
+            key,
+            records: RwLock::new(BTreeMap::new()),
+            next_generation: AtomicU64::new(1),
+            on_remove: RwLock::new(Vec::new()),
+        };
+        let mut records = BTreeMap::new();
+        for (host, json) in rows {
+            let (registry, entry) = store.open_row(&host, &json)?;
+            records.insert(registry, entry);
+        }
+        *store.records.write().unwrap_or_else(|p| p.into_inner()) = records;
+        let store = Arc::new(store);
+        if let Some(database) = &store.database {
+            database.follow(settings, &store)?;
+        }
+        Ok(store)
+    }
+
+    /// Whether the records in memory may be behind the state database: its last reload
+    /// failed (always false for the files backend).
+    pub fn stale(&self) -> bool {
+        self.database.as_ref().is_some_and(Database::stale)
     }
 
     /// Calls `hook` with the registry whenever a connection is removed.
@@ -177,6 +233,16 @@ impl Store {
         &self,
         new: NewConnection,
         now: SystemTime,
+    ) -> Result<ConnectionView, ConnectionError> {
+        self.add_by(new, now, &Actor::default())
+    }
+
+    /// [`Store::add`], audited as done by `actor`.
+    pub fn add_by(
+        &self,
+        new: NewConnection,
+        now: SystemTime,
+        actor: &Actor,
     ) -> Result<ConnectionView, ConnectionError> {
         let registry = pasted::registry(&new.registry)?;
         let host = registry.as_str().to_owned();
@@ -225,11 +291,32 @@ impl Store {
             approved: kind != ProviderKind::Anonymous,
         };
         self.seal(&mut record, &credentials)?;
-        let mut records = self.records.write().unwrap_or_else(|p| p.into_inner());
-        if records.contains_key(&registry) {
-            return Err(ConnectionError::Exists { host });
+        let audit = AuditEntry {
+            operator: format!("{} ({actor})", record.connected_by),
+            action: "connect",
+            subject: host.clone(),
+        };
+        if let Some(database) = &self.database {
+            // The database decides who connected a registry first; the lock is not held
+            // while waiting for it.
+            if !database.write(
+                Write::Insert {
+                    host: host.clone(),
+                    record: record_json(&record)?,
+                },
+                audit.clone(),
+            )? {
+                return Err(ConnectionError::Exists { host });
+            }
         }
-        self.write(&registry, &record)?;
+        let mut records = self.records.write().unwrap_or_else(|p| p.into_inner());
+        if self.database.is_none() {
+            if records.contains_key(&registry) {
+                return Err(ConnectionError::Exists { host });
+            }
+            self.write(&registry, &record)?;
+            self.audit_file(&audit)?;
+        }
         let view = record.view();
         records.insert(
             registry,
@@ -260,7 +347,46 @@ impl Store {
 
     /// Approves a connection for device traffic.
     pub fn approve(&self, registry: &str) -> Result<ConnectionView, ConnectionError> {
+        self.approve_by(registry, &Actor::default())
+    }
+
+    /// [`Store::approve`], audited as done by `actor`.
+    pub fn approve_by(
+        &self,
+        registry: &str,
+        actor: &Actor,
+    ) -> Result<ConnectionView, ConnectionError> {
         let registry = pasted::registry(registry)?;
+        let audit = AuditEntry {
+            operator: actor.to_string(),
+            action: "approve",
+            subject: registry.as_str().to_owned(),
+        };
+        if let Some(database) = &self.database {
+            let (old, credentials) = {
+                let records = self.records.read().unwrap_or_else(|p| p.into_inner());
+                let entry = records.get(&registry).ok_or_else(|| not_found(&registry))?;
+                (entry.record.clone(), entry.credentials.clone())
+            };
+            let mut updated = old.clone();
+            updated.approved = true;
+            self.seal(&mut updated, &credentials)?;
+            let change = Write::Approve {
+                host: registry.as_str().to_owned(),
+                old: record_json(&old)?,
+                record: record_json(&updated)?,
+            };
+            if !database.write(change, audit)? {
+                return Err(not_found(&registry));
+            }
+            let mut records = self.records.write().unwrap_or_else(|p| p.into_inner());
+            if let Some(entry) = records.get_mut(&registry)
+                && entry.record == old
+            {
+                entry.record = updated.clone();
+            }
+            return Ok(updated.view());
+        }
         let mut records = self.records.write().unwrap_or_else(|p| p.into_inner());
         let entry = records
             .get_mut(&registry)
@@ -269,19 +395,47 @@ impl Store {
         updated.approved = true;
         self.seal(&mut updated, &entry.credentials)?;
         self.write(&registry, &updated)?;
+        self.audit_file(&audit)?;
         entry.record = updated;
         Ok(entry.record.view())
     }
 
-    /// Removes a connection; the facade stops proxying it at once.
+    /// Removes a connection; the facade stops proxying it at once (and every replica
+    /// on the same database within a second).
     pub fn remove(&self, registry: &str) -> Result<ConnectionView, ConnectionError> {
+        self.remove_by(registry, &Actor::default())
+    }
+
+    /// [`Store::remove`], audited as done by `actor`.
+    pub fn remove_by(
+        &self,
+        registry: &str,
+        actor: &Actor,
+    ) -> Result<ConnectionView, ConnectionError> {
         let registry = pasted::registry(registry)?;
-        let view = {
+        let audit = AuditEntry {
+            operator: actor.to_string(),
+            action: "remove",
+            subject: registry.as_str().to_owned(),
+        };
+        let view = if let Some(database) = &self.database {
+            let view = self.show(registry.as_str())?;
+            let change = Write::Delete {
+                host: registry.as_str().to_owned(),
+            };
+            if !database.write(change, audit)? {
+                return Err(not_found(&registry));
+            }
+            let mut records = self.records.write().unwrap_or_else(|p| p.into_inner());
+            records.remove(&registry);
+            view
+        } else {
             let mut records = self.records.write().unwrap_or_else(|p| p.into_inner());
             let entry = records.get(&registry).ok_or_else(|| not_found(&registry))?;
             let path = self.path_for(&registry);
             std::fs::remove_file(&path).map_err(io("removing", &path))?;
             sync_dir(&self.dir).map_err(fs_error)?;
+            self.audit_file(&audit)?;
             let view = entry.record.view();
             records.remove(&registry);
             view
@@ -366,6 +520,66 @@ impl Store {
         self.write_to(&self.path_for(registry), record)
     }
 
+    /// The newest `limit` entries of the operator audit log, oldest first.
+    pub fn audit(&self, limit: usize) -> Result<Vec<AuditRecord>, ConnectionError> {
+        if let Some(database) = &self.database {
+            return database.audit(limit);
+        }
+        let Some(state_dir) = self.dir.parent() else {
+            return Ok(Vec::new());
+        };
+        let path = state_dir.join(AUDIT_LOG);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io("reading", &path)(e)),
+        };
+        let entries = text
+            .lines()
+            .filter(|line| !line.is_empty())
+            .map(|line| {
+                serde_json::from_str(line).map_err(|e| ConnectionError::Corrupt {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                })
+            })
+            .collect::<Result<Vec<AuditRecord>, _>>()?;
+        let skip = entries.len().saturating_sub(limit);
+        Ok(entries.into_iter().skip(skip).collect())
+    }
+
+    /// Appends `entry` to the files backend's audit log, `<state>/audit.log` (one JSON
+    /// object a line, written through before the change is reported done).
+    fn audit_file(&self, entry: &AuditEntry) -> Result<(), ConnectionError> {
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let Some(state_dir) = self.dir.parent() else {
+            return Ok(());
+        };
+        let path = state_dir.join(AUDIT_LOG);
+        let at = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let mut line = serde_json::json!({
+            "at": at,
+            "operator": entry.operator,
+            "action": entry.action,
+            "subject": entry.subject,
+        })
+        .to_string();
+        line.push('\n');
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(io("opening", &path))?;
+        file.write_all(line.as_bytes())
+            .and_then(|()| file.sync_data())
+            .map_err(io("appending to", &path))
+    }
+
     /// Writes a record to `path` atomically.
     fn write_to(&self, path: &Path, record: &StoredRecord) -> Result<(), ConnectionError> {
         let bytes = serde_json::to_vec_pretty(record).map_err(|e| ConnectionError::Corrupt {
@@ -399,6 +613,14 @@ fn validate_role(role: &EcrRole) -> Result<(), &'static str> {
         return Err("the region must be an AWS region name such as eu-west-1");
     }
     Ok(())
+}
+
+/// A record as the files backend writes it (and the database stores it).
+fn record_json(record: &StoredRecord) -> Result<String, ConnectionError> {
+    serde_json::to_string_pretty(record).map_err(|e| ConnectionError::Corrupt {
+        path: PathBuf::from(&record.host),
+        reason: e.to_string(),
+    })
 }
 
 fn not_found(registry: &Registry) -> ConnectionError {

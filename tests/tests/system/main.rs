@@ -21,6 +21,7 @@ mod connections_tags; // tag listing and import against paginating and failing r
 mod facade_auth; // upstream Basic and bearer-token auth through the facade
 mod facade_budgets; // handshake, connection and idle budgets against floods and PINGs
 mod facade_cache; // the content-addressed cache: one upstream fetch per digest, failures, eviction, ranges
+mod facade_cluster; // replicas on one PostgreSQL: changes seen by all within a second, outages
 mod facade_faults; // the facade binary against a misbehaving upstream, cache off and on: no leaks
 mod facade_https; // an HTTPS upstream with a private CA
 mod facade_malicious; // a malicious upstream never gets wrong bytes to a device

@@ -58,13 +58,38 @@ impl Store {
             path: path.to_owned(),
             reason,
         };
+        let bytes = std::fs::read(path).map_err(io("reading", path))?;
+        let record: StoredRecord =
+            serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
+        let (registry, entry, first_format) = self.open_record(record, path, migrated)?;
+        if first_format {
+            // Sealed again by open_record with all its public fields: written back.
+            self.write_to(path, &entry.record)?;
+            tracing::info!(
+                host = %entry.record.host,
+                path = %path.display(),
+                "connection record migrated: all its public fields are now authenticated"
+            );
+        }
+        Ok((registry, entry))
+    }
+
+    /// Opens a record read from `path` (a file, or a database row named as one); whether it
+    /// was of the first format (accepted only while `migrated` is false).
+    pub(super) fn open_record(
+        &self,
+        mut record: StoredRecord,
+        path: &Path,
+        migrated: bool,
+    ) -> Result<(Registry, Entry, bool), ConnectionError> {
+        let corrupt = |reason: String| ConnectionError::Corrupt {
+            path: path.to_owned(),
+            reason,
+        };
         let unopenable = |source| ConnectionError::Unopenable {
             path: path.to_owned(),
             source,
         };
-        let bytes = std::fs::read(path).map_err(io("reading", path))?;
-        let mut record: StoredRecord =
-            serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
         let registry = Registry::parse(&record.host).map_err(|e| corrupt(e.to_string()))?;
         let first_format = record.sealed.as_deref().is_none_or(seal::is_v1);
         if first_format && migrated {
@@ -95,12 +120,6 @@ impl Store {
         })?;
         if first_format {
             self.seal(&mut record, &credentials)?;
-            self.write_to(path, &record)?;
-            tracing::info!(
-                host = %record.host,
-                path = %path.display(),
-                "connection record migrated: all its public fields are now authenticated"
-            );
         }
         Ok((
             registry,
@@ -109,6 +128,7 @@ impl Store {
                 credentials: credentials.into(),
                 generation: self.next_generation(),
             },
+            first_format,
         ))
     }
 }
