@@ -437,31 +437,8 @@ impl FacadeFixture {
         headers: &[(&str, &str)],
         http2: bool,
     ) -> Result<DeviceResponse, FixtureError> {
-        let invalid = |e: &dyn std::fmt::Display| FixtureError::Invalid(e.to_string());
         let client = self.client(Who::Device, http2)?;
-        let mut request = client.request(method, self.url(path));
-        for (name, value) in headers {
-            request = request.header(*name, *value);
-        }
-        self.block_on(async {
-            let mut response = request.send().await.map_err(|e| invalid(&e))?;
-            let status = response.status().as_u16();
-            let headers = response.headers().clone();
-            let mut body = Vec::new();
-            let clean = loop {
-                match response.chunk().await {
-                    Ok(Some(chunk)) => body.extend_from_slice(&chunk),
-                    Ok(None) => break true,
-                    Err(_) => break false,
-                }
-            };
-            Ok(DeviceResponse {
-                status,
-                headers,
-                body,
-                clean,
-            })
-        })
+        self.block_on(send(&client, method, self.url(path), headers))
     }
 
     /// The rustls client configuration of `who` (ALPN `http/1.1`), for tests that speak TLS
@@ -659,4 +636,38 @@ impl Drop for FacadeFixture {
         }
         self.shutdown();
     }
+}
+
+/// `method` on `url` with `headers` through `client`, the body read until it ends or breaks
+/// off (a reset is `clean: false`, not an error).
+pub async fn send(
+    client: &reqwest::Client,
+    method: reqwest::Method,
+    url: String,
+    headers: &[(&str, &str)],
+) -> Result<DeviceResponse, FixtureError> {
+    let mut request = client.request(method, url);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let mut response = request
+        .send()
+        .await
+        .map_err(|e| FixtureError::Invalid(e.to_string()))?;
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let mut body = Vec::new();
+    let clean = loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+            Ok(None) => break true,
+            Err(_) => break false,
+        }
+    };
+    Ok(DeviceResponse {
+        status,
+        headers,
+        body,
+        clean,
+    })
 }

@@ -214,27 +214,9 @@ async fn fetch(
     url: String,
     headers: &[(&str, &str)],
 ) -> DeviceResponse {
-    let mut request = client.request(method, url);
-    for (name, value) in headers {
-        request = request.header(*name, *value);
-    }
-    let mut response = request.send().await.unwrap();
-    let status = response.status().as_u16();
-    let headers = response.headers().clone();
-    let mut body = Vec::new();
-    let clean = loop {
-        match response.chunk().await {
-            Ok(Some(chunk)) => body.extend_from_slice(&chunk),
-            Ok(None) => break true,
-            Err(_) => break false,
-        }
-    };
-    DeviceResponse {
-        status,
-        headers,
-        body,
-        clean,
-    }
+    meshanics_tests::facade::send(client, method, url, headers)
+        .await
+        .unwrap()
 }
 
 /// Reads `response` until at least `bytes` came (or it ended); returns what came.
