@@ -105,7 +105,7 @@ impl std::fmt::Display for Actor {
 pub struct AuditEntry {
     /// Who (see [`Actor`]), and the name they gave, if any.
     pub operator: String,
-    /// What: `connect`, `approve`, `remove`.
+    /// What: `connect`, `approve`, `unapprove`, `remove`.
     pub action: &'static str,
     /// On what: the registry host.
     pub subject: String,
@@ -116,11 +116,13 @@ pub struct AuditEntry {
 pub(super) enum Write {
     /// A new connection; fails if the host exists.
     Insert { host: String, record: String },
-    /// An approval: the record re-sealed, replacing `old` (fails if it changed meanwhile).
-    Approve {
+    /// An approval given (`approved`, recording who and when) or withdrawn (clearing them):
+    /// the record re-sealed, replacing `old` (fails if it changed meanwhile).
+    Approval {
         host: String,
         old: String,
         record: String,
+        approved: bool,
     },
     /// A removal.
     Delete { host: String },
@@ -299,10 +301,18 @@ impl Database {
                     .await,
                     host,
                 ),
-                Write::Approve { host, old, record } => (
+                Write::Approval {
+                    host,
+                    old,
+                    record,
+                    approved,
+                } => (
                     tx.execute(
-                        "UPDATE meshanics_connections SET record = $3, approved_by = $4, approved_at = now(), updated_at = now() WHERE host = $1 AND record = $2",
-                        &[host, old, record, &audit.operator],
+                        "UPDATE meshanics_connections SET record = $3, \
+                         approved_by = CASE WHEN $5::boolean THEN $4::text END, \
+                         approved_at = CASE WHEN $5::boolean THEN now() END, \
+                         updated_at = now() WHERE host = $1 AND record = $2",
+                        &[host, old, record, &audit.operator, approved],
                     )
                     .await,
                     host,

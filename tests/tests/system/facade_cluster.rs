@@ -350,11 +350,7 @@ impl Cluster {
         let options = FacadeOptions {
             connections: true,
             master_key_hex: Some(MasterKey::generate_hex().unwrap()),
-            state: vec![
-                "backend = \"postgres\"".into(),
-                format!("url = \"{}\"", database.url()),
-                "sslmode = \"disable\"".into(),
-            ],
+            state: database.facade_state(),
             ..FacadeOptions::default()
         };
         let a = FacadeFixture::start(&options).expect("replica A starts");
@@ -401,6 +397,25 @@ impl Cluster {
         Ok(())
     }
 
+    /// Approves (`true`) or unapproves the registry through `facade`'s operator API.
+    fn set_approval(
+        &self,
+        facade: &FacadeFixture,
+        approved: bool,
+    ) -> Result<(), OperatorClientError> {
+        let operator = OperatorClient::new(facade.admin_socket().unwrap());
+        let host = self.registry.host();
+        let view = facade.block_on(async {
+            if approved {
+                operator.approve(&host).await
+            } else {
+                operator.unapprove(&host).await
+            }
+        })?;
+        assert_eq!(view.approved, approved);
+        Ok(())
+    }
+
     fn remove(&self, facade: &FacadeFixture) -> Result<(), OperatorClientError> {
         let operator = OperatorClient::new(facade.admin_socket().unwrap());
         facade.block_on(operator.remove(&self.registry.host()))?;
@@ -431,6 +446,54 @@ fn two_facades_on_one_database_serve_what_either_operator_connected_and_stop_wha
     let audit = a.block_on(operator.audit(10)).unwrap();
     let actions: Vec<&str> = audit.iter().map(|e| e.action.as_str()).collect();
     assert_eq!(actions, ["connect", "approve", "remove"]);
+}
+
+#[test]
+fn a_registry_unapproved_on_one_facade_is_refused_by_the_other_cached_content_included_and_served_again_once_approved()
+ {
+    let database = PostgresServer::start().expect("postgres starts");
+    let cluster = Cluster::start(&database);
+    let (a, b) = (&cluster.a, &cluster.b);
+    cluster.connect(b).expect("connected and approved on B");
+    assert!(
+        within(PROPAGATION_BOUND, || cluster.status(a) == 200),
+        "A serves the registry B's operator connected"
+    );
+    // Served twice by A: the second from its cache.
+    assert_eq!(cluster.status(a), 200);
+
+    cluster.set_approval(b, false).expect("unapproved on B");
+    assert_eq!(cluster.status(b), 404, "B refuses it at once");
+    assert!(
+        within(PROPAGATION_BOUND, || cluster.status(a) == 404),
+        "A refuses the registry B's operator unapproved, cached content included"
+    );
+    let operator = OperatorClient::new(a.admin_socket().unwrap());
+    let view = a.block_on(operator.show(&cluster.registry.host())).unwrap();
+    assert!(!view.approved, "the connection stays, unapproved");
+    let approvals = query(
+        &database,
+        "SELECT coalesce(approved_by, 'none') FROM meshanics_connections",
+    );
+    assert_eq!(
+        approvals[0][0], "none",
+        "an unapproved row names no approver"
+    );
+
+    cluster.set_approval(a, true).expect("approved again on A");
+    assert!(
+        within(PROPAGATION_BOUND, || cluster.status(b) == 200),
+        "B serves it again once A's operator approved it"
+    );
+    assert_eq!(cluster.status(a), 200);
+    let audit = a.block_on(operator.audit(10)).unwrap();
+    let actions: Vec<&str> = audit.iter().map(|e| e.action.as_str()).collect();
+    assert_eq!(actions, ["connect", "approve", "unapprove", "approve"]);
+    let approvals = query(
+        &database,
+        "SELECT coalesce(approved_by, 'none') FROM meshanics_connections",
+    );
+    assert_ne!(approvals[0][0], "none", "who approved it last is recorded");
 }
 
 #[test]
