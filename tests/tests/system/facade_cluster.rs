@@ -14,7 +14,7 @@
 )]
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use meshanics_facade::config::PostgresConfig;
 use meshanics_facade::connections::postgres::{MIGRATIONS, migrate};
@@ -30,6 +30,7 @@ use meshanics_tests::oci_layout::SampleImage;
 use meshanics_tests::postgres::PostgresServer;
 use meshanics_tests::registry::{Options, RegistryServer};
 use meshanics_tests::skopeo;
+use meshanics_tests::within;
 
 /// The bound the issue sets for a change to reach every replica.
 const PROPAGATION_BOUND: Duration = Duration::from_secs(1);
@@ -63,20 +64,6 @@ fn operator() -> Actor {
     Actor {
         uid: Some(1000),
         pid: Some(4242),
-    }
-}
-
-/// Polls `done` until it holds or `bound` passes; whether it held.
-fn within(bound: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let started = Instant::now();
-    loop {
-        if done() {
-            return true;
-        }
-        if started.elapsed() > bound {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(10));
     }
 }
 

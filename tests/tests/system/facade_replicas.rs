@@ -40,6 +40,7 @@ use meshanics_tests::postgres::PostgresServer;
 use meshanics_tests::pull_device::PullDevice;
 use meshanics_tests::registry::{Options, RegistryServer};
 use meshanics_tests::skopeo;
+use meshanics_tests::within;
 
 const REPO: &str = "team/app";
 const DEVICES: usize = 4;
@@ -260,20 +261,6 @@ fn verify(built: &BuiltImage, i: usize, device: &PullDevice, pulled: &Pulled) {
         pull_size(built),
         "device {i} received bytes twice"
     );
-}
-
-/// Polls `done` until it holds or `bound` passes; whether it held.
-fn within(bound: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let started = Instant::now();
-    loop {
-        if done() {
-            return true;
-        }
-        if started.elapsed() > bound {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 /// Every device pulls `cluster`'s image through `urls` while the first replica is SIGKILLed
