@@ -27,9 +27,10 @@ use meshanics_shared::Registry;
 use meshanics_shared::devpki::DevCa;
 use meshanics_tests::facade::{FacadeFixture, FacadeOptions, device_path};
 use meshanics_tests::oci_layout::SampleImage;
-use meshanics_tests::postgres::PostgresServer;
+use meshanics_tests::postgres::{PostgresServer, USER};
 use meshanics_tests::registry::{Options, RegistryServer};
 use meshanics_tests::skopeo;
+use meshanics_tests::tcp_proxy::TcpProxy;
 use meshanics_tests::within;
 
 /// The bound the issue sets for a change to reach every replica.
@@ -269,6 +270,62 @@ fn with_the_database_down_replicas_keep_serving_and_writes_fail_naming_it_then_c
         "B converges on the removal made after the outage"
     );
     assert!(served(&b, &kept));
+}
+
+#[test]
+fn a_replica_whose_database_goes_silent_says_its_state_is_stale_keeps_serving_and_catches_up_once_it_answers()
+ {
+    let server = PostgresServer::start().expect("postgres starts");
+    // A's way to the database: a network that can drop every packet without closing a socket.
+    let network = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let upstream = std::net::SocketAddr::from(([127, 0, 0, 1], server.port()));
+    let link = network
+        .block_on(TcpProxy::start(upstream, Vec::new()))
+        .unwrap();
+    let through_link = PostgresConfig {
+        url: format!("postgres://{USER}@{}/postgres", link.addr()),
+        resync_interval: Duration::from_secs(1),
+        ..settings(&server)
+    };
+    let (state_a, state_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let key = MasterKey::from_bytes(&[9u8; 32]).unwrap();
+    let a = Store::open_postgres(state_a.path(), &through_link, key).unwrap();
+    let b = replica(&server, &state_b);
+    let kept = Registry::parse("kept.lan").unwrap();
+    a.add(anonymous("kept.lan"), SystemTime::now()).unwrap();
+    a.approve("kept.lan").unwrap();
+    assert!(within(PROPAGATION_BOUND, || served(&b, &kept)));
+
+    link.freeze(true);
+    assert!(
+        within(Duration::from_secs(60), || a.stale()),
+        "a replica whose database stopped answering says its state is stale"
+    );
+    assert!(
+        !b.stale(),
+        "a replica that reaches the database is not stale"
+    );
+    // Meanwhile B's operator unapproves the registry: A, cut off, serves what it last loaded.
+    b.unapprove("kept.lan").unwrap();
+    assert!(!served(&b, &kept));
+    assert!(
+        served(&a, &kept),
+        "the cut-off replica serves its last state"
+    );
+
+    link.freeze(false);
+    assert!(
+        within(Duration::from_secs(60), || !a.stale()),
+        "it reloads once the database answers again"
+    );
+    assert!(
+        !served(&a, &kept),
+        "the reload brought the unapproval made while it was cut off"
+    );
 }
 
 #[test]
