@@ -208,14 +208,18 @@ impl StoreUpstreams {
 
 impl ApprovedUpstreams for StoreUpstreams {
     fn approved(&self, registry: &Registry) -> Option<Arc<Upstream>> {
-        match self.store.approved(registry) {
-            Ok(Some(connection)) => match self.client_for(&connection) {
+        // A connection the store holds decides, approved or not: an operator's unapprove
+        // is not undone by the same host in the config file. Only hosts the store does not
+        // know fall back to the config's `[[upstreams]]`.
+        match self.store.connection(registry) {
+            Ok(Some(connection)) if connection.approved => match self.client_for(&connection) {
                 Ok(client) => Some(client),
                 Err(error) => {
                     tracing::error!(%registry, %error, "approved connection cannot be used");
                     None
                 }
             },
+            Ok(Some(_)) => None,
             Ok(None) => self.fallback.as_ref().and_then(|f| f.approved(registry)),
             Err(error) => {
                 tracing::error!(%registry, %error, "connection store failed");

@@ -309,3 +309,71 @@ fn record_files_are_private() {
 }
 
 mod sealing;
+
+/// The proxy's view: `store`'s connections, with `config_host` also approved in the config
+/// file.
+fn upstreams_with_config(store: Arc<Store>, config_host: &str) -> StoreUpstreams {
+    let timeouts = crate::config::Limits::default().upstream();
+    let configured = crate::approval::ConfiguredUpstreams::new(
+        &[crate::config::UpstreamConfig {
+            registry: Registry::parse(config_host).unwrap(),
+            plain_http: true,
+            credentials: None,
+            ca: None,
+            storage_hosts: Vec::new(),
+        }],
+        timeouts,
+        &[],
+    )
+    .unwrap();
+    let cloud = CloudSettings {
+        client: crate::http_client::client(
+            crate::http_client::web_roots(),
+            timeouts.connect,
+            timeouts.response,
+        )
+        .unwrap(),
+        cache: Arc::new(crate::cloud::token_cache::CloudTokenCache::new(
+            crate::cloud::token_cache::MarginPolicy::default(),
+            Arc::new(crate::cloud::token_cache::SystemClock),
+        )),
+        aws: None,
+        ecr_endpoints: None,
+    };
+    StoreUpstreams::new(
+        store,
+        Some(Arc::new(configured)),
+        timeouts,
+        cloud,
+        Vec::new(),
+    )
+}
+
+#[test]
+fn an_unapproved_connection_is_refused_even_when_the_config_file_lists_its_host() {
+    use crate::approval::ApprovedUpstreams as _;
+    let state = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(state.path(), key()).unwrap());
+    let upstreams = upstreams_with_config(store.clone(), "config.lan");
+    let registry = Registry::parse("config.lan").unwrap();
+    assert!(
+        upstreams.approved(&registry).is_some(),
+        "the config approves it"
+    );
+
+    store.add(static_conn("config.lan"), at(T0)).unwrap();
+    assert!(
+        upstreams.approved(&registry).is_some(),
+        "approved connection"
+    );
+    store.unapprove_by("config.lan", &Actor::default()).unwrap();
+    assert!(
+        upstreams.approved(&registry).is_none(),
+        "the operator's unapprove wins over the config file"
+    );
+    store.remove("config.lan").unwrap();
+    assert!(
+        upstreams.approved(&registry).is_some(),
+        "without a connection, the config file decides again"
+    );
+}
