@@ -58,6 +58,11 @@ async fn start() -> Fixture {
     let listener = bind(&socket).unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let state = Arc::new(AdminState {
+        metadata: Arc::new(crate::publish::Metadata::from_parts(
+            Some(dir.path().to_owned()),
+            Some(store.clone()),
+            1024 * 1024,
+        )),
         store,
         browser: Arc::new(Offline),
     });
