@@ -254,10 +254,10 @@ fn published_set(current: &BTreeMap<String, Vec<u8>>) -> Result<Option<TrustedSe
 }
 
 /// The files of `files` named `name_of(version)`, by version.
-fn versions<'a>(
-    files: &'a BTreeMap<String, Vec<u8>>,
+fn versions(
+    files: &BTreeMap<String, Vec<u8>>,
     name_of: fn(u64) -> String,
-) -> BTreeMap<u64, &'a Vec<u8>> {
+) -> BTreeMap<u64, &Vec<u8>> {
     files
         .iter()
         .filter_map(|(name, bytes)| {

@@ -284,7 +284,7 @@ fn an_expired_timestamp_is_refused_but_an_expired_published_one_can_be_refreshed
     let mut upload = first(&keys);
     let t1 = upload["1.targets.cose"].clone();
     let stale = timestamp_until(1, 1, &t1, &keys.timestamp, days_ago(2), days_ago(1));
-    upload.insert(TIMESTAMP_FILE.into(), stale.clone());
+    upload.insert(TIMESTAMP_FILE.into(), stale);
     let (file, reason) = refused_file(check(&BTreeMap::new(), &upload, now(), CAP));
     assert_eq!(file, TIMESTAMP_FILE);
     assert!(reason.contains("expired"), "{reason}");

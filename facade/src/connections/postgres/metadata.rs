@@ -23,7 +23,10 @@ pub(crate) struct PublishedRows {
 
 /// What `decide` returns to a publish: its result, the files to store, the audit entry
 /// (none: nothing to store).
-pub(crate) type Decided<T> = (T, Vec<(String, Vec<u8>)>, Option<AuditEntry>);
+pub(crate) type Decided<T> = (T, Writes, Option<AuditEntry>);
+
+/// Files to store (or stored), by name, in order.
+pub(crate) type Writes = Vec<(String, Vec<u8>)>;
 
 // === impl Database ===
 
@@ -45,7 +48,7 @@ impl Database {
     pub(in crate::connections) fn publish<T: Send + 'static, E: Send + 'static>(
         &self,
         decide: impl FnOnce(&BTreeMap<String, Vec<u8>>) -> Result<Decided<T>, E> + Send + 'static,
-    ) -> Result<Result<(T, Vec<(String, Vec<u8>)>), E>, ConnectionError> {
+    ) -> Result<Result<(T, Writes), E>, ConnectionError> {
         let pool = self.pool.clone();
         self.call("publishing to", async move {
             let failed = |e: tokio_postgres::Error| e.to_string();
