@@ -115,6 +115,24 @@ impl Operator {
         self.run(&["--json", "--socket", &socket, "publish", dir])
     }
 
+    /// Publishes to `facade` a folder `old/` holding root 1, targets 1 and `timestamp`,
+    /// which the facade must refuse (exit code 1); meshctl's error message.
+    fn refused(&self, facade: &FacadeFixture, timestamp: &[u8]) -> String {
+        let _ = std::fs::remove_dir_all(self.path("old"));
+        std::fs::create_dir(self.path("old")).unwrap();
+        for name in ["1.root.cose", "1.targets.cose"] {
+            std::fs::copy(
+                self.path(&format!("meta/{name}")),
+                self.path(&format!("old/{name}")),
+            )
+            .unwrap();
+        }
+        std::fs::write(self.path("old/timestamp.cose"), timestamp).unwrap();
+        let refused = self.publish(facade, "old");
+        assert_eq!(refused.status.code(), Some(1), "the facade refuses it");
+        String::from_utf8_lossy(&refused.stderr).into_owned()
+    }
+
     fn anchor(&self) -> Vec<u8> {
         std::fs::read(self.path("meta/1.root.cose")).unwrap()
     }
@@ -229,18 +247,7 @@ fn releases_published_with_meshctl_are_what_devices_verify_and_a_refused_one_cha
     assert_eq!(status.metadata.unwrap().targets.unwrap().version, 2);
 
     // A rollback (the first timestamp again) is refused naming the file; nothing changes.
-    std::fs::create_dir(operator.path("old")).unwrap();
-    for name in ["1.root.cose", "1.targets.cose"] {
-        std::fs::copy(
-            operator.path(&format!("meta/{name}")),
-            operator.path(&format!("old/{name}")),
-        )
-        .unwrap();
-    }
-    std::fs::write(operator.path("old/timestamp.cose"), &first_timestamp).unwrap();
-    let refused = operator.publish(&facade, "old");
-    assert_eq!(refused.status.code(), Some(1));
-    let message = String::from_utf8_lossy(&refused.stderr);
+    let message = operator.refused(&facade, &first_timestamp);
     assert!(
         message.contains("timestamp.cose") && message.contains("rollback"),
         "{message}"
@@ -329,18 +336,7 @@ fn metadata_published_on_one_replica_is_served_by_the_other_within_a_second() {
 
     // A checks against what B published, not against its own memory: the first timestamp
     // again is a rollback, refused naming the file; both keep serving the refresh.
-    std::fs::create_dir(operator.path("old")).unwrap();
-    for name in ["1.root.cose", "1.targets.cose"] {
-        std::fs::copy(
-            operator.path(&format!("meta/{name}")),
-            operator.path(&format!("old/{name}")),
-        )
-        .unwrap();
-    }
-    std::fs::write(operator.path("old/timestamp.cose"), &timestamp).unwrap();
-    let refused = operator.publish(&a, "old");
-    assert_eq!(refused.status.code(), Some(1));
-    let message = String::from_utf8_lossy(&refused.stderr);
+    let message = operator.refused(&a, &timestamp);
     assert!(message.contains("timestamp.cose"), "{message}");
     for replica in [&a, &b] {
         assert_eq!(meta(replica, "timestamp.cose"), (200, refreshed.clone()));
