@@ -66,20 +66,7 @@ pub(crate) fn check(
         }
     }
     let uploaded_roots = versions(upload, root_file);
-    let mut set = published_set(current)?;
-    let published_root = set.as_ref().map_or(0, |s| s.root().version());
-    if let Some((&first, _)) = uploaded_roots.range(published_root + 1..).next()
-        && first != published_root + 1
-    {
-        return Err(refused(
-            &root_file(first),
-            &format!(
-                "does not continue the chain: {} is missing",
-                root_file(published_root + 1)
-            ),
-        ));
-    }
-    let mut set = match set.take() {
+    let mut set = match published_set(current)? {
         Some(set) => set,
         None => {
             let file = root_file(1);
