@@ -301,12 +301,18 @@ fn metadata_published_on_one_replica_is_served_by_the_other_within_a_second() {
     assert_eq!(meta(&b, "timestamp.cose").0, 404, "nothing published yet");
 
     published(&operator.publish(&a, "meta"));
+    let stored = std::time::Instant::now();
     let timestamp = std::fs::read(operator.path("meta/timestamp.cose")).unwrap();
     assert_eq!(meta(&a, "timestamp.cose"), (200, timestamp.clone()));
     assert!(
         within(PROPAGATION_BOUND, || meta(&b, "timestamp.cose")
             == (200, timestamp.clone())),
         "B serves what A published"
+    );
+    // A figure for the log, not a check (the bound above is the check).
+    eprintln!(
+        "served by B {:?} after A's publish returned",
+        stored.elapsed()
     );
     for name in ["1.root.cose", "1.targets.cose"] {
         let bytes = std::fs::read(operator.path(&format!("meta/{name}"))).unwrap();
