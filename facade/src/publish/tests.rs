@@ -136,7 +136,8 @@ fn conflict_file(result: Result<Plan, PublishError>) -> (String, String) {
 #[test]
 fn a_first_publish_starts_at_root_1_and_stores_roots_then_targets_then_the_timestamp() {
     let keys = keys();
-    let plan = check(&BTreeMap::new(), &first(&keys), now(), CAP).unwrap();
+    let release = first(&keys);
+    let plan = check(&BTreeMap::new(), &release, now(), CAP).unwrap();
     let names: Vec<&str> = plan.writes.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(names, ["1.root.cose", "1.targets.cose", TIMESTAMP_FILE]);
     assert_eq!(
@@ -150,7 +151,7 @@ fn a_first_publish_starts_at_root_1_and_stores_roots_then_targets_then_the_times
 
     // The same set again stores nothing.
     let current = applied(&BTreeMap::new(), &plan);
-    let again = check(&current, &first(&keys), now(), CAP).unwrap();
+    let again = check(&current, &release, now(), CAP).unwrap();
     assert!(again.writes.is_empty());
 }
 
@@ -269,8 +270,10 @@ fn rollbacks_and_a_republished_version_with_other_bytes_conflict_naming_the_file
     assert_eq!(file, TIMESTAMP_FILE);
     assert!(reason.contains("other bytes"), "{reason}");
 
-    // A published targets version with other bytes.
-    let other_t2 = targets(2, &keys);
+    // A published targets version with other bytes (another expiry: signing is
+    // deterministic, so the same payload in the same second would be the same bytes).
+    let other = Targets::new(2, now(), now().saturating_add(8 * DAY), Vec::new());
+    let other_t2 = sign(&other, &[&keys.targets]).unwrap();
     let mut changed = current.clone();
     changed.insert("2.targets.cose".into(), other_t2.clone());
     changed.insert(TIMESTAMP_FILE.into(), timestamp(4, 2, &other_t2, &keys));

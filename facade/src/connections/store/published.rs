@@ -53,10 +53,17 @@ impl Store {
                     changed += 1;
                     PublishedFile::new(bytes.clone())
                 }
+                // Unchanged; or republished between the reload's two reads, when the version
+                // in memory is served until the next reload (its digest differs, so that
+                // reload fetches it) rather than nothing.
                 None => match published.get(&name) {
-                    Some(file) if file.sha256 == sha256 => file.clone(),
-                    // Changed again since the digests were read: the next reload has it.
-                    _ => continue,
+                    Some(file) => {
+                        if file.sha256 != sha256 {
+                            tracing::debug!(%name, "published file changed during the reload");
+                        }
+                        file.clone()
+                    }
+                    None => continue,
                 },
             };
             next.insert(name, file);
@@ -102,5 +109,51 @@ impl PublishedFile {
             sha256: Digest::sha256_of(&bytes).hex().to_owned(),
             bytes,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::seal::MasterKey;
+
+    fn sha256(bytes: &[u8]) -> String {
+        Digest::sha256_of(bytes).hex().to_owned()
+    }
+
+    #[test]
+    fn a_reload_keeps_unchanged_files_takes_fetched_ones_and_drops_removed_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), MasterKey::from_bytes(&[4u8; 32]).unwrap()).unwrap();
+        let rows = |digests: &[(&str, &[u8])], fetched: &[(&str, &[u8])]| PublishedRows {
+            digests: digests
+                .iter()
+                .map(|(name, bytes)| ((*name).to_owned(), sha256(bytes)))
+                .collect(),
+            fetched: fetched
+                .iter()
+                .map(|(name, bytes)| ((*name).to_owned(), Bytes::copy_from_slice(bytes)))
+                .collect(),
+        };
+        store.apply_published(rows(
+            &[("1.root.cose", b"root"), ("timestamp.cose", b"ts1")],
+            &[("1.root.cose", b"root"), ("timestamp.cose", b"ts1")],
+        ));
+        assert_eq!(store.published_digests()["timestamp.cose"], sha256(b"ts1"));
+
+        // Only the changed row's bytes come; the unchanged one is kept from memory.
+        store.apply_published(rows(
+            &[("1.root.cose", b"root"), ("timestamp.cose", b"ts2")],
+            &[("timestamp.cose", b"ts2")],
+        ));
+        assert_eq!(store.published_file("1.root.cose").unwrap(), &b"root"[..]);
+        assert_eq!(store.published_file("timestamp.cose").unwrap(), &b"ts2"[..]);
+
+        // A row changed again since its digest was read, without bytes: the version in
+        // memory is served until the next reload fetches it; a row gone is dropped.
+        store.apply_published(rows(&[("timestamp.cose", b"ts3")], &[]));
+        assert_eq!(store.published_file("timestamp.cose").unwrap(), &b"ts2"[..]);
+        assert_eq!(store.published_digests()["timestamp.cose"], sha256(b"ts2"));
+        assert_eq!(store.published_file("1.root.cose"), None);
     }
 }
