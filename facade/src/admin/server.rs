@@ -407,6 +407,8 @@ fn publish_error(e: &PublishError, actor: &Actor) -> Reply {
         }
         PublishError::TooManyFiles { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "TOO_LARGE", None),
         PublishError::NoFolder => (StatusCode::CONFLICT, "NOT_CONFIGURED", None),
+        // Not the facade's fault: files in the folder that do not chain from 1.root.cose.
+        PublishError::Published { .. } => (StatusCode::CONFLICT, "PUBLISHED_INVALID", None),
         PublishError::Store(store) => return store_error(store),
         _ => {
             tracing::error!(error = %e, "operator API: publishing failed");
