@@ -312,6 +312,17 @@ impl Error {
             | Error::Stalled { .. }
             | Error::ShortBody { .. }
             | Error::RangeRefused { .. } => true,
+            // Cut mid-handshake: a facade over its handshake budget for this address (many
+            // devices behind one NAT) closes the socket, as a flaky link does. A certificate
+            // refused either way (an alert, bad data) is not worth retrying.
+            Error::Handshake { source, .. } => matches!(
+                source.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::UnexpectedEof
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::TimedOut
+            ),
             Error::Status { status, .. } => *status == 408 || *status == 429 || *status >= 500,
             _ => false,
         }

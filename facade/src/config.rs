@@ -76,7 +76,8 @@
 //!                                    # against ca_file and its name against the URL's host)
 //! ca_file = "/etc/meshanics/postgres-ca.crt"
 //! resync_interval = "30s"            # full reload besides LISTEN/NOTIFY (a lost
-//!                                    # notification costs at most this)
+//!                                    # notification costs at most this; a database gone
+//!                                    # silent is noticed within this + 10 s)
 //!
 //! [[upstreams]]                      # upstreams approved in the file (labs, bootstrapping);
 //!                                    # operators connect registries with `meshctl registry add`

@@ -1,7 +1,7 @@
 //! `meshctl`: the operator's CLI.
 //!
 //! - `registry.rs`: the commands that talk to a running facade over its operator socket,
-//!   with the `meshanics-operator-api` client: `registry add|list|show|approve|remove`,
+//!   with the `meshanics-operator-api` client: `registry add|list|show|approve|unapprove|remove`,
 //!   `tags`, `import` (tag import: tags resolved to digests and written as pins). It lists
 //!   their exit codes.
 //! - `publish.rs`: `meshctl publish DIR`, a signed metadata folder sent to the facade, which
@@ -58,15 +58,15 @@ enum Command {
     /// Run the device's verification workflow on a metadata folder and print what a device
     /// would accept.
     Verify(verify::VerifyArgs),
-    /// Registry connections on the facade (add, list, show, approve, remove).
+    /// Registry connections on the facade (add, list, show, approve, unapprove, remove).
     #[command(subcommand)]
     Registry(registry::RegistryCommand),
     /// List a repository's tags through its connection, newest-likely-first.
     Tags(registry::TagsArgs),
     /// Resolve tags to the digests they point at now; write them as pins for `release`.
     Import(registry::ImportArgs),
-    /// The operator audit log: who connected, approved or removed which registry, or
-    /// published which metadata, when.
+    /// The operator audit log: who connected, approved, unapproved or removed which registry,
+    /// or published which metadata, when.
     Audit(registry::AuditArgs),
     /// Publish a signed metadata folder (`meshctl release` output) through the facade, which
     /// checks that devices would accept it before serving it.

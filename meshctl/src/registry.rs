@@ -61,6 +61,13 @@ pub(crate) enum RegistryCommand {
         /// The registry.
         host: String,
     },
+    /// Withdraw a registry's approval: its device traffic is refused at once (cached content
+    /// included; every replica within a second), its connection kept for browsing and a later
+    /// approve.
+    Unapprove {
+        /// The registry.
+        host: String,
+    },
     /// Remove a registry: the facade stops proxying it at once.
     Remove {
         /// The registry.
@@ -184,6 +191,14 @@ pub(crate) fn registry(command: &RegistryCommand, socket: &SocketArgs, out: &Out
                 RegistryCommand::Approve { host } => {
                     let view = client.approve(host).await.map_err(api)?;
                     out.result(&format!("approved {}\n", view.host), &json!(view));
+                    Ok(())
+                }
+                RegistryCommand::Unapprove { host } => {
+                    let view = client.unapprove(host).await.map_err(api)?;
+                    out.result(
+                        &format!("unapproved {}: no longer proxied\n", view.host),
+                        &json!(view),
+                    );
                     Ok(())
                 }
                 RegistryCommand::Remove { host } => {

@@ -100,6 +100,16 @@ impl OperatorClient {
         .await
     }
 
+    /// Withdraws a connection's approval (its device traffic is refused at once).
+    pub async fn unapprove(&self, host: &str) -> Result<ConnectionView, OperatorClientError> {
+        self.call(
+            Method::POST,
+            &format!("/v1/registries/{}/unapprove", encode(host)),
+            None::<&()>,
+        )
+        .await
+    }
+
     /// Removes a connection.
     pub async fn remove(&self, host: &str) -> Result<ConnectionView, OperatorClientError> {
         self.call(

@@ -21,6 +21,7 @@
 //! | `POST /v1/registries` | connect a registry ([`AddRegistry`]) |
 //! | `GET /v1/registries/{host}` | show one |
 //! | `POST /v1/registries/{host}/approve` | approve it for device traffic |
+//! | `POST /v1/registries/{host}/unapprove` | withdraw the approval (device traffic refused at once, cached content included) |
 //! | `DELETE /v1/registries/{host}` | remove it (proxying stops at once) |
 //! | `GET /v1/tags?repository=R&limit=N` | list tags, newest-likely-first ([`TagList`]) |
 //! | `POST /v1/import` | resolve tags to digests, one outcome each ([`ImportRequest`]) |

@@ -89,6 +89,21 @@ pub fn run_main(
     std::process::ExitCode::FAILURE
 }
 
+/// Polls `done` every 10 ms until it holds or `bound` passes; whether it held (for tests that
+/// check a change reaches a process within a bound).
+pub fn within(bound: std::time::Duration, mut done: impl FnMut() -> bool) -> bool {
+    let started = std::time::Instant::now();
+    loop {
+        if done() {
+            return true;
+        }
+        if started.elapsed() > bound {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
 /// Why a fixture could not be set up.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

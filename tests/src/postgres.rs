@@ -101,6 +101,16 @@ impl PostgresServer {
         format!("postgres://{USER}@127.0.0.1:{}/postgres", self.port)
     }
 
+    /// The lines of a facade's `[state]` table that keep its state in this server's database
+    /// (for [`crate::facade::FacadeOptions::state`]).
+    pub fn facade_state(&self) -> Vec<String> {
+        vec![
+            "backend = \"postgres\"".into(),
+            format!("url = \"{}\"", self.url()),
+            "sslmode = \"disable\"".into(),
+        ]
+    }
+
     /// Its port on 127.0.0.1.
     pub fn port(&self) -> u16 {
         self.port

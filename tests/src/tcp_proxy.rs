@@ -1,11 +1,12 @@
 //! A TCP proxy that interrupts transfers on purpose: it forwards bytes both ways, and on
 //! the connections it is told to, cuts (closes) or stalls (stops forwarding but keeps the
-//! socket open) after a number of bytes from the server. TLS passes through untouched, so a
-//! client sees exactly what a dropped or hung network gives it.
+//! socket open) after a number of bytes from the server, and all of them at once while frozen
+//! ([`TcpProxy::freeze`]). TLS passes through untouched, so a client sees exactly what a
+//! dropped or hung network gives it.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -26,6 +27,7 @@ pub struct TcpProxy {
     addr: SocketAddr,
     connections: Arc<AtomicUsize>,
     to_client: Arc<AtomicU64>,
+    frozen: Arc<AtomicBool>,
     task: JoinHandle<()>,
 }
 
@@ -41,14 +43,21 @@ impl TcpProxy {
         let counter = connections.clone();
         let to_client = Arc::new(AtomicU64::new(0));
         let bytes = to_client.clone();
+        let frozen = Arc::new(AtomicBool::new(false));
+        let freezer = frozen.clone();
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let n = counter.fetch_add(1, Ordering::SeqCst);
                 let fault = faults.get(n).copied();
                 let bytes = bytes.clone();
+                let frozen = freezer.clone();
                 tokio::spawn(async move {
+                    if frozen.load(Ordering::SeqCst) {
+                        // Never answered, never closed (the task holds the socket).
+                        std::future::pending::<()>().await;
+                    }
                     if let Ok(server) = TcpStream::connect(upstream).await {
-                        let _ = forward(client, server, fault, &bytes).await;
+                        let _ = forward(client, server, fault, &bytes, &frozen).await;
                     }
                 });
             }
@@ -57,6 +66,7 @@ impl TcpProxy {
             addr,
             connections,
             to_client,
+            frozen,
             task,
         })
     }
@@ -69,6 +79,14 @@ impl TcpProxy {
     /// Bytes forwarded from the server to clients, over all connections (TLS included).
     pub fn bytes_to_client(&self) -> u64 {
         self.to_client.load(Ordering::SeqCst)
+    }
+
+    /// Freezes (`true`) or thaws the network it stands for: while frozen, no byte is forwarded
+    /// either way and new connections are accepted but never answered, every socket kept open,
+    /// as on a partition that drops packets silently. A connection that had a byte held back
+    /// stays hung after a thaw (its peer must give up on it); new ones work again.
+    pub fn freeze(&self, frozen: bool) {
+        self.frozen.store(frozen, Ordering::SeqCst);
     }
 
     /// How many connections it accepted.
@@ -88,10 +106,25 @@ async fn forward(
     server: TcpStream,
     fault: Option<Fault>,
     counter: &AtomicU64,
+    frozen: &AtomicBool,
 ) -> std::io::Result<()> {
     let (mut client_read, mut client_write) = client.into_split();
     let (mut server_read, mut server_write) = server.into_split();
-    let upstream = tokio::io::copy(&mut client_read, &mut server_write);
+    let upstream = async {
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let n = client_read.read(&mut buf).await?;
+            if n == 0 {
+                return Ok::<_, std::io::Error>(());
+            }
+            if frozen.load(Ordering::SeqCst) {
+                std::future::pending::<()>().await;
+            }
+            server_write
+                .write_all(buf.get(..n).unwrap_or_default())
+                .await?;
+        }
+    };
     let downstream = async {
         let mut buf = vec![0u8; 16 * 1024];
         let mut sent = 0u64;
@@ -99,6 +132,9 @@ async fn forward(
             let n = server_read.read(&mut buf).await?;
             if n == 0 {
                 return Ok::<_, std::io::Error>(());
+            }
+            if frozen.load(Ordering::SeqCst) {
+                std::future::pending::<()>().await;
             }
             let (limit, stall) = match fault {
                 Some(Fault::CutAfter(limit)) => (limit, false),
@@ -122,7 +158,7 @@ async fn forward(
         }
     };
     tokio::select! {
-        r = upstream => r.map(|_| ()),
+        r = upstream => r,
         r = downstream => r,
     }
 }

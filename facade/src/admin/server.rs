@@ -135,6 +135,14 @@ async fn handle(state: &AdminState, actor: &Actor, req: Request<Incoming>) -> Re
             }
             store_reply(result)
         }
+        (&Method::POST, ["v1", "registries", host, "unapprove"]) => {
+            let (host, by) = (decode(host), actor.clone());
+            let result = write(state, move |store| store.unapprove_by(&host, &by)).await;
+            if let Ok(view) = &result {
+                tracing::info!(host = %view.host, %actor, "operator unapproved registry");
+            }
+            store_reply(result)
+        }
         (&Method::DELETE, ["v1", "registries", host]) => {
             let (host, by) = (decode(host), actor.clone());
             let result = write(state, move |store| store.remove_by(&host, &by)).await;

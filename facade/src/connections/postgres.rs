@@ -8,9 +8,11 @@
 //! (a device request never waits for the database) and reloads them all when another replica
 //! changes one (LISTEN/NOTIFY on [`CHANNEL`], within a second) and every `resync_interval`
 //! (a lost notification costs that much at most). While the database is unreachable a replica
-//! keeps serving the last state it loaded (`facade_state_stale` is 1, and a warning is
-//! logged), operator writes fail naming the database, and the first reload after it is back
-//! brings the replica up to date.
+//! keeps serving the last state it loaded, for as long as that lasts (`facade_state_stale` is
+//! 1, and a warning is logged: at once when the server closes the sessions, else when a reload
+//! or connect gets no answer in 10 s), operator writes fail naming the database,
+//! and the first reload after it is back brings the replica up to date. Pooled connections are
+//! checked before reuse, so one that died silently is replaced instead of hanging each call.
 //!
 //! The database work runs on a thread of its own (a small tokio runtime): the store's
 //! synchronous API waits for it with a timeout, from any thread or runtime.
@@ -117,7 +119,7 @@ impl std::fmt::Display for Actor {
 pub struct AuditEntry {
     /// Who (see [`Actor`]), and the name they gave, if any.
     pub operator: String,
-    /// What: `connect`, `approve`, `remove`, `publish`.
+    /// What: `connect`, `approve`, `unapprove`, `remove`, `publish`.
     pub action: &'static str,
     /// On what: the registry host, or what a publish published (`targets 7, timestamp 12`).
     pub subject: String,
@@ -128,11 +130,13 @@ pub struct AuditEntry {
 pub(super) enum Write {
     /// A new connection; fails if the host exists.
     Insert { host: String, record: String },
-    /// An approval: the record re-sealed, replacing `old` (fails if it changed meanwhile).
-    Approve {
+    /// An approval given (`approved`, recording who and when) or withdrawn (clearing them):
+    /// the record re-sealed, replacing `old` (fails if it changed meanwhile).
+    Approval {
         host: String,
         old: String,
         record: String,
+        approved: bool,
     },
     /// A removal.
     Delete { host: String },
@@ -189,7 +193,9 @@ impl Database {
             connect.config,
             connect.tls,
             ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
+                // A pooled connection is checked with a round trip before reuse (bounded by
+                // the recycle timeout), so one that died silently is replaced, not reused.
+                recycling_method: RecyclingMethod::Verified,
             },
         );
         let pool = Pool::builder(manager)
@@ -311,10 +317,18 @@ impl Database {
                     .await,
                     host,
                 ),
-                Write::Approve { host, old, record } => (
+                Write::Approval {
+                    host,
+                    old,
+                    record,
+                    approved,
+                } => (
                     tx.execute(
-                        "UPDATE meshanics_connections SET record = $3, approved_by = $4, approved_at = now(), updated_at = now() WHERE host = $1 AND record = $2",
-                        &[host, old, record, &audit.operator],
+                        "UPDATE meshanics_connections SET record = $3, \
+                         approved_by = CASE WHEN $5::boolean THEN $4::text END, \
+                         approved_at = CASE WHEN $5::boolean THEN now() END, \
+                         updated_at = now() WHERE host = $1 AND record = $2",
+                        &[host, old, record, &audit.operator, approved],
                     )
                     .await,
                     host,
@@ -398,11 +412,12 @@ impl Listener {
     /// One connection's life: LISTEN, reload, then reload on each notification and tick.
     /// Returns when the store is gone (`Ok`) or the connection failed.
     async fn listen(&self, store: &Weak<Store>) -> Result<(), String> {
-        let (client, mut connection) = self
-            .connect
-            .config
-            .connect(self.connect.tls.clone())
+        // The client's connect timeout bounds the TCP connect alone: a server that accepts
+        // and then says nothing must not hold the listener either.
+        let connecting = self.connect.config.connect(self.connect.tls.clone());
+        let (client, mut connection) = tokio::time::timeout(CALL_TIMEOUT, connecting)
             .await
+            .map_err(|_| format!("no answer to a connect in {} s", CALL_TIMEOUT.as_secs()))?
             .map_err(|e| e.to_string())?;
         let (notify, mut notified) = tokio::sync::mpsc::unbounded_channel::<()>();
         let (closed_tx, mut closed) = tokio::sync::oneshot::channel::<String>();
@@ -442,14 +457,21 @@ impl Listener {
         loop {
             // Reload first: at start, after a reconnect (changes made meanwhile), then on
             // each notification or tick.
-            let rows = load(&self.pool).await?;
+            // Bounded: a database host gone without closing its connections (a partition, a
+            // powered-off host) would otherwise hold the reload, and hide the outage, until TCP
+            // gives up minutes later.
+            let rows = tokio::time::timeout(CALL_TIMEOUT, load(&self.pool))
+                .await
+                .map_err(|_| format!("no answer to a reload in {} s", CALL_TIMEOUT.as_secs()))??;
             let Some(strong) = store.upgrade() else {
                 return Ok(());
             };
             strong.apply(rows);
             let known = strong.published_digests();
             drop(strong);
-            let published = metadata::load(&self.pool, &known).await?;
+            let published = tokio::time::timeout(CALL_TIMEOUT, metadata::load(&self.pool, &known))
+                .await
+                .map_err(|_| format!("no answer to a reload in {} s", CALL_TIMEOUT.as_secs()))??;
             let Some(strong) = store.upgrade() else {
                 return Ok(());
             };

@@ -364,10 +364,37 @@ impl Store {
         registry: &str,
         actor: &Actor,
     ) -> Result<ConnectionView, ConnectionError> {
+        self.set_approval(registry, true, actor)
+    }
+
+    /// Withdraws a connection's approval: the facade refuses its device traffic at once,
+    /// cached content included (every replica on the same database within a second), while
+    /// its record and credentials stay for the operator to browse or approve again.
+    pub fn unapprove(&self, registry: &str) -> Result<ConnectionView, ConnectionError> {
+        self.unapprove_by(registry, &Actor::default())
+    }
+
+    /// [`Store::unapprove`], audited as done by `actor`.
+    pub fn unapprove_by(
+        &self,
+        registry: &str,
+        actor: &Actor,
+    ) -> Result<ConnectionView, ConnectionError> {
+        self.set_approval(registry, false, actor)
+    }
+
+    /// Sets a connection's approval (re-sealing its record, whose approval is authenticated),
+    /// audited as `approve` or `unapprove` by `actor`.
+    fn set_approval(
+        &self,
+        registry: &str,
+        approved: bool,
+        actor: &Actor,
+    ) -> Result<ConnectionView, ConnectionError> {
         let registry = pasted::registry(registry)?;
         let audit = AuditEntry {
             operator: actor.to_string(),
-            action: "approve",
+            action: if approved { "approve" } else { "unapprove" },
             subject: registry.as_str().to_owned(),
         };
         if let Some(database) = &self.database {
@@ -377,12 +404,13 @@ impl Store {
                 (entry.record.clone(), entry.credentials.clone())
             };
             let mut updated = old.clone();
-            updated.approved = true;
+            updated.approved = approved;
             self.seal(&mut updated, &credentials)?;
-            let change = Write::Approve {
+            let change = Write::Approval {
                 host: registry.as_str().to_owned(),
                 old: record_json(&old)?,
                 record: record_json(&updated)?,
+                approved,
             };
             if !database.write(change, audit)? {
                 return Err(not_found(&registry));
@@ -400,7 +428,7 @@ impl Store {
             .get_mut(&registry)
             .ok_or_else(|| not_found(&registry))?;
         let mut updated = entry.record.clone();
-        updated.approved = true;
+        updated.approved = approved;
         self.seal(&mut updated, &entry.credentials)?;
         self.write(&registry, &updated)?;
         self.audit_file(&audit)?;

@@ -162,6 +162,52 @@ fn removing_a_connection_stops_proxying_at_once() {
 }
 
 #[test]
+fn unapproving_a_connection_stops_proxying_at_once_keeps_it_and_survives_a_restart() {
+    let state = tempfile::tempdir().unwrap();
+    let store = Store::open(state.path(), key()).unwrap();
+    let registry = Registry::parse("ghcr.io").unwrap();
+    store.add(static_conn("ghcr.io"), at(T0)).unwrap();
+    assert!(store.approved(&registry).unwrap().is_some());
+
+    let operator = Actor {
+        uid: Some(1000),
+        pid: Some(7),
+    };
+    let view = store.unapprove_by("ghcr.io", &operator).unwrap();
+    assert!(!view.approved);
+    assert!(store.approved(&registry).unwrap().is_none());
+    assert!(
+        store.connection(&registry).unwrap().is_some(),
+        "the connection stays, for browsing and a later approve"
+    );
+    // The withdrawn approval is on disk, authenticated: a restart does not bring it back.
+    let reopened = Store::open(state.path(), key()).unwrap();
+    assert!(reopened.approved(&registry).unwrap().is_none());
+    assert!(!reopened.show("ghcr.io").unwrap().approved);
+
+    reopened.approve("ghcr.io").unwrap();
+    assert!(reopened.approved(&registry).unwrap().is_some());
+    assert!(matches!(
+        reopened.unapprove("quay.io"),
+        Err(ConnectionError::NotFound { .. })
+    ));
+    let actions: Vec<(String, String)> = reopened
+        .audit(10)
+        .unwrap()
+        .into_iter()
+        .map(|entry| (entry.action, entry.operator))
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            ("connect".to_owned(), "alice (the facade itself)".to_owned()),
+            ("unapprove".to_owned(), "uid 1000 pid 7".to_owned()),
+            ("approve".to_owned(), "the facade itself".to_owned()),
+        ]
+    );
+}
+
+#[test]
 fn survives_a_restart_with_credentials_intact() {
     let state = stored(static_conn("ghcr.io"));
     let store = Store::open(state.path(), key()).unwrap();

@@ -14,7 +14,7 @@
 )]
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use meshanics_facade::config::PostgresConfig;
 use meshanics_facade::connections::postgres::{MIGRATIONS, migrate};
@@ -27,9 +27,11 @@ use meshanics_shared::Registry;
 use meshanics_shared::devpki::DevCa;
 use meshanics_tests::facade::{FacadeFixture, FacadeOptions, device_path};
 use meshanics_tests::oci_layout::SampleImage;
-use meshanics_tests::postgres::PostgresServer;
+use meshanics_tests::postgres::{PostgresServer, USER};
 use meshanics_tests::registry::{Options, RegistryServer};
 use meshanics_tests::skopeo;
+use meshanics_tests::tcp_proxy::TcpProxy;
+use meshanics_tests::within;
 
 /// The bound the issue sets for a change to reach every replica.
 pub(crate) const PROPAGATION_BOUND: Duration = Duration::from_secs(1);
@@ -63,20 +65,6 @@ fn operator() -> Actor {
     Actor {
         uid: Some(1000),
         pid: Some(4242),
-    }
-}
-
-/// Polls `done` until it holds or `bound` passes; whether it held.
-pub(crate) fn within(bound: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let started = Instant::now();
-    loop {
-        if done() {
-            return true;
-        }
-        if started.elapsed() > bound {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
@@ -288,6 +276,62 @@ fn with_the_database_down_replicas_keep_serving_and_writes_fail_naming_it_then_c
 }
 
 #[test]
+fn a_replica_whose_database_goes_silent_says_its_state_is_stale_keeps_serving_and_catches_up_once_it_answers()
+ {
+    let server = PostgresServer::start().expect("postgres starts");
+    // A's way to the database: a network that can drop every packet without closing a socket.
+    let network = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let upstream = std::net::SocketAddr::from(([127, 0, 0, 1], server.port()));
+    let link = network
+        .block_on(TcpProxy::start(upstream, Vec::new()))
+        .unwrap();
+    let through_link = PostgresConfig {
+        url: format!("postgres://{USER}@{}/postgres", link.addr()),
+        resync_interval: Duration::from_secs(1),
+        ..settings(&server)
+    };
+    let (state_a, state_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let key = MasterKey::from_bytes(&[9u8; 32]).unwrap();
+    let a = Store::open_postgres(state_a.path(), &through_link, key).unwrap();
+    let b = replica(&server, &state_b);
+    let kept = Registry::parse("kept.lan").unwrap();
+    a.add(anonymous("kept.lan"), SystemTime::now()).unwrap();
+    a.approve("kept.lan").unwrap();
+    assert!(within(PROPAGATION_BOUND, || served(&b, &kept)));
+
+    link.freeze(true);
+    assert!(
+        within(Duration::from_secs(60), || a.stale()),
+        "a replica whose database stopped answering says its state is stale"
+    );
+    assert!(
+        !b.stale(),
+        "a replica that reaches the database is not stale"
+    );
+    // Meanwhile B's operator unapproves the registry: A, cut off, serves what it last loaded.
+    b.unapprove("kept.lan").unwrap();
+    assert!(!served(&b, &kept));
+    assert!(
+        served(&a, &kept),
+        "the cut-off replica serves its last state"
+    );
+
+    link.freeze(false);
+    assert!(
+        within(Duration::from_secs(60), || !a.stale()),
+        "it reloads once the database answers again"
+    );
+    assert!(
+        !served(&a, &kept),
+        "the reload brought the unapproval made while it was cut off"
+    );
+}
+
+#[test]
 fn a_replica_reaches_the_database_over_tls_checked_against_its_ca_and_refuses_another() {
     let mut ca = DevCa::new("database CA").unwrap();
     let server_cert = ca.issue_server(&["127.0.0.1"]).unwrap();
@@ -353,11 +397,7 @@ impl Cluster {
         let options = FacadeOptions {
             connections: true,
             master_key_hex: Some(MasterKey::generate_hex().unwrap()),
-            state: vec![
-                "backend = \"postgres\"".into(),
-                format!("url = \"{}\"", database.url()),
-                "sslmode = \"disable\"".into(),
-            ],
+            state: database.facade_state(),
             ..FacadeOptions::default()
         };
         let a = FacadeFixture::start(&options).expect("replica A starts");
@@ -404,6 +444,25 @@ impl Cluster {
         Ok(())
     }
 
+    /// Approves (`true`) or unapproves the registry through `facade`'s operator API.
+    fn set_approval(
+        &self,
+        facade: &FacadeFixture,
+        approved: bool,
+    ) -> Result<(), OperatorClientError> {
+        let operator = OperatorClient::new(facade.admin_socket().unwrap());
+        let host = self.registry.host();
+        let view = facade.block_on(async {
+            if approved {
+                operator.approve(&host).await
+            } else {
+                operator.unapprove(&host).await
+            }
+        })?;
+        assert_eq!(view.approved, approved);
+        Ok(())
+    }
+
     fn remove(&self, facade: &FacadeFixture) -> Result<(), OperatorClientError> {
         let operator = OperatorClient::new(facade.admin_socket().unwrap());
         facade.block_on(operator.remove(&self.registry.host()))?;
@@ -434,6 +493,54 @@ fn two_facades_on_one_database_serve_what_either_operator_connected_and_stop_wha
     let audit = a.block_on(operator.audit(10)).unwrap();
     let actions: Vec<&str> = audit.iter().map(|e| e.action.as_str()).collect();
     assert_eq!(actions, ["connect", "approve", "remove"]);
+}
+
+#[test]
+fn a_registry_unapproved_on_one_facade_is_refused_by_the_other_cached_content_included_and_served_again_once_approved()
+ {
+    let database = PostgresServer::start().expect("postgres starts");
+    let cluster = Cluster::start(&database);
+    let (a, b) = (&cluster.a, &cluster.b);
+    cluster.connect(b).expect("connected and approved on B");
+    assert!(
+        within(PROPAGATION_BOUND, || cluster.status(a) == 200),
+        "A serves the registry B's operator connected"
+    );
+    // Served twice by A: the second from its cache.
+    assert_eq!(cluster.status(a), 200);
+
+    cluster.set_approval(b, false).expect("unapproved on B");
+    assert_eq!(cluster.status(b), 404, "B refuses it at once");
+    assert!(
+        within(PROPAGATION_BOUND, || cluster.status(a) == 404),
+        "A refuses the registry B's operator unapproved, cached content included"
+    );
+    let operator = OperatorClient::new(a.admin_socket().unwrap());
+    let view = a.block_on(operator.show(&cluster.registry.host())).unwrap();
+    assert!(!view.approved, "the connection stays, unapproved");
+    let approvals = query(
+        &database,
+        "SELECT coalesce(approved_by, 'none') FROM meshanics_connections",
+    );
+    assert_eq!(
+        approvals[0][0], "none",
+        "an unapproved row names no approver"
+    );
+
+    cluster.set_approval(a, true).expect("approved again on A");
+    assert!(
+        within(PROPAGATION_BOUND, || cluster.status(b) == 200),
+        "B serves it again once A's operator approved it"
+    );
+    assert_eq!(cluster.status(a), 200);
+    let audit = a.block_on(operator.audit(10)).unwrap();
+    let actions: Vec<&str> = audit.iter().map(|e| e.action.as_str()).collect();
+    assert_eq!(actions, ["connect", "approve", "unapprove", "approve"]);
+    let approvals = query(
+        &database,
+        "SELECT coalesce(approved_by, 'none') FROM meshanics_connections",
+    );
+    assert_ne!(approvals[0][0], "none", "who approved it last is recorded");
 }
 
 #[test]

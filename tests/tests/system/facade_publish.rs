@@ -28,7 +28,9 @@ use meshanics_tests::postgres::PostgresServer;
 use meshanics_tests::registry::{Options, RegistryServer};
 use meshanics_tests::skopeo;
 
-use crate::facade_cluster::{PROPAGATION_BOUND, connect, within};
+use meshanics_tests::within;
+
+use crate::facade_cluster::{PROPAGATION_BOUND, connect};
 
 const REPOSITORY: &str = "team/app";
 

@@ -27,6 +27,9 @@ enum Behaviour {
     /// Serves the blob from where it is asked, but closes the connection after this many
     /// bytes of it (a replica killed mid-download).
     CutsAfter(usize),
+    /// Closes this many connections before the TLS handshake (a facade over its handshake
+    /// budget for the device's address), then serves.
+    DropsFirst(usize),
 }
 
 /// The test's PKI: the CA the client trusts, and another one it does not.
@@ -109,7 +112,16 @@ impl Pki {
         let requests = Arc::new(Mutex::new(Vec::new()));
         let log = requests.clone();
         let task = tokio::spawn(async move {
+            let mut to_drop = match behaviour {
+                Behaviour::DropsFirst(n) => n,
+                _ => 0,
+            };
             while let Ok((tcp, _)) = listener.accept().await {
+                if to_drop > 0 {
+                    to_drop -= 1;
+                    drop(tcp);
+                    continue;
+                }
                 let acceptor = acceptor.clone();
                 let log = log.clone();
                 let blob = blob.clone();
@@ -296,6 +308,19 @@ async fn a_device_every_replica_refuses_at_the_handshake_gives_up_after_one_roun
     };
     assert_eq!(*attempts, 2, "one handshake per replica, no retries");
     assert!(matches!(**last, Error::Handshake { .. }), "{last}");
+}
+
+#[tokio::test]
+async fn a_handshake_cut_by_the_facade_is_retried_on_the_same_replica() {
+    // The facade closes a connection before the handshake when the device's address is over
+    // its handshake budget (many devices behind one NAT): a reason to wait and try again,
+    // unlike a certificate the device does not trust.
+    let mut pki = Pki::new();
+    let busy = pki.replica(Behaviour::DropsFirst(2), no_blob(), true).await;
+    let client = pki.client(&[&busy.url], 5);
+    let meta = client.fetch_meta("timestamp.cose", 1024).await.unwrap();
+    assert_eq!(meta.as_deref(), Some(META));
+    assert_eq!(busy.requests(), ["/meta/timestamp.cose"]);
 }
 
 #[tokio::test]
