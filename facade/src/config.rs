@@ -7,7 +7,11 @@
 //! listen = "0.0.0.0:5443"            # the device port (mutual TLS)
 //! operator_listen = "127.0.0.1:9464" # /healthz and /metrics, plain HTTP, not for devices
 //! state_dir = "/var/lib/meshanics-facade"
-//! metadata_dir = "/var/lib/meshanics-facade/metadata"   # served as /meta/<file>
+//! metadata_dir = "/var/lib/meshanics-facade/metadata"   # served as /meta/<file>; where
+//!                                    # `meshctl publish` stores (files backend; without it,
+//!                                    # publishing is refused naming this key). Not read with
+//!                                    # [state] backend = "postgres": the metadata is in the
+//!                                    # database (a warning at start says so)
 //!
 //! [tls]                              # the device listener; re-read on SIGHUP and when one
 //!                                    # of these files changes (see below)
@@ -59,8 +63,9 @@
 //! ecr_api_endpoint = "https://api.ecr.eu-west-1.amazonaws.com/"
 //! token_margin = "5m"                # refresh cloud tokens min(this, 10 % of lifetime) early
 //!
-//! [state]                            # where connections, approvals and the operator audit
-//!                                    # log live (optional; default: files in state_dir)
+//! [state]                            # where connections, approvals, the published metadata
+//!                                    # and the operator audit log live (optional; default:
+//!                                    # files in state_dir and metadata_dir)
 //! backend = "postgres"               # "files" (default) or "postgres" (a facade cluster:
 //!                                    # every replica on one database sees every change)
 //! url = "postgres://facade@db.lan:5432/meshanics"   # no password here: it is refused

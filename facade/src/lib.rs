@@ -36,6 +36,8 @@
 //! - [`admin`]: the operator API's server on a Unix socket. The API's bodies, the
 //!   [`Browser`](meshanics_operator_api::Browser) seam and the client live in the
 //!   `meshanics-operator-api` crate, shared with `meshctl`.
+//! - [`publish`]: the signed metadata served under `/meta/`, published through the operator
+//!   API after a check that devices would accept it.
 //! - [`connections`]: the registries operators connected, with credentials [`seal`]ed at
 //!   rest under the operator's master key; [`connections::pasted`] reduces what an operator
 //!   pastes (a host, a reference, a registry's web page) to the registry it is keyed by.
@@ -69,6 +71,7 @@ pub mod metrics;
 pub mod metrics_listener;
 pub mod providers;
 pub mod proxy;
+pub mod publish;
 pub mod registry_client;
 pub mod respond;
 pub mod routes;
@@ -80,4 +83,4 @@ pub mod tags;
 pub use approval::{ApprovedUpstreams, ConfiguredUpstreams};
 pub use config::{Config, ConfigError};
 pub use error::Error;
-pub use server::{Running, StartError, start};
+pub use server::{Running, StartError, start, start_with};

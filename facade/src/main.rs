@@ -13,6 +13,7 @@ use clap::Parser;
 use meshanics_facade::admin::{self, AdminState};
 use meshanics_facade::cloud::ecr::AwsCredentials;
 use meshanics_facade::connections::{ADMIN_SOCKET, Connections};
+use meshanics_facade::publish::Metadata;
 use meshanics_facade::seal::MasterKey;
 use meshanics_facade::{ApprovedUpstreams, Config, ConfiguredUpstreams};
 use meshanics_shared::notify::Notifier;
@@ -119,6 +120,11 @@ fn run(
         let mut terminate = signal(SignalKind::terminate()).context("watching SIGTERM")?;
         let mut interrupt = signal(SignalKind::interrupt()).context("watching SIGINT")?;
         let (stop_admin, admin_stopped) = tokio::sync::watch::channel(false);
+        // What `/meta/` serves and the operator API publishes into (one and the same).
+        let metadata = Arc::new(Metadata::new(
+            &config,
+            connections.as_ref().map(|c| c.store.clone()),
+        ));
         // The operator API's task is kept, so its connections drain before the runtime ends.
         let (upstreams, admin_task): (Arc<dyn ApprovedUpstreams>, _) = match &connections {
             Some(connections) => {
@@ -128,6 +134,7 @@ fn run(
                 let state = Arc::new(AdminState {
                     store: connections.store.clone(),
                     browser: connections.browser.clone(),
+                    metadata: metadata.clone(),
                 });
                 let mut stopped = admin_stopped.clone();
                 let task = tokio::spawn(admin::serve(listener, state, async move {
@@ -138,7 +145,7 @@ fn run(
             }
             None => (configured, None),
         };
-        let running = meshanics_facade::start(&config, upstreams).await?;
+        let running = meshanics_facade::start_with(&config, upstreams, metadata).await?;
         notifier.ready("serving");
         tokio::select! {
             _ = terminate.recv() => tracing::info!("SIGTERM: shutting down"),

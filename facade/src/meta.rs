@@ -1,7 +1,8 @@
-//! `GET /meta/<file>`: the signed update metadata files, served read-only from one folder.
+//! `GET /meta/<file>`: the signed update metadata files, served read-only from one folder
+//! (the files backend) or from memory (the PostgreSQL backend, see [`crate::publish`]).
 //!
 //! The name was already reduced to a published metadata file name (`N.root.cose`,
-//! `N.targets.cose`, `timestamp.cose`) by [`MetaName`]; here the file must
+//! `N.targets.cose`, `timestamp.cose`) by [`MetaName`]; here a file of the folder must
 //! also be a regular file (not a symlink, not a folder) no larger than the cap, and the file
 //! that is opened must be the one that was checked. There is no listing.
 
@@ -17,12 +18,14 @@ use tokio_util::io::ReaderStream;
 
 use crate::body::{Body, BodyError};
 use crate::error::Error;
+use crate::publish::Metadata;
 use crate::respond;
 use crate::routes::MetaName;
 
-/// Serves `name` from `dir` (no folder configured: nothing is found).
+/// Serves `name` from the published `metadata` (no folder configured and nothing in memory:
+/// nothing is found).
 pub async fn serve(
-    dir: Option<&Path>,
+    metadata: &Metadata,
     name: &MetaName,
     method: &Method,
     limit: u64,
@@ -30,7 +33,22 @@ pub async fn serve(
     let not_found = || Error::MetaNotFound {
         name: name.as_str().to_owned(),
     };
-    let dir = dir.ok_or_else(not_found)?;
+    if let Some(file) = metadata.in_memory(name) {
+        let bytes = file.ok_or_else(not_found)?;
+        let size = u64::try_from(bytes.len()).unwrap_or(u64::MAX);
+        return Ok(answer(size, method, || respond::full(bytes)));
+    }
+    serve_file(metadata.dir(), name, method, limit, not_found).await
+}
+
+async fn serve_file(
+    dir: Option<&Path>,
+    name: &MetaName,
+    method: &Method,
+    limit: u64,
+    not_found: impl Fn() -> Error,
+) -> Result<Response<Body>, Error> {
+    let dir = dir.ok_or_else(&not_found)?;
     let path = dir.join(name.as_str());
     let checked = tokio::fs::symlink_metadata(&path)
         .await
@@ -52,9 +70,7 @@ pub async fn serve(
     if size > limit {
         return Err(Error::MetaTooLarge { path, size, limit });
     }
-    let body = if method == Method::HEAD {
-        respond::full(Bytes::new())
-    } else {
+    Ok(answer(size, method, move || {
         // `take` keeps a file that grows while it is read within the announced length.
         let stream = ReaderStream::new(file.take(size));
         let frames = futures_util::StreamExt::map(stream, |chunk| {
@@ -63,6 +79,15 @@ pub async fn serve(
                 .map_err(|e| -> BodyError { Box::new(e) })
         });
         StreamBody::new(frames).boxed_unsync()
+    }))
+}
+
+/// The answer for a file of `size` bytes whose body `body` makes (not called for a HEAD).
+fn answer(size: u64, method: &Method, body: impl FnOnce() -> Body) -> Response<Body> {
+    let body = if method == Method::HEAD {
+        respond::full(Bytes::new())
+    } else {
+        body()
     };
     let mut response = Response::new(body);
     let headers = response.headers_mut();
@@ -71,7 +96,7 @@ pub async fn serve(
         HeaderValue::from_static("application/octet-stream"),
     );
     headers.insert(CONTENT_LENGTH, HeaderValue::from(size));
-    Ok(response)
+    response
 }
 
 #[cfg(test)]
@@ -80,7 +105,12 @@ mod tests {
 
     async fn get(dir: &Path, name: &str) -> Result<Vec<u8>, Error> {
         let name = MetaName::parse(name).unwrap();
-        let response = serve(Some(dir), &name, &Method::GET, 1024).await?;
+        let response = serve_file(Some(dir), &name, &Method::GET, 1024, || {
+            Error::MetaNotFound {
+                name: name.as_str().to_owned(),
+            }
+        })
+        .await?;
         Ok(response
             .into_body()
             .collect()
@@ -121,8 +151,9 @@ mod tests {
     #[tokio::test]
     async fn serves_nothing_without_a_metadata_folder() {
         let name = MetaName::parse("1.root.cose").unwrap();
+        let not_found = || Error::MetaNotFound { name: "x".into() };
         assert!(matches!(
-            serve(None, &name, &Method::GET, 1024).await,
+            serve_file(None, &name, &Method::GET, 1024, not_found).await,
             Err(Error::MetaNotFound { .. })
         ));
     }

@@ -26,6 +26,7 @@ use crate::config::Config;
 use crate::device_tls::{CHANGE_CHECK, DeviceTls};
 use crate::metrics::Metrics;
 use crate::metrics_listener;
+use crate::publish::Metadata;
 use crate::service::Shared;
 
 mod connection;
@@ -70,10 +71,20 @@ pub enum StartError {
 }
 
 /// Binds the listeners and starts serving on the current tokio runtime; from then on, SIGHUP
-/// reloads the device TLS files.
+/// reloads the device TLS files. `/meta/` serves `metadata_dir` ([`start_with`] serves what
+/// the operator API publishes).
 pub async fn start(
     config: &Config,
     upstreams: Arc<dyn ApprovedUpstreams>,
+) -> Result<Running, StartError> {
+    start_with(config, upstreams, Arc::new(Metadata::folder(config))).await
+}
+
+/// [`start`], with `/meta/` serving `metadata` (the one the operator API publishes into).
+pub async fn start_with(
+    config: &Config,
+    upstreams: Arc<dyn ApprovedUpstreams>,
+    metadata: Arc<Metadata>,
 ) -> Result<Running, StartError> {
     // Before anything runs: a SIGHUP must never meet the default action (the end of the
     // process).
@@ -122,7 +133,7 @@ pub async fn start(
         cache,
         upstreams,
         metrics: metrics.clone(),
-        metadata_dir: config.metadata_dir.clone(),
+        metadata,
         limits: config.limits.clone(),
         budgets: Budgets::new(&config.limits, metrics.clone()),
     });

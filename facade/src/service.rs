@@ -1,7 +1,6 @@
 //! The device-facing request handler: route, serve, count, log. Errors become responses
 //! through [`crate::respond`] only.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -16,6 +15,7 @@ use crate::config::Limits;
 use crate::error::Error;
 use crate::identity::DeviceIdentity;
 use crate::metrics::{Metrics, Work};
+use crate::publish::Metadata;
 use crate::routes::{self, Route};
 use crate::{meta, proxy, respond};
 
@@ -26,8 +26,8 @@ pub struct Shared {
     pub upstreams: Arc<dyn ApprovedUpstreams>,
     /// The metrics.
     pub metrics: Arc<Metrics>,
-    /// The metadata folder, if any.
-    pub metadata_dir: Option<PathBuf>,
+    /// The published metadata `/meta/` serves.
+    pub metadata: Arc<Metadata>,
     /// Limits.
     pub limits: Limits,
     /// The device listener's budgets (of `limits`).
@@ -58,7 +58,7 @@ pub async fn handle<B>(
         }
         Ok(Route::Meta(name)) => {
             meta::serve(
-                shared.metadata_dir.as_deref(),
+                &shared.metadata,
                 &name,
                 &method,
                 shared.limits.max_meta_bytes,

@@ -4,6 +4,8 @@
 //!   with the `meshanics-operator-api` client: `registry add|list|show|approve|unapprove|remove`,
 //!   `tags`, `import` (tag import: tags resolved to digests and written as pins). It lists
 //!   their exit codes.
+//! - `publish.rs`: `meshctl publish DIR`, a signed metadata folder sent to the facade, which
+//!   checks it against what it serves before storing it.
 //! - `signing.rs` and `signing/`: the offline signing of the update metadata (see
 //!   docs/metadata.md): `key generate`, `root init`, `root rotate`, `release`,
 //!   `timestamp refresh`, and `verify`, which runs the device's verification workflow on a
@@ -14,6 +16,7 @@
 
 mod durations;
 mod output;
+mod publish;
 mod registry;
 mod signing;
 
@@ -63,8 +66,11 @@ enum Command {
     /// Resolve tags to the digests they point at now; write them as pins for `release`.
     Import(registry::ImportArgs),
     /// The operator audit log: who connected, approved, unapproved or removed which registry,
-    /// when.
+    /// or published which metadata, when.
     Audit(registry::AuditArgs),
+    /// Publish a signed metadata folder (`meshctl release` output) through the facade, which
+    /// checks that devices would accept it before serving it.
+    Publish(publish::PublishArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -100,6 +106,7 @@ fn main() -> ExitCode {
         Command::Tags(args) => return registry::tags(&args, &cli.socket, &out),
         Command::Import(args) => return registry::import(&args, &cli.socket, &out),
         Command::Audit(args) => return registry::audit(&args, &cli.socket, &out),
+        Command::Publish(args) => return publish::publish(&args, &cli.socket, &out),
         Command::Key(KeyCommand::Generate { out: path }) => keys::generate(&path, &out),
         Command::Root(RootCommand::Init(args)) => root::init(&args, &out),
         Command::Root(RootCommand::Rotate(args)) => root::rotate(&args, &out),

@@ -23,7 +23,7 @@ use crate::output::{Output, escape};
 pub(crate) const DEFAULT_SOCKET: &str = "/var/lib/meshanics-facade/admin.sock";
 
 /// sysexits(3) codes used here.
-const EX_CONFIG: u8 = 64;
+pub(crate) const EX_CONFIG: u8 = 64;
 const EX_UNAVAILABLE: u8 = 69;
 
 /// How to reach the facade.
@@ -32,6 +32,13 @@ pub(crate) struct SocketArgs {
     /// The facade's operator socket.
     #[arg(long, global = true, env = "MESHANICS_SOCKET", default_value = DEFAULT_SOCKET)]
     socket: PathBuf,
+}
+
+impl SocketArgs {
+    /// The operator socket's path.
+    pub(crate) fn path(&self) -> &Path {
+        &self.socket
+    }
 }
 
 /// `meshctl registry`.
@@ -450,9 +457,9 @@ fn describe(view: &ConnectionView) -> String {
     )
 }
 
-type Failure = (u8, anyhow::Error);
+pub(crate) type Failure = (u8, anyhow::Error);
 
-fn api(e: OperatorClientError) -> Failure {
+pub(crate) fn api(e: OperatorClientError) -> Failure {
     let code = match &e {
         OperatorClientError::Connect { .. } => EX_UNAVAILABLE,
         _ => 1,
@@ -460,7 +467,7 @@ fn api(e: OperatorClientError) -> Failure {
     (code, anyhow::Error::new(e))
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -472,7 +479,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
         })
 }
 
-fn finish(result: Result<(), Failure>, out: &Output) -> ExitCode {
+pub(crate) fn finish(result: Result<(), Failure>, out: &Output) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err((code, error)) => {

@@ -12,7 +12,10 @@ use tokio::net::UnixStream;
 
 use crate::connection::ConnectionView;
 use crate::percent::encode;
-use crate::wire::{AddRegistry, AuditRecord, ErrorBody, ImportRequest, ImportResponse, TagList};
+use crate::wire::{
+    AddRegistry, AuditRecord, ErrorBody, ImportRequest, ImportResponse, PublishRequest,
+    PublishResponse, TagList,
+};
 
 /// The largest answer read (a 10,000-tag list is well under this).
 const MAX_RESPONSE: usize = 64 * 1024 * 1024;
@@ -151,6 +154,14 @@ impl OperatorClient {
             Some(&ImportRequest { references }),
         )
         .await
+    }
+
+    /// Publishes signed metadata files; the answer says what the facade serves now.
+    pub async fn publish(
+        &self,
+        request: &PublishRequest,
+    ) -> Result<PublishResponse, OperatorClientError> {
+        self.call(Method::POST, "/v1/metadata", Some(request)).await
     }
 
     async fn call<B: Serialize, T: DeserializeOwned>(

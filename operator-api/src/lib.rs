@@ -7,7 +7,7 @@
 //! to agree on a body.
 //!
 //! - [`wire`]: the request and response bodies ([`AddRegistry`], [`TagList`],
-//!   [`ImportRequest`], [`ImportResponse`], the error body).
+//!   [`ImportRequest`], [`ImportResponse`], [`PublishRequest`], the error body).
 //! - [`connection`]: what the API shows of a connection ([`ConnectionView`], never a secret)
 //!   and its [`ProviderKind`].
 //! - [`browse`]: the [`Browser`] seam behind `tags` and `import` (the facade implements it
@@ -25,6 +25,7 @@
 //! | `DELETE /v1/registries/{host}` | remove it (proxying stops at once) |
 //! | `GET /v1/tags?repository=R&limit=N` | list tags, newest-likely-first ([`TagList`]) |
 //! | `POST /v1/import` | resolve tags to digests, one outcome each ([`ImportRequest`]) |
+//! | `POST /v1/metadata` | publish signed metadata, checked against what is published ([`PublishRequest`], [`PublishResponse`]); 409 or 422 naming the file when refused, 413 past the caps |
 //!
 //! `{host}` is percent-encoded (`localhost%3A5000`).
 
@@ -38,6 +39,6 @@ pub use browse::{BrowseError, Browser, Resolved};
 pub use client::{OperatorClient, OperatorClientError};
 pub use connection::{ConnectionView, ProviderKind};
 pub use wire::{
-    AddRegistry, AuditRecord, ClipReason, ErrorBody, ErrorEntry, ImportRequest, ImportResponse,
-    ImportResult, Outcome, TagList,
+    AddRegistry, AuditRecord, ClipReason, ErrorBody, ErrorEntry, FileBytes, ImportRequest,
+    ImportResponse, ImportResult, Outcome, PublishRequest, PublishResponse, TagList,
 };

@@ -1,6 +1,7 @@
 //! The operator API's request and response bodies (shared by the facade's admin server and
 //! `meshctl`).
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -262,4 +263,83 @@ pub struct AuditRecord {
     pub action: String,
     /// On what: the registry host.
     pub subject: String,
+}
+
+/// `POST /v1/metadata`: publish signed update metadata files (`meshctl publish`). The facade
+/// checks that a device trusting what is published now would accept the new set, then
+/// stores all of it or none.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishRequest {
+    /// The files by name: every `N.root.cose` of the chain (those already published are
+    /// compared, not written again), the `N.targets.cose` the timestamp names, and
+    /// `timestamp.cose`.
+    pub files: BTreeMap<String, FileBytes>,
+}
+
+/// A file's bytes, as standard padded base64 in JSON. Its `Debug` shows the length only.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct FileBytes(pub Vec<u8>);
+
+/// What the facade serves under `/meta/` after a publish.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishResponse {
+    /// The newest root version published.
+    pub root_version: u64,
+    /// The targets version the timestamp names.
+    pub targets_version: u64,
+    /// The timestamp version.
+    pub timestamp_version: u64,
+    /// When the timestamp expires, in seconds since the Unix epoch.
+    pub timestamp_expires: u64,
+    /// The files this publish stored, in the order they were stored (roots, targets,
+    /// timestamp); empty when exactly this set was already published.
+    pub written: Vec<String>,
+}
+
+// === impl FileBytes ===
+
+impl fmt::Debug for FileBytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "FileBytes({} bytes)", self.0.len())
+    }
+}
+
+impl Serialize for FileBytes {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use base64::Engine as _;
+        serializer.serialize_str(&base64::engine::general_purpose::STANDARD.encode(&self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for FileBytes {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use base64::Engine as _;
+        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        base64::engine::general_purpose::STANDARD
+            .decode(text.as_bytes())
+            .map(FileBytes)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod publish_tests {
+    use super::*;
+
+    #[test]
+    fn file_bytes_travel_as_base64_and_debug_shows_only_their_length() {
+        let request = PublishRequest {
+            files: BTreeMap::from([("timestamp.cose".to_owned(), FileBytes(vec![0, 1, 2, 255]))]),
+        };
+        let json = serde_json::to_string(&request).unwrap();
+        assert_eq!(json, r#"{"files":{"timestamp.cose":"AAEC/w=="}}"#);
+        assert_eq!(
+            serde_json::from_str::<PublishRequest>(&json).unwrap(),
+            request
+        );
+        assert_eq!(format!("{:?}", FileBytes(vec![7; 3])), "FileBytes(3 bytes)");
+        assert!(
+            serde_json::from_str::<PublishRequest>(r#"{"files":{"a":"not base64!"}}"#).is_err()
+        );
+    }
 }

@@ -301,6 +301,7 @@ impl FacadeFixture {
         let configured: Arc<dyn meshanics_facade::ApprovedUpstreams> = Arc::new(upstreams);
         let mut admin_socket = None;
         let mut admin_stop = None;
+        let mut metadata = None;
         let upstreams: Arc<dyn meshanics_facade::ApprovedUpstreams> = if options.connections {
             let key =
                 meshanics_facade::seal::MasterKey::load(config.master_key_file.as_deref(), None)
@@ -317,10 +318,17 @@ impl FacadeFixture {
                 let _entered = runtime.enter();
                 meshanics_facade::admin::bind(&socket).map_err(io_err("binding", &socket))?
             };
+            // `/meta/` serves what the operator API publishes into.
+            let published = Arc::new(meshanics_facade::publish::Metadata::new(
+                &config,
+                Some(connections.store.clone()),
+            ));
             let admin_state = Arc::new(meshanics_facade::admin::AdminState {
                 store: connections.store.clone(),
                 browser: connections.browser.clone(),
+                metadata: published.clone(),
             });
+            metadata = Some(published);
             let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
             runtime.spawn(meshanics_facade::admin::serve(
                 listener,
@@ -335,8 +343,10 @@ impl FacadeFixture {
         } else {
             configured
         };
+        let metadata = metadata
+            .unwrap_or_else(|| Arc::new(meshanics_facade::publish::Metadata::folder(&config)));
         let running = runtime
-            .block_on(meshanics_facade::start(&config, upstreams))
+            .block_on(meshanics_facade::start_with(&config, upstreams, metadata))
             .map_err(|e| FixtureError::Invalid(e.to_string()))?;
         Ok(FacadeFixture {
             device_addr: running.device_addr(),

@@ -15,8 +15,8 @@ use hyper::{Method, Request, Response, StatusCode};
 use meshanics_http::{Connection, ServeConfig};
 use meshanics_operator_api::percent::decode;
 use meshanics_operator_api::{
-    AddRegistry, BrowseError, Browser, ConnectionView, ErrorBody, ImportRequest, ImportResponse,
-    ImportResult, Outcome, ProviderKind,
+    AddRegistry, BrowseError, Browser, ConnectionView, ErrorBody, ErrorEntry, ImportRequest,
+    ImportResponse, ImportResult, Outcome, ProviderKind, PublishRequest,
 };
 use serde::Serialize;
 use tokio::net::{UnixListener, UnixStream, unix};
@@ -24,6 +24,7 @@ use tokio::net::{UnixListener, UnixStream, unix};
 use crate::cloud::ecr::EcrRole;
 use crate::connections::pasted;
 use crate::connections::{Actor, ConnectionCredentials, ConnectionError, NewConnection, Store};
+use crate::publish::{Metadata, PublishError};
 
 /// The largest request body accepted (a service-account key is a few KiB).
 const MAX_BODY: usize = 1024 * 1024;
@@ -41,6 +42,8 @@ pub struct AdminState {
     pub store: Arc<Store>,
     /// Tag listing and resolution against the registries.
     pub browser: Arc<dyn Browser>,
+    /// The published metadata (`POST /v1/metadata`).
+    pub metadata: Arc<Metadata>,
 }
 
 /// Binds the operator socket at `path`: a stale socket file is replaced, and the new one is
@@ -104,13 +107,19 @@ async fn handle(state: &AdminState, actor: &Actor, req: Request<Incoming>) -> Re
     let path = parts.uri.path().to_owned();
     let query = parts.uri.query().unwrap_or("").to_owned();
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    let body = match Limited::new(body, MAX_BODY).collect().await {
+    // Metadata files are bigger than anything else sent here (a targets file may reach
+    // `max_meta_bytes`); every other route keeps the small cap.
+    let limit = match (&parts.method, segments.as_slice()) {
+        (&Method::POST, ["v1", "metadata"]) => state.metadata.max_request_bytes(),
+        _ => MAX_BODY,
+    };
+    let body = match Limited::new(body, limit).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(_) => {
             return error(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "TOO_LARGE",
-                "request body over 1 MiB",
+                &format!("request body over {limit} bytes"),
             );
         }
     };
@@ -145,6 +154,7 @@ async fn handle(state: &AdminState, actor: &Actor, req: Request<Incoming>) -> Re
         (&Method::GET, ["v1", "audit"]) => audit(state, &query).await,
         (&Method::GET, ["v1", "tags"]) => tags(state, &query).await,
         (&Method::POST, ["v1", "import"]) => import(state, &body).await,
+        (&Method::POST, ["v1", "metadata"]) => publish(state, actor, &body).await,
         _ => error(
             StatusCode::NOT_FOUND,
             "NOT_FOUND",
@@ -366,6 +376,64 @@ async fn import_one(state: &AdminState, input: String) -> ImportResult {
         }
     }
     result
+}
+
+async fn publish(state: &AdminState, actor: &Actor, body: &[u8]) -> Reply {
+    let request: PublishRequest = match parse_body(body) {
+        Ok(r) => r,
+        Err(reply) => return *reply,
+    };
+    let files = request
+        .files
+        .into_iter()
+        .map(|(name, bytes)| (name, bytes.0))
+        .collect();
+    let (metadata, by) = (state.metadata.clone(), actor.clone());
+    let result = match tokio::task::spawn_blocking(move || metadata.publish(files, &by)).await {
+        Ok(result) => result,
+        Err(e) => Err(PublishError::Store(ConnectionError::Database {
+            action: "waiting for",
+            database: "the publish".into(),
+            reason: e.to_string(),
+        })),
+    };
+    match result {
+        Ok(response) => json(StatusCode::OK, &response),
+        Err(e) => publish_error(&e, actor),
+    }
+}
+
+/// A refused publish names the file in its message and in `detail.file`.
+fn publish_error(e: &PublishError, actor: &Actor) -> Reply {
+    let (status, code, file) = match e {
+        PublishError::Refused { file, .. } => {
+            (StatusCode::UNPROCESSABLE_ENTITY, "REFUSED", Some(file))
+        }
+        PublishError::Conflict { file, .. } => (StatusCode::CONFLICT, "CONFLICT", Some(file)),
+        PublishError::TooLarge { file, .. } => {
+            (StatusCode::PAYLOAD_TOO_LARGE, "TOO_LARGE", Some(file))
+        }
+        PublishError::TooManyFiles { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "TOO_LARGE", None),
+        PublishError::NoFolder => (StatusCode::CONFLICT, "NOT_CONFIGURED", None),
+        // Not the facade's fault: files in the folder that do not chain from 1.root.cose.
+        PublishError::Published { .. } => (StatusCode::CONFLICT, "PUBLISHED_INVALID", None),
+        PublishError::Store(store) => return store_error(store),
+        _ => {
+            tracing::error!(error = %e, "operator API: publishing failed");
+            (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", None)
+        }
+    };
+    if status != StatusCode::INTERNAL_SERVER_ERROR {
+        tracing::info!(error = %e, %actor, "operator publish refused");
+    }
+    let mut entry = ErrorEntry::new(code, &e.to_string());
+    entry.detail = file.map(|file| serde_json::json!({ "file": file }));
+    json(
+        status,
+        &ErrorBody {
+            errors: vec![entry],
+        },
+    )
 }
 
 fn store_reply(result: Result<ConnectionView, ConnectionError>) -> Reply {

@@ -58,6 +58,11 @@ async fn start() -> Fixture {
     let listener = bind(&socket).unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let state = Arc::new(AdminState {
+        metadata: Arc::new(crate::publish::Metadata::from_parts(
+            Some(dir.path().to_owned()),
+            Some(store.clone()),
+            1024 * 1024,
+        )),
         store,
         browser: Arc::new(Offline),
     });
@@ -230,4 +235,35 @@ fn current_uid() -> u32 {
     // The tests' own files belong to the user running them.
     let dir = tempfile::tempdir().unwrap();
     std::fs::metadata(dir.path()).unwrap().uid()
+}
+
+#[tokio::test]
+async fn a_publish_is_refused_naming_the_file_and_may_carry_files_past_the_small_body_cap() {
+    use meshanics_operator_api::{FileBytes, PublishRequest};
+    let f = start().await;
+    let request = |name: &str, size: usize| PublishRequest {
+        files: [(name.to_owned(), FileBytes(vec![0; size]))].into(),
+    };
+    let bad_name = f
+        .client
+        .publish(&request("../1.root.cose", 8))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&bad_name, OperatorClientError::Api { status: 422, code, message }
+            if code == "REFUSED" && message.contains("../1.root.cose")),
+        "{bad_name}"
+    );
+    // Over the 1 MiB body cap of the other routes, under this one's: the file's own cap
+    // refuses it, by name.
+    let big = f
+        .client
+        .publish(&request("1.targets.cose", 2 * 1024 * 1024))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&big, OperatorClientError::Api { status: 413, message, .. }
+            if message.contains("1.targets.cose")),
+        "{big}"
+    );
 }

@@ -1,6 +1,6 @@
 //! The PostgreSQL state backend (`[state] backend = "postgres"`): the connection records of
-//! every replica of a facade cluster, their approvals and the operator audit log, in one
-//! database.
+//! every replica of a facade cluster, their approvals, the published signed metadata
+//! ([`crate::publish`]) and the operator audit log, in one database.
 //!
 //! Rows hold records exactly as the files backend writes them (the JSON of a sealed record):
 //! the database never sees a plaintext secret, and the master key stays on the replicas, so a
@@ -38,7 +38,12 @@ use meshanics_operator_api::AuditRecord;
 use super::{ConnectionError, Store};
 use crate::config::PostgresConfig;
 
-/// The notification channel every write signals on (the payload is the registry host).
+mod metadata;
+
+pub(crate) use metadata::{Decided, PublishedRows};
+
+/// The notification channel every write signals on (the payload is the registry host, or
+/// `metadata` for a publish; replicas reload everything either way).
 pub const CHANNEL: &str = "meshanics_state";
 /// The systemd credential holding the database password.
 pub const PASSWORD_CREDENTIAL: &str = "postgres-password";
@@ -53,7 +58,7 @@ const RECONNECT_DELAY: Duration = Duration::from_secs(1);
 
 /// The schema, one migration per version (version = index + 1). Never edit one that shipped:
 /// add the next.
-pub const MIGRATIONS: [&str; 2] = [
+pub const MIGRATIONS: [&str; 3] = [
     // 1: connection records, as sealed by the replicas.
     "CREATE TABLE meshanics_connections (
         host text PRIMARY KEY,
@@ -70,6 +75,13 @@ pub const MIGRATIONS: [&str; 2] = [
         operator text NOT NULL,
         action text NOT NULL,
         subject text NOT NULL
+    );",
+    // 3: the published signed metadata files (`meshctl publish`), served by every replica.
+    "CREATE TABLE meshanics_metadata (
+        name text PRIMARY KEY,
+        bytes bytea NOT NULL,
+        published_by text NOT NULL,
+        published_at timestamptz NOT NULL DEFAULT now()
     );",
 ];
 
@@ -107,9 +119,9 @@ impl std::fmt::Display for Actor {
 pub struct AuditEntry {
     /// Who (see [`Actor`]), and the name they gave, if any.
     pub operator: String,
-    /// What: `connect`, `approve`, `unapprove`, `remove`.
+    /// What: `connect`, `approve`, `unapprove`, `remove`, `publish`.
     pub action: &'static str,
-    /// On what: the registry host.
+    /// On what: the registry host, or what a publish published (`targets 7, timestamp 12`).
     pub subject: String,
 }
 
@@ -451,11 +463,20 @@ impl Listener {
             let rows = tokio::time::timeout(CALL_TIMEOUT, load(&self.pool))
                 .await
                 .map_err(|_| format!("no answer to a reload in {} s", CALL_TIMEOUT.as_secs()))??;
-            let Some(store) = store.upgrade() else {
+            let Some(strong) = store.upgrade() else {
                 return Ok(());
             };
-            store.apply(rows);
-            drop(store);
+            strong.apply(rows);
+            let known = strong.published_digests();
+            drop(strong);
+            let published = tokio::time::timeout(CALL_TIMEOUT, metadata::load(&self.pool, &known))
+                .await
+                .map_err(|_| format!("no answer to a reload in {} s", CALL_TIMEOUT.as_secs()))??;
+            let Some(strong) = store.upgrade() else {
+                return Ok(());
+            };
+            strong.apply_published(published);
+            drop(strong);
             if self.stale.swap(false, Ordering::Relaxed) {
                 STALE_STORES.fetch_sub(1, Ordering::Relaxed);
                 tracing::info!(database = %self.name, "state database back: state reloaded");

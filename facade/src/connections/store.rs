@@ -7,6 +7,7 @@
 //! ([`load`]).
 
 mod load;
+mod published;
 mod sync;
 
 use std::collections::BTreeMap;
@@ -48,6 +49,8 @@ pub struct Store {
     records: RwLock<BTreeMap<Registry, Entry>>,
     next_generation: AtomicU64,
     on_remove: RwLock<Vec<RemovalHook>>,
+    /// The PostgreSQL backend's published metadata, by file name (empty for files).
+    published: RwLock<BTreeMap<String, published::PublishedFile>>,
 }
 
 /// A record and its credentials, opened once.
@@ -180,6 +183,7 @@ impl Store {
             records: RwLock::new(BTreeMap::new()),
             next_generation: AtomicU64::new(1),
             on_remove: RwLock::new(Vec::new()),
+            published: RwLock::new(BTreeMap::new()),
         };
         let records = store.load()?;
         *store.records.write().unwrap_or_else(|p| p.into_inner()) = records;
@@ -202,6 +206,7 @@ impl Store {
             records: RwLock::new(BTreeMap::new()),
             next_generation: AtomicU64::new(1),
             on_remove: RwLock::new(Vec::new()),
+            published: RwLock::new(BTreeMap::new()),
         };
         let mut records = BTreeMap::new();
         for (host, json) in rows {
@@ -209,6 +214,9 @@ impl Store {
             records.insert(registry, entry);
         }
         *store.records.write().unwrap_or_else(|p| p.into_inner()) = records;
+        if let Some(database) = &store.database {
+            store.apply_published(database.load_published(BTreeMap::new())?);
+        }
         let store = Arc::new(store);
         if let Some(database) = &store.database {
             database.follow(settings, &store)?;
@@ -578,7 +586,7 @@ impl Store {
 
     /// Appends `entry` to the files backend's audit log, `<state>/audit.log` (one JSON
     /// object a line, written through before the change is reported done).
-    fn audit_file(&self, entry: &AuditEntry) -> Result<(), ConnectionError> {
+    pub(crate) fn audit_file(&self, entry: &AuditEntry) -> Result<(), ConnectionError> {
         use std::io::Write as _;
         use std::os::unix::fs::OpenOptionsExt as _;
         let Some(state_dir) = self.dir.parent() else {

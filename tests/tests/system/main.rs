@@ -26,6 +26,7 @@ mod facade_faults; // the facade binary against a misbehaving upstream, cache of
 mod facade_https; // an HTTPS upstream with a private CA
 mod facade_malicious; // a malicious upstream never gets wrong bytes to a device
 mod facade_ops; // health, metrics and graceful shutdown on the operator listener
+mod facade_publish; // meshctl publish: checked against what is served, verified by devices, shared by replicas
 mod facade_pull; // skopeo pulling through the facade: bytes, HEAD, Range, HTTP/2
 mod facade_redirects; // where an upstream's redirects may lead, its 401s and its 206s
 mod facade_refusals; // every refusal of the device API, none reaching the upstream
