@@ -454,7 +454,7 @@ fn fleet_run(
     // are done, and when each device cut by it received bytes again (checked every 5 ms).
     let tracker = cluster::Tracker::new(devices);
     let victim = match server {
-        Server::Cluster(cluster) if cluster.kills() => cluster.replicas.first().map(|r| r.pid()),
+        Server::Cluster(cluster) if cluster.kills() => cluster.replicas.first().cloned(),
         _ => None,
     };
     let watcher = {
@@ -462,21 +462,26 @@ fn fleet_run(
         let tracker = tracker.clone();
         std::thread::spawn(move || {
             let mut done_at_kill = None;
+            let mut metrics_at_kill = None;
             while !stop.load(Ordering::Relaxed) {
-                if let Some(pid) = victim
+                if let Some(victim) = &victim
                     && done_at_kill.is_none()
                     && tracker.done() * 3 >= devices
                 {
+                    // Its cache figures, read just before: they die with it.
+                    metrics_at_kill = victim.metrics().ok();
                     done_at_kill = Some(tracker.done());
-                    let _ = std::process::Command::new("kill")
-                        .args(["-KILL", &pid.to_string()])
-                        .status();
+                    // The clock starts as the kill is sent, so no failure it causes comes
+                    // before it.
                     tracker.killed();
+                    let _ = std::process::Command::new("kill")
+                        .args(["-KILL", &victim.pid().to_string()])
+                        .status();
                 }
                 tracker.watch();
                 std::thread::sleep(Duration::from_millis(5));
             }
-            done_at_kill
+            (done_at_kill, metrics_at_kill)
         })
     };
 
@@ -527,7 +532,8 @@ fn fleet_run(
     let elapsed = run_start.elapsed();
     stop.store(true, Ordering::Relaxed);
     let samples = sampler.join().map_err(|_| "the sampler thread panicked")?;
-    let done_at_kill = watcher.join().map_err(|_| "the watcher thread panicked")?;
+    let (done_at_kill, metrics_at_kill) =
+        watcher.join().map_err(|_| "the watcher thread panicked")?;
     // Idle connections the server closed by now (a read that ends at once), the rest open.
     let closed = flood_runtime.block_on(async {
         let mut closed = 0;
@@ -598,10 +604,16 @@ fn fleet_run(
         print_percentiles("metadata check", &mut metas, 3);
         print_percentiles("pull incl. metadata", &mut totals, 2);
         for (i, facade) in facades.iter().enumerate() {
-            // A killed replica answers no more: its figures are gone with it.
-            let Ok(text) = facade.metrics() else {
-                println!("facade {i} cache metrics: none (the process is gone)");
-                continue;
+            // A killed replica answers no more: its figures as read just before the kill.
+            let (text, when) = match facade.metrics() {
+                Ok(text) => (text, ""),
+                Err(_) => match &metrics_at_kill {
+                    Some(text) => (text.clone(), " (just before its kill)"),
+                    None => {
+                        println!("facade {i} cache metrics: none (the process is gone)");
+                        continue;
+                    }
+                },
             };
             let cache: Vec<String> = [
                 "facade_cache_hits_total{kind=\"blob\"}",
@@ -614,7 +626,7 @@ fn fleet_run(
             .iter()
             .filter_map(|m| Some(format!("{m} {}", metric_value(&text, m)?)))
             .collect();
-            println!("facade {i} cache metrics: {}", cache.join(", "));
+            println!("facade {i} cache metrics{when}: {}", cache.join(", "));
         }
     }
     print_percentiles("pull", &mut pulls, 2);
@@ -695,9 +707,11 @@ fn print_kill(kill: &cluster::KillFigures, devices: usize) {
         kill.failures_before
     );
     println!(
-        "devices cut (a failed attempt after the kill): {}; back to receiving bytes: {}, never: {never}",
+        "devices cut (pulling at the kill, a failed attempt after it): {}; back to receiving \
+         bytes: {}, never: {never}; devices started after the kill with a failed attempt: {}",
         kill.resumed.len(),
-        resumed.len()
+        resumed.len(),
+        kill.late_failed
     );
     print_percentiles(
         "from the kill to a cut device's first bytes again",

@@ -241,9 +241,12 @@ pub(crate) struct KillFigures {
     pub(crate) at: Duration,
     pub(crate) done_before: usize,
     pub(crate) busy: usize,
-    /// Per cut device, from the kill to its first bytes again (`None`: never).
+    /// Per cut device (pulling at the kill, a failed attempt after it), from the kill to its
+    /// first bytes again (`None`: never).
     pub(crate) resumed: Vec<Option<f64>>,
     pub(crate) failures_before: u64,
+    /// Devices that started after the kill and had a failed attempt.
+    pub(crate) late_failed: usize,
 }
 
 // === impl Tracker ===
@@ -288,7 +291,10 @@ impl Tracker {
             track.failures_before_kill.fetch_add(1, Ordering::SeqCst);
             return;
         }
-        if track.cut_at.load(Ordering::SeqCst) == 0 {
+        // A device that started after the kill was not cut: its first tries may still meet
+        // the dead replica (HAProxy's check has not marked it down, or it is first in the
+        // URL list), which the retry counts show.
+        if track.busy_at_kill.load(Ordering::SeqCst) && track.cut_at.load(Ordering::SeqCst) == 0 {
             let bytes = track.client.get().map_or(0, |c| c.downloaded_bytes());
             track.bytes_at_cut.store(bytes, Ordering::SeqCst);
             track.cut_at.store(self.now(), Ordering::SeqCst);
@@ -346,6 +352,15 @@ impl Tracker {
                 .iter()
                 .map(|t| t.failures_before_kill.load(Ordering::SeqCst))
                 .sum(),
+            late_failed: self
+                .devices
+                .iter()
+                .filter(|t| {
+                    !t.busy_at_kill.load(Ordering::SeqCst)
+                        && t.failures.load(Ordering::SeqCst)
+                            > t.failures_before_kill.load(Ordering::SeqCst)
+                })
+                .count(),
         })
     }
 }
