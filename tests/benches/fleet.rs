@@ -628,6 +628,21 @@ fn fleet_run(
             .collect();
             println!("facade {i} cache metrics{when}: {}", cache.join(", "));
         }
+        // What the facades warned about (their log is at `warn`), a few lines each.
+        for (i, facade) in facades.iter().enumerate() {
+            let log = facade.log();
+            let warnings: Vec<&str> = log
+                .lines()
+                .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+                .collect();
+            if warnings.is_empty() {
+                continue;
+            }
+            println!("facade {i}: {} warnings and errors logged, the first:", warnings.len());
+            for line in warnings.iter().take(3) {
+                println!("  {}", line.chars().take(300).collect::<String>());
+            }
+        }
     }
     print_percentiles("pull", &mut pulls, 2);
     println!(
