@@ -232,7 +232,13 @@ fn run() -> Result<(), BoxError> {
         let window = Duration::from_secs(*window);
         facade_run(&setup, &format!("facade-{round}"), true, devices, window, 0)?;
         for (i, mode) in cluster_modes.iter().enumerate() {
-            cluster_run(&setup, *mode, &format!("cluster-{round}-{i}"), devices, window)?;
+            cluster_run(
+                &setup,
+                *mode,
+                &format!("cluster-{round}-{i}"),
+                devices,
+                window,
+            )?;
         }
         if proxy {
             let registry = RegistryServer::start(&Options {
@@ -319,14 +325,7 @@ fn cluster_run(
         .collect::<Result<Vec<_>, _>>()?;
     let cluster = cluster::Cluster::start(mode, &setup.facade_bin, &configs)?;
     let work = Work::Metadata(setup.anchor.clone());
-    fleet_run(
-        setup,
-        &Server::Cluster(cluster),
-        &work,
-        devices,
-        window,
-        0,
-    )
+    fleet_run(setup, &Server::Cluster(cluster), &work, devices, window, 0)
 }
 
 fn load_average() -> String {
@@ -375,10 +374,7 @@ fn fleet_run(
                 cluster.replicas.clone(),
             ),
         };
-    let urls: Vec<http::Uri> = urls
-        .iter()
-        .map(|u| u.parse())
-        .collect::<Result<_, _>>()?;
+    let urls: Vec<http::Uri> = urls.iter().map(|u| u.parse()).collect::<Result<_, _>>()?;
     let first = urls.first().ok_or("no server URL")?.clone();
     let blobs: Vec<&Descriptor> = setup.blobs.iter().collect();
     let blob_gets_before = upstream_gets(&setup.upstream, "blobs", &blobs);
@@ -638,7 +634,10 @@ fn fleet_run(
             if warnings.is_empty() {
                 continue;
             }
-            println!("facade {i}: {} warnings and errors logged, the first:", warnings.len());
+            println!(
+                "facade {i}: {} warnings and errors logged, the first:",
+                warnings.len()
+            );
             for line in warnings.iter().take(3) {
                 println!("  {}", line.chars().take(300).collect::<String>());
             }
@@ -772,7 +771,8 @@ fn run_group(
                 let result = cluster::tracked(
                     i,
                     tracker,
-                    device(&dir, &urls, roots, identity, &work, &platform),
+                    // Boxed: the device's future is large (clippy::large_futures).
+                    Box::pin(device(&dir, &urls, roots, identity, &work, &platform)),
                 )
                 .await;
                 let _ = std::fs::remove_dir_all(&dir);
@@ -816,7 +816,7 @@ async fn device(
             std::fs::create_dir_all(dir.join("metadata"))?;
             let mut updater = Updater::with_store(anchor, trusted)?;
             updater
-                .update(&mut FacadeFetch::new(&*client), UnixTime::now())
+                .update(&mut FacadeFetch::new(&client), UnixTime::now())
                 .await?;
             let targets = updater.trusted().targets().ok_or("no targets trusted")?;
             let entry = targets
@@ -830,7 +830,7 @@ async fn device(
     let metadata = start.elapsed();
     let (store, _) = Store::open(&dir.join("state"), StoreOptions::default())?;
     let pulled = Puller {
-        client: &*client,
+        client: &client,
         store: &store,
         platform,
         concurrency: 4,

@@ -79,7 +79,10 @@ impl State {
         use std::os::unix::fs::PermissionsExt as _;
         let database = PostgresServer::start()?;
         let master_key = work.join("master-key");
-        fs_err::write(&master_key, meshanics_facade::seal::MasterKey::generate_hex()?)?;
+        fs_err::write(
+            &master_key,
+            meshanics_facade::seal::MasterKey::generate_hex()?,
+        )?;
         fs_err::set_permissions(&master_key, std::fs::Permissions::from_mode(0o600))?;
         let state = State {
             database,
@@ -274,8 +277,7 @@ impl Tracker {
     /// Records the kill now, and which devices were busy.
     pub(crate) fn killed(&self) {
         for track in &self.devices {
-            let busy =
-                track.started.load(Ordering::SeqCst) && !track.ended.load(Ordering::SeqCst);
+            let busy = track.started.load(Ordering::SeqCst) && !track.ended.load(Ordering::SeqCst);
             track.busy_at_kill.store(busy, Ordering::SeqCst);
         }
         self.kill_at.store(self.now(), Ordering::SeqCst);
@@ -323,7 +325,10 @@ impl Tracker {
             .iter()
             .map(|t| t.failures.load(Ordering::SeqCst))
             .collect();
-        (counts.iter().filter(|&&n| n > 0).count(), counts.iter().sum())
+        (
+            counts.iter().filter(|&&n| n > 0).count(),
+            counts.iter().sum(),
+        )
     }
 
     /// The kill's figures, if there was one; `done_before` as counted when it came.
