@@ -19,15 +19,16 @@
 //! 1,024 connection slots) beside `FLEET_FLOOD_DEVICES` (100) valid devices arriving over
 //! `FLEET_FLOOD_SECONDS` (5) on a facade with its default limits.
 //!
-//! Then, on the same devices and image (`FLEET_CLUSTER`, a list, `haproxy,haproxy-kill,urls-kill`
-//! by default; empty skips it), two facade replicas (each its own cache) on one PostgreSQL
+//! Then, per window, on the same devices and image (`FLEET_CLUSTER`, a list of
+//! `haproxy,haproxy-kill,urls-kill`; unset or empty: none, as the three add ~9 minutes to
+//! the default windows), two facade replicas (each its own cache) on one PostgreSQL
 //! (Debian's, started by the bench; the upstream connected once through the operator API):
 //! behind HAProxy in TCP mode; behind HAProxy with replica 0 SIGKILLed once a third of the
 //! devices are done; with both replicas in each device's URL list (the agent's failover) and
 //! the first one SIGKILLed likewise. See `fleet/cluster.rs` for what a kill run measures.
 //!
-//! Printed per run: errors; devices whose client retried a request; metadata and pull time percentiles (arrival to done); the
-//! upstream's GETs per blob and per manifest and its request total; the server's peak RSS and
+//! Printed per run: errors; devices whose client retried a request; metadata and pull time
+//! percentiles (arrival to done); the upstream's GETs per blob and per manifest and its request total; the server's peak RSS and
 //! peak open file descriptors; for the facade, handshakes per second. Run it with
 //! `bench/run fleet` or, from the repository root (a relative `MESHANICS_FACADE_BIN` is taken
 //! from there),
@@ -132,9 +133,8 @@ fn run() -> Result<(), BoxError> {
     let flood = env_number("FLEET_FLOOD", 1100) as usize;
     let flood_devices = env_number("FLEET_FLOOD_DEVICES", 100) as usize;
     let flood_window = Duration::from_secs(env_number("FLEET_FLOOD_SECONDS", 5));
-    let cluster_modes = cluster::Mode::parse_list(
-        &std::env::var("FLEET_CLUSTER").unwrap_or_else(|_| "haproxy,haproxy-kill,urls-kill".into()),
-    );
+    let cluster_modes =
+        cluster::Mode::parse_list(&std::env::var("FLEET_CLUSTER").unwrap_or_default());
     cluster::install_retry_counter()?;
     let work = tempfile::tempdir()?;
     let shm = if Path::new("/dev/shm").is_dir() {
