@@ -19,8 +19,16 @@
 //! 1,024 connection slots) beside `FLEET_FLOOD_DEVICES` (100) valid devices arriving over
 //! `FLEET_FLOOD_SECONDS` (5) on a facade with its default limits.
 //!
-//! Printed per run: errors; metadata and pull time percentiles (arrival to done); the
-//! upstream's GETs per blob and per manifest and its request total; the server's peak RSS and
+//! Then, per window, on the same devices and image (`FLEET_CLUSTER`, a list of
+//! `haproxy,haproxy-kill,urls-kill`; unset or empty: none, as the three add ~9 minutes to
+//! the default windows), two facade replicas (each its own cache) on one PostgreSQL
+//! (Debian's, started by the bench; the upstream connected once through the operator API):
+//! behind HAProxy in TCP mode; behind HAProxy with replica 0 SIGKILLed once a third of the
+//! devices are done; with both replicas in each device's URL list (the agent's failover) and
+//! the first one SIGKILLed likewise. See `fleet/cluster.rs` for what a kill run measures.
+//!
+//! Printed per run: errors; devices whose client retried a request; metadata and pull time
+//! percentiles (arrival to done); the upstream's GETs per blob and per manifest and its request total; the server's peak RSS and
 //! peak open file descriptors; for the facade, handshakes per second. Run it with
 //! `bench/run fleet` or, from the repository root (a relative `MESHANICS_FACADE_BIN` is taken
 //! from there),
@@ -41,13 +49,18 @@ use meshanics_shared::devpki::DevCa;
 use meshanics_shared::metadata::{TrustedStore, UnixTime, Updater};
 use meshanics_shared::{Descriptor, Platform, Repository, tls};
 use meshanics_tests::binaries;
-use meshanics_tests::facade_process::FacadeProcess;
+use meshanics_tests::facade_process::{FacadeProcess, metric_value};
 use meshanics_tests::oci_layout::{Layer, LayerFile, SampleImage, pseudo_random};
 use meshanics_tests::proc_stats::ProcStats;
 use meshanics_tests::registry::{Options, RegistryServer};
 use meshanics_tests::release::{Release, entry};
 use rustls_pki_types::pem::PemObject as _;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+// The two-replica runs (a module beside this file: a bench root looks for its modules beside
+// it, not under `fleet/`).
+#[path = "fleet/cluster.rs"]
+mod cluster;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -78,6 +91,7 @@ enum Work {
 enum Server {
     Facade(Arc<FacadeProcess>),
     Proxy(RegistryServer),
+    Cluster(cluster::Cluster),
 }
 
 /// Everything a run needs that does not change between runs.
@@ -95,6 +109,8 @@ struct Setup {
     blobs: Vec<Descriptor>,
     platform: Platform,
     seed: u64,
+    /// The replicas' PostgreSQL and master key, for the cluster runs.
+    cluster: Option<cluster::State>,
 }
 
 fn main() -> ExitCode {
@@ -117,6 +133,9 @@ fn run() -> Result<(), BoxError> {
     let flood = env_number("FLEET_FLOOD", 1100) as usize;
     let flood_devices = env_number("FLEET_FLOOD_DEVICES", 100) as usize;
     let flood_window = Duration::from_secs(env_number("FLEET_FLOOD_SECONDS", 5));
+    let cluster_modes =
+        cluster::Mode::parse_list(&std::env::var("FLEET_CLUSTER").unwrap_or_default());
+    cluster::install_retry_counter()?;
     let work = tempfile::tempdir()?;
     let shm = if Path::new("/dev/shm").is_dir() {
         tempfile::Builder::new()
@@ -183,7 +202,7 @@ fn run() -> Result<(), BoxError> {
         blobs.len() + 1,
         load_average()
     );
-    let setup = Setup {
+    let mut setup = Setup {
         facade_bin,
         work: work.path().to_owned(),
         shm: shm.path().to_owned(),
@@ -197,11 +216,30 @@ fn run() -> Result<(), BoxError> {
         blobs,
         platform: Platform::parse("linux/amd64")?,
         seed: env_number("FLEET_SEED", 20261122),
+        cluster: None,
     };
+    if !cluster_modes.is_empty() {
+        let state = cluster::State::start(
+            &setup.work,
+            &setup.upstream.host(),
+            &setup.facade_bin,
+            |state, name| facade_config(&setup, name, true, true, Some(state)),
+        )?;
+        setup.cluster = Some(state);
+    }
 
     for (round, window) in windows.iter().enumerate() {
         let window = Duration::from_secs(*window);
         facade_run(&setup, &format!("facade-{round}"), true, devices, window, 0)?;
+        for (i, mode) in cluster_modes.iter().enumerate() {
+            cluster_run(
+                &setup,
+                *mode,
+                &format!("cluster-{round}-{i}"),
+                devices,
+                window,
+            )?;
+        }
         if proxy {
             let registry = RegistryServer::start(&Options {
                 tls: Some((setup.pki.join("facade.crt"), setup.pki.join("facade.key"))),
@@ -251,12 +289,12 @@ fn facade_run(
     window: Duration,
     flood: usize,
 ) -> Result<(), BoxError> {
-    let config = facade_config(setup, name, roomy, roomy)?;
+    let config = facade_config(setup, name, roomy, roomy, None)?;
     let facade = match FacadeProcess::start_binary(&setup.facade_bin, &config, "warn") {
         Ok(facade) => facade,
         // A facade without the per-source handshake cap does not know its key.
         Err(error) if roomy && error.to_string().contains("max_handshakes_per_source") => {
-            let config = facade_config(setup, name, roomy, false)?;
+            let config = facade_config(setup, name, roomy, false, None)?;
             FacadeProcess::start_binary(&setup.facade_bin, &config, "warn")?
         }
         Err(error) => return Err(error.into()),
@@ -270,6 +308,24 @@ fn facade_run(
         window,
         flood,
     )
+}
+
+/// [`fleet_run`] on two fresh replicas (state folders `name-0` and `name-1`, room for every
+/// device) on the cluster state, reached as `mode` says.
+fn cluster_run(
+    setup: &Setup,
+    mode: cluster::Mode,
+    name: &str,
+    devices: usize,
+    window: Duration,
+) -> Result<(), BoxError> {
+    let state = setup.cluster.as_ref().ok_or("no cluster state")?;
+    let configs = (0..2)
+        .map(|i| facade_config(setup, &format!("{name}-{i}"), true, true, Some(state)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let cluster = cluster::Cluster::start(mode, &setup.facade_bin, &configs)?;
+    let work = Work::Metadata(setup.anchor.clone());
+    fleet_run(setup, &Server::Cluster(cluster), &work, devices, window, 0)
 }
 
 fn load_average() -> String {
@@ -296,11 +352,30 @@ fn fleet_run(
     window: Duration,
     flood: usize,
 ) -> Result<(), BoxError> {
-    let (name, pid, base) = match server {
-        Server::Facade(facade) => ("facade", facade.pid(), facade.url("")),
-        Server::Proxy(registry) => ("registry (proxy mode)", registry.pid(), registry.base_url()),
-    };
-    let base: http::Uri = base.parse()?;
+    // The processes serving devices (each sampled), and the URLs devices are given.
+    let (name, pids, urls, facades): (&str, Vec<u32>, Vec<String>, Vec<Arc<FacadeProcess>>) =
+        match server {
+            Server::Facade(facade) => (
+                "facade",
+                vec![facade.pid()],
+                vec![facade.url("")],
+                vec![facade.clone()],
+            ),
+            Server::Proxy(registry) => (
+                "registry (proxy mode)",
+                vec![registry.pid()],
+                vec![registry.base_url()],
+                Vec::new(),
+            ),
+            Server::Cluster(cluster) => (
+                cluster.label(),
+                cluster.replicas.iter().map(|r| r.pid()).collect(),
+                cluster.urls(),
+                cluster.replicas.clone(),
+            ),
+        };
+    let urls: Vec<http::Uri> = urls.iter().map(|u| u.parse()).collect::<Result<_, _>>()?;
+    let first = urls.first().ok_or("no server URL")?.clone();
     let blobs: Vec<&Descriptor> = setup.blobs.iter().collect();
     let blob_gets_before = upstream_gets(&setup.upstream, "blobs", &blobs);
     let manifest_gets_before = upstream_gets(&setup.upstream, "manifests", &[&setup.manifest]);
@@ -312,7 +387,7 @@ fn fleet_run(
         .build()?;
     let idle = flood_runtime.block_on(async {
         let mut idle = Vec::with_capacity(flood);
-        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], base.port_u16().unwrap_or(443)));
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], first.port_u16().unwrap_or(443)));
         for _ in 0..flood {
             let socket = tokio::net::TcpSocket::new_v4()?;
             socket.bind(std::net::SocketAddr::from(([127, 0, 0, 2], 0)))?;
@@ -321,12 +396,9 @@ fn fleet_run(
         Ok::<_, std::io::Error>(idle)
     })?;
 
-    // Samples of the server: RSS, open fds, the facade's handshakes counter, every 250 ms.
+    // Samples of each server process: RSS, open fds, and the facades' handshakes counters
+    // (summed), every 250 ms.
     let stop = Arc::new(AtomicBool::new(false));
-    let facade = match server {
-        Server::Facade(facade) => Some(facade.clone()),
-        Server::Proxy(_) => None,
-    };
     // The proxy-mode registry's memory grows with the fan-out (14 GiB in one run here): past
     // `FLEET_PROXY_MAX_RSS_MIB` (4,096) the bench stops it, so a shared machine is not run out
     // of memory, and says so.
@@ -334,28 +406,34 @@ fn fleet_run(
     let is_proxy = matches!(server, Server::Proxy(_));
     let sampler = {
         let stop = stop.clone();
-        let facade = facade.clone();
+        let facades = facades.clone();
+        let pids = pids.clone();
         std::thread::spawn(move || {
-            let mut samples = Vec::new();
+            let mut samples: Vec<Sample> = Vec::new();
             let start = Instant::now();
             while !stop.load(Ordering::Relaxed) {
-                let stats = ProcStats::read(pid).ok();
-                let fds = stats.map_or(0, |s| s.fds);
-                let handshakes = facade
-                    .as_ref()
-                    .and_then(|f| f.metric("facade_handshakes_total").ok())
-                    .unwrap_or(0) as f64;
-                samples.push((
-                    start.elapsed(),
-                    fds,
+                let stats: Vec<Option<ProcStats>> =
+                    pids.iter().map(|pid| ProcStats::read(*pid).ok()).collect();
+                let handshakes = facades
+                    .iter()
+                    .map(|f| f.metric("facade_handshakes_total").unwrap_or(0) as f64)
+                    .sum();
+                let per_process = stats
+                    .iter()
+                    .map(|s| s.map_or((0, 0), |s| (s.fds, s.rss_kib)))
+                    .collect();
+                samples.push(Sample {
+                    at: start.elapsed(),
+                    per_process,
                     handshakes,
-                    stats.map_or(0, |s| s.rss_kib),
-                ));
-                if is_proxy && let Some(rss) = stats.map(|s| s.rss_kib).filter(|r| *r > rss_cap_kib)
-                {
-                    let _ = std::process::Command::new("kill")
-                        .arg(pid.to_string())
-                        .status();
+                });
+                let rss = stats.first().copied().flatten().map_or(0, |s| s.rss_kib);
+                if is_proxy && rss > rss_cap_kib {
+                    if let Some(pid) = pids.first() {
+                        let _ = std::process::Command::new("kill")
+                            .arg(pid.to_string())
+                            .status();
+                    }
                     println!(
                         "registry (proxy mode) stopped by the bench at {:.0} MiB RSS (FLEET_PROXY_MAX_RSS_MIB)",
                         rss as f64 / 1024.0
@@ -365,6 +443,41 @@ fn fleet_run(
                 std::thread::sleep(Duration::from_millis(250));
             }
             samples
+        })
+    };
+
+    // Each device's failed attempts and, in a kill run, the kill once a third of the devices
+    // are done, and when each device cut by it received bytes again (checked every 5 ms).
+    let tracker = cluster::Tracker::new(devices);
+    let victim = match server {
+        Server::Cluster(cluster) if cluster.kills() => cluster.replicas.first().cloned(),
+        _ => None,
+    };
+    let watcher = {
+        let stop = stop.clone();
+        let tracker = tracker.clone();
+        std::thread::spawn(move || {
+            let mut done_at_kill = None;
+            let mut metrics_at_kill = None;
+            while !stop.load(Ordering::Relaxed) {
+                if let Some(victim) = &victim
+                    && done_at_kill.is_none()
+                    && tracker.done() * 3 >= devices
+                {
+                    // Its cache figures, read just before: they die with it.
+                    metrics_at_kill = victim.metrics().ok();
+                    done_at_kill = Some(tracker.done());
+                    // The clock starts as the kill is sent, so no failure it causes comes
+                    // before it.
+                    tracker.killed();
+                    let _ = std::process::Command::new("kill")
+                        .args(["-KILL", &victim.pid().to_string()])
+                        .status();
+                }
+                tracker.watch();
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            (done_at_kill, metrics_at_kill)
         })
     };
 
@@ -385,12 +498,22 @@ fn fleet_run(
     let mut threads = Vec::new();
     for group in groups {
         let roots = setup.roots.clone();
-        let base = base.clone();
+        let urls = urls.clone();
         let work = work.clone();
         let platform = setup.platform.clone();
         let shm = setup.shm.clone();
+        let tracker = tracker.clone();
         threads.push(std::thread::spawn(move || {
-            run_group(group, run_start, &shm, &base, &roots, &work, &platform)
+            let context = GroupContext {
+                run_start,
+                shm: &shm,
+                urls: &urls,
+                roots: &roots,
+                work: &work,
+                platform: &platform,
+                tracker: &tracker,
+            };
+            run_group(group, &context)
         }));
     }
     let mut results: Vec<Result<Outcome, String>> = Vec::with_capacity(devices);
@@ -405,6 +528,8 @@ fn fleet_run(
     let elapsed = run_start.elapsed();
     stop.store(true, Ordering::Relaxed);
     let samples = sampler.join().map_err(|_| "the sampler thread panicked")?;
+    let (done_at_kill, metrics_at_kill) =
+        watcher.join().map_err(|_| "the watcher thread panicked")?;
     // Idle connections the server closed by now (a read that ends at once), the rest open.
     let closed = flood_runtime.block_on(async {
         let mut closed = 0;
@@ -429,11 +554,6 @@ fn fleet_run(
         .map(|o| (o.total - o.metadata).as_secs_f64())
         .collect();
     let bytes: u64 = outcomes.iter().map(|o| o.bytes).sum();
-    let peak_fds = samples.iter().map(|s| s.1).max().unwrap_or(0);
-    let sampled_rss = samples.iter().map(|s| s.3).max().unwrap_or(0);
-    let peak_rss = ProcStats::read(pid)
-        .map_or(0, |s| s.peak_rss_kib)
-        .max(sampled_rss);
     let flood_text = if flood > 0 {
         format!(", beside {flood} idle TCP connections without a ClientHello")
     } else {
@@ -451,18 +571,26 @@ fn fleet_run(
     for error in errors.iter().take(5) {
         println!("  {error}");
     }
-    if let Some(facade) = &facade {
-        let handshakes_total = samples
-            .last()
-            .map(|s| s.2)
-            .unwrap_or(0.0)
-            .max(facade.metric("facade_handshakes_total").unwrap_or(0) as f64);
+    let (retried, failures) = tracker.retries();
+    println!(
+        "devices whose client retried a request: {retried} ({failures} failed attempts tried again)"
+    );
+    if let Some(kill) = done_at_kill.and_then(|done| tracker.kill_figures(done)) {
+        print_kill(&kill, devices);
+    }
+    if !facades.is_empty() {
+        let handshakes_total = samples.last().map(|s| s.handshakes).unwrap_or(0.0).max(
+            facades
+                .iter()
+                .map(|f| f.metric("facade_handshakes_total").unwrap_or(0) as f64)
+                .sum(),
+        );
         let peak_rate = samples
             .windows(5)
             .filter_map(|w| {
                 let (first, last) = (w.first()?, w.last()?);
-                let secs = (last.0 - first.0).as_secs_f64();
-                (secs > 0.0).then(|| (last.2 - first.2) / secs)
+                let secs = (last.at - first.at).as_secs_f64();
+                (secs > 0.0).then(|| (last.handshakes - first.handshakes) / secs)
             })
             .fold(0.0_f64, f64::max);
         println!(
@@ -471,18 +599,49 @@ fn fleet_run(
         );
         print_percentiles("metadata check", &mut metas, 3);
         print_percentiles("pull incl. metadata", &mut totals, 2);
-        let cache: Vec<String> = [
-            "facade_cache_hits_total{kind=\"blob\"}",
-            "facade_cache_misses_total{kind=\"blob\"}",
-            "facade_cache_fills_total{outcome=\"ok\"}",
-            "facade_cache_fills_total{outcome=\"failed\"}",
-            "facade_cache_bytes_served_total{source=\"cache\"}",
-            "facade_cache_bytes_served_total{source=\"upstream\"}",
-        ]
-        .iter()
-        .filter_map(|m| Some(format!("{m} {}", facade.metric(m).ok()?)))
-        .collect();
-        println!("facade cache metrics: {}", cache.join(", "));
+        for (i, facade) in facades.iter().enumerate() {
+            // A killed replica answers no more: its figures as read just before the kill.
+            let (text, when) = match facade.metrics() {
+                Ok(text) => (text, ""),
+                Err(_) => match &metrics_at_kill {
+                    Some(text) => (text.clone(), " (just before its kill)"),
+                    None => {
+                        println!("facade {i} cache metrics: none (the process is gone)");
+                        continue;
+                    }
+                },
+            };
+            let cache: Vec<String> = [
+                "facade_cache_hits_total{kind=\"blob\"}",
+                "facade_cache_misses_total{kind=\"blob\"}",
+                "facade_cache_fills_total{outcome=\"ok\"}",
+                "facade_cache_fills_total{outcome=\"failed\"}",
+                "facade_cache_bytes_served_total{source=\"cache\"}",
+                "facade_cache_bytes_served_total{source=\"upstream\"}",
+            ]
+            .iter()
+            .filter_map(|m| Some(format!("{m} {}", metric_value(&text, m)?)))
+            .collect();
+            println!("facade {i} cache metrics{when}: {}", cache.join(", "));
+        }
+        // What the facades warned about (their log is at `warn`), a few lines each.
+        for (i, facade) in facades.iter().enumerate() {
+            let log = facade.log();
+            let warnings: Vec<&str> = log
+                .lines()
+                .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+                .collect();
+            if warnings.is_empty() {
+                continue;
+            }
+            println!(
+                "facade {i}: {} warnings and errors logged, the first:",
+                warnings.len()
+            );
+            for line in warnings.iter().take(3) {
+                println!("  {}", line.chars().take(300).collect::<String>());
+            }
+        }
     }
     print_percentiles("pull", &mut pulls, 2);
     println!(
@@ -513,24 +672,85 @@ fn fleet_run(
             "idle connections: {flood} opened from 127.0.0.2, {closed} closed by the server by the end"
         );
     }
-    println!(
-        "{name}: peak RSS {:.1} MiB, peak open fds {peak_fds}",
-        peak_rss as f64 / 1024.0
-    );
+    for (i, pid) in pids.iter().enumerate() {
+        let peak_fds = samples
+            .iter()
+            .filter_map(|s| s.per_process.get(i).map(|p| p.0))
+            .max()
+            .unwrap_or(0);
+        let sampled_rss = samples
+            .iter()
+            .filter_map(|s| s.per_process.get(i).map(|p| p.1))
+            .max()
+            .unwrap_or(0);
+        let peak_rss = ProcStats::read(*pid)
+            .map_or(0, |s| s.peak_rss_kib)
+            .max(sampled_rss);
+        let which = if pids.len() > 1 {
+            format!("{name}, process {i}")
+        } else {
+            name.to_owned()
+        };
+        println!(
+            "{which}: peak RSS {:.1} MiB, peak open fds {peak_fds}",
+            peak_rss as f64 / 1024.0
+        );
+    }
     Ok(())
+}
+
+/// One look at the server processes.
+struct Sample {
+    at: Duration,
+    /// Open fds and RSS (KiB) per process.
+    per_process: Vec<(usize, u64)>,
+    /// The facades' handshakes counters, summed.
+    handshakes: f64,
+}
+
+/// Prints what the devices saw of a replica kill.
+fn print_kill(kill: &cluster::KillFigures, devices: usize) {
+    let mut resumed: Vec<f64> = kill.resumed.iter().flatten().copied().collect();
+    let never = kill.resumed.len() - resumed.len();
+    println!(
+        "kill: replica 0 SIGKILLed {:.2} s into the run, {} of {devices} devices done, {} pulling \
+         ({} failed attempts before it)",
+        kill.at.as_secs_f64(),
+        kill.done_before,
+        kill.busy,
+        kill.failures_before
+    );
+    println!(
+        "devices cut (pulling at the kill, a failed attempt after it): {}; back to receiving \
+         bytes: {}, never: {never}; devices started after the kill with a failed attempt: {}",
+        kill.resumed.len(),
+        resumed.len(),
+        kill.late_failed
+    );
+    print_percentiles(
+        "from the kill to a cut device's first bytes again",
+        &mut resumed,
+        3,
+    );
 }
 
 type Identity = (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>);
 
+/// What every device of a client thread shares.
+struct GroupContext<'a> {
+    run_start: Instant,
+    shm: &'a Path,
+    urls: &'a [http::Uri],
+    roots: &'a rustls::RootCertStore,
+    work: &'a Work,
+    platform: &'a Platform,
+    tracker: &'a Arc<cluster::Tracker>,
+}
+
 /// Runs one thread's devices, each starting at its arrival time.
 fn run_group(
     group: Vec<(usize, Duration, Identity)>,
-    run_start: Instant,
-    shm: &Path,
-    base: &http::Uri,
-    roots: &rustls::RootCertStore,
-    work: &Work,
-    platform: &Platform,
+    context: &GroupContext<'_>,
 ) -> Result<Vec<Result<Outcome, String>>, BoxError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -539,15 +759,22 @@ fn run_group(
     let results = local.block_on(&runtime, async {
         let mut tasks = Vec::with_capacity(group.len());
         for (i, arrival, identity) in group {
-            let at = tokio::time::Instant::from_std(run_start + arrival);
-            let dir = shm.join(format!("device-{i:04}"));
-            let roots = roots.clone();
-            let base = base.clone();
-            let work = work.clone();
-            let platform = platform.clone();
+            let at = tokio::time::Instant::from_std(context.run_start + arrival);
+            let dir = context.shm.join(format!("device-{i:04}"));
+            let roots = context.roots.clone();
+            let urls = context.urls.to_vec();
+            let work = context.work.clone();
+            let platform = context.platform.clone();
+            let tracker = context.tracker.clone();
             tasks.push(tokio::task::spawn_local(async move {
                 tokio::time::sleep_until(at).await;
-                let result = device(&dir, &base, roots, identity, &work, &platform).await;
+                let result = cluster::tracked(
+                    i,
+                    tracker,
+                    // Boxed: the device's future is large (clippy::large_futures).
+                    Box::pin(device(&dir, &urls, roots, identity, &work, &platform)),
+                )
+                .await;
                 let _ = std::fs::remove_dir_all(&dir);
                 result.map_err(|e| format!("device {i}: {e}"))
             }));
@@ -561,10 +788,11 @@ fn run_group(
     Ok(results)
 }
 
-/// One device: the metadata check (when `work` says so), then the pull into its own cache.
+/// One device: the metadata check (when `work` says so), then the pull into its own cache,
+/// with a client for `urls` (one facade, or replicas it fails over between).
 async fn device(
     dir: &Path,
-    base: &http::Uri,
+    urls: &[http::Uri],
     roots: rustls::RootCertStore,
     identity: Identity,
     work: &Work,
@@ -572,15 +800,16 @@ async fn device(
 ) -> Result<Outcome, BoxError> {
     let start = Instant::now();
     let tls = tls::client_config_from(roots, Some(identity))?;
-    let client = Client::new(
-        base,
+    let client = Arc::new(Client::with_replicas(
+        urls,
         tls,
         ClientOptions {
             connect_timeout: Duration::from_secs(30),
             stall_window: Duration::from_secs(60),
             ..ClientOptions::default()
         },
-    )?;
+    )?);
+    cluster::register(&client);
     let target = match work {
         Work::Metadata(anchor) => {
             let trusted = TrustedStore::open(dir.join("metadata"))?;
@@ -617,7 +846,7 @@ async fn device(
 }
 
 /// The facade's configuration for a run (`name` names its state folder, so each run starts
-/// with an empty cache): its listeners on port 0 (read back from its log by
+/// with an empty cache; with `cluster`, on the replicas' shared state): its listeners on port 0 (read back from its log by
 /// [`FacadeProcess`]), the fleet CA for devices, and with `roomy` room for every device's
 /// connection (else the default limits). With `per_source`, the per-source handshake cap is
 /// lifted too: the simulated fleet shares one address, 127.0.0.1, where a real fleet has one
@@ -628,6 +857,7 @@ fn facade_config(
     name: &str,
     roomy: bool,
     per_source: bool,
+    cluster: Option<&cluster::State>,
 ) -> Result<PathBuf, BoxError> {
     let state = setup.work.join(format!("{name}-state"));
     fs_err::create_dir_all(&state)?;
@@ -637,18 +867,28 @@ fn facade_config(
         (true, false) => "max_connections = 2048\n",
         (false, _) => "",
     };
+    // On the cluster state: the master key, the PostgreSQL backend, and the upstream from the
+    // connection in the database; else the upstream approved in the file.
+    let (master_key, tail) = match cluster {
+        Some(state) => state.config_lines(),
+        None => (
+            String::new(),
+            format!(
+                "[[upstreams]]\nhost = \"{}\"\nplain_http = true\n",
+                setup.upstream.host()
+            ),
+        ),
+    };
     fs_err::write(
         &config,
         format!(
             "listen = \"127.0.0.1:0\"\noperator_listen = \"127.0.0.1:0\"\n\
-             state_dir = \"{state}\"\nmetadata_dir = \"{metadata}\"\n\n[tls]\n\
+             state_dir = \"{state}\"\nmetadata_dir = \"{metadata}\"\n{master_key}\n[tls]\n\
              certificate = \"{pki}/facade.crt\"\nprivate_key = \"{pki}/facade.key\"\n\
-             device_ca = \"{pki}/ca.crt\"\n\n[limits]\n{limits}\n\
-             [[upstreams]]\nhost = \"{upstream}\"\nplain_http = true\n",
+             device_ca = \"{pki}/ca.crt\"\n\n[limits]\n{limits}\n{tail}",
             state = state.display(),
             metadata = setup.metadata_dir.display(),
             pki = setup.pki.display(),
-            upstream = setup.upstream.host(),
         ),
     )?;
     Ok(config)
