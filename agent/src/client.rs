@@ -322,7 +322,10 @@ impl Client {
             n += 1;
             let (index, facade) = self.facades.current();
             match attempt(facade).await {
-                Ok(value) => return Ok(value),
+                Ok(value) => {
+                    self.facades.succeeded(index);
+                    return Ok(value);
+                }
                 Err(err) => {
                     self.after_failure(&mut journey, index, path, n, err)
                         .await?;
@@ -367,9 +370,13 @@ impl Client {
             });
         }
         if over {
-            self.facades.fail_over_from(index);
-            let (_, to) = self.facades.current();
-            info!(%url, attempt = n, error = %err, next = %to.url(""), "facade replica failed; failing over");
+            self.facades.fail_over_from(index, !err.is_retryable());
+            let (now, to) = self.facades.current();
+            if now == index {
+                debug!(%url, attempt = n, error = %err, "facade replica failed; the others failed as often: staying");
+            } else {
+                info!(%url, attempt = n, error = %err, next = %to.url(""), "facade replica failed; failing over");
+            }
         }
         match next {
             Next::Now | Next::GiveUp => {}

@@ -42,7 +42,10 @@ impl Client {
                 .blob_attempt(facade, &path, ingest, progress, &mut received)
                 .await
             {
-                Ok(()) => return Ok(received),
+                Ok(()) => {
+                    self.facades.succeeded(index);
+                    return Ok(received);
+                }
                 Err(err) => {
                     debug!(%path, attempt = n, offset = ingest.offset(), error = %err, "blob download interrupted");
                     self.after_failure(&mut journey, index, &path, n, err)

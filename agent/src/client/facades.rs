@@ -9,11 +9,19 @@
 //! balancer rides through a replica loss in one extra request, and an outage of every
 //! replica still backs off as one facade does.
 //!
+//! Each replica counts its failures in a row (a success clears them; the count stops at
+//! [`FAILURE_MEMORY`]). A failure moves the client to the other replica with the fewest,
+//! the next in the list among equals, only if it has fewer than the one that just failed:
+//! when a replica is lost, its devices' concurrent requests all fail on it, and the
+//! survivor, busy taking them over, may cut a body or two; that sends the client back to
+//! the lost replica only once the survivor has failed as often. A failure that is not worth
+//! retrying on the same replica (a refused handshake) always moves on.
+//!
 //! Content is addressed by digest, so any replica serves the same bytes: a blob download cut
 //! by a replica loss resumes with `Range` on the next one (see `blob`), and what ends up in
 //! the ingest file is checked against the digest as with one facade.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
 use super::connection::Connector;
 use crate::error::Error;
@@ -26,7 +34,14 @@ pub(super) struct Facades {
     /// The others, in order: replica `i` is `others[i - 1]`.
     others: Vec<Connector>,
     current: AtomicUsize,
+    /// Failures in a row per replica (index as in [`Facades::at`]), at most
+    /// [`FAILURE_MEMORY`].
+    failures: Vec<AtomicU32>,
 }
+
+/// How many failures in a row a replica's count remembers: a replica lost for long is
+/// tried again after this many failures of the one that replaced it.
+pub(super) const FAILURE_MEMORY: u32 = 2;
 
 /// One request's journey through the replicas: what failed where, and when to back off.
 #[derive(Debug, Default)]
@@ -37,11 +52,11 @@ pub(super) struct Journey {
     since_backoff: usize,
     /// Backoffs so far (the next one's ceiling doubles with each).
     backoffs: u32,
-    /// Failures in a row that move on to the next replica but would not be retried on the
-    /// same one (a failed TLS handshake): once every replica has failed that way, the
-    /// device itself is refused (a revoked certificate, a wrong CA), and trying again
-    /// cannot help.
-    refusals: usize,
+    /// The replicas that refused in a row (a failure that moves on to the next replica but
+    /// would not be retried on the same one, a failed TLS handshake): once every replica
+    /// has, the device itself is refused (a revoked certificate, a wrong CA), and trying
+    /// again cannot help.
+    refused: Vec<String>,
 }
 
 /// What to do after a failed attempt.
@@ -59,10 +74,14 @@ pub(super) enum Next {
 
 impl Facades {
     pub(super) fn new(first: Connector, others: Vec<Connector>) -> Self {
+        let failures = std::iter::repeat_with(AtomicU32::default)
+            .take(others.len() + 1)
+            .collect();
         Facades {
             first,
             others,
             current: AtomicUsize::new(0),
+            failures,
         }
     }
 
@@ -86,14 +105,43 @@ impl Facades {
         (index, self.at(index))
     }
 
-    /// The replica at `index` failed: move on to the next one, unless another request has
-    /// already moved the client on (concurrent failures on one lost replica move it once,
-    /// not once per request, which would skip the good replica after it).
-    pub(super) fn fail_over_from(&self, index: usize) {
-        let next = (index + 1) % self.len();
-        let _ = self
-            .current
-            .compare_exchange(index, next, Ordering::Relaxed, Ordering::Relaxed);
+    /// A request to the replica at `index` succeeded: its failures in a row are over.
+    pub(super) fn succeeded(&self, index: usize) {
+        if let Some(count) = self.failures.get(index) {
+            count.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// The replica at `index` failed: move on to the other replica with the fewest failures
+    /// in a row if it has fewer than this one (always, when `must_move`: the failure is not
+    /// worth retrying here), unless another request has already moved the client on
+    /// (concurrent failures on one lost replica move it once, not once per request, which
+    /// would skip the good replica after it).
+    pub(super) fn fail_over_from(&self, index: usize, must_move: bool) {
+        let count = |i: usize| {
+            self.failures
+                .get(i)
+                .map_or(0, |c| c.load(Ordering::Relaxed))
+        };
+        let failed = self.failures.get(index).map_or(0, |c| {
+            let _ = c.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                Some((n + 1).min(FAILURE_MEMORY))
+            });
+            c.load(Ordering::Relaxed)
+        });
+        let len = self.len();
+        // `min_by_key` keeps the first of equals: the next in the list.
+        let Some(next) = (1..len)
+            .map(|k| (index + k) % len)
+            .min_by_key(|&i| count(i))
+        else {
+            return;
+        };
+        if must_move || count(next) < failed {
+            let _ =
+                self.current
+                    .compare_exchange(index, next, Ordering::Relaxed, Ordering::Relaxed);
+        }
     }
 }
 
@@ -109,10 +157,12 @@ impl Journey {
             None => self.failures.push((url.to_owned(), message)),
         }
         if err.is_retryable() {
-            self.refusals = 0;
+            self.refused.clear();
         } else {
-            self.refusals += 1;
-            if self.refusals >= replicas {
+            if !self.refused.iter().any(|u| u == url) {
+                self.refused.push(url.to_owned());
+            }
+            if self.refused.len() >= replicas {
                 return Next::GiveUp;
             }
         }

@@ -43,6 +43,8 @@ struct Pki {
 struct Replica {
     url: http::Uri,
     requests: Arc<Mutex<Vec<String>>>,
+    /// TCP connections accepted (handshakes begun), dropped ones included.
+    accepted: Arc<std::sync::atomic::AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -111,12 +113,15 @@ impl Pki {
         let port = listener.local_addr().unwrap().port();
         let requests = Arc::new(Mutex::new(Vec::new()));
         let log = requests.clone();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let accepts = accepted.clone();
         let task = tokio::spawn(async move {
             let mut to_drop = match behaviour {
                 Behaviour::DropsFirst(n) => n,
                 _ => 0,
             };
             while let Ok((tcp, _)) = listener.accept().await {
+                accepts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 if to_drop > 0 {
                     to_drop -= 1;
                     drop(tcp);
@@ -135,6 +140,7 @@ impl Pki {
         Replica {
             url: format!("https://127.0.0.1:{port}").parse().unwrap(),
             requests,
+            accepted,
             task,
         }
     }
@@ -271,16 +277,15 @@ async fn keeps_the_replica_that_works_instead_of_going_back_to_the_first() {
     assert_eq!(good.requests().len(), 4);
 }
 
-#[tokio::test]
-async fn a_blob_download_cut_on_one_replica_resumes_with_range_on_the_next() {
-    let blob: Arc<Vec<u8>> = Arc::new((0..200_000u32).map(|i| (i % 251) as u8).collect());
-    let digest = Digest::sha256_of(&blob);
-    let mut pki = Pki::new();
-    let cut = pki
-        .replica(Behaviour::CutsAfter(70_000), blob.clone(), true)
-        .await;
-    let good = pki.replica(Behaviour::Serves, blob.clone(), true).await;
-    let client = pki.client(&[&cut.url, &good.url], 2);
+/// A 200,000-byte blob.
+fn blob() -> Arc<Vec<u8>> {
+    Arc::new((0..200_000u32).map(|i| (i % 251) as u8).collect())
+}
+
+/// Downloads `blob` with `client` into a fresh store, checks every byte and that none was
+/// fetched twice, and returns the path the replicas were asked.
+async fn download_whole(client: &Client, blob: &[u8]) -> String {
+    let digest = Digest::sha256_of(blob);
     let (_dir, store) = crate::testing::store();
     let repository = Repository::parse("127.0.0.1_5000/team/app").unwrap();
     let mut ingest = store.ingest(&digest, blob.len() as u64).unwrap();
@@ -289,11 +294,50 @@ async fn a_blob_download_cut_on_one_replica_resumes_with_range_on_the_next() {
         .await
         .unwrap();
     ingest.commit().unwrap();
-    assert_eq!(store.read(&digest).unwrap(), *blob);
+    assert_eq!(store.read(&digest).unwrap(), blob);
     assert_eq!(received, blob.len() as u64, "no byte fetched twice");
-    let path = format!("/v2/{repository}/blobs/{digest}");
+    format!("/v2/{repository}/blobs/{digest}")
+}
+
+#[tokio::test]
+async fn a_blob_download_cut_on_one_replica_resumes_with_range_on_the_next() {
+    let blob = blob();
+    let mut pki = Pki::new();
+    let cut = pki
+        .replica(Behaviour::CutsAfter(70_000), blob.clone(), true)
+        .await;
+    let good = pki.replica(Behaviour::Serves, blob.clone(), true).await;
+    let client = pki.client(&[&cut.url, &good.url], 2);
+    let path = download_whole(&client, &blob).await;
     assert_eq!(cut.requests(), std::slice::from_ref(&path));
     assert_eq!(good.requests(), [format!("{path} from 70000")]);
+}
+
+#[tokio::test]
+async fn a_body_cut_on_the_replica_failed_over_to_does_not_send_the_client_back_to_the_lost_one() {
+    // The first replica is lost (it drops every connection before the handshake); the
+    // survivor, busy with the lost one's devices, cuts one body. Going back to the replica
+    // that just failed would cost the device an attempt (a fleet's concurrent requests, many),
+    // so the cut download resumes on the survivor.
+    let blob = blob();
+    let mut pki = Pki::new();
+    let lost = pki
+        .replica(Behaviour::DropsFirst(usize::MAX), blob.clone(), true)
+        .await;
+    let survivor = pki
+        .replica(Behaviour::CutsAfter(120_000), blob.clone(), true)
+        .await;
+    let client = pki.client(&[&lost.url, &survivor.url], 3);
+    let path = download_whole(&client, &blob).await;
+    assert_eq!(
+        lost.accepted.load(std::sync::atomic::Ordering::Relaxed),
+        1,
+        "the lost replica was tried once"
+    );
+    assert_eq!(
+        survivor.requests(),
+        [path.clone(), format!("{path} from 120000")]
+    );
 }
 
 #[tokio::test]
