@@ -223,6 +223,7 @@ fn run() -> Result<(), BoxError> {
             &setup.work,
             &setup.upstream.host(),
             &setup.facade_bin,
+            &setup.metadata_dir,
             |state, name| facade_config(&setup, name, true, true, Some(state)),
         )?;
         setup.cluster = Some(state);

@@ -69,11 +69,14 @@ pub(crate) struct State {
 impl State {
     /// Starts PostgreSQL, writes a master key, and connects `upstream` (plain HTTP,
     /// anonymous) through the operator API of a facade started on the database for that
-    /// alone (`config` makes its config from the state), then approves it.
+    /// alone (`config` makes its config from the state), approves it, and publishes the
+    /// signed metadata in `metadata_dir` there with `meshctl publish` (the replicas serve
+    /// `/meta/` from the database).
     pub(crate) fn start(
         work: &Path,
         upstream: &str,
         facade_bin: &Path,
+        metadata_dir: &Path,
         config: impl Fn(&State, &str) -> Result<PathBuf, BoxError>,
     ) -> Result<State, BoxError> {
         use std::os::unix::fs::PermissionsExt as _;
@@ -109,6 +112,21 @@ impl State {
             operator.approve(upstream).await?;
             Ok::<_, BoxError>(())
         })?;
+        let meshctl = meshanics_tests::binaries::workspace_binary("meshctl", "meshctl")?;
+        let published = std::process::Command::new(meshctl)
+            .arg("--socket")
+            .arg(&socket)
+            .arg("publish")
+            .arg(metadata_dir)
+            .output()?;
+        if !published.status.success() {
+            return Err(format!(
+                "meshctl publish {}: {}",
+                metadata_dir.display(),
+                String::from_utf8_lossy(&published.stderr)
+            )
+            .into());
+        }
         drop(facade);
         Ok(state)
     }
