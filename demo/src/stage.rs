@@ -211,8 +211,6 @@ pub(crate) struct Facade {
     pub port: u16,
     /// The operator socket meshctl talks to.
     pub socket: PathBuf,
-    /// The folder it serves signed metadata from (`/meta/`).
-    pub metadata_dir: PathBuf,
 }
 
 /// Writes the facade's config (mutual TLS with the dev PKI, a fresh master key, ports
@@ -234,7 +232,7 @@ pub(crate) fn facade(dir: &Path, bins: &Path) -> anyhow::Result<Facade> {
     let pki = dir.join("pki");
     let config = format!(
         r#"# The demo facade: devices on mutual TLS, operator metrics, connections sealed
-# under master-key, signed metadata served from metadata/.
+# under master-key, signed metadata published with `meshctl publish` into metadata/.
 listen = "127.0.0.1:0"
 operator_listen = "127.0.0.1:0"
 state_dir = "{state}"
@@ -273,7 +271,6 @@ device_ca = "{pki}/ca.crt"
         url: format!("https://127.0.0.1:{port}"),
         port,
         socket: state.join("admin.sock"),
-        metadata_dir,
     })
 }
 
@@ -341,7 +338,8 @@ pub(crate) fn connect_and_import(
 
 /// Signs the release offline, as an operator does on a machine without network: three key
 /// pairs, the first root, then targets and timestamp from the pins; then publishes the
-/// signed files into the facade's metadata folder. Returns the trust anchor (`1.root.cose`).
+/// signed files through the facade (`meshctl publish`). Returns the trust anchor
+/// (`1.root.cose`).
 pub(crate) fn sign_and_publish(
     shown: &Shown,
     bins: &Path,
@@ -385,21 +383,11 @@ pub(crate) fn sign_and_publish(
     let mut verify = meshctl();
     verify.arg("verify").arg(&signed).arg("--root").arg(&anchor);
     shown.run(verify)?;
-    let mut published = Vec::new();
-    for entry in fs::read_dir(&signed).with_context(|| format!("listing {}", signed.display()))? {
-        let entry = entry.with_context(|| format!("listing {}", signed.display()))?;
-        let name = entry.file_name();
-        if name.to_string_lossy().ends_with(".cose") {
-            let to = facade.metadata_dir.join(&name);
-            fs::copy(entry.path(), &to).with_context(|| format!("publishing {}", to.display()))?;
-            published.push(name.to_string_lossy().into_owned());
-        }
-    }
-    published.sort();
-    println!(
-        "    published {} to the facade's metadata folder (served to devices as /meta/<file>)",
-        published.join(", ")
-    );
+    // Published through the operator API: the facade checks that devices trusting what it
+    // serves would accept the set before storing it in its metadata folder.
+    let mut publish = self::meshctl(bins, facade);
+    publish.arg("publish").arg(&signed);
+    shown.run(publish)?;
     Ok(anchor)
 }
 

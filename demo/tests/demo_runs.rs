@@ -45,6 +45,11 @@ fn check(upstream: &str) {
         assert!(text.contains("[8/8]"), "{text}");
         assert!(text.contains("imported  127.0.0.1:"), "{text}");
         assert!(text.contains("OK: a device pinned to"), "{text}");
+        // Published through the facade's check, not copied into its folder.
+        assert!(
+            text.contains("$ meshctl publish") && text.contains("serving root version 1"),
+            "{text}"
+        );
         assert!(
             text.contains("Done: both devices verified and applied the signed release."),
             "{text}"
