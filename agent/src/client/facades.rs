@@ -124,10 +124,11 @@ impl Facades {
                 .map_or(0, |c| c.load(Ordering::Relaxed))
         };
         let failed = self.failures.get(index).map_or(0, |c| {
-            let _ = c.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-                Some((n + 1).min(FAILURE_MEMORY))
-            });
-            c.load(Ordering::Relaxed)
+            let add = |n: u32| (n + 1).min(FAILURE_MEMORY);
+            // The closure never refuses: `Ok` and `Err` both hold the count before it.
+            match c.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| Some(add(n))) {
+                Ok(before) | Err(before) => add(before),
+            }
         });
         let len = self.len();
         // `min_by_key` keeps the first of equals: the next in the list.

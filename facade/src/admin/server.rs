@@ -239,20 +239,26 @@ async fn add_registry(state: &AdminState, actor: &Actor, body: &[u8]) -> Reply {
 }
 
 async fn audit(state: &AdminState, query: &str) -> Reply {
-    let limit = match query_param(query, "limit").map(|l| l.parse::<usize>()) {
-        None => DEFAULT_AUDIT_LIMIT,
-        Some(Ok(l)) if l > 0 => l,
-        Some(_) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "INVALID",
-                "limit must be a positive number",
-            );
-        }
+    let limit = match limit(query, DEFAULT_AUDIT_LIMIT) {
+        Ok(limit) => limit,
+        Err(reply) => return *reply,
     };
     match write(state, move |store| store.audit(limit)).await {
         Ok(entries) => json(StatusCode::OK, &entries),
         Err(e) => store_error(&e),
+    }
+}
+
+/// The query's `limit`: `default` when absent, a 400 unless a positive number.
+fn limit(query: &str, default: usize) -> Result<usize, Box<Reply>> {
+    match query_param(query, "limit").map(|l| l.parse::<usize>()) {
+        None => Ok(default),
+        Some(Ok(l)) if l > 0 => Ok(l),
+        Some(_) => Err(Box::new(error(
+            StatusCode::BAD_REQUEST,
+            "INVALID",
+            "limit must be a positive number",
+        ))),
     }
 }
 
@@ -266,20 +272,12 @@ fn query_param(query: &str, name: &str) -> Option<String> {
 }
 
 async fn tags(state: &AdminState, query: &str) -> Reply {
-    let param = |name: &str| query_param(query, name);
-    let Some(repository) = param("repository") else {
+    let Some(repository) = query_param(query, "repository") else {
         return error(StatusCode::BAD_REQUEST, "INVALID", "missing ?repository=");
     };
-    let limit = match param("limit").map(|l| l.parse::<usize>()) {
-        None => DEFAULT_TAG_LIMIT,
-        Some(Ok(l)) if l > 0 => l,
-        Some(_) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "INVALID",
-                "limit must be a positive number",
-            );
-        }
+    let limit = match limit(query, DEFAULT_TAG_LIMIT) {
+        Ok(limit) => limit,
+        Err(reply) => return *reply,
     };
     let reference = match pasted::reference(&repository) {
         Ok(r) => r,
